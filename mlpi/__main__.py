@@ -1,0 +1,3 @@
+from mlpi.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""Count NVIDIA GPUs through the driver API without importing any framework.
+
+Runtimes such as onnxruntime-gpu list CUDA as available even where no driver is
+installed; a backend's probe asks the driver itself. Never raises.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+
+def cuda_device_count() -> int:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    try:
+        if lib.cuInit(0) != 0:
+            return 0
+        count = ctypes.c_int(0)
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    except (AttributeError, OSError):
+        return 0
+
+
+def rocm_device_count() -> int:
+    """AMD GPUs visible through the kernel driver (``/dev/kfd`` plus render nodes)."""
+    if not os.path.exists("/dev/kfd"):
+        return 0
+    try:
+        nodes = os.listdir("/sys/class/kfd/kfd/topology/nodes")
+    except OSError:
+        return 0
+    count = 0
+    for node in nodes:
+        try:
+            with open(f"/sys/class/kfd/kfd/topology/nodes/{node}/properties", encoding="utf-8") as handle:
+                if any(line.startswith("simd_count") and line.split()[1] != "0" for line in handle):
+                    count += 1
+        except OSError:
+            continue
+    return count

@@ -1,0 +1,202 @@
+"""The ``onnxruntime`` backend: any ONNX model on ONNX Runtime's execution providers.
+
+``--device cpu|cuda|rocm`` picks the CPU, CUDA or ROCm provider; ``-o provider=tensorrt``
+(CUDA) or ``-o provider=openvino`` (CPU) picks those instead. onnxruntime-gpu falls back
+to the CPU silently when a provider cannot start, so after creating the session the
+provider that really runs is checked and a fallback is an error, never a CPU run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Literal
+
+import numpy as np
+
+from mlpi.backends._cuda import cuda_device_count, rocm_device_count
+from mlpi.core.backend import Backend, Capabilities, ModelArtifact, Session, TensorSpec
+from mlpi.core.device import Device
+from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
+
+_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+#: (device kind, provider option) -> execution provider that must end up first.
+_PROVIDERS: dict[tuple[str, str], str] = {
+    ("cpu", "default"): "CPUExecutionProvider",
+    ("cpu", "openvino"): "OpenVINOExecutionProvider",
+    ("cuda", "default"): "CUDAExecutionProvider",
+    ("cuda", "tensorrt"): "TensorrtExecutionProvider",
+    ("rocm", "default"): "ROCMExecutionProvider",
+    ("rocm", "migraphx"): "MIGraphXExecutionProvider",
+}
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32",
+    "tensor(uint32)": "uint32",
+    "tensor(int64)": "int64",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+
+@dataclass
+class OrtOptions:
+    intra_op_threads: int = field(default=0, metadata={"help": "threads inside one operator (0: ONNX Runtime decides)"})
+    inter_op_threads: int = field(default=0, metadata={"help": "threads across operators in parallel mode (0: decide)"})
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = field(
+        default="all", metadata={"help": "graph optimisations applied when the session is created"}
+    )
+    execution_mode: Literal["sequential", "parallel"] = field(
+        default="sequential", metadata={"help": "run independent operators one at a time or in parallel"}
+    )
+    provider: Literal["default", "tensorrt", "openvino", "migraphx"] = field(
+        default="default",
+        metadata={"help": "execution provider: default for the device, tensorrt (cuda), openvino (cpu), migraphx (rocm)"},
+    )
+
+
+class OrtSession(Session):
+    def __init__(self, session: Any, provider: str) -> None:
+        self._session = session
+        self.provider = provider
+        self.inputs = [_spec(v) for v in session.get_inputs()]
+        self.outputs = [_spec(v) for v in session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+        batch_dims = {spec.shape[0] if spec.shape else None for spec in self.inputs}
+        fixed = len(batch_dims) == 1 and None not in batch_dims
+        max_batch = next(iter(batch_dims)) if fixed else None
+        preferred = max_batch if fixed else (1 if provider in ("CPUExecutionProvider", "OpenVINOExecutionProvider") else 32)
+        self.capabilities = Capabilities(
+            max_batch_size=max_batch, fixed_batch=fixed, concurrent=True, preferred_batch_size=int(preferred or 1)
+        )
+        float_types = [s.dtype for s in self.inputs if s.dtype.startswith(("float", "bfloat"))]
+        self.precision = {"float16": "fp16", "bfloat16": "bf16"}.get(float_types[0] if float_types else "", "fp32")
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        return dict(zip(self._output_names, self._session.run(self._output_names, feeds)))
+
+    def close(self) -> None:
+        self._session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    device_kinds = ("cpu", "cuda", "rocm")
+    precisions = ("fp32", "fp16", "bf16")
+    Options = OrtOptions
+    install_hint = 'pip install "mlpi[onnxruntime]" (or "mlpi[onnxruntime-gpu]" for CUDA)'
+
+    def version(self) -> str:
+        installed = [d for d in _DISTRIBUTIONS if _has_distribution(d)]
+        if len(installed) > 1:
+            raise PluginError(
+                "onnxruntime and onnxruntime-gpu are both installed; they share one folder and break each other",
+                "pip uninstall -y onnxruntime onnxruntime-gpu, then install just one of them",
+            )
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise PluginError(f"ONNX Runtime is not installed ({exc})", self.install_hint) from None
+        return str(onnxruntime.__version__)
+
+    def runtime_distributions(self) -> tuple[str, ...]:
+        return _DISTRIBUTIONS
+
+    def probe(self) -> list[Device]:
+        try:
+            import onnxruntime
+
+            available = set(onnxruntime.get_available_providers())
+        except Exception:  # noqa: BLE001 - probing never raises
+            return []
+        devices = [Device("cpu")]
+        if "CUDAExecutionProvider" in available:
+            devices += [Device("cuda", (i,)) for i in range(cuda_device_count())]
+        if "ROCMExecutionProvider" in available or "MIGraphXExecutionProvider" in available:
+            devices += [Device("rocm", (i,)) for i in range(rocm_device_count())]
+        return devices
+
+    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+        import onnxruntime as ort
+
+        key = (device.kind, options.provider)
+        if key not in _PROVIDERS:
+            usable = sorted(p for (kind, p) in _PROVIDERS if kind == device.kind)
+            raise UsageError(
+                f"provider '{options.provider}' cannot run on device kind '{device.kind}'",
+                f"for {device.kind} use -o provider={' or '.join(usable)}",
+            )
+        wanted = _PROVIDERS[key]
+        providers: list[Any] = []
+        if device.kind == "cpu":
+            if wanted != "CPUExecutionProvider":
+                providers.append((wanted, {"device_type": "CPU"}))
+        else:
+            unit = {"device_id": str(device.index)}
+            providers.append((wanted, unit))
+            if wanted == "TensorrtExecutionProvider":
+                providers.append(("CUDAExecutionProvider", unit))
+        providers.append("CPUExecutionProvider")
+        if wanted not in ort.get_available_providers():
+            raise DeviceError(
+                f"this onnxruntime build has no {wanted} (it has: {', '.join(ort.get_available_providers())})",
+                self.install_hint,
+            )
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = options.inter_op_threads
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[options.graph_optimization_level]
+        so.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL if options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+        so.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(model.path), sess_options=so, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"onnxruntime could not load {model.path}: {first[:300]}",
+                "check the model with onnx.checker.check_model, or export it again",
+            ) from None
+        active = session.get_providers()
+        if not active or active[0] != wanted:
+            raise DeviceError(
+                f"onnxruntime did not start {wanted} on {device}; it fell back to {active[0] if active else 'nothing'}",
+                "check the driver, CUDA/cuDNN (or ROCm) versions this onnxruntime build needs, or use --device cpu",
+            )
+        result = OrtSession(session, wanted)
+        if precision is not None and precision != result.precision:
+            raise UsageError(
+                f"onnxruntime runs the model's own precision ({result.precision}), not {precision}",
+                f"drop --precision, or pass a model exported in {precision}",
+            )
+        return result
+
+
+def _spec(value: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (value.shape or ()))
+    return TensorSpec(value.name, _ORT_TYPES.get(value.type, "unknown"), shape)
+
+
+def _has_distribution(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True

@@ -1,0 +1,141 @@
+"""The ``mlpi`` command line: parse, call the core, print. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlpi import __version__
+from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MlpiError
+
+
+def _debug_requested(args: list[str]) -> bool:
+    return "--debug" in args
+
+
+class MlpiGroup(click.Group):
+    """Maps every failure to ``error:`` + ``hint:`` lines and an exit code; no traceback
+    unless ``--debug``."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = _debug_requested(argv)
+        try:
+            code = super().main(args=argv, prog_name=prog_name or "mlpi", standalone_mode=False, **extra)
+        except click.exceptions.NoArgsOmittedUsageError as exc:  # pragma: no cover - click detail
+            _fail(exc.format_message(), "see mlpi --help", EXIT_USAGE)
+        except click.UsageError as exc:
+            where = f"mlpi {exc.ctx.command_path.partition(' ')[2]}".strip() if exc.ctx else "mlpi"
+            _fail(exc.format_message(), f"see '{where} --help'", EXIT_USAGE)
+        except click.Abort:
+            _fail("interrupted", None, EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            _fail("interrupted", None, EXIT_INTERRUPTED)
+        except MlpiError as exc:
+            if debug:
+                raise
+            _fail(exc.message, exc.hint, exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if debug:
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc}", "re-run with --debug and report the traceback", EXIT_FAILURE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=MlpiGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mlpi", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show tracebacks and child output.")
+def main(debug: bool) -> None:
+    """mlpi: one MLPerf Inference harness for every accelerator."""
+
+
+@main.command()
+@click.option("--backend", "-b", help="Backend name or alias (default: the one configured for the device).")
+@click.option("--device", "-d", default="cpu", show_default=True, help="cpu, cuda, cuda:1, cuda:0,1, rocm:0, qaic:0-3 ...")
+@click.option("--model", "-m", help="A registered model name.")
+@click.option("--model-path", type=click.Path(dir_okay=True), help="The model's ONNX file.")
+@click.option("--dataset", default="synthetic", show_default=True, help="Dataset plugin name.")
+@click.option("--dataset-path", type=click.Path(), help="The dataset's folder or file.")
+@click.option("--count", "dataset_count", type=int, help="Use only this many samples of the dataset.")
+@click.option("--scenario", "-s", "scenarios", multiple=True, help="Offline, Server, SingleStream, MultiStream or all; repeatable.")
+@click.option("--mode", default="performance", show_default=True, help="performance, accuracy or both.")
+@click.option("--batch-size", type=int, help="Samples per batch (default: the backend's preference).")
+@click.option("--instances", type=int, default=1, show_default=True, help="Sessions per device unit.")
+@click.option("--precision", help="fp32, fp16, bf16 or int8, where the backend can.")
+@click.option("--target-qps", type=float, help="Offline expected QPS / Server target QPS (default: calibrated).")
+@click.option("--quick", is_flag=True, help="Short development run (10 s per test); not valid for submission.")
+@click.option("--duration", "duration_s", type=float, help="Minimum test duration in seconds (implies not valid for submission).")
+@click.option("--batch-timeout-ms", type=float, help="Server: longest a batch waits to fill (default: 1/20 of the latency bound).")
+@click.option("--option", "-o", "options", multiple=True, help="Backend option KEY=VALUE; repeatable.")
+@click.option("--output", default="results", show_default=True, type=click.Path(file_okay=False), help="Results root.")
+@click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
+@click.option("--plan", "plan_file", type=click.Path(), help="Run an earlier run's plan.json again.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic data.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and child output.")
+def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
+    """Run MLPerf LoadGen tests and write a result directory."""
+    from mlpi.cli_output import RunPrinter
+    from mlpi.core.options import parse_assignments
+    from mlpi.core.plan import Plan
+    from mlpi.core.runner import RunRequest, build_plan, execute
+
+    if plan_file:
+        plan = Plan.read(Path(plan_file))
+    else:
+        kwargs["options"] = parse_assignments(kwargs["options"])
+        kwargs["scenarios"] = list(kwargs["scenarios"]) or ["Offline"]
+        plan = build_plan(RunRequest(**kwargs))
+    printer = RunPrinter()
+    printer.plan(plan)
+    outcome = execute(plan, Path(output), printer, keep_child_output=debug)
+    printer.summary(outcome)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.exit_code
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
+def backends(as_json: bool, plugins_file: str | None) -> None:
+    """List backends: version, origin, devices usable here, status."""
+    from mlpi.cli_output import print_backends
+    from mlpi.core.config import PluginsConfig
+    from mlpi.core.inventory import backend_inventory
+
+    rows = backend_inventory(PluginsConfig.load(plugins_file))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_backends(rows)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
+def datasets(as_json: bool, plugins_file: str | None) -> None:
+    """List dataset plugins."""
+    from mlpi.cli_output import print_plain_plugins
+    from mlpi.core.config import PluginsConfig
+    from mlpi.core.inventory import plugin_inventory
+
+    rows = plugin_inventory(PluginsConfig.load(plugins_file), "datasets")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_plain_plugins(rows, "datasets")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,94 @@
+"""How the CLI shows things: progress lines, the summary table, plugin listings (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class RunPrinter:
+    """Reporter for :func:`mlpi.core.runner.execute` that prints to the terminal."""
+
+    def plan(self, plan: Any) -> None:
+        quick = " (quick: not valid for submission)" if plan.quick or plan.duration_s is not None else ""
+        _err.print(
+            f"mlpi: {plan.model.name} on {plan.backend} {plan.device}, dataset {plan.dataset}, "
+            f"{', '.join(plan.scenarios)} x {', '.join(plan.modes)}{quick}"
+        )
+
+    def test_started(self, scenario: str, mode: str, index: int, total: int) -> None:
+        _err.print(f"[{index}/{total}] {scenario} {mode} ...")
+
+    def test_finished(self, test: dict[str, Any]) -> None:
+        if test["status"] == "ok":
+            validity = "VALID" if test["valid"] else "INVALID"
+            _err.print(f"      {test['scenario']} {test['mode']}: {_value(test)} {validity}")
+            for reason in test.get("invalid_reasons") or []:
+                _err.print(f"      - {reason}")
+        else:
+            _err.print(f"      {test['scenario']} {test['mode']}: {test['status'].upper()}")
+
+    def summary(self, outcome: Any) -> None:
+        result = outcome.result
+        table = Table(title=f"mlpi {result['run_id']}", title_justify="left")
+        for column in ("scenario", "mode", "result", "validity", "batch", "precision"):
+            table.add_column(column)
+        for test in result["tests"]:
+            if test["status"] != "ok":
+                validity = test["status"].upper()
+            else:
+                validity = ("VALID" if test["valid"] else "INVALID") + (" (quick)" if test["quick"] else "")
+            table.add_row(
+                test["scenario"], test["mode"], _value(test), validity,
+                str(test.get("batch_size") or "-"), str(test.get("precision") or "-"),
+            )
+        _out.print(table)
+        backend = result["backend"]
+        _out.print(f"backend {backend['name']} {backend['version']} on {result['device']}; model {result['model']['name']}")
+        if not result["submission_valid"]:
+            _out.print("quick run: not valid for submission")
+        _out.print(f"results: {outcome.run_dir}")
+
+
+def _value(test: dict[str, Any]) -> str:
+    value = test.get("value")
+    if value is None:
+        return "-"
+    if test.get("unit") == "ms":
+        return f"{value:.3f} ms"
+    if test.get("unit") == "samples/s":
+        return f"{value:,.1f} samples/s"
+    return f"{value:g} {test.get('unit') or ''}".strip()
+
+
+def print_backends(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="mlpi backends", title_justify="left")
+    for column in ("name", "version", "origin", "device kinds", "devices here", "status"):
+        table.add_column(column)
+    for row in rows:
+        name = row["name"] + (f" ({', '.join(row['aliases'])})" if row.get("aliases") else "")
+        status = row["status"]
+        if row.get("error"):
+            status += f": {row['error']}"
+        if row.get("hint"):
+            status += f" — {row['hint']}"
+        table.add_row(
+            name, row.get("version") or "-", row["origin"], ", ".join(row.get("device_kinds") or []) or "-",
+            ", ".join(row.get("devices") or []) or "-", status,
+        )
+    _out.print(table)
+
+
+def print_plain_plugins(rows: list[dict[str, Any]], group: str) -> None:
+    table = Table(title=f"mlpi {group}", title_justify="left")
+    for column in ("name", "origin", "status", "description"):
+        table.add_column(column)
+    for row in rows:
+        status = row["status"] + (f": {row['error']}" if row.get("error") else "")
+        table.add_row(row["name"], row["origin"], status, row.get("description") or "")
+    _out.print(table)

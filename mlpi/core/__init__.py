@@ -1,0 +1,1 @@
+"""The hardware-neutral core: contracts, plugins, scenarios, runner, results."""

@@ -1,0 +1,182 @@
+"""The backend contract: everything a runtime must provide to run under mlpi.
+
+A backend plugin is a class registered under the entry-point group ``mlpi.backends``::
+
+    [project.entry-points."mlpi.backends"]
+    mybackend = "my_package.backend:MyBackend"
+
+Implement :class:`Backend` (a factory, cheap to create, that must import its runtime only
+inside :meth:`Backend.version`, :meth:`Backend.probe` and :meth:`Backend.load`) and
+:class:`Session` (one loaded model on one device). The core does the rest: datasets,
+batching, padding for fixed batch sizes, LoadGen, results. Nothing in the core knows a
+backend by name; what it needs to know, a backend says through these classes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mlpi.core.device import Device
+
+#: Precisions a backend may run; ``Session.precision`` reports the one that really runs.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and shape of one model input or output.
+
+    ``shape[0]`` is the batch dimension. A dimension that is ``None`` is dynamic.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    @property
+    def batch_dynamic(self) -> bool:
+        return bool(self.shape) and self.shape[0] is None
+
+    @property
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """The shape of one sample: everything after the batch dimension."""
+        return self.shape[1:]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a session can do; the core adapts batching and threading to it.
+
+    - ``max_batch_size``: the largest batch :meth:`Session.run` accepts (``None``: any).
+    - ``fixed_batch``: ``run`` accepts only exactly ``max_batch_size`` rows; the core pads
+      partial batches and ignores the padded rows of the outputs.
+    - ``concurrent``: ``run`` may be called from several threads at once on this session.
+    - ``preferred_batch_size``: the batch size used when the user gives none.
+    """
+
+    max_batch_size: int | None = None
+    fixed_batch: bool = False
+    concurrent: bool = False
+    preferred_batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """The canonical model file (ONNX) a session is built from, with its signature."""
+
+    path: Path
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class Session(ABC):
+    """One model loaded on one device unit, ready to run batches.
+
+    Instances must set ``inputs``, ``outputs``, ``capabilities`` and ``precision``.
+    ``run`` receives one C-contiguous array per input with the batch as the first
+    dimension and returns one array per output, batch first. The core never calls
+    ``run`` concurrently on one session unless ``capabilities.concurrent`` is true.
+    """
+
+    inputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorSpec]
+    capabilities: Capabilities
+    precision: str
+
+    @abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """Run one batch synchronously."""
+
+    def run_async(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        done: Callable[[Mapping[str, np.ndarray] | None, BaseException | None], None],
+    ) -> None:
+        """Start one batch and call ``done(outputs, error)`` from any thread when it ends.
+
+        Optional: the default runs synchronously. A backend with a real asynchronous
+        path (CUDA streams, infer-request queues) overrides it and sets nothing else.
+        """
+        try:
+            outputs = self.run(feeds)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, not swallowed
+            done(None, exc)
+        else:
+            done(outputs, None)
+
+    def close(self) -> None:
+        """Release the device memory and runtime objects this session holds."""
+
+
+@dataclass
+class NoOptions:
+    """For backends without options."""
+
+
+class Backend(ABC):
+    """A runtime that can load a :class:`ModelArtifact` onto a :class:`Device`.
+
+    Class attributes:
+
+    - ``name``: the entry-point name users type after ``--backend``.
+    - ``device_kinds``: device kinds this backend can ever use, e.g. ``("cpu", "cuda")``.
+    - ``precisions``: precisions it can run (a subset of :data:`PRECISIONS`).
+    - ``Options``: a dataclass of its knobs with defaults; users set them with
+      ``-o key=value`` or in ``plugins.toml``; unknown keys are rejected by the core.
+      A field's ``metadata["help"]`` documents it for ``mlpi backends``.
+    - ``install_hint``: the command that installs the runtime, shown when it is missing.
+    """
+
+    name: ClassVar[str]
+    device_kinds: ClassVar[tuple[str, ...]]
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    Options: ClassVar[type] = NoOptions
+    install_hint: ClassVar[str] = ""
+
+    @abstractmethod
+    def version(self) -> str:
+        """The runtime's version. Raises :class:`~mlpi.core.errors.PluginError` with the
+        install hint when the runtime is not installed."""
+
+    @abstractmethod
+    def probe(self) -> list[Device]:
+        """Device units really usable on this machine now. Never raises: an absent driver
+        or runtime simply yields no devices of that kind."""
+
+    @abstractmethod
+    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+        """Load ``model`` on one unit of ``device`` with ``options`` (an ``Options`` instance).
+
+        ``precision`` is what the user asked for, or ``None`` for the backend's default.
+        Raise :class:`~mlpi.core.errors.DeviceError` when the device cannot be used and
+        :class:`~mlpi.core.errors.ModelError` when the runtime rejects the model.
+        """
+
+    def runtime_distributions(self) -> tuple[str, ...]:
+        """Python distributions whose versions belong in results (e.g. ``("onnxruntime",)``)."""
+        return ()
+
+
+__all__ = [
+    "PRECISIONS",
+    "Backend",
+    "Capabilities",
+    "ModelArtifact",
+    "NoOptions",
+    "Session",
+    "TensorSpec",
+]

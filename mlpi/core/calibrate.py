@@ -1,0 +1,96 @@
+"""A short calibration pass: how fast is this SUT, so LoadGen's expectations are real.
+
+LoadGen pre-generates its queries from the expected QPS (Offline, Server) or latency
+(SingleStream, MultiStream); a wrong guess ends the run early as INVALID. mlpi never
+guesses: it measures the sessions on the loaded samples first, unless the user says.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+
+from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+from mlpi.core.scenario import Expectations
+from mlpi.core.sut import BatchExecutor
+
+#: Server's target QPS, when the user gives none, as a fraction of calibrated throughput.
+SERVER_TARGET_FRACTION = 0.5
+
+
+def calibrate(
+    executors: Sequence[BatchExecutor],
+    scenario: str,
+    indices: Sequence[int],
+    seconds: float,
+    target_qps: float | None,
+) -> Expectations:
+    """Measure what ``scenario`` needs on ``indices`` (loaded samples) for ``seconds``."""
+    throughput = latency = ms_latency = 0.0
+    if scenario in ("Offline", "Server") and target_qps is None:
+        throughput = _throughput(executors, indices, seconds)
+    if scenario == "SingleStream":
+        latency = _latency(executors[0], indices, 1, seconds)
+    if scenario == "MultiStream":
+        ms_latency = _latency(executors[0], indices, MULTISTREAM_SAMPLES_PER_QUERY, seconds)
+    if target_qps is not None:
+        return Expectations(target_qps, latency, ms_latency, target_qps, "user (--target-qps)")
+    return Expectations(throughput, latency, ms_latency, throughput * SERVER_TARGET_FRACTION, "calibration")
+
+
+def _batches(indices: Sequence[int], size: int, offset: int) -> list[Sequence[int]]:
+    pool = list(indices)
+    out = []
+    for k in range(max(1, len(pool) // max(size, 1))):
+        start = (offset + k * size) % len(pool)
+        batch = (pool + pool)[start : start + size] if size <= len(pool) else (pool * (size // len(pool) + 1))[:size]
+        out.append(batch)
+    return out
+
+
+def _throughput(executors: Sequence[BatchExecutor], indices: Sequence[int], seconds: float) -> float:
+    counts = [0] * len(executors)
+    deadline = time.perf_counter() + seconds
+    errors: list[BaseException] = []
+
+    def loop(k: int, ex: BatchExecutor) -> None:
+        batches = _batches(indices, ex.batch_size, k * ex.batch_size)
+        done = 0
+        try:
+            while True:
+                for batch in batches:
+                    ex.compute(batch)
+                    done += len(batch)
+                    if time.perf_counter() >= deadline:
+                        counts[k] = done
+                        return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(k, ex)) for k, ex in enumerate(executors)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sum(counts) / max(time.perf_counter() - start, 1e-9)
+
+
+def _latency(executor: BatchExecutor, indices: Sequence[int], size: int, seconds: float) -> float:
+    samples: list[float] = []
+    batches = _batches(indices, size, 0)
+    bs = executor.batch_size
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(samples) < 3:
+        for batch in batches:
+            t0 = time.perf_counter()
+            for start in range(0, len(batch), bs):
+                executor.compute(batch[start : start + bs])
+            samples.append(time.perf_counter() - t0)
+            if time.perf_counter() >= deadline and len(samples) >= 3:
+                break
+    return statistics.median(samples)

@@ -1,0 +1,222 @@
+"""One LoadGen test in its own process: ``python -m mlpi.core.child PLAN SCENARIO MODE DIR``.
+
+LoadGen applies mlperf.conf once per process, and a vendor runtime that crashes must not
+take the parent down, so every test runs here. The outcome (ok, or the error with its
+hint) goes to ``DIR/outcome.json``; LoadGen's logs go to ``DIR``. No ``chdir``: the audit
+config path is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from mlpi.core.errors import EXIT_FAILURE, MlpiError, ModelError, UsageError
+
+OUTCOME = "outcome.json"
+
+
+def main(argv: list[str]) -> int:
+    plan_path, scenario, mode, outdir = argv
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    try:
+        details = run_test(Path(plan_path), scenario, mode, out)
+    except MlpiError as exc:
+        _write(out, {"status": "failed", "error": _error(exc), "seconds": time.time() - started})
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - a backend's own failure, reported as such
+        traceback.print_exc()
+        err = MlpiError(f"{type(exc).__name__}: {exc}", f"see {out / 'harness.log'}; re-run with --debug")
+        _write(out, {"status": "failed", "error": _error(err), "seconds": time.time() - started})
+        return EXIT_FAILURE
+    details.update(status="ok", seconds=time.time() - started)
+    _write(out, details)
+    return 0
+
+
+def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, Any]:
+    import mlperf_loadgen as lg
+
+    from mlpi.core.backend import ModelArtifact
+    from mlpi.core.calibrate import calibrate
+    from mlpi.core.config import PluginsConfig
+    from mlpi.core.device import Device
+    from mlpi.core.options import build_options
+    from mlpi.core.plan import Plan
+    from mlpi.core.plugins import Registry
+    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+    from mlpi.core.scenario import user_conf
+    from mlpi.core.sut import BatchExecutor, InlineSUT, OfflineSUT, ServerSUT
+
+    plan = Plan.read(plan_path)
+    registry = Registry(PluginsConfig.load(plan.plugins_file))
+    backend = registry.backend(plan.backend)
+    options = build_options(backend.Options, [("plan", plan.backend_options)], backend.name)
+    artifact = ModelArtifact(
+        Path(plan.model.path), plan.model.sha256, tuple(plan.model.inputs), tuple(plan.model.outputs)
+    )
+    spec = model_spec(registry, plan)
+    factory = registry.resolve("datasets", plan.dataset).obj()
+    dataset = factory.open(
+        artifact.inputs, Path(plan.dataset_path) if plan.dataset_path else None, plan.dataset_count, plan.seed
+    )
+
+    device = Device.parse(plan.device)
+    sessions = [backend.load(artifact, unit, options, plan.precision) for unit in device.units() for _ in range(plan.instances)]
+    caps = sessions[0].capabilities
+    batch_size = effective_batch_size(plan.batch_size, caps, scenario)
+
+    loaded = list(range(min(dataset.count, dataset.performance_count)))
+    dataset.load(loaded)
+    outputs = observed_outputs(sessions[0], dataset, loaded[0])
+    postprocess = spec.postprocess(outputs)
+
+    failure: list[BaseException] = []
+
+    def on_error(exc: BaseException) -> None:
+        # LoadGen cannot be aborted from Python: record the error and end the process.
+        failure.append(exc)
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        err = exc if isinstance(exc, MlpiError) else MlpiError(
+            f"backend '{backend.name}' failed during the {scenario} test: {type(exc).__name__}: {exc}",
+            f"see {out / 'harness.log'}",
+        )
+        _write(out, {"status": "failed", "error": _error(err)})
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_FAILURE)
+
+    executors = [
+        BatchExecutor(s, dataset, postprocess, batch_size, lg.QuerySamplesComplete, lg.QuerySampleResponse, on_error)
+        for s in sessions
+    ]
+    calib_s = 0.5 if plan.quick or (plan.duration_s is not None and plan.duration_s < 60) else 2.0
+    expect = calibrate(executors, scenario, loaded, calib_s, plan.target_qps)
+    print(f"mlpi: {scenario} expectations from {expect.source}: {expect}", flush=True)
+    dataset.unload(loaded)
+
+    conf_path = out / "user.conf"
+    model_key = plan.model.rules_key or plan.model.name
+    conf_path.write_text(
+        user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=None),
+        encoding="utf-8",
+    )
+    settings = lg.TestSettings()
+    if settings.FromConfig(str(conf_path), model_key, scenario) != 0:
+        raise UsageError(f"LoadGen rejected {conf_path}", "see harness.log for the line it names")
+    settings.scenario = getattr(lg.TestScenario, scenario)
+    settings.mode = lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
+
+    if scenario in ("SingleStream", "MultiStream"):
+        sut_impl: Any = InlineSUT(executors[0])
+    elif scenario == "Offline":
+        sut_impl = OfflineSUT(executors)
+    else:
+        timeout_s = server_batch_timeout_s(plan.batch_timeout_ms, settings.server_target_latency_ns)
+        sut_impl = ServerSUT(executors, batch_size, timeout_s)
+
+    log_output = lg.LogOutputSettings()
+    log_output.outdir = str(out)
+    log_output.copy_summary_to_stdout = False
+    log_settings = lg.LogSettings()
+    log_settings.log_output = log_output
+    log_settings.enable_trace = False
+
+    sut = lg.ConstructFastSUT(sut_impl.issue, sut_impl.flush)
+    qsl = lg.ConstructQSL(dataset.count, dataset.performance_count, dataset.load, dataset.unload)
+    audit = str(plan.extra.get("audit_config") or out / "audit.config")
+    sut_impl.start()
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, audit)
+    finally:
+        sut_impl.stop()
+        lg.DestroyQSL(qsl)
+        lg.DestroyFastSUT(sut)
+    for session in sessions:
+        session.close()
+    return {
+        "batch_size": batch_size,
+        "sessions": len(sessions),
+        "precision": sessions[0].precision,
+        "samples_per_query": MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else None,
+        "expectations": expect.__dict__,
+        "executors": [{"batches": e.batches, "samples": e.samples} for e in executors],
+    }
+
+
+def model_spec(registry: Any, plan: Any) -> Any:
+    from mlpi.core.model import ModelSpec
+
+    if plan.extra.get("registered_model"):
+        obj = registry.resolve("models", plan.model.name).obj
+        return obj() if callable(obj) and not isinstance(obj, ModelSpec) else obj
+    return ModelSpec.for_file(Path(plan.model.path))
+
+
+def effective_batch_size(requested: int | None, caps: Any, scenario: str) -> int:
+    """The executor batch size for a scenario, checked against what the session accepts."""
+    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+
+    bs = requested or caps.preferred_batch_size
+    if caps.max_batch_size is not None and bs > caps.max_batch_size:
+        raise ModelError(
+            f"batch size {bs} is larger than the session accepts ({caps.max_batch_size})",
+            f"pass --batch-size {caps.max_batch_size} or less, or use a model with a dynamic batch dimension",
+        )
+    if scenario == "SingleStream":
+        return 1
+    if scenario == "MultiStream":
+        limit = caps.max_batch_size or MULTISTREAM_SAMPLES_PER_QUERY
+        return min(MULTISTREAM_SAMPLES_PER_QUERY, limit)
+    return bs
+
+
+def server_batch_timeout_s(requested_ms: float | None, latency_bound_ns: int) -> float:
+    """How long a Server batch may wait to fill: the user's, else 1/20 of the latency bound."""
+    if requested_ms is not None:
+        return requested_ms / 1e3
+    return latency_bound_ns / 1e9 / 20
+
+
+def observed_outputs(session: Any, dataset: Any, index: int) -> list[Any]:
+    """Run one sample and describe the outputs as they really are (dynamic dims resolved)."""
+    import numpy as np
+
+    from mlpi.core.backend import TensorSpec
+
+    caps = session.capabilities
+    rows = caps.max_batch_size if caps.fixed_batch and caps.max_batch_size else 1
+    feeds = {s.name: np.zeros((rows, *s.sample_shape), dtype=s.dtype) for s in dataset.inputs}
+    dataset.gather([index], feeds)
+    outputs = session.run(feeds)
+    specs = []
+    for spec in session.outputs:
+        array = np.asarray(outputs[spec.name])
+        if array.ndim == 0 or array.shape[0] != rows:
+            raise ModelError(
+                f"output '{spec.name}' has shape {array.shape}, with no batch dimension of {rows}",
+                "mlpi needs every output batch-first; export the model with a batch dimension",
+            )
+        specs.append(TensorSpec(spec.name, array.dtype.name, (None, *array.shape[1:])))
+    return specs
+
+
+def _error(exc: MlpiError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+
+
+def _write(out: Path, data: dict[str, Any]) -> None:
+    from mlpi.core.results import write_json_atomic
+
+    write_json_atomic(out / OUTCOME, data)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,78 @@
+"""What plugins are installed and what each can do here (``mlpi backends``, ``mlpi datasets``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlpi.core.backend import Backend
+from mlpi.core.config import PluginsConfig
+from mlpi.core.errors import MlpiError
+from mlpi.core.options import option_help
+from mlpi.core.plugins import PluginInfo, Registry
+
+
+def backend_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
+    """One row per backend entry point; a broken or missing runtime is a row, never a crash."""
+    registry = Registry(config)
+    aliases: dict[str, list[str]] = {}
+    for alias, target in config.aliases.items():
+        aliases.setdefault(target, []).append(alias)
+    defaults = {kind: name for kind, name in config.default_backend.items()}
+    rows = []
+    for info in registry.plugins("backends"):
+        row = _base_row(info)
+        row.update(aliases=aliases.get(info.name, []), default_for=[k for k, n in defaults.items() if n == info.name])
+        row.update(version=None, device_kinds=[], devices=[], precisions=[], options={})
+        if info.broken or info.disabled:
+            rows.append(row)
+            continue
+        cls = info.obj
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            row.update(status="broken", error=f"'{info.target}' is not a mlpi Backend class")
+            rows.append(row)
+            continue
+        row.update(
+            device_kinds=list(cls.device_kinds),
+            precisions=list(cls.precisions),
+            options=option_help(cls.Options),
+        )
+        try:
+            backend = cls()
+            row["version"] = backend.version()
+        except MlpiError as exc:
+            row.update(status="not installed", error=exc.message, hint=exc.hint)
+            rows.append(row)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported, not raised
+            row.update(status="broken", error=f"{type(exc).__name__}: {exc}")
+            rows.append(row)
+            continue
+        try:
+            row["devices"] = [str(d) for d in backend.probe()]
+        except Exception as exc:  # noqa: BLE001 - probe must not raise; say so if it does
+            row.update(status="broken", error=f"probe() raised {type(exc).__name__}: {exc}")
+        rows.append(row)
+    return rows
+
+
+def plugin_inventory(config: PluginsConfig, group: str) -> list[dict[str, Any]]:
+    rows = []
+    for info in Registry(config).plugins(group):
+        row = _base_row(info)
+        row["description"] = getattr(info.obj, "description", "") if info.obj is not None else ""
+        rows.append(row)
+    return rows
+
+
+def _base_row(info: PluginInfo) -> dict[str, Any]:
+    status = "disabled" if info.disabled else "broken" if info.broken else "ok"
+    return {
+        "name": info.name,
+        "origin": info.origin,
+        "distribution": info.distribution,
+        "distribution_version": info.distribution_version,
+        "entry_point": info.target,
+        "status": status,
+        "error": info.error,
+        "hint": None,
+    }

@@ -1,0 +1,61 @@
+"""Read an ONNX file's signature without running it, so a plan can be checked up front."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from mlpi.core.backend import ModelArtifact, TensorSpec
+from mlpi.core.errors import ModelError
+
+_HINT = "pass --model-path with an .onnx file (exported with torch.onnx.export, tf2onnx, ...)"
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inspect_onnx(path: Path) -> ModelArtifact:
+    """Check that ``path`` is a readable ONNX model and return its artifact description."""
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist", _HINT)
+    if path.is_dir():
+        raise ModelError(f"model path {path} is a directory, not an ONNX file", _HINT)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}", "check its permissions") from None
+    if not head:
+        raise ModelError(f"model file {path} is empty", "download or export it again")
+
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not an ONNX model or is corrupt ({type(exc).__name__})", _HINT) from None
+    graph = proto.graph
+    if not graph.node or not graph.output:
+        raise ModelError(f"{path} is not an ONNX model or is corrupt (no graph)", _HINT)
+    initializers = {init.name for init in graph.initializer}
+    inputs = tuple(_spec(value) for value in graph.input if value.name not in initializers)
+    outputs = tuple(_spec(value) for value in graph.output)
+    return ModelArtifact(path=path.resolve(), sha256=sha256_of(path), inputs=inputs, outputs=outputs)
+
+
+def _spec(value: object) -> TensorSpec:
+    import onnx
+
+    tensor_type = value.type.tensor_type  # type: ignore[attr-defined]
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+    except (KeyError, TypeError, ValueError):
+        dtype = "unknown"
+    shape = tuple(dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim)
+    return TensorSpec(name=value.name, dtype=dtype, shape=shape)  # type: ignore[attr-defined]

@@ -1,0 +1,154 @@
+"""Plugin discovery through entry points (stevedore), built-ins exactly like third parties.
+
+Groups: ``mlpi.backends`` (Backend subclasses), ``mlpi.models`` (ModelSpec objects or
+factories), ``mlpi.datasets`` (DatasetFactory subclasses). A plugin that fails to import is
+kept as *broken* with its error; it never stops another plugin or command from working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from mlpi.core.backend import Backend
+from mlpi.core.config import GROUPS, PluginsConfig
+from mlpi.core.errors import PluginError, UsageError, suggest
+
+OWN_DISTRIBUTION = "mlpi"
+
+
+@dataclass
+class PluginInfo:
+    """One entry point as found on this machine."""
+
+    group: str
+    name: str
+    target: str
+    obj: Any = None
+    error: str | None = None
+    distribution: str | None = None
+    distribution_version: str | None = None
+    disabled: bool = False
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+    @property
+    def origin(self) -> str:
+        if self.distribution in (None, OWN_DISTRIBUTION):
+            return "built-in"
+        return f"{self.distribution} {self.distribution_version or ''}".strip()
+
+
+class Registry:
+    """The plugins of all groups, discovered once, filtered by the configuration."""
+
+    def __init__(self, config: PluginsConfig) -> None:
+        self.config = config
+        self._found: dict[str, dict[str, PluginInfo]] = {}
+
+    def plugins(self, group: str) -> list[PluginInfo]:
+        if group not in self._found:
+            self._found[group] = _discover(group, self.config)
+        return sorted(self._found[group].values(), key=lambda p: p.name)
+
+    def names(self, group: str) -> list[str]:
+        return [p.name for p in self.plugins(group) if not p.disabled]
+
+    def resolve(self, group: str, name: str) -> PluginInfo:
+        """Find an enabled, importable plugin by name or alias, or raise a clear error."""
+        found = {p.name: p for p in self.plugins(group)}
+        if group == "backends":
+            name = self.config.aliases.get(name, name)
+        info = found.get(name)
+        if info is None:
+            lowered = {k.lower(): v for k, v in found.items()}
+            info = lowered.get(name.lower())
+        singular = group[:-1]
+        if info is None:
+            known = self.names(group) + (list(self.config.aliases) if group == "backends" else [])
+            raise UsageError(f"unknown {singular} '{name}'", f"{suggest(name, known)} (`mlpi {group}` lists them)")
+        if info.disabled:
+            raise UsageError(
+                f"{singular} '{info.name}' is disabled in {', '.join(self.config.sources)}",
+                f"remove it from [disabled] {group} in your plugins.toml",
+            )
+        if info.broken:
+            raise PluginError(
+                f"{singular} plugin '{info.name}' ({info.origin}) failed to import: {info.error}",
+                f"reinstall or fix the package that provides '{info.target}'",
+            )
+        return info
+
+    def backend(self, name: str) -> Backend:
+        info = self.resolve("backends", name)
+        cls = info.obj
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise PluginError(
+                f"backend plugin '{info.name}' ({info.origin}) is not a mlpi Backend class",
+                f"its entry point '{info.target}' must name a subclass of mlpi.core.backend.Backend",
+            )
+        return cls()
+
+    def default_backend(self, device_kind: str) -> str:
+        name = self.config.default_backend.get(device_kind)
+        if name:
+            return name
+        for info in self.plugins("backends"):
+            kinds = getattr(info.obj, "device_kinds", ())
+            if not info.disabled and not info.broken and device_kind in kinds:
+                return info.name
+        raise UsageError(
+            f"no backend is configured for device kind '{device_kind}'",
+            "pass --backend NAME, or set [default_backend] in plugins.toml",
+        )
+
+
+def _discover(group: str, config: PluginsConfig) -> dict[str, PluginInfo]:
+    from stevedore import ExtensionManager
+
+    if group not in GROUPS:
+        raise ValueError(group)
+    found: dict[str, PluginInfo] = {}
+
+    def on_failure(_manager: Any, entry_point: Any, exc: BaseException) -> None:
+        info = _info(group, entry_point, config)
+        info.error = f"{type(exc).__name__}: {exc}"
+        found.setdefault(info.name, info)
+
+    manager = ExtensionManager(
+        namespace=f"mlpi.{group}",
+        invoke_on_load=False,
+        on_load_failure_callback=on_failure,
+    )
+    for ext in manager.extensions:
+        info = _info(group, ext.entry_point, config)
+        info.obj = ext.plugin
+        found.setdefault(info.name, info)
+    return found
+
+
+def _info(group: str, entry_point: Any, config: PluginsConfig) -> PluginInfo:
+    dist = getattr(entry_point, "dist", None)
+    dist_name = getattr(dist, "name", None) if dist is not None else None
+    dist_version = getattr(dist, "version", None) if dist is not None else None
+    if dist_name is None:
+        dist_name, dist_version = _owner_of(entry_point)
+    return PluginInfo(
+        group=group,
+        name=entry_point.name,
+        target=entry_point.value,
+        distribution=dist_name,
+        distribution_version=dist_version,
+        disabled=config.is_disabled(group, entry_point.name),
+    )
+
+
+def _owner_of(entry_point: Any) -> tuple[str | None, str | None]:
+    for dist in metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group == entry_point.group and ep.name == entry_point.name and ep.value == entry_point.value:
+                return dist.metadata["Name"], dist.version
+    return None, None

@@ -1,0 +1,399 @@
+"""Plan a run, check it before any timing, then run each LoadGen test in a child process.
+
+``build_plan`` turns a :class:`RunRequest` into a validated :class:`Plan` (or raises the
+error that names the fix); ``execute`` makes the run directory and drives the children,
+writing ``result.json`` after every test so nothing already measured is ever lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mlpi.core.child import OUTCOME
+from mlpi.core.config import PluginsConfig
+from mlpi.core.device import Device
+from mlpi.core.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    DeviceError,
+    MlpiError,
+    ModelError,
+    UsageError,
+    suggest,
+)
+from mlpi.core.model import ModelSpec
+from mlpi.core.onnx_file import inspect_onnx
+from mlpi.core.options import build_options, options_to_json
+from mlpi.core.plan import ModelRef, Plan
+from mlpi.core.plugins import Registry
+from mlpi.core.results import SCHEMA_VERSION, create_run_dir, run_stem, test_dir, write_json_atomic
+from mlpi.core.rules import MODES, SCENARIOS
+from mlpi.core.scenario import DetailLog, performance_metric
+from mlpi.core.sysinfo import system_info
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for, before anything is resolved or checked."""
+
+    backend: str | None = None
+    device: str = "cpu"
+    model: str | None = None
+    model_path: str | None = None
+    dataset: str = "synthetic"
+    dataset_path: str | None = None
+    dataset_count: int | None = None
+    scenarios: list[str] = field(default_factory=lambda: ["Offline"])
+    mode: str = "performance"
+    batch_size: int | None = None
+    instances: int = 1
+    precision: str | None = None
+    target_qps: float | None = None
+    quick: bool = False
+    duration_s: float | None = None
+    batch_timeout_ms: float | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    plugins_file: str | None = None
+    seed: int = 0
+
+
+class Reporter(Protocol):
+    """How the run tells its caller what is happening (the CLI prints it)."""
+
+    def test_started(self, scenario: str, mode: str, index: int, total: int) -> None: ...
+
+    def test_finished(self, test: dict[str, Any]) -> None: ...
+
+
+def parse_scenarios(values: list[str]) -> list[str]:
+    """Case-insensitive scenario names, ``all`` for every one; order kept, duplicates dropped."""
+    by_lower = {s.lower(): s for s in SCENARIOS}
+    chosen: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if item.lower() == "all":
+                chosen.extend(SCENARIOS)
+            elif item.lower() in by_lower:
+                chosen.append(by_lower[item.lower()])
+            else:
+                raise UsageError(f"unknown scenario '{item}'", f"{suggest(item, list(SCENARIOS))} (or all)")
+    return list(dict.fromkeys(chosen))
+
+
+def parse_modes(mode: str) -> list[str]:
+    if mode == "both":
+        return list(MODES)
+    if mode not in MODES:
+        raise UsageError(f"unknown mode '{mode}'", "choose performance, accuracy or both")
+    return [mode]
+
+
+def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan:
+    """Resolve and check everything a run needs; raise the error that names the fix."""
+    config = config or PluginsConfig.load(request.plugins_file)
+    registry = Registry(config)
+    scenarios = parse_scenarios(request.scenarios)
+    modes = parse_modes(request.mode)
+    _check_numbers(request)
+
+    device = Device.parse(request.device)
+    backend_name = request.backend or registry.default_backend(device.kind)
+    backend = registry.backend(backend_name)
+    if device.kind not in backend.device_kinds:
+        raise DeviceError(
+            f"backend '{backend.name}' cannot use device kind '{device.kind}'",
+            f"it runs on: {', '.join(backend.device_kinds)}; `mlpi backends` shows which backend runs where",
+        )
+    backend.version()  # raises the install hint when the runtime is missing
+    _check_device(backend, device)
+    if request.precision is not None and request.precision not in backend.precisions:
+        raise UsageError(
+            f"backend '{backend.name}' cannot run precision '{request.precision}'",
+            f"choose one of: {', '.join(backend.precisions)}",
+        )
+    layers: list[tuple[str, Any]] = []
+    if backend.name in config.options:
+        layers.append((config.option_sources.get(backend.name, "plugins.toml"), config.options[backend.name]))
+    layers.append(("--option", request.options))
+    options = build_options(backend.Options, layers, backend.name)
+
+    model_ref, registered = _resolve_model(request, registry)
+    factory = registry.resolve("datasets", request.dataset).obj()
+    if factory.needs_path and not request.dataset_path:
+        raise UsageError(f"dataset '{request.dataset}' needs --dataset-path", "point it at the dataset's folder")
+    dataset = factory.open(
+        model_ref.inputs, Path(request.dataset_path) if request.dataset_path else None, request.dataset_count, request.seed
+    )
+    if dataset.count < 1:
+        raise UsageError(f"dataset '{request.dataset}' has no samples", "check --dataset-path and --count")
+
+    return Plan(
+        backend=backend.name,
+        backend_options=options_to_json(options),
+        device=str(device),
+        precision=request.precision,
+        model=model_ref,
+        dataset=request.dataset,
+        dataset_path=str(Path(request.dataset_path).resolve()) if request.dataset_path else None,
+        dataset_count=request.dataset_count,
+        scenarios=scenarios,
+        modes=modes,
+        batch_size=request.batch_size,
+        instances=request.instances,
+        target_qps=request.target_qps,
+        quick=request.quick,
+        duration_s=request.duration_s,
+        batch_timeout_ms=request.batch_timeout_ms,
+        seed=request.seed,
+        plugins_file=str(Path(request.plugins_file).resolve()) if request.plugins_file else None,
+        extra={"registered_model": registered},
+    )
+
+
+def _check_numbers(request: RunRequest) -> None:
+    for name, value in (("--batch-size", request.batch_size), ("--instances", request.instances)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1, not {value}", f"pass {name} 1 or more")
+    for name, fvalue in (
+        ("--target-qps", request.target_qps),
+        ("--duration", request.duration_s),
+        ("--batch-timeout-ms", request.batch_timeout_ms),
+    ):
+        if fvalue is not None and not fvalue > 0:
+            raise UsageError(f"{name} must be positive, not {fvalue}", f"pass {name} with a value above 0")
+
+
+def _check_device(backend: Any, device: Device) -> None:
+    usable = backend.probe()
+    kinds = [d for d in usable if d.kind == device.kind]
+    listing = ", ".join(str(d) for d in usable) or "none"
+    if not kinds:
+        raise DeviceError(
+            f"device '{device}' is not usable by backend '{backend.name}' on this machine (usable: {listing})",
+            "install the driver and runtime for it, or pick a usable device with --device",
+        )
+    if device.indices:
+        have = {i for d in kinds for i in (d.indices or (0,))}
+        missing = [i for i in device.indices if i not in have]
+        if missing:
+            raise DeviceError(
+                f"{device.kind} unit(s) {', '.join(map(str, missing))} not found for backend '{backend.name}' (usable: {listing})",
+                "pick units that `mlpi backends` lists",
+            )
+
+
+def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, bool]:
+    spec: ModelSpec | None = None
+    if request.model:
+        obj = registry.resolve("models", request.model).obj
+        spec = obj() if callable(obj) and not isinstance(obj, ModelSpec) else obj
+    if not request.model_path:
+        if spec is None:
+            raise UsageError("no model given", "pass --model-path FILE.onnx (or --model NAME of a registered model)")
+        raise ModelError(f"model '{spec.name}' has no local file", "pass --model-path FILE.onnx")
+    path = Path(request.model_path).expanduser()
+    artifact = inspect_onnx(path)
+    if spec is not None and spec.artifact_sha256 and spec.artifact_sha256 != artifact.sha256:
+        raise ModelError(
+            f"{path} does not match model '{spec.name}' (sha256 {artifact.sha256[:12]}..., expected {spec.artifact_sha256[:12]}...)",
+            "download it again, or drop --model to run the file as a custom model",
+        )
+    spec = spec or ModelSpec.for_file(path)
+    ref = ModelRef(
+        name=spec.name,
+        path=str(artifact.path),
+        sha256=artifact.sha256,
+        rules_key=spec.rules_key,
+        inputs=list(artifact.inputs),
+        outputs=list(artifact.outputs),
+    )
+    return ref, request.model is not None
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    result: dict[str, Any]
+    exit_code: int
+    error: MlpiError | None = None
+
+
+def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_output: bool = False) -> RunOutcome:
+    """Run every test of ``plan`` in its own process under a new run directory."""
+    registry = Registry(PluginsConfig.load(plan.plugins_file))
+    backend = registry.backend(plan.backend)
+    run_dir = create_run_dir(output_root, run_stem(plan.model.name, plan.backend, plan.device))
+    plan_path = run_dir / "plan.json"
+    write_json_atomic(plan_path, plan.to_json())
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_dir.name,
+        "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished": None,
+        "backend": {"name": backend.name, "version": backend.version(), "options": plan.backend_options},
+        "device": plan.device,
+        "precision": plan.precision,
+        "model": {"name": plan.model.name, "path": plan.model.path, "sha256": plan.model.sha256,
+                  "rules_key": plan.model.rules_key},
+        "dataset": {"name": plan.dataset, "path": plan.dataset_path, "count": plan.dataset_count},
+        "settings": {"batch_size": plan.batch_size, "instances": plan.instances, "target_qps": plan.target_qps,
+                     "quick": plan.quick, "duration_s": plan.min_duration_s, "batch_timeout_ms": plan.batch_timeout_ms},
+        "submission_valid": not plan.quick and plan.duration_s is None,
+        "system": system_info(backend.runtime_distributions()),
+        "tests": [],
+    }
+    result_path = run_dir / "result.json"
+    write_json_atomic(result_path, result)
+
+    tests = [(s, m) for s in plan.scenarios for m in plan.modes]
+    error: MlpiError | None = None
+    status = "ok"
+    for number, (scenario, mode) in enumerate(tests, 1):
+        reporter.test_started(scenario, mode, number, len(tests))
+        try:
+            test = _run_child(plan, plan_path, run_dir, scenario, mode, keep_child_output)
+        except KeyboardInterrupt:
+            test = _test_entry(plan, scenario, mode, status="interrupted")
+            status = "interrupted"
+        result["tests"].append(test)
+        if test["status"] == "ok" and test.get("precision"):
+            result["precision"] = test["precision"]
+        write_json_atomic(result_path, result)
+        reporter.test_finished(test)
+        if status == "interrupted":
+            break
+        if test["status"] != "ok":
+            status = "failed"
+            err = test.get("error") or {}
+            error = MlpiError(err.get("message", "test failed"), err.get("hint"))
+            error.exit_code = EXIT_FAILURE
+            break
+    result["status"] = status
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json_atomic(result_path, result)
+    if status == "interrupted":
+        code = EXIT_INTERRUPTED
+    elif status == "failed":
+        code = EXIT_FAILURE
+    elif any(t["valid"] is False for t in result["tests"]):
+        code = EXIT_INVALID
+    else:
+        code = EXIT_OK
+    return RunOutcome(run_dir, result, code, error)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _run_child(plan: Plan, plan_path: Path, run_dir: Path, scenario: str, mode: str, echo: bool) -> dict[str, Any]:
+    out = test_dir(run_dir, scenario, mode)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "harness.log"
+    command = [sys.executable, "-m", "mlpi.core.child", str(plan_path), scenario, mode, str(out)]
+    with log_path.open("wb") as log:
+        child = subprocess.Popen(
+            command, stdout=None if echo else log, stderr=subprocess.STDOUT if not echo else None,
+            stdin=subprocess.DEVNULL, env=_child_env(),
+        )
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            _stop(child)
+            raise
+    return _collect(plan, out, scenario, mode, code)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """Stop a child on Ctrl-C: SIGINT first (it may already have it), then kill."""
+    for sig, grace in ((signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
+        if child.poll() is not None:
+            return
+        try:
+            child.send_signal(sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> dict[str, Any]:
+    outcome_path = out / OUTCOME
+    outcome: dict[str, Any] = {}
+    if outcome_path.exists():
+        try:
+            outcome = json.loads(outcome_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            outcome = {}
+    if outcome.get("status") == "failed":
+        return _test_entry(plan, scenario, mode, status="failed", error=outcome.get("error"))
+    if code != 0 or outcome.get("status") != "ok":
+        how = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ else f"exit code {code}"
+        error = {
+            "type": "RunFailed",
+            "message": f"the {scenario} {mode} test process crashed ({how})",
+            "hint": f"its log is kept in {out / 'harness.log'}; re-run with --debug to see it live",
+        }
+        return _test_entry(plan, scenario, mode, status="failed", error=error)
+    log = DetailLog.read(out / "mlperf_log_detail.txt")
+    test = _test_entry(plan, scenario, mode, status="ok")
+    test.update(
+        batch_size=outcome.get("batch_size"),
+        sessions=outcome.get("sessions"),
+        precision=outcome.get("precision"),
+        expectations=outcome.get("expectations"),
+    )
+    if mode == "accuracy":
+        logged = _accuracy_sample_count(out / "mlperf_log_accuracy.json")
+        test.update(metric="accuracy_log_samples", value=logged, unit="samples", valid=logged is not None and logged > 0)
+    else:
+        metric = performance_metric(scenario, log)
+        test.update(metric=metric.name, value=metric.value, unit=metric.unit, valid=log.valid if log.complete else False)
+        if not test["valid"]:
+            test["invalid_reasons"] = log.invalid_reasons() or ["LoadGen wrote no result"]
+    return test
+
+
+def _test_entry(plan: Plan, scenario: str, mode: str, *, status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "mode": mode,
+        "status": status,
+        "valid": None,
+        "metric": None,
+        "value": None,
+        "unit": None,
+        "quick": plan.quick or plan.duration_s is not None,
+        "dir": f"{scenario}/{mode}",
+        "error": error,
+    }
+
+
+def _accuracy_sample_count(path: Path) -> int | None:
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return len({e["qsl_idx"] for e in entries})
+
+
+__all__ = ["RunRequest", "RunOutcome", "build_plan", "execute", "parse_scenarios", "Reporter"]

@@ -1,0 +1,147 @@
+"""LoadGen settings for one test: the user.conf mlpi writes, and the log it reads back.
+
+Official settings come from LoadGen's built-in mlperf.conf; mlpi adds a user.conf holding
+only what it must choose: expected QPS / latency (from calibration or the user) and, for
+quick development runs, shorter durations. ``FromConfig`` is called once per process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+
+#: How much higher than calibration Offline's expected QPS is set: LoadGen issues
+#: expected_qps * min_duration * 1.1 samples, and too few end the run early (INVALID).
+OFFLINE_QPS_MARGIN = 1.1
+#: SingleStream/MultiStream expected latency below calibration, so enough queries exist.
+LATENCY_MARGIN = 0.5
+#: Quick runs: minimum queries, so short runs still give percentiles.
+QUICK_MIN_QUERY_COUNT = 64
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the SUT is expected to do, from calibration or from the user."""
+
+    throughput_qps: float  # samples/s over all sessions at the run's batch size
+    latency_s: float  # seconds for one sample alone
+    multistream_latency_s: float  # seconds for one MultiStream query
+    server_target_qps: float
+    source: str  # "calibration" or "user"
+
+
+def user_conf(
+    model_key: str,
+    scenario: str,
+    expect: Expectations,
+    *,
+    min_duration_s: float | None,
+    performance_sample_count: int | None,
+) -> str:
+    """The user.conf lines for one test (``min_duration_s=None`` keeps the official one)."""
+    key = f"{model_key}.{scenario}"
+    lines = [f"# written by mlpi; expectations from {expect.source}"]
+    if scenario == "Offline":
+        lines.append(f"{key}.target_qps = {expect.throughput_qps * OFFLINE_QPS_MARGIN:.3f}")
+    elif scenario == "Server":
+        lines.append(f"{key}.target_qps = {expect.server_target_qps:.3f}")
+    elif scenario == "SingleStream":
+        lines.append(f"{key}.target_latency = {expect.latency_s * 1e3 * LATENCY_MARGIN:.6f}")
+    elif scenario == "MultiStream":
+        lines.append(f"{key}.target_latency = {expect.multistream_latency_s * 1e3 * LATENCY_MARGIN:.6f}")
+    if min_duration_s is not None:
+        lines.append(f"{key}.min_duration = {int(min_duration_s * 1000)}")
+        lines.append(f"{key}.min_query_count = {QUICK_MIN_QUERY_COUNT if scenario != 'Offline' else 1}")
+        if scenario == "MultiStream":
+            lines.append(f"{key}.samples_per_query = {MULTISTREAM_SAMPLES_PER_QUERY}")
+    if performance_sample_count is not None:
+        lines.append(f"{key}.performance_sample_count_override = {performance_sample_count}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class DetailLog:
+    """The parsed ``mlperf_log_detail.txt``: last value per key, plus every error."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> DetailLog:
+        log = cls()
+        if not path.exists():
+            return log
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                _, marker, payload = line.partition(":::MLLOG ")
+                if not marker:
+                    continue
+                try:
+                    entry = json.loads(payload)
+                except json.JSONDecodeError:
+                    continue
+                key = entry.get("key")
+                log.values[key] = entry.get("value")
+                if entry.get("metadata", {}).get("is_error"):
+                    log.errors.append(f"{key}: {entry.get('value')}")
+        return log
+
+    @property
+    def complete(self) -> bool:
+        return "result_validity" in self.values
+
+    @property
+    def valid(self) -> bool:
+        return self.values.get("result_validity") == "VALID"
+
+    def invalid_reasons(self) -> list[str]:
+        reasons: list[str] = []
+        checks = {
+            "result_min_duration_met": "min duration not satisfied",
+            "result_min_queries_met": "min queries not satisfied",
+            "early_stopping_met": "early stopping not satisfied",
+            "result_perf_constraints_met": "latency constraint not met",
+        }
+        for key, text in checks.items():
+            if self.values.get(key) is False:
+                reasons.append(text)
+        advice = str(self.values.get("result_invalid_reason") or "").strip()
+        if advice:
+            reasons.append(f"LoadGen: {advice}")
+        reasons.extend(self.errors)
+        return reasons
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float | None
+    unit: str
+
+
+def performance_metric(scenario: str, log: DetailLog) -> Metric:
+    """The figure MLPerf reports for a scenario, from the detail log."""
+    v = log.values
+    if scenario == "Offline":
+        return Metric("samples_per_second", _num(v.get("result_samples_per_second")), "samples/s")
+    if scenario == "Server":
+        return Metric("completed_samples_per_second", _num(v.get("result_completed_samples_per_sec")), "samples/s")
+    if scenario == "SingleStream":
+        ns = v.get("early_stopping_latency_ss") if v.get("early_stopping_met") else None
+        ns = ns if ns is not None else v.get("result_90.00_percentile_latency_ns")
+        return Metric("p90_latency", _ms(ns), "ms")
+    ns = v.get("early_stopping_latency_ms") if v.get("early_stopping_met") else None
+    ns = ns if ns is not None else v.get("result_99.00_percentile_per_query_latency_ns")
+    return Metric("p99_query_latency", _ms(ns), "ms")
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _ms(ns: Any) -> float | None:
+    return float(ns) / 1e6 if isinstance(ns, (int, float)) else None

@@ -1,0 +1,1 @@
+"""Built-in dataset plugins (``mlpi.datasets`` entry points)."""

@@ -1,0 +1,86 @@
+"""``synthetic``: seeded random inputs shaped like the model's inputs.
+
+For performance runs of any model without its real data. Sample ``i`` is the same on
+every run with the same seed. Floats are standard normal, integers uniform in [0, 100),
+booleans fair coins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mlpi.core.backend import TensorSpec
+from mlpi.core.dataset import Dataset, DatasetFactory, PreloadedDataset
+from mlpi.core.errors import DatasetError
+
+#: Samples when --count is not given, bounded so the preloaded set stays under MAX_BYTES.
+DEFAULT_COUNT = 1024
+MAX_BYTES = 1 << 30
+
+
+class SyntheticDataset(PreloadedDataset):
+    def __init__(self, inputs: Sequence[TensorSpec], count: int, seed: int) -> None:
+        super().__init__(inputs)
+        self._count = count
+        self._seed = seed
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def read(self, indices: np.ndarray) -> Mapping[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for k, spec in enumerate(self.inputs):
+            shape = tuple(int(d) for d in spec.sample_shape)  # type: ignore[arg-type]
+            array = np.empty((len(indices), *shape), dtype=spec.dtype)
+            for row, index in enumerate(indices):
+                rng = np.random.default_rng((self._seed, k, int(index)))
+                array[row] = _random(rng, shape, np.dtype(spec.dtype))
+            out[spec.name] = array
+        return out
+
+    def describe(self) -> dict[str, object]:
+        return {"count": self._count, "seed": self._seed, "kind": "synthetic"}
+
+
+class Synthetic(DatasetFactory):
+    name = "synthetic"
+    needs_path = False
+    description = "seeded random inputs shaped like the model's inputs (performance only)"
+
+    def open(self, inputs: Sequence[TensorSpec], path: Path | None, count: int | None, seed: int) -> Dataset:
+        concrete: list[TensorSpec] = []
+        for spec in inputs:
+            if any(d is None for d in spec.sample_shape):
+                raise DatasetError(
+                    f"input '{spec.name}' has shape {_shape(spec)}: synthetic data cannot choose a size for the dynamic dimensions",
+                    "export the model with fixed sizes for every dimension but the batch",
+                )
+            try:
+                np.dtype(spec.dtype)
+            except TypeError:
+                raise DatasetError(f"input '{spec.name}' has type {spec.dtype}, which synthetic data cannot make", "use a numpy dataset") from None
+            concrete.append(spec)
+        sample_bytes = sum(int(np.prod(s.sample_shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in concrete)
+        if count is None:
+            count = max(1, min(DEFAULT_COUNT, MAX_BYTES // max(sample_bytes, 1)))
+        if count < 1:
+            raise DatasetError(f"--count {count} leaves no samples", "pass --count 1 or more")
+        return SyntheticDataset(concrete, count, seed)
+
+
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    if dtype.kind == "f":
+        return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 100, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    raise DatasetError(f"synthetic data cannot make values of type {dtype}", "use a dataset with real inputs")
+
+
+def _shape(spec: TensorSpec) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"

@@ -1,0 +1,1 @@
+"""Model plugins (``mlpi.models`` entry points): one module per model with its ModelSpec."""

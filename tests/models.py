@@ -1,0 +1,90 @@
+"""Tiny ONNX models the tests build themselves (no hub is reachable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def matmul_model(path: Path, batch: int | str = "N", features: int = 16, classes: int = 10, seed: int = 0) -> Path:
+    """x[batch, features] -> logits[batch, classes] (MatMul + Add) and label[batch] (ArgMax)."""
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.standard_normal((features, classes)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "B")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, [batch]),
+        ],
+        [weight, bias],
+    )
+    return _save(graph, path)
+
+
+def conv_model(path: Path, batch: int | str = "N", channels: int = 3, size: int = 32, width: int = 32, seed: int = 0) -> Path:
+    """A compute-heavy little CNN: image[batch, 3, size, size] -> scores[batch, width]."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((width, channels, 3, 3)) * 0.1).astype(np.float32), "W1"),
+        numpy_helper.from_array((rng.standard_normal((width, width, 3, 3)) * 0.1).astype(np.float32), "W2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "W1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["scores"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, channels, size, size])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, width])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def two_input_model(path: Path, batch: int | str = "N") -> Path:
+    """a[batch, 4] float, b[batch, 4] int64 -> sum[batch, 4] float, prod[batch, 4] float."""
+    nodes = [
+        helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["a", "bf"], ["sum"]),
+        helper.make_node("Mul", ["a", "bf"], ["prod"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_inputs",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [batch, 4]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, [batch, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, [batch, 4]),
+            helper.make_tensor_value_info("prod", TensorProto.FLOAT, [batch, 4]),
+        ],
+    )
+    return _save(graph, path)
