@@ -26,8 +26,6 @@ class MlpiGroup(click.Group):
         debug = _debug_requested(argv)
         try:
             code = super().main(args=argv, prog_name=prog_name or "mlpi", standalone_mode=False, **extra)
-        except click.exceptions.NoArgsOmittedUsageError as exc:  # pragma: no cover - click detail
-            _fail(exc.format_message(), "see mlpi --help", EXIT_USAGE)
         except click.UsageError as exc:
             where = f"mlpi {exc.ctx.command_path.partition(' ')[2]}".strip() if exc.ctx else "mlpi"
             _fail(exc.format_message(), f"see '{where} --help'", EXIT_USAGE)

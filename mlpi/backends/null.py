@@ -34,11 +34,12 @@ class NullSession(Session):
     def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         n = len(feeds[self._first]) if self._first is not None else 1
         outputs = self._cache.get(n)
-        if outputs is None:
-            outputs = self._cache[n] = {
-                spec.name: np.zeros((n, *(d or 1 for d in spec.sample_shape)), dtype=_dtype(spec.dtype))
-                for spec in self.outputs
-            }
+        if outputs is not None:
+            return outputs
+        outputs = self._cache[n] = {
+            spec.name: np.zeros((n, *(d or 1 for d in spec.sample_shape)), dtype=_dtype(spec.dtype))
+            for spec in self.outputs
+        }
         return outputs
 
 

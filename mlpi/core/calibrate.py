@@ -18,6 +18,11 @@ from mlpi.core.sut import BatchExecutor
 
 #: Server's target QPS, when the user gives none, as a fraction of calibrated throughput.
 SERVER_TARGET_FRACTION = 0.5
+#: What LoadGen and Python add per Server query beyond the session's own time
+#: (measured with the null backend on a 2-core machine); calibration runs without LoadGen.
+SERVER_QUERY_OVERHEAD_S = 10e-6
+#: The same for each Offline sample (LoadGen's bookkeeping and the response).
+OFFLINE_SAMPLE_OVERHEAD_S = 1e-6
 
 
 def calibrate(
@@ -37,7 +42,11 @@ def calibrate(
         ms_latency = _latency(executors[0], indices, MULTISTREAM_SAMPLES_PER_QUERY, seconds)
     if target_qps is not None:
         return Expectations(target_qps, latency, ms_latency, target_qps, "user (--target-qps)")
-    return Expectations(throughput, latency, ms_latency, throughput * SERVER_TARGET_FRACTION, "calibration")
+    if throughput <= 0:
+        return Expectations(0.0, latency, ms_latency, 0.0, "calibration")
+    offline = 1.0 / (1.0 / throughput + OFFLINE_SAMPLE_OVERHEAD_S)
+    server = SERVER_TARGET_FRACTION / (1.0 / throughput + SERVER_QUERY_OVERHEAD_S)
+    return Expectations(offline, latency, ms_latency, server, "calibration")
 
 
 def _batches(indices: Sequence[int], size: int, offset: int) -> list[Sequence[int]]:

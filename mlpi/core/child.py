@@ -76,7 +76,6 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     loaded = list(range(min(dataset.count, dataset.performance_count)))
     dataset.load(loaded)
     outputs = observed_outputs(sessions[0], dataset, loaded[0])
-    postprocess = spec.postprocess(outputs)
 
     failure: list[BaseException] = []
 
@@ -94,7 +93,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         os._exit(EXIT_FAILURE)
 
     executors = [
-        BatchExecutor(s, dataset, postprocess, batch_size, lg.QuerySamplesComplete, lg.QuerySampleResponse, on_error)
+        BatchExecutor(s, dataset, spec.postprocess(outputs, batch_size), batch_size, lg.QuerySamplesComplete, lg.QuerySampleResponse, on_error)
         for s in sessions
     ]
     calib_s = 0.5 if plan.quick or (plan.duration_s is not None and plan.duration_s < 60) else 2.0
@@ -115,7 +114,8 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     settings.mode = lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
 
     if scenario in ("SingleStream", "MultiStream"):
-        sut_impl: Any = InlineSUT(executors[0])
+        per_query = MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else 1
+        sut_impl: Any = InlineSUT(executors[0], per_query)
     elif scenario == "Offline":
         sut_impl = OfflineSUT(executors)
     else:
@@ -147,7 +147,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         "precision": sessions[0].precision,
         "samples_per_query": MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else None,
         "expectations": expect.__dict__,
-        "executors": [{"batches": e.batches, "samples": e.samples} for e in executors],
+        "batches_per_session": [e.batches for e in executors],
     }
 
 

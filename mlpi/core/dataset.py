@@ -49,6 +49,12 @@ class Dataset(ABC):
     def gather(self, indices: Sequence[int], out: Mapping[str, np.ndarray]) -> None:
         """Copy the loaded samples ``indices`` into rows ``0..len(indices)-1`` of ``out[name]``."""
 
+    def sample(self, index: int) -> Mapping[str, np.ndarray]:
+        """Feeds for one loaded sample, batch of one. Override to answer without copying."""
+        out = {spec.name: np.empty((1, *spec.sample_shape), dtype=spec.dtype) for spec in self.inputs}
+        self.gather([index], out)
+        return out
+
     def describe(self) -> dict[str, Any]:
         """What results should record about this dataset."""
         return {"count": self.count}
@@ -62,6 +68,7 @@ class PreloadedDataset(Dataset):
         self._arrays: dict[str, np.ndarray] = {}
         self._rows: np.ndarray | None = None  # sample index -> row in self._arrays
         self._identity = False
+        self._samples: dict[int, Mapping[str, np.ndarray]] = {}
 
     @abstractmethod
     def read(self, indices: np.ndarray) -> Mapping[str, np.ndarray]:
@@ -80,13 +87,30 @@ class PreloadedDataset(Dataset):
         rows = np.full(self.count, -1, dtype=np.int64)
         rows[wanted] = np.arange(len(wanted))
         self._rows = rows
+        self._samples = {}
 
     def unload(self, indices: Sequence[int]) -> None:
         self._arrays = {}
         self._rows = None
+        self._samples = {}
+
+    def sample(self, index: int) -> Mapping[str, np.ndarray]:
+        """One-row views into the loaded arrays: SingleStream copies nothing."""
+        feeds = self._samples.get(index)
+        if feeds is None:
+            row = int(self._rows[index])  # type: ignore[index]
+            if row < 0:
+                raise IndexError(f"sample {index} is not loaded")
+            feeds = self._samples[index] = {name: array[row : row + 1] for name, array in self._arrays.items()}
+        return feeds
 
     def gather(self, indices: Sequence[int], out: Mapping[str, np.ndarray]) -> None:
         n = len(indices)
+        if n == 1:
+            row = indices[0] if self._identity else self._rows[indices[0]]  # type: ignore[index]
+            for name, array in self._arrays.items():
+                out[name][0] = array[row]
+            return
         rows = indices if self._identity else self._rows[indices]  # type: ignore[index]
         for name, array in self._arrays.items():
             np.take(array, rows, axis=0, out=out[name][:n])

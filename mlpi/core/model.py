@@ -24,7 +24,8 @@ class ModelSpec:
     - ``rules_key``: its name in LoadGen's mlperf.conf (``resnet50``, ``bert``...), or
       ``None`` for a model outside MLPerf's list.
     - ``artifact_url`` / ``artifact_sha256``: where the canonical ONNX file comes from.
-    - ``postprocess``: builds the per-sample response writer from the session's outputs.
+    - ``postprocess``: ``postprocess(outputs, max_batch)`` builds a response writer for the
+      session's real outputs; each executor gets its own.
     - ``datasets``: names of datasets that fit; the first is the default.
     """
 
@@ -36,7 +37,7 @@ class ModelSpec:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     datasets: tuple[str, ...] = ("synthetic",)
-    postprocess: Callable[[Sequence[TensorSpec]], Postprocessor] = field(default=RawOutputs)
+    postprocess: Callable[[Sequence[TensorSpec], int], Postprocessor] = field(default=RawOutputs)
 
     @classmethod
     def for_file(cls, path: Path) -> ModelSpec:

@@ -1,4 +1,4 @@
-"""Tiny ONNX models the tests build themselves (no hub is reachable)."""
+"""Tiny ONNX models built on the spot with onnx.helper (tests and benchmarks; no hub needed)."""
 
 from __future__ import annotations
 
@@ -86,5 +86,17 @@ def two_input_model(path: Path, batch: int | str = "N") -> Path:
             helper.make_tensor_value_info("sum", TensorProto.FLOAT, [batch, 4]),
             helper.make_tensor_value_info("prod", TensorProto.FLOAT, [batch, 4]),
         ],
+    )
+    return _save(graph, path)
+
+
+def argmax_model(path: Path, batch: int | str = "N", features: int = 16) -> Path:
+    """x[batch, features] -> label[batch] int64: one small output, like ResNet50's ArgMax."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes,
+        "argmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [batch])],
     )
     return _save(graph, path)

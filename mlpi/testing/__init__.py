@@ -1,0 +1,1 @@
+"""Tools for testing mlpi and its plugins: tiny ONNX models built on the spot."""
