@@ -22,7 +22,13 @@ OUTCOME = "outcome.json"
 
 
 def main(argv: list[str]) -> int:
+    import faulthandler
+    import signal
+
+    faulthandler.enable()  # a runtime that crashes the process leaves its stack in harness.log
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # LoadGen blocks the main thread: die at once
     plan_path, scenario, mode, outdir = argv
+    print(f"mlpi: {scenario} {mode} test, pid {os.getpid()}", flush=True)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -72,6 +78,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     sessions = [backend.load(artifact, unit, options, plan.precision) for unit in device.units() for _ in range(plan.instances)]
     caps = sessions[0].capabilities
     batch_size = effective_batch_size(plan.batch_size, caps, scenario)
+    print(f"mlpi: {len(sessions)} {backend.name} session(s) on {device}, batch size {batch_size}", flush=True)
 
     loaded = list(range(min(dataset.count, dataset.performance_count)))
     dataset.load(loaded)

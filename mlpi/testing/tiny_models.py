@@ -100,3 +100,22 @@ def argmax_model(path: Path, batch: int | str = "N", features: int = 16) -> Path
         [helper.make_tensor_value_info("label", TensorProto.INT64, [batch])],
     )
     return _save(graph, path)
+
+
+BUILDERS = {"matmul": matmul_model, "conv": conv_model, "two_inputs": two_input_model, "argmax": argmax_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlpi.testing.tiny_models KIND FILE``: write a tiny model to try mlpi with."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in BUILDERS:
+        print(f"usage: python -m mlpi.testing.tiny_models {{{','.join(BUILDERS)}}} FILE.onnx", file=sys.stderr)
+        return 2
+    print(BUILDERS[args[0]](Path(args[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny ONNX models on disk and a way to run the CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlpi.testing import tiny_models
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models")
+    tiny_models.matmul_model(path / "matmul.onnx")
+    tiny_models.matmul_model(path / "matmul_b4.onnx", batch=4)
+    tiny_models.conv_model(path / "conv.onnx")
+    tiny_models.two_input_model(path / "two_inputs.onnx")
+    tiny_models.argmax_model(path / "argmax.onnx")
+    return path
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``mlpi ARGS`` in a fresh process, the way a user's shell would."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MLPI_PLUGINS"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "mlpi", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_result(root: Path) -> dict[str, Any]:
+    return json.loads((only_run_dir(root) / "result.json").read_text())

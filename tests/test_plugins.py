@@ -1,0 +1,597 @@
+"""Plugin discovery (real entry points, through stevedore) and plugins.toml layering.
+
+Fake third-party plugins are "installed" without pip: a folder with modules and a
+``*.dist-info`` is prepended to PYTHONPATH of a ``python -m mlpi`` subprocess, exactly how
+an installed distribution looks to importlib.metadata. Each test gets its own
+XDG_CACHE_HOME/HOME so stevedore's entry-point cache cannot leak between tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+import mlpi.core.config as config_module
+from mlpi.core.config import PluginsConfig
+from mlpi.core.errors import EXIT_USAGE, UsageError
+from mlpi.core.options import build_options
+from mlpi.testing.tiny_models import argmax_model
+
+GOOD_MODULE = '''
+import numpy as np
+
+from mlpi.core.backend import Backend, Capabilities, Session
+from mlpi.core.device import Device
+
+
+class Echo3Session(Session):
+    def __init__(self, model):
+        self.inputs = list(model.inputs)
+        self.outputs = list(model.outputs)
+        self.capabilities = Capabilities(concurrent=True, preferred_batch_size=1)
+        self.precision = "fp32"
+
+    def run(self, feeds):
+        n = len(next(iter(feeds.values())))
+        return {o.name: np.zeros((n, *(d or 1 for d in o.sample_shape)), dtype=o.dtype) for o in self.outputs}
+
+
+class Echo3Backend(Backend):
+    name = "echo3"
+    device_kinds = ("cpu",)
+
+    def version(self):
+        return "9.9"
+
+    def probe(self):
+        return [Device("cpu")]
+
+    def load(self, model, device, options, precision):
+        return Echo3Session(model)
+'''
+
+BROKEN_IMPORT_ERROR = "thirdparty_broken needs libfrobnicate.so.3"
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A folder that looks like site-packages with the distribution thirdparty-plugins 1.2.3."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "thirdparty_good.py").write_text(GOOD_MODULE, encoding="utf-8")
+    (site / "thirdparty_broken.py").write_text(f"raise ImportError({BROKEN_IMPORT_ERROR!r})\n", encoding="utf-8")
+    dist = site / "thirdparty_plugins-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-plugins\nVersion: 1.2.3\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(
+        "[mlpi.backends]\necho3 = thirdparty_good:Echo3Backend\nbroken = thirdparty_broken:Backend\n", encoding="utf-8"
+    )
+    return site
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """The subprocess's cwd: empty, so no ./plugins.toml unless a test writes one."""
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return argmax_model(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture
+def cli(tmp_path: Path, work: Path):
+    """``cli(*args, site=None, env=None, cwd=None)`` runs ``python -m mlpi ARGS``."""
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def run(*args: str, site: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None) -> Result:
+        full = {k: v for k, v in os.environ.items() if k not in ("MLPI_PLUGINS", "PYTHONPATH")}
+        full.update(XDG_CACHE_HOME=str(tmp_path / "xdg-cache"), HOME=str(home), COLUMNS="200", PYTHONUNBUFFERED="1")
+        paths = ([str(site)] if site else []) + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        if paths:
+            full["PYTHONPATH"] = os.pathsep.join(paths)
+        full.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlpi", *args], cwd=cwd or work, env=full, capture_output=True, text=True,
+            timeout=120, stdin=subprocess.DEVNULL,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def rows_by_name(result: Result) -> dict[str, dict]:
+    assert result.rc == 0, result.output
+    rows = result.json()
+    assert isinstance(rows, list)
+    by_name = {row["name"]: row for row in rows}
+    assert len(by_name) == len(rows), "a backend is listed twice"
+    return by_name
+
+
+def the_result(root: Path) -> dict:
+    dirs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return json.loads((dirs[0] / "result.json").read_text(encoding="utf-8"))
+
+
+def short_run(*extra: str, model: Path, out: Path, scenario: str = "SingleStream") -> list[str]:
+    return ["run", "--model-path", str(model), "--duration", "0.5", "-s", scenario, "--output", str(out), *extra]
+
+
+def assert_error(result: Result, code: int, *parts: str) -> str:
+    assert result.rc == code, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = result.err_lines
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), result.stderr
+    for part in parts:
+        assert part in lines[0], f"{part!r} not in {lines[0]!r}"
+    return lines[1]
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def test_backends_json_lists_builtin_third_party_and_broken(cli, site):
+    rows = rows_by_name(cli("backends", "--json", site=site))
+    assert {"null", "onnxruntime", "echo3", "broken"} <= set(rows)
+    for name in ("null", "onnxruntime"):
+        assert rows[name]["origin"] == "built-in"
+        assert rows[name]["status"] == "ok"
+    echo = rows["echo3"]
+    assert "thirdparty-plugins" in echo["origin"] and "1.2.3" in echo["origin"]
+    assert echo["distribution"] == "thirdparty-plugins" and echo["distribution_version"] == "1.2.3"
+    assert echo["status"] == "ok" and echo["error"] is None
+    assert echo["version"] == "9.9"
+    assert echo["device_kinds"] == ["cpu"] and echo["devices"] == ["cpu"]
+    assert echo["entry_point"] == "thirdparty_good:Echo3Backend"
+    broken = rows["broken"]
+    assert broken["status"] == "broken"
+    assert "ImportError" in broken["error"] and BROKEN_IMPORT_ERROR in broken["error"]
+    assert "thirdparty-plugins" in broken["origin"]
+    assert broken["version"] is None
+
+
+def test_backends_table_lists_a_broken_plugin_without_crashing(cli, site):
+    result = cli("backends", site=site)
+    assert result.rc == 0, result.output
+    assert "Traceback" not in result.output
+    for word in ("echo3", "broken", "null", "onnxruntime", "built-in", "9.9"):
+        assert word in result.stdout, word
+
+
+def test_third_party_plugins_are_invisible_without_their_distribution(cli, model, tmp_path):
+    rows = rows_by_name(cli("backends", "--json"))
+    assert "echo3" not in rows and "broken" not in rows
+    assert_error(cli(*short_run("--backend", "echo3", model=model, out=tmp_path / "R")), EXIT_USAGE, "unknown backend 'echo3'")
+
+
+def test_run_with_broken_backend_names_the_import_error(cli, site, model, tmp_path):
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "broken", model=model, out=out), site=site)
+    assert_error(result, 1, "'broken'", "failed to import", BROKEN_IMPORT_ERROR, "thirdparty-plugins 1.2.3")
+    assert result.stdout.strip() == ""
+    assert not out.exists()
+
+
+def test_broken_plugin_does_not_stop_a_null_run(cli, site, model, tmp_path):
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "null", model=model, out=out), site=site)
+    assert result.rc == 0, result.output
+    data = the_result(out)
+    assert data["status"] == "ok"
+    assert data["backend"]["name"] == "null"
+    assert [t["status"] for t in data["tests"]] == ["ok"]
+
+
+def test_third_party_backend_runs_end_to_end(cli, site, model, tmp_path):
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "echo3", model=model, out=out), site=site)
+    assert result.rc == 0, result.output
+    data = the_result(out)
+    assert data["status"] == "ok"
+    assert data["backend"]["name"] == "echo3" and data["backend"]["version"] == "9.9"
+    assert data["tests"][0]["scenario"] == "SingleStream" and data["tests"][0]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- plugins.toml through the CLI
+
+
+def test_disabled_backend_is_refused_and_listed_as_disabled(cli, model, tmp_path):
+    cfg = write(tmp_path / "off.toml", '[disabled]\nbackends = ["null"]\n')
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=out))
+    hint = assert_error(result, EXIT_USAGE, "'null'", "disabled", "off.toml")
+    assert "[disabled]" in hint
+    assert not out.exists()
+
+    rows = rows_by_name(cli("backends", "--json", "--plugins", str(cfg)))
+    assert rows["null"]["status"] == "disabled"
+    assert rows["onnxruntime"]["status"] == "ok"
+
+
+def test_alias_selects_its_backend(cli, model, tmp_path):
+    cfg = write(tmp_path / "alias.toml", '[aliases]\nnn = "null"\n')
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "nn", "--plugins", str(cfg), model=model, out=out))
+    assert result.rc == 0, result.output
+    data = the_result(out)
+    assert data["status"] == "ok" and data["backend"]["name"] == "null"
+
+    rows = rows_by_name(cli("backends", "--json", "--plugins", str(cfg)))
+    assert rows["null"]["aliases"] == ["nn"]
+    assert rows["onnxruntime"]["aliases"] == ["ort"]  # the packaged alias survives the merge
+
+
+def test_default_backend_for_device_kind(cli, model, tmp_path):
+    cfg = write(tmp_path / "default.toml", '[default_backend]\ncpu = "null"\n')
+    out = tmp_path / "R"
+    result = cli(*short_run("--plugins", str(cfg), model=model, out=out))
+    assert result.rc == 0, result.output
+    assert the_result(out)["backend"]["name"] == "null"  # the packaged default would be onnxruntime
+
+
+def test_backend_options_from_plugins_toml_reach_the_run(cli, model, tmp_path):
+    cfg = write(tmp_path / "opts.toml", "[options.null]\npreferred_batch_size = 7\n")
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=out, scenario="Offline"))
+    assert result.rc == 0, result.output
+    data = the_result(out)
+    assert data["backend"]["options"] == {"preferred_batch_size": 7}
+    (test,) = data["tests"]
+    assert test["scenario"] == "Offline" and test["status"] == "ok"
+    assert test["batch_size"] == 7  # the default would be 64
+
+
+def test_unknown_option_in_plugins_toml_lists_valid_keys(cli, model, tmp_path):
+    cfg = write(tmp_path / "nope.toml", "[options.null]\nnope = 1\n")
+    out = tmp_path / "R"
+    hint = assert_error(cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=out)),
+                        EXIT_USAGE, "unknown option 'nope'", "'null'", "nope.toml")
+    assert "preferred_batch_size" in hint
+    assert not out.exists()
+
+
+def test_bad_option_value_in_plugins_toml(cli, model, tmp_path):
+    cfg = write(tmp_path / "bad.toml", '[options.null]\npreferred_batch_size = "many"\n')
+    assert_error(cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=tmp_path / "R")),
+                 EXIT_USAGE, "preferred_batch_size", "'many'", "bad.toml")
+
+
+def test_mlpi_plugins_env_var_is_honoured(cli, model, tmp_path):
+    cfg = write(tmp_path / "env.toml", '[disabled]\nbackends = ["null"]\n')
+    env = {"MLPI_PLUGINS": str(cfg)}
+    assert rows_by_name(cli("backends", "--json", env=env))["null"]["status"] == "disabled"
+    assert_error(cli(*short_run("--backend", "null", model=model, out=tmp_path / "R"), env=env), EXIT_USAGE,
+                 "disabled", "env.toml")
+
+
+def test_plugins_toml_in_cwd_is_honoured(cli, work, model, tmp_path):
+    write(work / "plugins.toml", '[disabled]\nbackends = ["null"]\n')
+    assert rows_by_name(cli("backends", "--json"))["null"]["status"] == "disabled"
+    assert_error(cli(*short_run("--backend", "null", model=model, out=tmp_path / "R")), EXIT_USAGE, "disabled")
+    # another directory does not see it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert rows_by_name(cli("backends", "--json", cwd=elsewhere))["null"]["status"] == "ok"
+
+
+def test_plugins_option_wins_over_env_var(cli, tmp_path):
+    env_cfg = write(tmp_path / "env.toml", '[disabled]\nbackends = ["null"]\n')
+    cli_cfg = write(tmp_path / "cli.toml", '[aliases]\nnn = "null"\n')
+    rows = rows_by_name(cli("backends", "--json", "--plugins", str(cli_cfg), env={"MLPI_PLUGINS": str(env_cfg)}))
+    assert rows["null"]["status"] == "ok"  # the env file is not read at all
+    assert rows["null"]["aliases"] == ["nn"]
+
+
+def test_env_var_wins_over_cwd_file(cli, work, tmp_path):
+    write(work / "plugins.toml", '[disabled]\nbackends = ["null"]\n')
+    env_cfg = write(tmp_path / "env.toml", '[aliases]\nnn = "null"\n')
+    rows = rows_by_name(cli("backends", "--json", env={"MLPI_PLUGINS": str(env_cfg)}))
+    assert rows["null"]["status"] == "ok"
+    assert rows["null"]["aliases"] == ["nn"]
+
+
+def test_disabling_a_third_party_plugin_and_reenabling_a_packaged_one(cli, site, tmp_path):
+    cfg = write(tmp_path / "p.toml", '[disabled]\nbackends = ["echo3", "broken"]\n')
+    rows = rows_by_name(cli("backends", "--json", "--plugins", str(cfg), site=site))
+    assert rows["echo3"]["status"] == "disabled"
+    assert rows["broken"]["status"] == "disabled"
+    assert rows["null"]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- PluginsConfig.load in-process
+
+PACKAGED = """
+[disabled]
+backends = ["onnxruntime"]
+models = ["m1"]
+datasets = []
+
+[aliases]
+ort = "onnxruntime"
+
+[default_backend]
+cpu = "onnxruntime"
+cuda = "onnxruntime"
+
+[options.onnxruntime]
+intra_op_threads = 2
+inter_op_threads = 1
+"""
+
+
+class _FakeResource:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def joinpath(self, name: str) -> _FakeResource:
+        assert name == "plugins.toml"
+        return self
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.text
+
+
+@pytest.fixture
+def packaged(monkeypatch, tmp_path):
+    """Replace the packaged plugins.toml (only as config.py sees it) with PACKAGED."""
+
+    class FakeResources:
+        @staticmethod
+        def files(package: str) -> _FakeResource:
+            assert package == "mlpi"
+            return _FakeResource(PACKAGED)
+
+    monkeypatch.setattr(config_module, "resources", FakeResources)
+    monkeypatch.delenv("MLPI_PLUGINS", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLPI_PLUGINS", raising=False)
+    empty = tmp_path / "empty-cwd"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+
+
+def test_config_user_list_replaces_packaged_list(packaged, tmp_path):
+    user = write(tmp_path / "user.toml", """
+        [disabled]
+        backends = ["null"]
+
+        [aliases]
+        nn = "null"
+
+        [default_backend]
+        cpu = "null"
+
+        [options.onnxruntime]
+        intra_op_threads = 4
+    """)
+    config = PluginsConfig.load(user)
+    assert config.disabled["backends"] == ["null"]  # replaced, not ["onnxruntime", "null"]
+    assert not config.is_disabled("backends", "onnxruntime")
+    assert config.is_disabled("backends", "null")
+    assert config.disabled["models"] == ["m1"]  # a list the user did not give is kept
+    assert config.aliases == {"ort": "onnxruntime", "nn": "null"}
+    assert config.default_backend == {"cpu": "null", "cuda": "onnxruntime"}
+    assert config.options["onnxruntime"] == {"intra_op_threads": 4, "inter_op_threads": 1}
+    assert config.option_sources["onnxruntime"] == str(user)
+    assert config.sources == ["packaged plugins.toml", str(user)]
+
+
+def test_config_empty_user_list_reenables(packaged, tmp_path):
+    user = write(tmp_path / "user.toml", "[disabled]\nbackends = []\n")
+    config = PluginsConfig.load(user)
+    assert config.disabled["backends"] == []
+    assert not config.is_disabled("backends", "onnxruntime")
+
+
+def test_config_without_user_file_is_the_packaged_one(packaged):
+    config = PluginsConfig.load()
+    assert config.sources == ["packaged plugins.toml"]
+    assert config.disabled["backends"] == ["onnxruntime"]
+    assert config.options == {"onnxruntime": {"intra_op_threads": 2, "inter_op_threads": 1}}
+
+
+def test_config_real_packaged_file(clean_env):
+    config = PluginsConfig.load()
+    assert config.sources == ["packaged plugins.toml"]
+    assert config.aliases == {"ort": "onnxruntime"}
+    assert config.default_backend["cpu"] == "onnxruntime"
+    assert all(names == [] for names in config.disabled.values())
+
+
+def test_config_user_file_precedence(clean_env, monkeypatch, tmp_path):
+    explicit = write(tmp_path / "explicit.toml", '[aliases]\na = "null"\n')
+    from_env = write(tmp_path / "env.toml", '[aliases]\nb = "null"\n')
+    write(Path.cwd() / "plugins.toml", '[aliases]\nc = "null"\n')
+    assert "c" in PluginsConfig.load().aliases
+    monkeypatch.setenv("MLPI_PLUGINS", str(from_env))
+    loaded = PluginsConfig.load()
+    assert "b" in loaded.aliases and "c" not in loaded.aliases
+    loaded = PluginsConfig.load(explicit)
+    assert "a" in loaded.aliases and "b" not in loaded.aliases and "c" not in loaded.aliases
+    assert loaded.sources[-1] == str(explicit)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("frobnicate = 1\n", ("unknown key 'frobnicate'",)),
+        ("[disabled]\nbackend = ['null']\n", ("disabled.backend",)),
+        ("[disabled]\nbackends = 'null'\n", ("disabled.backends", "not a list")),
+        ("[disabled]\nbackends = [1]\n", ("disabled.backends", "not a list")),
+        ("[aliases]\nnn = 3\n", ("aliases.nn", "must be a string")),
+        ("[default_backend]\ncpu = ['null']\n", ("default_backend.cpu", "must be a string")),
+        ("options = 3\n", ("'options'", "must be a table")),
+        ("[options]\nnull = 3\n", ("options.null", "not a table")),
+        ("[aliases\n", ("not valid TOML",)),
+    ],
+    ids=["top-key", "group", "list-type", "list-items", "alias-type", "default-type", "options-type", "options-table", "toml"],
+)
+def test_config_errors_are_usage_errors(clean_env, tmp_path, text, words):
+    user = write(tmp_path / "bad.toml", text)
+    with pytest.raises(UsageError) as info:
+        PluginsConfig.load(user)
+    assert info.value.exit_code == EXIT_USAGE
+    assert info.value.hint
+    for word in words:
+        assert word in info.value.message, info.value.message
+    assert "bad.toml" in info.value.message
+
+
+def test_config_missing_user_file(clean_env, tmp_path):
+    with pytest.raises(UsageError) as info:
+        PluginsConfig.load(tmp_path / "nowhere.toml")
+    assert "nowhere.toml" in info.value.message
+
+
+# --------------------------------------------------------------------------- build_options in-process
+
+
+@dataclass
+class Opts:
+    threads: int = 0
+    ratio: float = 1.0
+    fast: bool = False
+    level: Literal["disable", "basic", "all"] = "all"
+    label: str = "x"
+    limit: Optional[int] = 5  # noqa: UP007 - the Optional spelling is what users write too
+    cap: int | None = None
+    tags: list = field(default_factory=list)
+
+
+@dataclass
+class Empty:
+    pass
+
+
+def test_build_options_converts_types():
+    opts = build_options(
+        Opts,
+        [("--option", {"threads": "2", "ratio": "0.25", "fast": "true", "level": "BaSiC", "label": 12, "limit": "none",
+                       "cap": "3"})],
+        "demo",
+    )
+    assert opts.threads == 2 and type(opts.threads) is int
+    assert opts.ratio == 0.25 and type(opts.ratio) is float
+    assert opts.fast is True
+    assert opts.level == "basic"
+    assert opts.label == "12"
+    assert opts.limit is None
+    assert opts.cap == 3 and type(opts.cap) is int
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("YES", True), ("on", True), ("1", True), (True, True),
+                                                ("false", False), ("No", False), ("off", False), ("0", False), (False, False)])
+def test_build_options_bools(raw, expected):
+    assert build_options(Opts, [("t", {"fast": raw})], "demo").fast is expected
+
+
+def test_build_options_toml_values_and_defaults():
+    opts = build_options(Opts, [("plugins.toml", {"threads": 3, "ratio": 2})], "demo")
+    assert opts.threads == 3 and opts.ratio == 2.0 and type(opts.ratio) is float
+    assert (opts.fast, opts.level, opts.label, opts.limit, opts.cap) == (False, "all", "x", 5, None)
+
+
+def test_build_options_later_layer_wins_key_by_key():
+    opts = build_options(
+        Opts,
+        [("plugins.toml", {"threads": 4, "level": "disable"}), ("--option", {"threads": "8"})],
+        "demo",
+    )
+    assert opts.threads == 8
+    assert opts.level == "disable"
+
+
+def test_build_options_dash_spelling():
+    from mlpi.backends.ort import OrtOptions
+
+    opts = build_options(OrtOptions, [("--option", {"intra-op-threads": "2", "graph-optimization-level": "BASIC"})],
+                         "onnxruntime")
+    assert opts.intra_op_threads == 2
+    assert opts.graph_optimization_level == "basic"
+
+
+def test_build_options_unknown_key_lists_valid_names():
+    with pytest.raises(UsageError) as info:
+        build_options(Opts, [("plugins.toml", {"threds": "2"})], "demo")
+    err = info.value
+    assert err.exit_code == EXIT_USAGE
+    assert "threds" in err.message and "demo" in err.message and "plugins.toml" in err.message
+    assert "did you mean threads" in err.hint
+    for name in ("threads", "ratio", "fast", "level", "label", "limit", "cap"):
+        assert name in err.hint
+
+
+def test_build_options_no_options_backend():
+    assert build_options(Empty, [], "plain") == Empty()
+    with pytest.raises(UsageError) as info:
+        build_options(Empty, [("--option", {"x": "1"})], "plain")
+    assert "no options" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "words"),
+    [
+        ("threads", "two", ("'two'", "not a number")),
+        ("threads", "2.5", ("'2.5'",)),
+        ("threads", 2.5, ("2.5", "whole number")),
+        ("threads", True, ("True",)),
+        ("ratio", "fast", ("'fast'", "not a number")),
+        ("fast", "maybe", ("'maybe'", "not a boolean")),
+        ("level", "max", ("'max'",)),
+        ("cap", "lots", ("'lots'",)),
+    ],
+)
+def test_build_options_bad_values(key, raw, words):
+    with pytest.raises(UsageError) as info:
+        build_options(Opts, [("--option", {key: raw})], "demo")
+    assert key in info.value.message
+    for word in words:
+        assert word in info.value.message, info.value.message
+    assert info.value.hint
+
+
+def test_build_options_literal_hint_lists_choices():
+    with pytest.raises(UsageError) as info:
+        build_options(Opts, [("--option", {"level": "max"})], "demo")
+    assert info.value.hint == "choose one of: disable, basic, all"
