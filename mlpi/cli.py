@@ -86,10 +86,10 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
     from mlpi.cli_output import RunPrinter
     from mlpi.core.options import parse_assignments
     from mlpi.core.plan import Plan
-    from mlpi.core.runner import RunRequest, build_plan, execute
+    from mlpi.core.runner import RunRequest, build_plan, execute, recheck_plan
 
     if plan_file:
-        plan = Plan.read(Path(plan_file))
+        plan = recheck_plan(Plan.read(Path(plan_file)))
     else:
         kwargs["options"] = parse_assignments(kwargs["options"])
         kwargs["scenarios"] = list(kwargs["scenarios"]) or ["Offline"]

@@ -49,7 +49,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def cli(tmp_path: Path):
     """``cli(*args)`` runs ``python -m mlpi ARGS`` in tmp_path and returns a Result."""
 
-    def run(*args: str, timeout: float = 120) -> Result:
+    def run(*args: str, timeout: float = 60) -> Result:
         proc = subprocess.run(
             [sys.executable, "-m", "mlpi", *args],
             cwd=tmp_path,
@@ -166,6 +166,7 @@ CASES = [
      EXIT_USAGE, ("nowhere.toml",), ("--plugins",)),
     ("plan-missing", ["run", "--plan", "missing-plan.json"], EXIT_USAGE, ("missing-plan.json", "does not exist"), ("plan.json",)),
     ("plan-not-a-plan", ["run", "--plan", "notaplan.json"], EXIT_USAGE, ("notaplan.json", "not an mlpi plan"), ("plan.json",)),
+    ("plan-not-json", ["run", "--plan", "notjson.json"], EXIT_USAGE, ("notjson.json", "not an mlpi plan"), ("plan.json",)),
 ]
 
 
@@ -178,7 +179,8 @@ def bad_inputs(tmp_path: Path, model: Path) -> Path:
     (tmp_path / "afile").write_text("x", encoding="utf-8")
     (tmp_path / "bad.toml").write_text("[aliases\nnn = 'null'\n", encoding="utf-8")
     (tmp_path / "unknown_key.toml").write_text("frobnicate = 1\n", encoding="utf-8")
-    (tmp_path / "notaplan.json").write_text('{"hello": "world"}', encoding="utf-8")
+    (tmp_path / "notaplan.json").write_text('{"version": 1, "backend": "null"}', encoding="utf-8")
+    (tmp_path / "notjson.json").write_text("backend = null\n", encoding="utf-8")
     return tmp_path
 
 
@@ -186,8 +188,14 @@ def bad_inputs(tmp_path: Path, model: Path) -> Path:
 def test_user_error_is_one_error_and_one_hint(cli, model, bad_inputs, tmp_path, args, code, error_parts, hint_parts):
     args = [str(model) if a == "{model}" else a for a in args]
     output_root = tmp_path / "results"
-    if args[0] == "run" and "--output" not in args:
-        args += ["--output", str(output_root)]
+    if args[0] == "run":
+        # should a broken implementation start the run anyway, keep it short
+        if "--output" not in args:
+            args += ["--output", str(output_root)]
+        if "--duration" not in args:
+            args += ["--duration", "0.5"]
+        if "-s" not in args:
+            args += ["-s", "SingleStream"]
     result = cli(*args)
     assert_clean_error(result, code, error_parts, hint_parts)
     assert result.stdout.strip() == "", "a failure before the run prints no results table"
@@ -201,7 +209,7 @@ def test_onnxruntime_device_not_present(cli, model, tmp_path):
     if any(d.kind == "cuda" for d in OnnxRuntimeBackend().probe()):
         pytest.skip("this machine has a CUDA device onnxruntime can use")
     result = cli("run", "--backend", "onnxruntime", "--device", "cuda", "--model-path", str(model),
-                 "--output", str(tmp_path / "results"))
+                 "--duration", "0.5", "-s", "SingleStream", "--output", str(tmp_path / "results"))
     error, hint = assert_clean_error(result, EXIT_FAILURE, ("'cuda'", "onnxruntime", "not usable"), ("--device",))
     assert "usable: cpu" in error  # says what *is* usable here
     assert not (tmp_path / "results").exists()
@@ -210,7 +218,7 @@ def test_onnxruntime_device_not_present(cli, model, tmp_path):
 def test_onnxruntime_device_unit_not_present(cli, model, tmp_path):
     # cpu has no numbered units; asking for cpu:3 names the missing unit
     result = cli("run", "--backend", "onnxruntime", "--device", "cpu:3", "--model-path", str(model),
-                 "--output", str(tmp_path / "results"))
+                 "--duration", "0.5", "-s", "SingleStream", "--output", str(tmp_path / "results"))
     assert_clean_error(result, EXIT_FAILURE, ("unit(s) 3", "onnxruntime"), ())
     assert not (tmp_path / "results").exists()
 
@@ -305,15 +313,50 @@ def test_create_run_dir_takes_a_fresh_name_when_the_stem_exists(tmp_path):
     assert (taken / "result.json").read_text(encoding="utf-8") == "precious"
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: `run --plan` does not re-check the plan's model file before running")
-def test_plan_rerun_checks_that_the_model_file_still_exists(cli, tmp_path):
-    model_path = argmax_model(tmp_path / "gone.onnx")
-    out = tmp_path / "R"
+def _first_run(cli, model_path: Path, out: Path) -> Path:
     first = cli("run", "--backend", "null", "--model-path", str(model_path), "--duration", "0.5", "-s", "SingleStream",
                 "--output", str(out))
     assert first.rc == 0, first.output
     (run_dir,) = run_dirs(out)
+    return run_dir / "plan.json"
+
+
+def test_plan_rerun_checks_that_the_model_file_still_exists(cli, tmp_path):
+    # (was a package bug: a re-run with --plan used to start without looking at the model)
+    model_path = argmax_model(tmp_path / "gone.onnx")
+    plan = _first_run(cli, model_path, tmp_path / "R")
     model_path.unlink()
-    again = cli("run", "--plan", str(run_dir / "plan.json"), "--output", str(tmp_path / "R2"))
+    again = cli("run", "--plan", str(plan), "--output", str(tmp_path / "R2"))
     assert_clean_error(again, EXIT_FAILURE, ("gone.onnx", "does not exist"))
     assert not (tmp_path / "R2").exists()
+
+
+def test_plan_rerun_refuses_a_changed_model_file(cli, tmp_path):
+    # a different file under the same name would be run but recorded with the old sha256
+    model_path = argmax_model(tmp_path / "swapped.onnx")
+    plan = _first_run(cli, model_path, tmp_path / "R")
+    argmax_model(model_path, features=8)
+    again = cli("run", "--plan", str(plan), "--output", str(tmp_path / "R2"))
+    assert_clean_error(again, EXIT_FAILURE, ("swapped.onnx", "changed"))
+    assert not (tmp_path / "R2").exists()
+
+
+# Unreadable --plan / --plugins files (these used to end in "error: internal error: ...",
+# exit 1, "report the traceback") are usage errors that name the file.
+UNREADABLE_FILES = [
+    ("plan-json-string", ["run", "--plan", "p.json"], lambda d: (d / "p.json").write_text('"x"', encoding="utf-8")),
+    ("plan-json-list", ["run", "--plan", "p.json"], lambda d: (d / "p.json").write_text("[1, 2]", encoding="utf-8")),
+    ("plan-wrong-version", ["run", "--plan", "p.json"], lambda d: (d / "p.json").write_text('{"hello": 1}', encoding="utf-8")),
+    ("plan-not-utf8", ["run", "--plan", "p.json"], lambda d: (d / "p.json").write_bytes(b"\xff\xfe\x00{")),
+    ("plan-is-directory", ["run", "--plan", "pdir"], lambda d: (d / "pdir").mkdir()),
+    ("plugins-not-utf8", ["backends", "--plugins", "p.toml"], lambda d: (d / "p.toml").write_bytes(b"\xff\xfe\x00")),
+    ("plugins-is-directory", ["backends", "--plugins", "pdir"], lambda d: (d / "pdir").mkdir()),
+]
+
+
+@pytest.mark.parametrize(("args", "make"), [c[1:] for c in UNREADABLE_FILES], ids=[c[0] for c in UNREADABLE_FILES])
+def test_unreadable_plan_or_plugins_file_is_a_usage_error(cli, tmp_path, args, make):
+    make(tmp_path)
+    result = cli(*args)
+    error, _ = assert_clean_error(result, EXIT_USAGE, (args[-1],))
+    assert "internal error" not in error

@@ -123,7 +123,7 @@ def cli(tmp_path: Path, work: Path):
         full.update(env or {})
         proc = subprocess.run(
             [sys.executable, "-m", "mlpi", *args], cwd=cwd or work, env=full, capture_output=True, text=True,
-            timeout=120, stdin=subprocess.DEVNULL,
+            timeout=60, stdin=subprocess.DEVNULL,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -258,12 +258,55 @@ def test_alias_selects_its_backend(cli, model, tmp_path):
     assert rows["onnxruntime"]["aliases"] == ["ort"]  # the packaged alias survives the merge
 
 
-def test_default_backend_for_device_kind(cli, model, tmp_path):
+def test_aliases_match_in_any_case_like_names(cli, model, tmp_path):
+    cfg = write(tmp_path / "alias.toml", '[aliases]\nnn = "null"\n')
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "NN", "--plugins", str(cfg), model=model, out=out))
+    assert result.rc == 0, result.output
+    assert the_result(out)["backend"]["name"] == "null"
+
+
+def test_options_table_named_by_an_alias_applies_and_is_checked(cli, model, tmp_path):
+    cfg = write(tmp_path / "o.toml", '[aliases]\nnn = "null"\n[options.nn]\npreferred_batch_size = 5\n')
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=out, scenario="Offline"))
+    assert result.rc == 0, result.output
+    assert the_result(out)["tests"][0]["batch_size"] == 5
+
+    bad = write(tmp_path / "bad.toml", '[aliases]\nnn = "null"\n[options.nn]\npreferred_batch_size = "lots"\n')
+    result = cli(*short_run("--backend", "null", "--plugins", str(bad), model=model, out=tmp_path / "R2"))
+    assert_error(result, 2, "preferred_batch_size", "lots")
+
+
+def test_options_table_for_an_unknown_backend_is_an_error(cli, model, tmp_path):
+    cfg = write(tmp_path / "o.toml", "[options.onnxrutime]\nbogus = 1\n")
+    result = cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=tmp_path / "R"))
+    error = assert_error(result, 2, "options.onnxrutime", "unknown backend")
+    assert "did you mean onnxruntime?" in result.stderr, error
+
+
+def test_unknown_option_hint_does_not_repeat_the_list(cli, model, tmp_path):
+    cfg = write(tmp_path / "o.toml", "[options.null]\nnope = 1\n")
+    result = cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=tmp_path / "R"))
+    assert_error(result, 2, "nope")
+    hint = [line for line in result.stderr.splitlines() if line.startswith("hint:")][0]
+    assert hint.count("preferred_batch_size") == 1, hint
+
+
+def test_default_backend_for_device_kind(cli, site, model, tmp_path):
     cfg = write(tmp_path / "default.toml", '[default_backend]\ncpu = "null"\n')
     out = tmp_path / "R"
-    result = cli(*short_run("--plugins", str(cfg), model=model, out=out))
+    # with the third-party site on the path, a fallback "first cpu backend by name" would be
+    # echo3, and the packaged default is onnxruntime: only the user's table gives null
+    result = cli(*short_run("--plugins", str(cfg), model=model, out=out), site=site)
     assert result.rc == 0, result.output
-    assert the_result(out)["backend"]["name"] == "null"  # the packaged default would be onnxruntime
+    assert the_result(out)["backend"]["name"] == "null"
+
+
+def test_default_backend_names_an_unknown_backend(cli, model, tmp_path):
+    cfg = write(tmp_path / "default.toml", '[default_backend]\ncpu = "nosuch"\n')
+    assert_error(cli(*short_run("--plugins", str(cfg), model=model, out=tmp_path / "R")), EXIT_USAGE,
+                 "unknown backend 'nosuch'")
 
 
 def test_backend_options_from_plugins_toml_reach_the_run(cli, model, tmp_path):
@@ -327,7 +370,7 @@ def test_env_var_wins_over_cwd_file(cli, work, tmp_path):
     assert rows["null"]["aliases"] == ["nn"]
 
 
-def test_disabling_a_third_party_plugin_and_reenabling_a_packaged_one(cli, site, tmp_path):
+def test_third_party_plugins_can_be_disabled(cli, site, tmp_path):
     cfg = write(tmp_path / "p.toml", '[disabled]\nbackends = ["echo3", "broken"]\n')
     rows = rows_by_name(cli("backends", "--json", "--plugins", str(cfg), site=site))
     assert rows["echo3"]["status"] == "disabled"

@@ -84,11 +84,8 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     dataset.load(loaded)
     outputs = observed_outputs(sessions[0], dataset, loaded[0])
 
-    failure: list[BaseException] = []
-
     def on_error(exc: BaseException) -> None:
         # LoadGen cannot be aborted from Python: record the error and end the process.
-        failure.append(exc)
         traceback.print_exception(type(exc), exc, exc.__traceback__)
         err = exc if isinstance(exc, MlpiError) else MlpiError(
             f"backend '{backend.name}' failed during the {scenario} test: {type(exc).__name__}: {exc}",

@@ -45,9 +45,9 @@ class PluginsConfig:
         if path is not None:
             try:
                 text = path.read_text(encoding="utf-8")
-            except OSError as exc:
+            except (OSError, UnicodeDecodeError) as exc:
                 raise UsageError(
-                    f"cannot read plugins file {path}: {exc.strerror or exc}",
+                    f"cannot read plugins file {path}: {getattr(exc, 'strerror', None) or exc}",
                     "check the path given by --plugins or MLPI_PLUGINS",
                 ) from None
             layers.append((str(path), _parse(text, str(path))))
@@ -60,7 +60,7 @@ class PluginsConfig:
         self.sources.append(source)
         for key in data:
             if key not in _TOP_KEYS:
-                raise UsageError(f"unknown key '{key}' in {source}", f"{suggest(key, _TOP_KEYS)} valid keys: {', '.join(_TOP_KEYS)}")
+                raise UsageError(f"unknown key '{key}' in {source}", f"{suggest(key, _TOP_KEYS, listing=False)}valid keys: {', '.join(_TOP_KEYS)}")
         disabled = _table(data, "disabled", source)
         for group, names in disabled.items():
             if group not in GROUPS:

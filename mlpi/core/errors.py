@@ -53,12 +53,15 @@ class RunFailed(MlpiError):
     """A LoadGen test did not finish: the child crashed or the backend failed mid-run."""
 
 
-def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str:
-    """Return ``"did you mean X?"`` for the closest candidates, or a list of what exists."""
+def suggest(name: str, candidates: list[str] | tuple[str, ...], listing: bool = True) -> str:
+    """``"did you mean X?"`` for the closest candidates; otherwise the list of what exists
+    (or ``""`` when ``listing`` is false because the caller lists them itself)."""
     import difflib
 
     close = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], n=3, cutoff=0.5)
     by_lower = {c.lower(): c for c in candidates}
     if close:
-        return "did you mean " + " or ".join(by_lower[c] for c in close) + "?"
+        return "did you mean " + " or ".join(by_lower[c] for c in close) + "?" + (" " if not listing else "")
+    if not listing:
+        return ""
     return "choose one of: " + ", ".join(sorted(candidates)) if candidates else "none are installed"

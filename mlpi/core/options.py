@@ -37,7 +37,7 @@ def build_options(options_cls: type, layers: list[tuple[str, Mapping[str, Any]]]
                 valid = ", ".join(names) if names else "none: this backend has no options"
                 raise UsageError(
                     f"unknown option '{key}' for backend '{backend}' (from {source})",
-                    f"{suggest(norm, names) + ' ' if names else ''}valid options: {valid}",
+                    f"{suggest(norm, names, listing=False)}valid options: {valid}",
                 )
             values[norm] = _convert(raw, hints[norm], f"option '{key}' of backend '{backend}' (from {source})")
     return options_cls(**values)

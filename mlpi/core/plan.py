@@ -79,9 +79,7 @@ class Plan:
     def from_json(cls, data: dict[str, Any]) -> Plan:
         data = dict(data)
         if data.get("version") != PLAN_VERSION:
-            from mlpi.core.errors import UsageError
-
-            raise UsageError(f"plan version {data.get('version')} is not supported", "create it again with this mlpi")
+            raise ValueError(f"plan version {data.get('version')!r} is not {PLAN_VERSION}")
         data["model"] = ModelRef.from_json(data["model"])
         return cls(**data)
 
@@ -93,8 +91,15 @@ class Plan:
             return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise UsageError(f"plan file {path} does not exist", "give the plan.json of an earlier run") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UsageError(f"{path} is not an mlpi plan ({exc})", "give the plan.json of an earlier run") from None
+        except PermissionError:
+            raise UsageError(f"cannot read plan file {path}: permission denied", "check its permissions") from None
+        except IsADirectoryError:
+            raise UsageError(f"plan path {path} is a directory", "give the plan.json inside a run directory") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
+            raise UsageError(
+                f"{path} is not an mlpi plan ({type(exc).__name__}: {exc})",
+                "give the plan.json of an earlier run made by this mlpi version",
+            ) from None
 
 
 #: Minimum duration of a ``--quick`` test.

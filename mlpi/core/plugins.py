@@ -61,7 +61,7 @@ class Registry:
         """Find an enabled, importable plugin by name or alias, or raise a clear error."""
         found = {p.name: p for p in self.plugins(group)}
         if group == "backends":
-            name = self.config.aliases.get(name, name)
+            name = self.canonical_backend(name)
         info = found.get(name)
         if info is None:
             lowered = {k.lower(): v for k, v in found.items()}
@@ -81,6 +81,29 @@ class Registry:
                 f"reinstall or fix the package that provides '{info.target}'",
             )
         return info
+
+    def canonical_backend(self, name: str) -> str:
+        """The backend an alias stands for (aliases match in any case, like names)."""
+        aliases = {alias.lower(): target for alias, target in self.config.aliases.items()}
+        return self.config.aliases.get(name) or aliases.get(name.lower(), name)
+
+    def backend_options(self, backend: str) -> list[tuple[str, dict[str, Any]]]:
+        """The ``[options.X]`` layers that apply to ``backend``, by its name or any alias.
+
+        A table for a backend that does not exist is an error, not silently ignored.
+        """
+        known = {p.name for p in self.plugins("backends")}
+        layers = []
+        for key, values in self.config.options.items():
+            target = self.canonical_backend(key)
+            if target not in known:
+                raise UsageError(
+                    f"[options.{key}] in {self.config.option_sources.get(key, 'plugins.toml')} is for an unknown backend",
+                    f"{suggest(key, sorted(known))} (`mlpi backends` lists them)",
+                )
+            if target == backend:
+                layers.append((self.config.option_sources.get(key, "plugins.toml"), values))
+        return layers
 
     def backend(self, name: str) -> Backend:
         info = self.resolve("backends", name)

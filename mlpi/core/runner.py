@@ -122,9 +122,7 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
             f"backend '{backend.name}' cannot run precision '{request.precision}'",
             f"choose one of: {', '.join(backend.precisions)}",
         )
-    layers: list[tuple[str, Any]] = []
-    if backend.name in config.options:
-        layers.append((config.option_sources.get(backend.name, "plugins.toml"), config.options[backend.name]))
+    layers: list[tuple[str, Any]] = list(registry.backend_options(backend.name))
     layers.append(("--option", request.options))
     options = build_options(backend.Options, layers, backend.name)
 
@@ -159,6 +157,27 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         plugins_file=str(Path(request.plugins_file).resolve()) if request.plugins_file else None,
         extra={"registered_model": registered},
     )
+
+
+def recheck_plan(plan: Plan) -> Plan:
+    """Check a saved plan against this machine again: the model file must be the same."""
+    config = PluginsConfig.load(plan.plugins_file)
+    registry = Registry(config)
+    backend = registry.backend(plan.backend)
+    backend.version()
+    _check_device(backend, Device.parse(plan.device))
+    build_options(backend.Options, [("plan.json", plan.backend_options)], backend.name)
+    artifact = inspect_onnx(Path(plan.model.path))
+    if artifact.sha256 != plan.model.sha256:
+        raise ModelError(
+            f"{plan.model.path} changed since the plan was made (sha256 {artifact.sha256[:12]}..., plan has {plan.model.sha256[:12]}...)",
+            "restore the original file, or start a new run without --plan",
+        )
+    factory = registry.resolve("datasets", plan.dataset).obj()
+    factory.open(
+        plan.model.inputs, Path(plan.dataset_path) if plan.dataset_path else None, plan.dataset_count, plan.seed
+    )
+    return plan
 
 
 def _check_numbers(request: RunRequest) -> None:

@@ -1,0 +1,78 @@
+"""Backend efficiency: mlpi Offline throughput versus the runtime's own tight loop.
+
+Same model, same session options, same batch size, same invocation. The tight loop feeds
+one preloaded batch to ``InferenceSession.run`` as fast as it can; mlpi runs a full LoadGen
+Offline test (gathering each batch from the preloaded samples, postprocessing, completing).
+
+    python benchmarks/backend_efficiency.py [--batch-size 8] [--duration 10] [--size 64 --width 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def tight_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    feeds = {spec.name: np.random.default_rng(0).standard_normal((batch, *spec.shape[1:])).astype(np.float32)}
+    names = [o.name for o in session.get_outputs()]
+    for _ in range(3):
+        session.run(names, feeds)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(names, feeds)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def mlpi_offline(model: Path, batch: int, seconds: float, threads: int, root: Path) -> tuple[float, bool]:
+    command = [
+        sys.executable, "-m", "mlpi", "run", "--backend", "onnxruntime", "--model-path", str(model), "-s", "Offline",
+        "--batch-size", str(batch), "--duration", str(seconds), "--output", str(root), "-o", f"intra_op_threads={threads}",
+    ]
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    (run_dir,) = list(root.iterdir())
+    test = json.loads((run_dir / "result.json").read_text())["tests"][0]
+    return float(test["value"]), bool(test["valid"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads on both sides (0: runtime default)")
+    parser.add_argument("--size", type=int, default=64, help="image side of the generated conv model")
+    parser.add_argument("--width", type=int, default=64, help="channels of the generated conv model")
+    args = parser.parse_args()
+
+    from mlpi.testing.tiny_models import conv_model
+
+    with tempfile.TemporaryDirectory(prefix="mlpi-efficiency-") as tmp:
+        work = Path(tmp)
+        model = conv_model(work / "conv.onnx", size=args.size, width=args.width)
+        loop = tight_loop(model, args.batch_size, args.duration, args.threads)
+        mine, valid = mlpi_offline(model, args.batch_size, args.duration, args.threads, work / "results")
+    print(f"model: conv {args.size}x{args.size}x{args.width}, batch {args.batch_size}, {args.duration}s, intra-op threads {args.threads}")
+    print(f"{'onnxruntime tight loop':<28}{loop:>12,.1f} samples/s")
+    print(f"{'mlpi Offline':<28}{mine:>12,.1f} samples/s  ({'VALID' if valid else 'INVALID'})")
+    print(f"{'ratio mlpi / loop':<28}{mine / loop:>12.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
