@@ -8,6 +8,7 @@ config path is passed explicitly.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -137,6 +138,9 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     qsl = lg.ConstructQSL(dataset.count, dataset.performance_count, dataset.load, dataset.unload)
     audit = str(plan.extra.get("audit_config") or out / "audit.config")
     sut_impl.start()
+    # Everything made so far lives for the whole test: keep the collector from rescanning it.
+    gc.collect()
+    gc.freeze()
     try:
         lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, audit)
     finally:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,19 +326,33 @@ def _child_env() -> dict[str, str]:
 def _run_child(plan: Plan, plan_path: Path, run_dir: Path, scenario: str, mode: str, echo: bool) -> dict[str, Any]:
     out = test_dir(run_dir, scenario, mode)
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "harness.log"
     command = [sys.executable, "-m", "mlpi.core.child", str(plan_path), scenario, mode, str(out)]
-    with log_path.open("wb") as log:
+    with (out / "harness.log").open("wb") as log:
         child = subprocess.Popen(
-            command, stdout=None if echo else log, stderr=subprocess.STDOUT if not echo else None,
+            command, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=_child_env(),
         )
+        copier = threading.Thread(target=_tee, args=(child.stdout, log), daemon=True) if echo else None
+        if copier is not None:
+            copier.start()
         try:
             code = child.wait()
         except KeyboardInterrupt:
             _stop(child)
             raise
+        finally:
+            if copier is not None:
+                copier.join(timeout=5)
     return _collect(plan, out, scenario, mode, code)
+
+
+def _tee(source: Any, log: Any) -> None:
+    """--debug: the child's output goes live to the terminal and into harness.log."""
+    for line in iter(source.readline, b""):
+        log.write(line)
+        log.flush()
+        sys.stderr.buffer.write(line)
+        sys.stderr.flush()
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
