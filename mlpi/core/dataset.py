@@ -49,6 +49,13 @@ class Dataset(ABC):
     def gather(self, indices: Sequence[int], out: Mapping[str, np.ndarray]) -> None:
         """Copy the loaded samples ``indices`` into rows ``0..len(indices)-1`` of ``out[name]``."""
 
+    def labels(self) -> np.ndarray | None:
+        """Ground truth, one entry per sample index (``None`` when the data has none).
+
+        For classification: the class id of each sample, as the dataset numbers them.
+        """
+        return None
+
     def sample(self, index: int) -> Mapping[str, np.ndarray]:
         """Feeds for one loaded sample, batch of one. Override to answer without copying."""
         out = {spec.name: np.empty((1, *spec.sample_shape), dtype=spec.dtype) for spec in self.inputs}

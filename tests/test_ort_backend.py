@@ -1,0 +1,111 @@
+"""ONNX Runtime backend: signatures, batch kinds, options, and the provider check.
+
+There is no GPU on the build machines, so the silent-fallback check is exercised by an
+InferenceSession stand-in that drops the requested provider the way onnxruntime-gpu does
+when CUDA cannot start (the only fake here; everything else runs the real runtime).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from mlpi.backends._cuda import cuda_device_count
+from mlpi.backends.ort import OnnxRuntimeBackend, OrtOptions
+from mlpi.core.device import Device
+from mlpi.core.errors import DeviceError, ModelError, UsageError
+from mlpi.core.onnx_file import inspect_onnx
+
+
+def load(model: Path, device: str = "cpu", **options: object):
+    return OnnxRuntimeBackend().load(inspect_onnx(model), Device.parse(device), OrtOptions(**options), None)
+
+
+def test_dynamic_batch_model_accepts_any_batch(model_dir: Path) -> None:
+    session = load(model_dir / "matmul.onnx")
+    assert session.capabilities.max_batch_size is None and not session.capabilities.fixed_batch
+    assert [(s.name, s.dtype, s.shape) for s in session.inputs] == [("x", "float32", (None, 16))]
+    assert [(s.name, s.dtype) for s in session.outputs] == [("logits", "float32"), ("label", "int64")]
+    for n in (1, 3, 17):
+        out = session.run({"x": np.ones((n, 16), np.float32)})
+        assert out["logits"].shape == (n, 10) and out["label"].shape == (n,)
+    assert session.precision == "fp32"
+
+
+def test_fixed_batch_model_reports_its_batch(model_dir: Path) -> None:
+    session = load(model_dir / "matmul_b4.onnx")
+    caps = session.capabilities
+    assert (caps.max_batch_size, caps.fixed_batch, caps.preferred_batch_size) == (4, True, 4)
+
+
+def test_options_reach_the_session(model_dir: Path) -> None:
+    session = load(model_dir / "conv.onnx", intra_op_threads=1, graph_optimization_level="disable", execution_mode="parallel")
+    opts = session._session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    assert opts.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert opts.execution_mode == onnxruntime.ExecutionMode.ORT_PARALLEL
+
+
+def test_a_graph_onnxruntime_rejects_is_a_model_error(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("NoSuchOp", ["x"], ["y"], domain="no.such.domain")
+    graph = helper.make_graph(
+        [node], "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("no.such.domain", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelError, match="onnxruntime could not load"):
+        load(tmp_path / "bad.onnx")
+
+
+def test_provider_missing_from_the_build_is_a_device_error(model_dir: Path) -> None:
+    if "OpenVINOExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime build has the OpenVINO provider")
+    with pytest.raises(DeviceError, match="OpenVINOExecutionProvider"):
+        load(model_dir / "matmul.onnx", provider="openvino")
+
+
+def test_provider_that_does_not_fit_the_device_is_a_usage_error(model_dir: Path) -> None:
+    with pytest.raises(UsageError, match="cannot run on device kind 'cpu'"):
+        load(model_dir / "matmul.onnx", provider="tensorrt")
+
+
+def test_silent_fallback_to_cpu_is_an_error(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_session = onnxruntime.InferenceSession
+
+    class FallsBackToCpu(real_session):  # type: ignore[misc, valid-type]
+        """What onnxruntime-gpu does without a working CUDA: keeps only the CPU provider."""
+
+        def __init__(self, path: str, sess_options: object = None, providers: object = None) -> None:
+            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FallsBackToCpu)
+    with pytest.raises(DeviceError, match="fell back to CPUExecutionProvider"):
+        load(model_dir / "matmul.onnx", device="cuda:0")
+
+
+def test_probe_lists_cpu_and_only_gpus_the_driver_reports() -> None:
+    devices = OnnxRuntimeBackend().probe()
+    assert Device("cpu") in devices
+    assert len([d for d in devices if d.kind == "cuda"]) == (
+        cuda_device_count() if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else 0
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(cuda_device_count() == 0 or "CUDAExecutionProvider" not in onnxruntime.get_available_providers(),
+                    reason="needs an NVIDIA GPU and onnxruntime-gpu")
+def test_cuda_session_really_runs_on_cuda(model_dir: Path) -> None:
+    session = load(model_dir / "matmul.onnx", device="cuda:0")
+    assert session.provider == "CUDAExecutionProvider"
+    cpu = load(model_dir / "matmul.onnx")
+    x = {"x": np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)}
+    assert np.allclose(session.run(x)["logits"], cpu.run(x)["logits"], atol=1e-4)
