@@ -13,6 +13,10 @@ from mlpi import __version__
 from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MlpiError
 
 
+#: The model ``mlpi run`` measures when none is named.
+DEFAULT_MODEL = "resnet50"
+
+
 def _debug_requested(args: list[str]) -> bool:
     return "--debug" in args
 
@@ -79,22 +83,31 @@ def main(debug: bool) -> None:
 @click.option("--output", default="results", show_default=True, type=click.Path(file_okay=False), help="Results root.")
 @click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
 @click.option("--plan", "plan_file", type=click.Path(), help="Run an earlier run's plan.json again.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic data.")
+@click.option("--weights", type=click.Choice(["official", "random"]), help="For --model: the official file, or seeded random weights (performance only). Default: official if downloaded, else random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic data and random weights.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and child output.")
 def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
-    """Run MLPerf LoadGen tests and write a result directory."""
+    """Run MLPerf LoadGen tests and write a result directory.
+
+    With no model given, runs the embedded default: ResNet50 (official weights if
+    downloaded, random otherwise) on synthetic data, Offline, a quick performance run.
+    """
     from mlpi.cli_output import RunPrinter
     from mlpi.core.options import parse_assignments
     from mlpi.core.plan import Plan
     from mlpi.core.runner import RunRequest, build_plan, execute, recheck_plan
 
+    printer = RunPrinter()
     if plan_file:
         plan = recheck_plan(Plan.read(Path(plan_file)))
     else:
         kwargs["options"] = parse_assignments(kwargs["options"])
         kwargs["scenarios"] = list(kwargs["scenarios"]) or ["Offline"]
+        if not kwargs["model"] and not kwargs["model_path"]:
+            kwargs["model"] = DEFAULT_MODEL
+            kwargs["quick"] = kwargs["quick"] or kwargs["duration_s"] is None
+            printer.note(f"no model given: running the embedded default ({DEFAULT_MODEL}, quick unless --duration)")
         plan = build_plan(RunRequest(**kwargs))
-    printer = RunPrinter()
     printer.plan(plan)
     outcome = execute(plan, Path(output), printer, keep_child_output=debug)
     printer.summary(outcome)
@@ -117,6 +130,39 @@ def backends(as_json: bool, plugins_file: str | None) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         print_backends(rows)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
+def models(as_json: bool, plugins_file: str | None) -> None:
+    """List models: artifact, whether it is downloaded here, datasets that fit, rules."""
+    from mlpi.cli_output import print_models
+    from mlpi.core.config import PluginsConfig
+    from mlpi.core.inventory import model_inventory
+
+    rows = model_inventory(PluginsConfig.load(plugins_file))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_models(rows)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
+def fetch(model: str, plugins_file: str | None) -> None:
+    """Download a model's official file into the cache (resumes, verifies the checksum)."""
+    from mlpi.core.artifacts import fetch as fetch_artifact
+    from mlpi.core.config import PluginsConfig
+    from mlpi.core.errors import UsageError
+    from mlpi.core.model import load_spec
+    from mlpi.core.plugins import Registry
+
+    spec = load_spec(Registry(PluginsConfig.load(plugins_file)).resolve("models", model).obj)
+    if spec.artifact is None:
+        raise UsageError(f"model {spec.name} has no downloadable file", "pass --model-path FILE to mlpi run")
+    click.echo(str(fetch_artifact(spec.artifact)))
 
 
 @main.command()

@@ -14,10 +14,14 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 class RunPrinter:
     """Reporter for :func:`mlpi.core.runner.execute` that prints to the terminal."""
 
+    def note(self, text: str) -> None:
+        _err.print(f"mlpi: {text}")
+
     def plan(self, plan: Any) -> None:
         quick = " (quick: not valid for submission)" if plan.quick or plan.duration_s is not None else ""
+        weights = " (random weights - performance only)" if plan.model.random_weights else ""
         _err.print(
-            f"mlpi: {plan.model.name} on {plan.backend} {plan.device}, dataset {plan.dataset}, "
+            f"mlpi: {plan.model.name}{weights} on {plan.backend} {plan.device}, dataset {plan.dataset}, "
             f"{', '.join(plan.scenarios)} x {', '.join(plan.modes)}{quick}"
         )
 
@@ -49,7 +53,15 @@ class RunPrinter:
             )
         _out.print(table)
         backend = result["backend"]
-        _out.print(f"backend {backend['name']} {backend['version']} on {result['device']}; model {result['model']['name']}")
+        model = result["model"]
+        note = f" ({model['note']})" if model.get("note") else ""
+        _out.print(f"backend {backend['name']} {backend['version']} on {result['device']}; model {model['name']}{note}")
+        for test in result["tests"]:
+            accuracy = test.get("accuracy")
+            if accuracy:
+                verdict = "" if accuracy.get("passed") is None else (" PASS" if accuracy["passed"] else " FAIL")
+                target = f" (target {accuracy['target']:.3f}%)" if accuracy.get("target") is not None else ""
+                _out.print(f"{test['scenario']} accuracy: {accuracy['report']}{target}{verdict}")
         if not result["submission_valid"]:
             _out.print("quick run: not valid for submission")
         _out.print(f"results: {outcome.run_dir}")
@@ -61,6 +73,8 @@ def _value(test: dict[str, Any]) -> str:
         return "-"
     if test.get("unit") == "ms":
         return f"{value:.3f} ms"
+    if test.get("unit") == "%":
+        return f"{value:.3f}%"
     if test.get("unit") == "samples/s":
         return f"{value:,.1f} samples/s"
     return f"{value:g} {test.get('unit') or ''}".strip()
@@ -91,4 +105,18 @@ def print_plain_plugins(rows: list[dict[str, Any]], group: str) -> None:
     for row in rows:
         status = row["status"] + (f": {row['error']}" if row.get("error") else "")
         table.add_row(row["name"], row["origin"], status, row.get("description") or "")
+    _out.print(table)
+
+
+def print_models(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="mlpi models", title_justify="left")
+    for column in ("name", "origin", "official file here", "random weights here", "datasets", "status"):
+        table.add_column(column)
+    for row in rows:
+        datasets = ", ".join(d["name"] + ("" if d["installed"] else " (not installed)") for d in row.get("datasets", []))
+        status = row["status"] + (f": {row['error']}" if row.get("error") else "")
+        table.add_row(
+            row["name"], row["origin"], row.get("artifact_cached") or "no", row.get("random_weights_cached") or "no",
+            datasets or "-", status,
+        )
     _out.print(table)

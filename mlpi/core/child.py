@@ -107,9 +107,10 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     dataset.unload(loaded)
 
     conf_path = out / "user.conf"
+    perf_count = performance_sample_count(plan.model.rules_key, dataset.performance_count)
     model_key = plan.model.rules_key or plan.model.name
     conf_path.write_text(
-        user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=None),
+        user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count),
         encoding="utf-8",
     )
     settings = lg.TestSettings()
@@ -149,7 +150,17 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         lg.DestroyFastSUT(sut)
     for session in sessions:
         session.close()
+    accuracy = None
+    if mode == "accuracy" and spec.score is not None and dataset.labels() is not None:
+        from mlpi.core.accuracy import read_accuracy_log
+
+        result = spec.score(read_accuracy_log(out / "mlperf_log_accuracy.json"), dataset, outputs)
+        (out / "accuracy.txt").write_text(result.report + "\n", encoding="utf-8")
+        print(f"mlpi: {result.report}", flush=True)
+        accuracy = result.to_json()
     return {
+        "accuracy": accuracy,
+        "performance_sample_count": perf_count,
         "batch_size": batch_size,
         "sessions": len(sessions),
         "precision": sessions[0].precision,
@@ -160,12 +171,22 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
 
 
 def model_spec(registry: Any, plan: Any) -> Any:
-    from mlpi.core.model import ModelSpec
+    from mlpi.core.model import ModelSpec, load_spec
 
     if plan.extra.get("registered_model"):
-        obj = registry.resolve("models", plan.model.name).obj
-        return obj() if callable(obj) and not isinstance(obj, ModelSpec) else obj
+        return load_spec(registry.resolve("models", plan.model.name).obj)
     return ModelSpec.for_file(Path(plan.model.path))
+
+
+def performance_sample_count(rules_key: str | None, available: int) -> int | None:
+    """Override mlperf.conf's performance sample count only where the data has fewer samples
+    (a subset for development): LoadGen cannot load samples that are not there."""
+    from mlpi.core.rules import RULES
+
+    rules = RULES.get(rules_key or "")
+    if rules is not None and rules.performance_sample_count > available:
+        return available
+    return None
 
 
 def effective_batch_size(requested: int | None, caps: Any, scenario: str) -> int:

@@ -76,3 +76,47 @@ def _base_row(info: PluginInfo) -> dict[str, Any]:
         "error": info.error,
         "hint": None,
     }
+
+
+def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
+    """One row per model plugin: its artifact, what is cached here, which datasets fit."""
+    from mlpi.core.artifacts import cached
+    from mlpi.core.model import load_spec
+    from mlpi.core.rules import RULES
+    from mlpi.core.runner import random_weights_path
+
+    registry = Registry(config)
+    installed = set(registry.names("datasets"))
+    rows = []
+    for info in registry.plugins("models"):
+        row = _base_row(info)
+        if info.broken or info.disabled:
+            rows.append(row)
+            continue
+        try:
+            spec = load_spec(info.obj)
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported, not raised
+            row.update(status="broken", error=f"{type(exc).__name__}: {exc}")
+            rows.append(row)
+            continue
+        rules = RULES.get(spec.rules_key or "")
+        random_path = random_weights_path(spec, 0) if spec.build_random else None
+        artifact_path = cached(spec.artifact) if spec.artifact else None
+        row.update(
+            description=spec.description,
+            rules_key=spec.rules_key,
+            artifact=None if spec.artifact is None else {
+                "url": spec.artifact.url, "checksum": spec.artifact.checksum, "filename": spec.artifact.filename,
+            },
+            artifact_cached=str(artifact_path) if artifact_path else None,
+            random_weights=spec.build_random is not None,
+            random_weights_cached=str(random_path) if random_path and random_path.exists() else None,
+            inputs=[t.to_json() for t in spec.inputs],
+            outputs=[t.to_json() for t in spec.outputs],
+            datasets=[{"name": d, "installed": d in installed} for d in spec.datasets],
+            quality_target=spec.quality_target,
+            server_latency_ms=rules.server_latency_ms if rules else None,
+            performance_sample_count=rules.performance_sample_count if rules else None,
+        )
+        rows.append(row)
+    return rows

@@ -82,3 +82,28 @@ class RawOutputs(Postprocessor):
 
 def _sample_nbytes(spec: TensorSpec) -> int:
     return int(np.prod([d or 1 for d in spec.sample_shape], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+
+
+class ClassIdResponse(Postprocessor):
+    """One float32 class id per sample, the response format of MLPerf's image classifiers.
+
+    Reads an integer class output (``ArgMax:0``) or takes the arg-max of a score output,
+    then adds ``offset`` (-1 for a 1001-class model whose class 0 is "background").
+    """
+
+    def __init__(self, output: str, offset: int, max_batch: int, argmax: bool = False) -> None:
+        self._output = output
+        self._offset = offset
+        self._argmax = argmax
+        self._buffer = np.zeros(max(max_batch, 1), dtype=np.float32)
+
+    @property
+    def sample_nbytes(self) -> int:
+        return 4
+
+    def __call__(self, outputs: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+        values = outputs[self._output][:n]
+        if self._argmax:
+            values = values.reshape(n, -1).argmax(axis=1)
+        np.add(values.reshape(n), self._offset, out=self._buffer[:n], casting="unsafe")
+        return self._buffer

@@ -32,7 +32,9 @@ from mlpi.core.errors import (
     UsageError,
     suggest,
 )
-from mlpi.core.model import ModelSpec
+from mlpi.core.artifacts import cached
+from mlpi.core.cache import cache_root
+from mlpi.core.model import ModelSpec, load_spec
 from mlpi.core.onnx_file import inspect_onnx
 from mlpi.core.options import build_options, options_to_json
 from mlpi.core.plan import ModelRef, Plan
@@ -66,6 +68,7 @@ class RunRequest:
     options: dict[str, str] = field(default_factory=dict)
     plugins_file: str | None = None
     seed: int = 0
+    weights: str | None = None  # "official" or "random" for a registered model; None: official if cached
 
 
 class Reporter(Protocol):
@@ -128,6 +131,11 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     options = build_options(backend.Options, layers, backend.name)
 
     model_ref, registered = _resolve_model(request, registry)
+    if model_ref.random_weights and "accuracy" in modes:
+        raise UsageError(
+            f"accuracy mode needs the official {model_ref.name} weights; random weights are for performance only",
+            f"run `mlpi fetch {model_ref.name}`, or pass --model-path FILE, or use --mode performance",
+        )
     factory = registry.resolve("datasets", request.dataset).obj()
     if factory.needs_path and not request.dataset_path:
         raise UsageError(f"dataset '{request.dataset}' needs --dataset-path", "point it at the dataset's folder")
@@ -216,19 +224,21 @@ def _check_device(backend: Any, device: Device) -> None:
 def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, bool]:
     spec: ModelSpec | None = None
     if request.model:
-        obj = registry.resolve("models", request.model).obj
-        spec = obj() if callable(obj) and not isinstance(obj, ModelSpec) else obj
-    if not request.model_path:
-        if spec is None:
-            raise UsageError("no model given", "pass --model-path FILE.onnx (or --model NAME of a registered model)")
-        raise ModelError(f"model '{spec.name}' has no local file", "pass --model-path FILE.onnx")
-    path = Path(request.model_path).expanduser()
+        spec = load_spec(registry.resolve("models", request.model).obj)
+    if request.weights not in (None, "official", "random"):
+        raise UsageError(f"unknown --weights '{request.weights}'", "choose official or random")
+    random_weights = False
+    if request.model_path:
+        if request.weights == "random":
+            raise UsageError("--weights random and --model-path both choose the model file", "drop one of them")
+        path = Path(request.model_path).expanduser()
+    elif spec is None:
+        raise UsageError("no model given", "pass --model NAME (see `mlpi models`) or --model-path FILE.onnx")
+    else:
+        path, random_weights = _registered_model_file(spec, request.weights, request.seed)
     artifact = inspect_onnx(path)
-    if spec is not None and spec.artifact_sha256 and spec.artifact_sha256 != artifact.sha256:
-        raise ModelError(
-            f"{path} does not match model '{spec.name}' (sha256 {artifact.sha256[:12]}..., expected {spec.artifact_sha256[:12]}...)",
-            "download it again, or drop --model to run the file as a custom model",
-        )
+    if spec is not None:
+        _check_signature(spec, artifact, path)
     spec = spec or ModelSpec.for_file(path)
     ref = ModelRef(
         name=spec.name,
@@ -237,8 +247,45 @@ def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, b
         rules_key=spec.rules_key,
         inputs=list(artifact.inputs),
         outputs=list(artifact.outputs),
+        random_weights=random_weights,
     )
     return ref, request.model is not None
+
+
+def random_weights_path(spec: ModelSpec, seed: int) -> Path:
+    version = spec.extra.get("random_graph_version", 1)
+    return cache_root() / "models" / spec.name / f"{spec.name}-random-seed{seed}-v{version}.onnx"
+
+
+def _registered_model_file(spec: ModelSpec, weights: str | None, seed: int) -> tuple[Path, bool]:
+    """The official file when asked for (or cached), else seeded random weights, built once."""
+    official = cached(spec.artifact) if spec.artifact is not None else None
+    if weights == "official" or (weights is None and official is not None):
+        if official is None:
+            raise ModelError(
+                f"the official {spec.name} model is not downloaded",
+                f"run `mlpi fetch {spec.name}`, pass --model-path FILE, or use --weights random for a performance-only run",
+            )
+        return official, False
+    if spec.build_random is None:
+        raise ModelError(f"model {spec.name} has no random-weights form", f"run `mlpi fetch {spec.name}` or pass --model-path FILE")
+    path = random_weights_path(spec, seed)
+    if not path.exists():
+        spec.build_random(path, seed)
+    return path, True
+
+
+def _check_signature(spec: ModelSpec, artifact: Any, path: Path) -> None:
+    """A file given for a registered model must have that model's inputs and outputs."""
+    for kind, want, have in (("input", spec.inputs, artifact.inputs), ("output", spec.outputs, artifact.outputs)):
+        have_names = {t.name for t in have}
+        missing = [t.name for t in want if t.name not in have_names]
+        if missing:
+            raise ModelError(
+                f"{path} is not a {spec.name} model: it has no {kind} {', '.join(missing)} "
+                f"(it has {', '.join(sorted(have_names)) or 'none'})",
+                f"pass the {spec.name} ONNX file, or drop --model to run the file as a custom model",
+            )
 
 
 # ----------------------------------------------------------------------------- execution
@@ -269,7 +316,9 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
         "device": plan.device,
         "precision": plan.precision,
         "model": {"name": plan.model.name, "path": plan.model.path, "sha256": plan.model.sha256,
-                  "rules_key": plan.model.rules_key},
+                  "rules_key": plan.model.rules_key,
+                  "weights": "random" if plan.model.random_weights else "given",
+                  "note": "random weights - performance only" if plan.model.random_weights else None},
         "dataset": {"name": plan.dataset, "path": plan.dataset_path, "count": plan.dataset_count},
         "settings": {"batch_size": plan.batch_size, "instances": plan.instances, "target_qps": plan.target_qps,
                      "quick": plan.quick, "duration_s": plan.min_duration_s, "batch_timeout_ms": plan.batch_timeout_ms},
@@ -397,8 +446,16 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> dict
         expectations=outcome.get("expectations"),
     )
     if mode == "accuracy":
-        logged = _accuracy_sample_count(out / "mlperf_log_accuracy.json")
-        test.update(metric="accuracy_log_samples", value=logged, unit="samples", valid=logged is not None and logged > 0)
+        accuracy = outcome.get("accuracy")
+        if accuracy is not None:
+            passed = accuracy.get("passed")
+            test.update(metric=accuracy["metric"], value=accuracy["value"], unit="%", accuracy=accuracy,
+                        valid=True if passed is None else bool(passed))
+            if passed is False:
+                test["invalid_reasons"] = [f"{accuracy['metric']} {accuracy['value']:.3f}% is below the target {accuracy['target']:.3f}%"]
+        else:
+            logged = _accuracy_sample_count(out / "mlperf_log_accuracy.json")
+            test.update(metric="accuracy_log_samples", value=logged, unit="samples", valid=logged is not None and logged > 0)
     else:
         metric = performance_metric(scenario, log)
         test.update(metric=metric.name, value=metric.value, unit=metric.unit, valid=log.valid if log.complete else False)
