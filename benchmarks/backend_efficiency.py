@@ -4,7 +4,11 @@ Same model, same session options, same batch size, same invocation. The tight lo
 one preloaded batch to ``InferenceSession.run`` as fast as it can; mlpi runs a full LoadGen
 Offline test (gathering each batch from the preloaded samples, postprocessing, completing).
 
-    python benchmarks/backend_efficiency.py [--batch-size 8] [--duration 10] [--size 64 --width 64]
+    python benchmarks/backend_efficiency.py --model resnet50 [--batch-size 8] [--duration 10]
+    python benchmarks/backend_efficiency.py --model conv [--size 64 --width 64]
+
+``--model resnet50`` uses the official file when ``mlpi fetch resnet50`` has downloaded it,
+else the seeded random-weights graph (same layers, same work).
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ def tight_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def mlpi_offline(model: Path, batch: int, seconds: float, threads: int, root: Path) -> tuple[float, bool]:
+def mlpi_offline(model_args: list[str], batch: int, seconds: float, threads: int, root: Path) -> tuple[float, bool]:
     command = [
-        sys.executable, "-m", "mlpi", "run", "--backend", "onnxruntime", "--model-path", str(model), "-s", "Offline",
+        sys.executable, "-m", "mlpi", "run", "--backend", "onnxruntime", *model_args, "-s", "Offline",
         "--batch-size", str(batch), "--duration", str(seconds), "--output", str(root), "-o", f"intra_op_threads={threads}",
     ]
     subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -50,9 +54,26 @@ def mlpi_offline(model: Path, batch: int, seconds: float, threads: int, root: Pa
     return float(test["value"]), bool(test["valid"])
 
 
+def resnet50_file() -> tuple[Path, str]:
+    """The file ``mlpi run --model resnet50`` would use: official if downloaded, else random."""
+    from mlpi.core.artifacts import cached
+    from mlpi.core.runner import random_weights_path
+    from mlpi.models.resnet50 import resnet50
+
+    spec = resnet50()
+    official = cached(spec.artifact) if spec.artifact else None
+    if official is not None:
+        return official, "official"
+    path = random_weights_path(spec, 0)
+    if not path.exists():
+        spec.build_random(path, 0)  # type: ignore[misc]
+    return path, "random"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    parser.add_argument("--model", default="resnet50", choices=["resnet50", "conv"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads on both sides (0: runtime default)")
@@ -64,10 +85,17 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="mlpi-efficiency-") as tmp:
         work = Path(tmp)
-        model = conv_model(work / "conv.onnx", size=args.size, width=args.width)
+        if args.model == "resnet50":
+            model, weights = resnet50_file()
+            model_args = ["--model", "resnet50", "--weights", weights]
+            label = f"resnet50 ({weights} weights)"
+        else:
+            model = conv_model(work / "conv.onnx", size=args.size, width=args.width)
+            model_args = ["--model-path", str(model)]
+            label = f"conv {args.size}x{args.size}x{args.width}"
         loop = tight_loop(model, args.batch_size, args.duration, args.threads)
-        mine, valid = mlpi_offline(model, args.batch_size, args.duration, args.threads, work / "results")
-    print(f"model: conv {args.size}x{args.size}x{args.width}, batch {args.batch_size}, {args.duration}s, intra-op threads {args.threads}")
+        mine, valid = mlpi_offline(model_args, args.batch_size, args.duration, args.threads, work / "results")
+    print(f"model: {label}, batch {args.batch_size}, {args.duration}s, intra-op threads {args.threads}")
     print(f"{'onnxruntime tight loop':<28}{loop:>12,.1f} samples/s")
     print(f"{'mlpi Offline':<28}{mine:>12,.1f} samples/s  ({'VALID' if valid else 'INVALID'})")
     print(f"{'ratio mlpi / loop':<28}{mine / loop:>12.3f}")

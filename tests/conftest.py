@@ -7,11 +7,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from mlpi.testing import tiny_models
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test (and every mlpi process it starts) uses a fresh cache, never the user's."""
+    path = tmp_path_factory.mktemp("mlpi-cache")
+    old = os.environ.get("MLPI_CACHE")
+    os.environ["MLPI_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MLPI_CACHE", None)
+    else:
+        os.environ["MLPI_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,9 @@ def _batches(indices: Sequence[int], size: int, offset: int) -> list[Sequence[in
 
 def _throughput(executors: Sequence[BatchExecutor], indices: Sequence[int], seconds: float) -> float:
     counts = [0] * len(executors)
+    for k, ex in enumerate(executors):  # warm-up, not timed: first touches of data and buffers
+        for batch in _batches(indices, ex.batch_size, k * ex.batch_size)[:2]:
+            ex.compute(batch)
     deadline = time.perf_counter() + seconds
     errors: list[BaseException] = []
 
@@ -93,6 +96,8 @@ def _latency(executor: BatchExecutor, indices: Sequence[int], size: int, seconds
     samples: list[float] = []
     batches = _batches(indices, size, 0)
     bs = executor.batch_size
+    for batch in batches[:2]:  # warm-up, not timed
+        executor.compute(batch[:bs])
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(samples) < 3:
         for batch in batches:

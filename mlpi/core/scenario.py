@@ -16,7 +16,7 @@ from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
 
 #: How much higher than calibration Offline's expected QPS is set: LoadGen issues
 #: expected_qps * min_duration * 1.1 samples, and too few end the run early (INVALID).
-OFFLINE_QPS_MARGIN = 1.1
+OFFLINE_QPS_MARGIN = 1.25
 #: SingleStream/MultiStream expected latency below calibration, so enough queries exist.
 LATENCY_MARGIN = 0.5
 #: Quick runs: minimum queries, so short runs still give percentiles.
