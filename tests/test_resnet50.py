@@ -108,3 +108,55 @@ def test_embedded_default_runs_resnet50_with_random_weights(tmp_path: Path) -> N
     assert "performance only" in result["model"]["note"]
     assert [(t["scenario"], t["mode"]) for t in result["tests"]] == [("Offline", "performance")]
     assert "performance only" in proc.stdout
+
+
+def official_style_accuracy(log: Path, labels: list[int]) -> str:
+    """An independent re-statement of MLPerf's accuracy-imagenet.py (float32 class ids)."""
+    seen: set[int] = set()
+    good = 0
+    for entry in json.loads(log.read_text()):
+        idx = entry["qsl_idx"]
+        if idx in seen:
+            continue
+        seen.add(idx)
+        if labels[idx] == int(np.frombuffer(bytes.fromhex(entry["data"]), np.float32)[0]):
+            good += 1
+    return "accuracy={:.3f}%, good={}, total={}".format(100.0 * good / len(seen), good, len(seen))
+
+
+def test_accuracy_known_by_construction_offset_included(tmp_path: Path) -> None:
+    from mlpi.testing.tiny_models import resnet_signature_classifier
+
+    model = resnet_signature_classifier(tmp_path / "classifier.onnx")
+    labels = [0, 5, 999, 17, 42, 300, 7, 1, 500, 998]
+    wrong = {3: 18, 6: 8, 9: 0}  # three samples whose image points at another class
+    images = np.zeros((len(labels), 3, 224, 224), np.float32)
+    for i, label in enumerate(labels):
+        answer = wrong.get(i, label)
+        images.reshape(len(labels), -1)[i, answer + 1] = 1.0  # the model's class k+1 is ImageNet's k
+    data = tmp_path / "data.npz"
+    np.savez(data, input_tensor_0=images, labels=np.array(labels, np.int64))
+    proc = run_cli(
+        ["run", "--model", "resnet50", "--model-path", str(model), "--dataset", "numpy", "--dataset-path", str(data),
+         "-s", "Offline", "-s", "SingleStream", "--mode", "accuracy", "--batch-size", "4", "--output", str(tmp_path / "r")],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 3, proc.stderr  # 70% is below the 75.69% target
+    run_dir = next((tmp_path / "r").iterdir())
+    result = json.loads((run_dir / "result.json").read_text())
+    for test in result["tests"]:
+        folder = run_dir / test["scenario"] / "accuracy"
+        line = (folder / "accuracy.txt").read_text().strip()
+        assert line == "accuracy=70.000%, good=7, total=10"
+        assert line == official_style_accuracy(folder / "mlperf_log_accuracy.json", labels)
+        assert test["metric"] == "top-1" and test["value"] == pytest.approx(70.0) and test["unit"] == "%"
+        assert test["accuracy"]["passed"] is False and test["valid"] is False
+    assert "accuracy=70.000%, good=7, total=10" in proc.stdout and "FAIL" in proc.stdout
+
+
+def test_a_file_without_the_models_signature_is_refused(tmp_path: Path, model_dir: Path) -> None:
+    proc = run_cli(["run", "--model", "resnet50", "--model-path", str(model_dir / "matmul.onnx"), "--output", str(tmp_path / "r")],
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "is not a resnet50 model" in proc.stderr and "input_tensor:0" in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -102,6 +102,33 @@ def argmax_model(path: Path, batch: int | str = "N", features: int = 16) -> Path
     return _save(graph, path)
 
 
+def resnet_signature_classifier(path: Path, classes: int = 1001) -> Path:
+    """ResNet50's signature (``input_tensor:0`` -> ``ArgMax:0``, ``softmax_tensor:0``) with a
+    transparent rule: the predicted class is the position of the largest of the first
+    ``classes`` input values (flattened). Tests build images whose answer they know."""
+    shape = helper.make_tensor("flat_shape", TensorProto.INT64, [2], [0, -1])
+    starts = helper.make_tensor("starts", TensorProto.INT64, [1], [0])
+    ends = helper.make_tensor("ends", TensorProto.INT64, [1], [classes])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [
+        helper.make_node("Reshape", ["input_tensor:0", "flat_shape"], ["flat"]),
+        helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["softmax_tensor:0"], axis=1),
+        helper.make_node("ArgMax", ["logits"], ["ArgMax:0"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resnet_signature_classifier",
+        [helper.make_tensor_value_info("input_tensor:0", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [
+            helper.make_tensor_value_info("ArgMax:0", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("softmax_tensor:0", TensorProto.FLOAT, ["N", classes]),
+        ],
+        [shape, starts, ends, axes],
+    )
+    return _save(graph, path)
+
+
 BUILDERS = {"matmul": matmul_model, "conv": conv_model, "two_inputs": two_input_model, "argmax": argmax_model}
 
 
