@@ -251,3 +251,23 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_what_was_written(model_dir: 
     assert result["status"] == "interrupted"
     assert result["tests"][0]["status"] == "interrupted"
     assert (only_run_dir(tmp_path / "r") / "plan.json").is_file()
+
+
+def test_custom_model_with_labelled_numpy_data_reports_top1(model_dir: Path, tmp_path: Path) -> None:
+    model = model_dir / "matmul.onnx"
+    x = np.random.default_rng(5).standard_normal((20, 16)).astype(np.float32)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    predicted = session.run(["logits"], {"x": x})[0].argmax(axis=1)
+    labels = predicted.copy()
+    labels[:5] = (labels[:5] + 1) % 10  # five wrong answers: 75%
+    np.savez(tmp_path / "data.npz", x=x, labels=labels)
+    proc = run_cli(
+        ["run", "--model-path", str(model), "--dataset", "numpy", "--dataset-path", str(tmp_path / "data.npz"),
+         "-s", "Offline", "--mode", "accuracy", "--output", str(tmp_path / "r")],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr  # no quality target for a custom model
+    test = read_result(tmp_path / "r")["tests"][0]
+    assert (test["metric"], test["value"], test["unit"]) == ("top-1", 75.0, "%")
+    assert test["accuracy"]["report"] == "accuracy=75.000%, good=15, total=20"
+    assert test["accuracy"]["target"] is None and test["valid"] is True
