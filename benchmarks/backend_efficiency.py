@@ -57,7 +57,7 @@ def mlpi_offline(model_args: list[str], batch: int, seconds: float, threads: int
 def resnet50_file() -> tuple[Path, str]:
     """The file ``mlpi run --model resnet50`` would use: official if downloaded, else random."""
     from mlpi.core.artifacts import cached
-    from mlpi.core.runner import random_weights_path
+    from mlpi.core.planning import random_weights_path
     from mlpi.models.resnet50 import resnet50
 
     spec = resnet50()

@@ -95,7 +95,8 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
     from mlpi.cli_output import RunPrinter
     from mlpi.core.options import parse_assignments
     from mlpi.core.plan import Plan
-    from mlpi.core.runner import RunRequest, build_plan, execute, recheck_plan
+    from mlpi.core.planning import RunRequest, build_plan, recheck_plan
+    from mlpi.core.runner import execute
 
     printer = RunPrinter()
     if plan_file:

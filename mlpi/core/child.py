@@ -9,7 +9,6 @@ config path is passed explicitly.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import time

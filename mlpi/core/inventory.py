@@ -83,7 +83,7 @@ def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
     from mlpi.core.artifacts import cached
     from mlpi.core.model import load_spec
     from mlpi.core.rules import RULES
-    from mlpi.core.runner import random_weights_path
+    from mlpi.core.planning import random_weights_path
 
     registry = Registry(config)
     installed = set(registry.names("datasets"))

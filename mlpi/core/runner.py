@@ -1,8 +1,8 @@
-"""Plan a run, check it before any timing, then run each LoadGen test in a child process.
+"""Run a checked :class:`Plan`: each LoadGen test in its own child process.
 
-``build_plan`` turns a :class:`RunRequest` into a validated :class:`Plan` (or raises the
-error that names the fix); ``execute`` makes the run directory and drives the children,
-writing ``result.json`` after every test so nothing already measured is ever lost.
+``execute`` makes the run directory and drives the children, writing ``result.json``
+after every test so nothing already measured is ever lost; a crash or Ctrl-C is recorded
+as such. Planning and checks live in :mod:`mlpi.core.planning`.
 """
 
 from __future__ import annotations
@@ -14,61 +14,18 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from mlpi.core.child import OUTCOME
 from mlpi.core.config import PluginsConfig
-from mlpi.core.device import Device
-from mlpi.core.errors import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_INVALID,
-    EXIT_OK,
-    DeviceError,
-    MlpiError,
-    ModelError,
-    UsageError,
-    suggest,
-)
-from mlpi.core.artifacts import cached
-from mlpi.core.cache import cache_root
-from mlpi.core.model import ModelSpec, load_spec
-from mlpi.core.onnx_file import inspect_onnx
-from mlpi.core.options import build_options, options_to_json
-from mlpi.core.plan import ModelRef, Plan
+from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, MlpiError
+from mlpi.core.plan import Plan
 from mlpi.core.plugins import Registry
 from mlpi.core.results import SCHEMA_VERSION, create_run_dir, run_stem, test_dir, write_json_atomic
-from mlpi.core.rules import MODES, SCENARIOS
 from mlpi.core.scenario import DetailLog, performance_metric
 from mlpi.core.sysinfo import system_info
-
-
-@dataclass
-class RunRequest:
-    """What the user asked for, before anything is resolved or checked."""
-
-    backend: str | None = None
-    device: str = "cpu"
-    model: str | None = None
-    model_path: str | None = None
-    dataset: str = "synthetic"
-    dataset_path: str | None = None
-    dataset_count: int | None = None
-    scenarios: list[str] = field(default_factory=lambda: ["Offline"])
-    mode: str = "performance"
-    batch_size: int | None = None
-    instances: int = 1
-    precision: str | None = None
-    target_qps: float | None = None
-    quick: bool = False
-    duration_s: float | None = None
-    batch_timeout_ms: float | None = None
-    options: dict[str, str] = field(default_factory=dict)
-    plugins_file: str | None = None
-    seed: int = 0
-    weights: str | None = None  # "official" or "random" for a registered model; None: official if cached
 
 
 class Reporter(Protocol):
@@ -77,218 +34,6 @@ class Reporter(Protocol):
     def test_started(self, scenario: str, mode: str, index: int, total: int) -> None: ...
 
     def test_finished(self, test: dict[str, Any]) -> None: ...
-
-
-def parse_scenarios(values: list[str]) -> list[str]:
-    """Case-insensitive scenario names, ``all`` for every one; order kept, duplicates dropped."""
-    by_lower = {s.lower(): s for s in SCENARIOS}
-    chosen: list[str] = []
-    for value in values:
-        for item in value.split(","):
-            item = item.strip()
-            if item.lower() == "all":
-                chosen.extend(SCENARIOS)
-            elif item.lower() in by_lower:
-                chosen.append(by_lower[item.lower()])
-            else:
-                raise UsageError(f"unknown scenario '{item}'", f"{suggest(item, list(SCENARIOS))} (or all)")
-    return list(dict.fromkeys(chosen))
-
-
-def parse_modes(mode: str) -> list[str]:
-    if mode == "both":
-        return list(MODES)
-    if mode not in MODES:
-        raise UsageError(f"unknown mode '{mode}'", "choose performance, accuracy or both")
-    return [mode]
-
-
-def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan:
-    """Resolve and check everything a run needs; raise the error that names the fix."""
-    config = config or PluginsConfig.load(request.plugins_file)
-    registry = Registry(config)
-    scenarios = parse_scenarios(request.scenarios)
-    modes = parse_modes(request.mode)
-    _check_numbers(request)
-
-    device = Device.parse(request.device)
-    backend_name = request.backend or registry.default_backend(device.kind)
-    backend = registry.backend(backend_name)
-    if device.kind not in backend.device_kinds:
-        raise DeviceError(
-            f"backend '{backend.name}' cannot use device kind '{device.kind}'",
-            f"it runs on: {', '.join(backend.device_kinds)}; `mlpi backends` shows which backend runs where",
-        )
-    backend.version()  # raises the install hint when the runtime is missing
-    _check_device(backend, device)
-    if request.precision is not None and request.precision not in backend.precisions:
-        raise UsageError(
-            f"backend '{backend.name}' cannot run precision '{request.precision}'",
-            f"choose one of: {', '.join(backend.precisions)}",
-        )
-    layers: list[tuple[str, Any]] = list(registry.backend_options(backend.name))
-    layers.append(("--option", request.options))
-    options = build_options(backend.Options, layers, backend.name)
-
-    model_ref, registered = _resolve_model(request, registry)
-    if model_ref.random_weights and "accuracy" in modes:
-        raise UsageError(
-            f"accuracy mode needs the official {model_ref.name} weights; random weights are for performance only",
-            f"run `mlpi fetch {model_ref.name}`, or pass --model-path FILE, or use --mode performance",
-        )
-    factory = registry.resolve("datasets", request.dataset).obj()
-    if factory.needs_path and not request.dataset_path:
-        raise UsageError(f"dataset '{request.dataset}' needs --dataset-path", "point it at the dataset's folder")
-    dataset = factory.open(
-        model_ref.inputs, Path(request.dataset_path) if request.dataset_path else None, request.dataset_count, request.seed
-    )
-    if dataset.count < 1:
-        raise UsageError(f"dataset '{request.dataset}' has no samples", "check --dataset-path and --count")
-
-    return Plan(
-        backend=backend.name,
-        backend_options=options_to_json(options),
-        device=str(device),
-        precision=request.precision,
-        model=model_ref,
-        dataset=request.dataset,
-        dataset_path=str(Path(request.dataset_path).resolve()) if request.dataset_path else None,
-        dataset_count=request.dataset_count,
-        scenarios=scenarios,
-        modes=modes,
-        batch_size=request.batch_size,
-        instances=request.instances,
-        target_qps=request.target_qps,
-        quick=request.quick,
-        duration_s=request.duration_s,
-        batch_timeout_ms=request.batch_timeout_ms,
-        seed=request.seed,
-        plugins_file=str(Path(request.plugins_file).resolve()) if request.plugins_file else None,
-        extra={"registered_model": registered},
-    )
-
-
-def recheck_plan(plan: Plan) -> Plan:
-    """Check a saved plan against this machine again: the model file must be the same."""
-    config = PluginsConfig.load(plan.plugins_file)
-    registry = Registry(config)
-    backend = registry.backend(plan.backend)
-    backend.version()
-    _check_device(backend, Device.parse(plan.device))
-    build_options(backend.Options, [("plan.json", plan.backend_options)], backend.name)
-    artifact = inspect_onnx(Path(plan.model.path))
-    if artifact.sha256 != plan.model.sha256:
-        raise ModelError(
-            f"{plan.model.path} changed since the plan was made (sha256 {artifact.sha256[:12]}..., plan has {plan.model.sha256[:12]}...)",
-            "restore the original file, or start a new run without --plan",
-        )
-    factory = registry.resolve("datasets", plan.dataset).obj()
-    factory.open(
-        plan.model.inputs, Path(plan.dataset_path) if plan.dataset_path else None, plan.dataset_count, plan.seed
-    )
-    return plan
-
-
-def _check_numbers(request: RunRequest) -> None:
-    for name, value in (("--batch-size", request.batch_size), ("--instances", request.instances)):
-        if value is not None and value < 1:
-            raise UsageError(f"{name} must be at least 1, not {value}", f"pass {name} 1 or more")
-    for name, fvalue in (
-        ("--target-qps", request.target_qps),
-        ("--duration", request.duration_s),
-        ("--batch-timeout-ms", request.batch_timeout_ms),
-    ):
-        if fvalue is not None and not fvalue > 0:
-            raise UsageError(f"{name} must be positive, not {fvalue}", f"pass {name} with a value above 0")
-
-
-def _check_device(backend: Any, device: Device) -> None:
-    usable = backend.probe()
-    kinds = [d for d in usable if d.kind == device.kind]
-    listing = ", ".join(str(d) for d in usable) or "none"
-    if not kinds:
-        raise DeviceError(
-            f"device '{device}' is not usable by backend '{backend.name}' on this machine (usable: {listing})",
-            "install the driver and runtime for it, or pick a usable device with --device",
-        )
-    if device.indices:
-        have = {i for d in kinds for i in (d.indices or (0,))}
-        missing = [i for i in device.indices if i not in have]
-        if missing:
-            raise DeviceError(
-                f"{device.kind} unit(s) {', '.join(map(str, missing))} not found for backend '{backend.name}' (usable: {listing})",
-                "pick units that `mlpi backends` lists",
-            )
-
-
-def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, bool]:
-    spec: ModelSpec | None = None
-    if request.model:
-        spec = load_spec(registry.resolve("models", request.model).obj)
-    if request.weights not in (None, "official", "random"):
-        raise UsageError(f"unknown --weights '{request.weights}'", "choose official or random")
-    random_weights = False
-    if request.model_path:
-        if request.weights == "random":
-            raise UsageError("--weights random and --model-path both choose the model file", "drop one of them")
-        path = Path(request.model_path).expanduser()
-    elif spec is None:
-        raise UsageError("no model given", "pass --model NAME (see `mlpi models`) or --model-path FILE.onnx")
-    else:
-        path, random_weights = _registered_model_file(spec, request.weights, request.seed)
-    artifact = inspect_onnx(path)
-    if spec is not None:
-        _check_signature(spec, artifact, path)
-    spec = spec or ModelSpec.for_file(path)
-    ref = ModelRef(
-        name=spec.name,
-        path=str(artifact.path),
-        sha256=artifact.sha256,
-        rules_key=spec.rules_key,
-        inputs=list(artifact.inputs),
-        outputs=list(artifact.outputs),
-        random_weights=random_weights,
-    )
-    return ref, request.model is not None
-
-
-def random_weights_path(spec: ModelSpec, seed: int) -> Path:
-    version = spec.extra.get("random_graph_version", 1)
-    return cache_root() / "models" / spec.name / f"{spec.name}-random-seed{seed}-v{version}.onnx"
-
-
-def _registered_model_file(spec: ModelSpec, weights: str | None, seed: int) -> tuple[Path, bool]:
-    """The official file when asked for (or cached), else seeded random weights, built once."""
-    official = cached(spec.artifact) if spec.artifact is not None else None
-    if weights == "official" or (weights is None and official is not None):
-        if official is None:
-            raise ModelError(
-                f"the official {spec.name} model is not downloaded",
-                f"run `mlpi fetch {spec.name}`, pass --model-path FILE, or use --weights random for a performance-only run",
-            )
-        return official, False
-    if spec.build_random is None:
-        raise ModelError(f"model {spec.name} has no random-weights form", f"run `mlpi fetch {spec.name}` or pass --model-path FILE")
-    path = random_weights_path(spec, seed)
-    if not path.exists():
-        spec.build_random(path, seed)
-    return path, True
-
-
-def _check_signature(spec: ModelSpec, artifact: Any, path: Path) -> None:
-    """A file given for a registered model must have that model's inputs and outputs."""
-    for kind, want, have in (("input", spec.inputs, artifact.inputs), ("output", spec.outputs, artifact.outputs)):
-        have_names = {t.name for t in have}
-        missing = [t.name for t in want if t.name not in have_names]
-        if missing:
-            raise ModelError(
-                f"{path} is not a {spec.name} model: it has no {kind} {', '.join(missing)} "
-                f"(it has {', '.join(sorted(have_names)) or 'none'})",
-                f"pass the {spec.name} ONNX file, or drop --model to run the file as a custom model",
-            )
-
-
-# ----------------------------------------------------------------------------- execution
 
 
 @dataclass
@@ -487,4 +232,4 @@ def _accuracy_sample_count(path: Path) -> int | None:
     return len({e["qsl_idx"] for e in entries})
 
 
-__all__ = ["RunRequest", "RunOutcome", "build_plan", "execute", "parse_scenarios", "Reporter"]
+__all__ = ["Reporter", "RunOutcome", "execute"]

@@ -145,19 +145,18 @@ class InlineSUT:
         pass
 
 
-class OfflineSUT:
-    """Offline: the issue thread and one helper per further session share the batches."""
+class _ThreadedSUT:
+    """One worker thread per given executor, all waiting on one condition until stopped."""
 
     def __init__(self, executors: Sequence[BatchExecutor]) -> None:
         self.executors = list(executors)
-        self._jobs: deque[tuple[Sequence[int], Sequence[int], threading.Lock, list[int]]] = deque()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._threads: list[threading.Thread] = []
         self._stopping = False
 
-    def start(self) -> None:
-        for ex in self.executors[1:]:
-            thread = threading.Thread(target=self._helper, args=(ex,), daemon=True, name="mlpi-offline")
+    def _start_workers(self, executors: Sequence[BatchExecutor], target: Callable[[BatchExecutor], None], name: str) -> None:
+        for ex in executors:
+            thread = threading.Thread(target=target, args=(ex,), daemon=True, name=name)
             thread.start()
             self._threads.append(thread)
 
@@ -170,6 +169,17 @@ class OfflineSUT:
 
     def flush(self) -> None:
         pass
+
+
+class OfflineSUT(_ThreadedSUT):
+    """Offline: the issue thread and one helper per further session share the batches."""
+
+    def __init__(self, executors: Sequence[BatchExecutor]) -> None:
+        super().__init__(executors)
+        self._jobs: deque[tuple[Sequence[int], Sequence[int], threading.Lock, list[int]]] = deque()
+
+    def start(self) -> None:
+        self._start_workers(self.executors[1:], self._helper, "mlpi-offline")
 
     def issue(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         first = self.executors[0]
@@ -208,35 +218,19 @@ class OfflineSUT:
             executor.execute(ids[start : start + bs], indices[start : start + bs])
 
 
-class ServerSUT:
+class ServerSUT(_ThreadedSUT):
     """Server: dynamic batching by size or deadline, one worker thread per session."""
 
     def __init__(self, executors: Sequence[BatchExecutor], batch_size: int, timeout_s: float) -> None:
-        self.executors = list(executors)
+        super().__init__(executors)
         self.batch_size = batch_size
         self.timeout_s = timeout_s
-        self._cond = threading.Condition(threading.Lock())
         self._ids: list[int] = []
         self._indices: list[int] = []
         self._oldest = 0.0
-        self._stopping = False
-        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for ex in self.executors:
-            thread = threading.Thread(target=self._worker, args=(ex,), daemon=True, name="mlpi-server")
-            thread.start()
-            self._threads.append(thread)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=10)
-
-    def flush(self) -> None:
-        pass
+        self._start_workers(self.executors, self._worker, "mlpi-server")
 
     def issue(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         with self._cond:
