@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,12 @@ class MlpiGroup(click.Group):
             where = f"mlpi {exc.ctx.command_path.partition(' ')[2]}".strip() if exc.ctx else "mlpi"
             _fail(exc.format_message(), f"see '{where} --help'", EXIT_USAGE)
         except click.Abort:
-            _fail("interrupted", None, EXIT_INTERRUPTED)
+            _fail("interrupted", "nothing was being measured; no results were written", EXIT_INTERRUPTED)
         except KeyboardInterrupt:
-            _fail("interrupted", None, EXIT_INTERRUPTED)
+            _fail("interrupted", "nothing was being measured; no results were written", EXIT_INTERRUPTED)
         except MlpiError as exc:
             if debug:
-                raise
+                traceback.print_exc()
             _fail(exc.message, exc.hint, exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if debug:
@@ -93,6 +94,7 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
     downloaded, random otherwise) on synthetic data, Offline, a quick performance run.
     """
     from mlpi.cli_output import RunPrinter
+    from mlpi.core.errors import UsageError
     from mlpi.core.options import parse_assignments
     from mlpi.core.plan import Plan
     from mlpi.core.planning import RunRequest, build_plan, recheck_plan
@@ -100,6 +102,16 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
 
     printer = RunPrinter()
     if plan_file:
+        context = click.get_current_context()
+        ignored = [
+            param.opts[0] for param in context.command.params
+            if param.name in kwargs and context.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if ignored:
+            raise UsageError(
+                f"--plan runs the saved plan as it is; {', '.join(ignored)} would be ignored",
+                "drop them, or start a new run without --plan",
+            )
         plan = recheck_plan(Plan.read(Path(plan_file)))
     else:
         kwargs["options"] = parse_assignments(kwargs["options"])
@@ -114,6 +126,10 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
     printer.summary(outcome)
     if outcome.error is not None:
         raise outcome.error
+    if outcome.exit_code == EXIT_INTERRUPTED:
+        interrupted = MlpiError("interrupted", f"what was measured, and the interrupted test's logs, are kept in {outcome.run_dir}")
+        interrupted.exit_code = EXIT_INTERRUPTED
+        raise interrupted
     return outcome.exit_code
 
 

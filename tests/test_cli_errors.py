@@ -170,6 +170,17 @@ CASES = [
     ("plan-missing", ["run", "--plan", "missing-plan.json"], EXIT_USAGE, ("missing-plan.json", "does not exist"), ("plan.json",)),
     ("plan-not-a-plan", ["run", "--plan", "notaplan.json"], EXIT_USAGE, ("notaplan.json", "not an mlpi plan"), ("plan.json",)),
     ("plan-not-json", ["run", "--plan", "notjson.json"], EXIT_USAGE, ("notjson.json", "not an mlpi plan"), ("plan.json",)),
+    ("plan-with-other-flags", ["run", "--plan", "notaplan.json", "-s", "Server", "--duration", "5"], EXIT_USAGE,
+     ("would be ignored", "--scenario", "--duration"), ("without --plan",)),
+    ("seed-negative", ["run", "--backend", "null", "--model-path", "{model}", "--seed", "-1"], EXIT_USAGE,
+     ("--seed", "-1"), ("--seed",)),
+    # Found by the backend's own check while planning, before any run directory exists.
+    ("ort-precision-not-the-models", ["run", "--backend", "onnxruntime", "--model-path", "{model}", "--precision", "fp16"],
+     EXIT_USAGE, ("model's own precision (fp32)", "fp16"), ("--precision",)),
+    ("ort-provider-wrong-device", ["run", "--backend", "onnxruntime", "--model-path", "{model}", "-o", "provider=tensorrt"],
+     EXIT_USAGE, ("provider 'tensorrt'", "'cpu'"), ("provider=default",)),
+    ("ort-provider-not-in-build", ["run", "--backend", "onnxruntime", "--model-path", "{model}", "-o", "provider=openvino"],
+     EXIT_FAILURE, ("OpenVINOExecutionProvider",), ("onnxruntime-openvino",)),
 ]
 
 
@@ -191,7 +202,7 @@ def bad_inputs(tmp_path: Path, model: Path) -> Path:
 def test_user_error_is_one_error_and_one_hint(cli, model, bad_inputs, tmp_path, args, code, error_parts, hint_parts):
     args = [str(model) if a == "{model}" else a for a in args]
     output_root = tmp_path / "results"
-    if args[0] == "run":
+    if args[0] == "run" and "--plan" not in args:  # --plan refuses any other run flag
         # should a broken implementation start the run anyway, keep it short
         if "--output" not in args:
             args += ["--output", str(output_root)]
@@ -234,7 +245,8 @@ def test_debug_shows_traceback_for_mlpi_error(cli, tmp_path):
         ["--debug", "run", "--backend", "null", "--model-path", "missing.onnx"],
     ):
         debug = cli(*args, "--output", str(tmp_path / "r"))
-        assert debug.rc == EXIT_FAILURE, debug.output
+        assert debug.rc == EXIT_FAILURE, debug.output  # --debug keeps the error's own exit code
+        assert debug.stderr.rstrip().splitlines()[-2].startswith("error: ")
         assert "Traceback (most recent call last)" in debug.stderr
         assert "ModelError" in debug.stderr
         assert "missing.onnx does not exist" in debug.stderr

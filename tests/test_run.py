@@ -122,7 +122,7 @@ def test_user_expectations_reach_user_conf(model_dir: Path, tmp_path: Path) -> N
     )
     assert proc.returncode in (0, 3), proc.stderr
     conf = (only_run_dir(tmp_path / "r") / "Server" / "performance" / "user.conf").read_text()
-    assert "matmul.Server.target_qps = 500.000" in conf
+    assert "custom_matmul.Server.target_qps = 500.000000" in conf
     assert "from user" in conf
 
 
@@ -229,7 +229,10 @@ def test_a_failing_child_is_reported_and_its_logs_kept(model_dir: Path, tmp_path
     assert log.is_file() and log.stat().st_size > 0
 
 
-def test_ctrl_c_marks_the_run_interrupted_and_keeps_what_was_written(model_dir: Path, tmp_path: Path, faulty_site: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_marks_the_run_interrupted_and_ends_the_child(
+    model_dir: Path, tmp_path: Path, faulty_site: Path, sig: signal.Signals
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLPI_PLUGINS"}
     env.update(faulty_env(faulty_site, tmp_path, FAULT_AFTER="1000000000"))
     proc = subprocess.Popen(
@@ -238,19 +241,22 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_what_was_written(model_dir: 
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 60
-    while time.time() < deadline:
-        runs = list((tmp_path / "r").glob("*/SingleStream/performance/user.conf"))
-        if runs:
-            break
+    while time.time() < deadline and not list((tmp_path / "r").glob("*/SingleStream/performance/user.conf")):
         time.sleep(0.1)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    log = next((tmp_path / "r").glob("*/SingleStream/performance/harness.log")).read_text()
+    child_pid = int(log.split("pid ")[1].split()[0])
+    proc.send_signal(sig)  # to the parent only: it must stop the child itself
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
+    assert "error: interrupted" in stderr and "hint:" in stderr
     result = read_result(tmp_path / "r")
     assert result["status"] == "interrupted"
     assert result["tests"][0]["status"] == "interrupted"
     assert (only_run_dir(tmp_path / "r") / "plan.json").is_file()
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)
 
 
 def test_custom_model_with_labelled_numpy_data_reports_top1(model_dir: Path, tmp_path: Path) -> None:
@@ -271,3 +277,22 @@ def test_custom_model_with_labelled_numpy_data_reports_top1(model_dir: Path, tmp
     assert (test["metric"], test["value"], test["unit"]) == ("top-1", 75.0, "%")
     assert test["accuracy"]["report"] == "accuracy=75.000%, good=15, total=20"
     assert test["accuracy"]["target"] is None and test["valid"] is True
+
+
+def test_fixed_batch_model_rejects_a_larger_batch_before_running(model_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli(["run", "--model-path", str(model_dir / "matmul_b4.onnx"), "--batch-size", "8", "--output", str(tmp_path / "r")],
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and "fixed batch dimension (4)" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_file_named_like_an_mlperf_model_is_not_given_its_rules(model_dir: Path, tmp_path: Path) -> None:
+    named = tmp_path / "resnet50.onnx"
+    named.write_bytes((model_dir / "argmax.onnx").read_bytes())
+    proc = run_cli(["run", "-b", "null", "--model-path", str(named), "-s", "SingleStream", "--count", "37",
+                    "--duration", "0.5", "--output", str(tmp_path / "r")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    folder = only_run_dir(tmp_path / "r") / "SingleStream" / "performance"
+    assert "custom_resnet50.SingleStream" in (folder / "user.conf").read_text()
+    detail = (folder / "mlperf_log_detail.txt").read_text()
+    assert '"effective_performance_sample_count", "value": 37' in detail

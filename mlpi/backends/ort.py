@@ -32,6 +32,15 @@ _PROVIDERS: dict[tuple[str, str], str] = {
     ("rocm", "migraphx"): "MIGraphXExecutionProvider",
 }
 
+#: What to install for a provider that this onnxruntime build lacks.
+_PROVIDER_HINTS = {
+    "CUDAExecutionProvider": 'pip install "mlpi[onnxruntime-gpu]" (after uninstalling onnxruntime)',
+    "TensorrtExecutionProvider": 'pip install "mlpi[onnxruntime-gpu]" plus TensorRT libraries matching it',
+    "OpenVINOExecutionProvider": "pip install onnxruntime-openvino (after uninstalling onnxruntime)",
+    "ROCMExecutionProvider": "install AMD's onnxruntime build for ROCm",
+    "MIGraphXExecutionProvider": "install AMD's onnxruntime build for ROCm with MIGraphX",
+}
+
 _ORT_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -79,8 +88,7 @@ class OrtSession(Session):
         self.capabilities = Capabilities(
             max_batch_size=max_batch, fixed_batch=fixed, concurrent=True, preferred_batch_size=int(preferred or 1)
         )
-        float_types = [s.dtype for s in self.inputs if s.dtype.startswith(("float", "bfloat"))]
-        self.precision = {"float16": "fp16", "bfloat16": "bf16"}.get(float_types[0] if float_types else "", "fp32")
+        self.precision = _model_precision(self.inputs)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         return dict(zip(self._output_names, self._session.run(self._output_names, feeds)))
@@ -126,7 +134,17 @@ class OnnxRuntimeBackend(Backend):
             devices += [Device("rocm", (i,)) for i in range(rocm_device_count())]
         return devices
 
-    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+    def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
+        self._providers(device, options)
+        runs = _model_precision(model.inputs)
+        if precision is not None and precision != runs:
+            raise UsageError(
+                f"onnxruntime runs the model's own precision ({runs}), not {precision}",
+                f"drop --precision, or pass a model exported in {precision}",
+            )
+
+    def _providers(self, device: Device, options: Any) -> tuple[str, list[Any]]:
+        """The provider that must end up first, and the provider list to ask for."""
         import onnxruntime as ort
 
         key = (device.kind, options.provider)
@@ -137,6 +155,11 @@ class OnnxRuntimeBackend(Backend):
                 f"for {device.kind} use -o provider={' or '.join(usable)}",
             )
         wanted = _PROVIDERS[key]
+        if wanted not in ort.get_available_providers():
+            raise DeviceError(
+                f"this onnxruntime build has no {wanted} (it has: {', '.join(ort.get_available_providers())})",
+                _PROVIDER_HINTS.get(wanted, self.install_hint),
+            )
         providers: list[Any] = []
         if device.kind == "cpu":
             if wanted != "CPUExecutionProvider":
@@ -147,11 +170,13 @@ class OnnxRuntimeBackend(Backend):
             if wanted == "TensorrtExecutionProvider":
                 providers.append(("CUDAExecutionProvider", unit))
         providers.append("CPUExecutionProvider")
-        if wanted not in ort.get_available_providers():
-            raise DeviceError(
-                f"this onnxruntime build has no {wanted} (it has: {', '.join(ort.get_available_providers())})",
-                self.install_hint,
-            )
+        return wanted, providers
+
+    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+        import onnxruntime as ort
+
+        self.check(model, device, options, precision)
+        wanted, providers = self._providers(device, options)
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
@@ -180,13 +205,13 @@ class OnnxRuntimeBackend(Backend):
                 f"onnxruntime did not start {wanted} on {device}; it fell back to {active[0] if active else 'nothing'}",
                 "check the driver, CUDA/cuDNN (or ROCm) versions this onnxruntime build needs, or use --device cpu",
             )
-        result = OrtSession(session, wanted)
-        if precision is not None and precision != result.precision:
-            raise UsageError(
-                f"onnxruntime runs the model's own precision ({result.precision}), not {precision}",
-                f"drop --precision, or pass a model exported in {precision}",
-            )
-        return result
+        return OrtSession(session, wanted)
+
+
+def _model_precision(inputs: Any) -> str:
+    """ONNX Runtime runs a graph in its own types: the first floating input's type says which."""
+    float_types = [s.dtype for s in inputs if s.dtype.startswith(("float", "bfloat"))]
+    return {"float16": "fp16", "bfloat16": "bf16"}.get(float_types[0] if float_types else "", "fp32")
 
 
 def _spec(value: Any) -> TensorSpec:

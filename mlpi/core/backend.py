@@ -166,6 +166,13 @@ class Backend(ABC):
         :class:`~mlpi.core.errors.ModelError` when the runtime rejects the model.
         """
 
+    def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
+        """Optional: reject, before any test starts, what ``load`` would reject later
+        (options that do not fit the device, a precision the model cannot run...).
+
+        Must be cheap: it runs while the plan is checked. Raise the same errors ``load`` would.
+        """
+
     def runtime_distributions(self) -> tuple[str, ...]:
         """Python distributions whose versions belong in results (e.g. ``("onnxruntime",)``)."""
         return ()

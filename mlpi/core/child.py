@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
 
     faulthandler.enable()  # a runtime that crashes the process leaves its stack in harness.log
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # LoadGen blocks the main thread: die at once
+    _die_with_parent()
     plan_path, scenario, mode, outdir = argv
     print(f"mlpi: {scenario} {mode} test, pid {os.getpid()}", flush=True)
     out = Path(outdir)
@@ -107,7 +108,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
 
     conf_path = out / "user.conf"
     perf_count = performance_sample_count(plan.model.rules_key, dataset.performance_count)
-    model_key = plan.model.rules_key or plan.model.name
+    model_key = loadgen_model_key(plan.model.rules_key, plan.model.name)
     conf_path.write_text(
         user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count),
         encoding="utf-8",
@@ -177,6 +178,12 @@ def model_spec(registry: Any, plan: Any) -> Any:
     return ModelSpec.for_file(Path(plan.model.path))
 
 
+def loadgen_model_key(rules_key: str | None, name: str) -> str:
+    """The model name LoadGen looks up in mlperf.conf. A model outside MLPerf's list gets a
+    name that cannot collide with one inside it (a file called resnet50.onnx is not ResNet50)."""
+    return rules_key or f"custom_{name}"
+
+
 def performance_sample_count(rules_key: str | None, available: int) -> int | None:
     """Override mlperf.conf's performance sample count only where the data has fewer samples
     (a subset for development): LoadGen cannot load samples that are not there."""
@@ -234,6 +241,20 @@ def observed_outputs(session: Any, dataset: Any, index: int) -> list[Any]:
             )
         specs.append(TensorSpec(spec.name, array.dtype.name, (None, *array.shape[1:])))
     return specs
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel end this process if the parent dies (e.g. SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def _error(exc: MlpiError) -> dict[str, Any]:

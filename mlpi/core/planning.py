@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlpi.core.artifacts import cached
+from mlpi.core.backend import ModelArtifact
 from mlpi.core.cache import cache_root
 from mlpi.core.config import PluginsConfig
 from mlpi.core.device import Device
@@ -106,6 +107,10 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
             f"accuracy mode needs the official {model_ref.name} weights; random weights are for performance only",
             f"run `mlpi fetch {model_ref.name}`, or pass --model-path FILE, or use --mode performance",
         )
+    artifact = ModelArtifact(Path(model_ref.path), model_ref.sha256, tuple(model_ref.inputs), tuple(model_ref.outputs))
+    for unit in device.units():
+        backend.check(artifact, unit, options, request.precision)
+    _check_batch_size(request.batch_size, model_ref.inputs)
     factory = registry.resolve("datasets", request.dataset).obj()
     if factory.needs_path and not request.dataset_path:
         raise UsageError(f"dataset '{request.dataset}' needs --dataset-path", "point it at the dataset's folder")
@@ -159,7 +164,20 @@ def recheck_plan(plan: Plan) -> Plan:
     return plan
 
 
+def _check_batch_size(batch_size: int | None, inputs: list[Any]) -> None:
+    """A model whose inputs fix the batch dimension runs at most that many samples at once."""
+    fixed = {spec.shape[0] for spec in inputs if spec.shape and spec.shape[0] is not None}
+    if batch_size is not None and fixed and batch_size > min(fixed):
+        limit = min(fixed)
+        raise UsageError(
+            f"--batch-size {batch_size} is larger than the model's fixed batch dimension ({limit})",
+            f"pass --batch-size {limit} or less, or export the model with a dynamic batch dimension",
+        )
+
+
 def _check_numbers(request: RunRequest) -> None:
+    if request.seed < 0:
+        raise UsageError(f"--seed must be 0 or more, not {request.seed}", "pass --seed 0 or a positive number")
     for name, value in (("--batch-size", request.batch_size), ("--instances", request.instances)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, not {value}", f"pass {name} 1 or more")
@@ -241,7 +259,13 @@ def _registered_model_file(spec: ModelSpec, weights: str | None, seed: int) -> t
         raise ModelError(f"model {spec.name} has no random-weights form", f"run `mlpi fetch {spec.name}` or pass --model-path FILE")
     path = random_weights_path(spec, seed)
     if not path.exists():
-        spec.build_random(path, seed)
+        try:
+            spec.build_random(path, seed)
+        except OSError as exc:
+            raise ModelError(
+                f"cannot write the random-weights model to {path}: {exc.strerror or exc}",
+                "set MLPI_CACHE to a writable folder with about 100 MB free",
+            ) from None
     return path, True
 
 

@@ -7,6 +7,7 @@ as such. Planning and checks live in :mod:`mlpi.core.planning`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,11 +81,16 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
     status = "ok"
     for number, (scenario, mode) in enumerate(tests, 1):
         reporter.test_started(scenario, mode, number, len(tests))
+        out = test_dir(run_dir, scenario, mode)
         try:
-            test = _run_child(plan, plan_path, run_dir, scenario, mode, keep_child_output)
+            code = _run_child(plan_path, out, scenario, mode, keep_child_output)
         except KeyboardInterrupt:
+            code = None
+        if code is None:
             test = _test_entry(plan, scenario, mode, status="interrupted")
             status = "interrupted"
+        else:
+            test = _collect(plan, out, scenario, mode, code)
         result["tests"].append(test)
         if test["status"] == "ok" and test.get("precision"):
             result["precision"] = test["precision"]
@@ -95,7 +102,7 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
             status = "failed"
             err = test.get("error") or {}
             error = MlpiError(err.get("message", "test failed"), err.get("hint"))
-            error.exit_code = EXIT_FAILURE
+            error.exit_code = int(err.get("exit_code") or EXIT_FAILURE)
             break
     result["status"] = status
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -117,8 +124,9 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_child(plan: Plan, plan_path: Path, run_dir: Path, scenario: str, mode: str, echo: bool) -> dict[str, Any]:
-    out = test_dir(run_dir, scenario, mode)
+def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool) -> int:
+    """Run one test's child process to its end; its exit code (KeyboardInterrupt on Ctrl-C,
+    SIGTERM or SIGHUP, after stopping the child)."""
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlpi.core.child", str(plan_path), scenario, mode, str(out)]
     with (out / "harness.log").open("wb") as log:
@@ -130,14 +138,34 @@ def _run_child(plan: Plan, plan_path: Path, run_dir: Path, scenario: str, mode: 
         if copier is not None:
             copier.start()
         try:
-            code = child.wait()
+            with _signals_interrupt():
+                code = child.wait()
         except KeyboardInterrupt:
             _stop(child)
             raise
         finally:
             if copier is not None:
                 copier.join(timeout=5)
-    return _collect(plan, out, scenario, mode, code)
+    return code
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While a child runs, SIGTERM and SIGHUP stop it like Ctrl-C does, so it is not orphaned
+    and the run is recorded as interrupted."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _tee(source: Any, log: Any) -> None:

@@ -46,9 +46,9 @@ def user_conf(
     key = f"{model_key}.{scenario}"
     lines = [f"# written by mlpi; expectations from {expect.source}"]
     if scenario == "Offline":
-        lines.append(f"{key}.target_qps = {expect.throughput_qps * OFFLINE_QPS_MARGIN:.3f}")
+        lines.append(f"{key}.target_qps = {expect.throughput_qps * OFFLINE_QPS_MARGIN:.6f}")
     elif scenario == "Server":
-        lines.append(f"{key}.target_qps = {expect.server_target_qps:.3f}")
+        lines.append(f"{key}.target_qps = {expect.server_target_qps:.6f}")
     elif scenario == "SingleStream":
         lines.append(f"{key}.target_latency = {expect.latency_s * 1e3 * LATENCY_MARGIN:.6f}")
     elif scenario == "MultiStream":
