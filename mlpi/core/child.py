@@ -76,7 +76,9 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     )
 
     device = Device.parse(plan.device)
-    sessions = [backend.load(artifact, unit, options, plan.precision) for unit in device.units() for _ in range(plan.instances)]
+    # SingleStream and MultiStream keep one query in flight: further instances would sit idle.
+    instances = plan.instances if scenario in ("Offline", "Server") else 1
+    sessions = [backend.load(artifact, unit, options, plan.precision) for unit in device.units() for _ in range(instances)]
     caps = sessions[0].capabilities
     batch_size = effective_batch_size(plan.batch_size, caps, scenario)
     print(f"mlpi: {len(sessions)} {backend.name} session(s) on {device}, batch size {batch_size}", flush=True)
