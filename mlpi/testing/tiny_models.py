@@ -129,6 +129,58 @@ def resnet_signature_classifier(path: Path, classes: int = 1001) -> Path:
     return _save(graph, path)
 
 
+def mlp_model(path: Path, batch: int | str = "N", features: int = 16, hidden: int = 32, classes: int = 10, seed: int = 0) -> Path:
+    """x[batch, features] -> probs[batch, classes]: Gemm (transB) + Relu + Gemm (alpha, beta) + Softmax."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((hidden, features)) * 0.3).astype(np.float32), "W1"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "B1"),
+        numpy_helper.from_array((rng.standard_normal((hidden, classes)) * 0.3).astype(np.float32), "W2"),
+        numpy_helper.from_array(rng.standard_normal((1, classes)).astype(np.float32), "B2"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Gemm", ["hr", "W2", "B2"], ["z"], alpha=0.5, beta=2.0),
+        helper.make_node("Softmax", ["z"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def strided_conv_model(path: Path, batch: int | str = "N", size: int = 15, seed: int = 0) -> Path:
+    """image[batch, 3, size, size] -> features[batch, 8 * k * k]: a Conv with bias, strides 2 and
+    asymmetric pads, then a grouped (group 2), dilated Conv, Relu and Flatten."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32), "W1"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "B1"),
+        numpy_helper.from_array((rng.standard_normal((8, 4, 2, 2)) * 0.2).astype(np.float32), "W2"),
+    ]
+    first = (size + 1 + 2 - 3) // 2 + 1  # pads top/left 1, bottom/right 2, kernel 3, stride 2
+    second = first - 2  # kernel 2, dilation 2, no pads
+    nodes = [
+        helper.make_node("Conv", ["image", "W1", "B1"], ["c1"], strides=[2, 2], pads=[1, 1, 2, 2], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], group=2, dilations=[2, 2]),
+        helper.make_node("Flatten", ["c2"], ["features"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "strided_conv",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 8 * second * second])],
+        inits,
+    )
+    return _save(graph, path)
+
+
 BUILDERS = {"matmul": matmul_model, "conv": conv_model, "two_inputs": two_input_model, "argmax": argmax_model}
 
 

@@ -1,0 +1,393 @@
+"""The conformance kit (mlpi.testing.conformance): it passes on conforming backends and
+fails, naming exactly the broken checks, on deliberately broken ones.
+
+Broken backends are "installed" like test_plugins.py's: a folder with a module and a
+``*.dist-info`` prepended to PYTHONPATH of a ``python -m mlpi.testing.conformance``
+subprocess, with its own XDG_CACHE_HOME/HOME so stevedore's entry-point cache cannot leak.
+They wrap the built-in onnxruntime backend and break one thing each.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpi.backends.ort import OnnxRuntimeBackend
+from mlpi.core.backend import Session
+from mlpi.core.errors import EXIT_USAGE, UsageError
+from mlpi.testing.conformance import FAIL, PASS, SKIP, STANDARD_MODELS, check_names, run_checks
+
+MODELS = [m.key for m in STANDARD_MODELS]
+EXAMPLE_DIST = "mlpi-numpy-backend"
+
+BROKEN_MODULE = '''
+import time
+
+import numpy as np
+
+from mlpi.backends.ort import OnnxRuntimeBackend
+from mlpi.core.backend import Session
+from mlpi.core.errors import ModelError
+
+
+class Wrapped(Session):
+    def __init__(self, inner):
+        self.inner = inner
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+        self.capabilities, self.precision = inner.capabilities, inner.precision
+
+    def run(self, feeds):
+        return self.inner.run(feeds)
+
+    def close(self):
+        self.inner.close()
+
+
+class Base(OnnxRuntimeBackend):
+    session_class = Wrapped
+
+    def load(self, model, device, options, precision):
+        return self.session_class(super().load(model, device, options, precision))
+
+
+class ZerosSession(Wrapped):
+    """Right shapes and dtypes, wrong values: like the null backend."""
+
+    def run(self, feeds):
+        return {name: np.zeros_like(value) for name, value in self.inner.run(feeds).items()}
+
+
+class WrongValuesBackend(Base):
+    name = "wrong-values"
+    session_class = ZerosSession
+
+
+class RacySession(Wrapped):
+    """Claims concurrent=True (from onnxruntime) but keeps the batch in shared state."""
+
+    def run(self, feeds):
+        self.pending = {name: np.array(value, copy=True) for name, value in feeds.items()}
+        time.sleep(0.002)
+        return self.inner.run(self.pending)
+
+
+class RacyBackend(Base):
+    name = "racy"
+    session_class = RacySession
+
+
+class WrongErrorBackend(Base):
+    """Raises RuntimeError, not ModelError, for a file it cannot read."""
+
+    name = "wrong-error"
+
+    def load(self, model, device, options, precision):
+        try:
+            return super().load(model, device, options, precision)
+        except ModelError:
+            raise RuntimeError(f"cannot parse {model.path}") from None
+'''
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def statuses(self) -> dict[str, str]:
+        """{check name: PASS/FAIL/SKIP} from the check lines."""
+        rows = {}
+        for line in self.stdout.splitlines():
+            status, _, rest = line.partition("  ")
+            if status in (PASS, FAIL, SKIP):
+                rows[rest.split()[0]] = status
+        return rows
+
+    def failed(self) -> set[str]:
+        return {name for name, status in self.statuses().items() if status == FAIL}
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A folder that looks like site-packages with the distribution broken-backends 0.0.1."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broken_backends.py").write_text(BROKEN_MODULE, encoding="utf-8")
+    dist = site / "broken_backends-0.0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-backends\nVersion: 0.0.1\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(
+        "[mlpi.backends]\n"
+        "wrong-values = broken_backends:WrongValuesBackend\n"
+        "racy = broken_backends:RacyBackend\n"
+        "wrong-error = broken_backends:WrongErrorBackend\n",
+        encoding="utf-8",
+    )
+    return site
+
+
+@pytest.fixture
+def kit(tmp_path: Path):
+    """``kit(*args, site=None, module="mlpi.testing.conformance")`` runs ``python -m MODULE ARGS``."""
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(*args: str, site: Path | None = None, module: str = "mlpi.testing.conformance") -> Result:
+        env = {k: v for k, v in os.environ.items() if k not in ("MLPI_PLUGINS", "PYTHONPATH")}
+        env.update(XDG_CACHE_HOME=str(tmp_path / "xdg-cache"), HOME=str(home), COLUMNS="200", PYTHONUNBUFFERED="1")
+        paths = ([str(site)] if site else []) + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args], cwd=work, env=env, capture_output=True, text=True,
+            timeout=120, stdin=subprocess.DEVNULL,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def per_model(check: str) -> set[str]:
+    return {f"{check}[{model}]" for model in MODELS}
+
+
+def assert_fails_exactly(result: Result, expected: set[str]) -> None:
+    assert result.rc == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    assert result.failed() == expected, result.stdout
+    statuses = result.statuses()
+    assert list(statuses) == check_names(), "every check reports one line, in order"
+    counts = {status: list(statuses.values()).count(status) for status in (PASS, FAIL, SKIP)}
+    summary = f"{counts[PASS]} passed, {counts[FAIL]} failed" + (f", {counts[SKIP]} skipped" if counts[SKIP] else "")
+    assert result.stdout.strip().splitlines()[-1] == summary
+
+
+# --------------------------------------------------------------------------- conforming backends
+
+
+def test_kit_passes_on_onnxruntime_cli(kit):
+    result = kit("--backend", "onnxruntime")
+    assert result.rc == 0, result.output
+    statuses = result.statuses()
+    assert list(statuses) == check_names()
+    assert set(statuses.values()) == {PASS}, result.stdout
+    assert result.stdout.strip().splitlines()[-1] == f"{len(check_names())} passed, 0 failed"
+
+
+def test_kit_passes_on_onnxruntime_in_process():
+    seen = []
+    report = run_checks("ort", on_result=seen.append)  # an alias resolves like in `mlpi run`
+    assert report.failed == []
+    assert report.backend == "onnxruntime" and report.origin == "built-in"
+    assert [r.name for r in report.results] == check_names() == [r.name for r in seen]
+    assert report.summary() == f"{len(check_names())} passed, 0 failed"
+    assert report.to_json()["failed"] == 0
+
+
+def test_check_names_cover_every_model_and_contract_point():
+    names = set(check_names())
+    assert {"declarations", "version", "probe", "corrupt_model[random]", "corrupt_model[truncated]"} <= names
+    for check in ("load", "signature", "capabilities", "precision", "outputs", "values", "batch_sizes",
+                  "concurrent", "async", "outputs_kept", "reload"):
+        assert per_model(check) <= names
+    assert {"conv", "matmul", "two_inputs", "matmul_fixed4"} <= set(MODELS)
+
+
+def example_installed() -> bool:
+    try:
+        importlib.metadata.distribution(EXAMPLE_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_example = pytest.mark.skipif(
+    not example_installed(), reason=f"{EXAMPLE_DIST} is not installed (pip install -e examples/numpy-backend)"
+)
+
+
+@needs_example
+def test_kit_passes_on_example_plugin_and_lists_its_origin(kit):
+    result = kit("--backend", "numpy-ref")
+    assert result.rc == 0, result.output
+    assert set(result.statuses().values()) == {PASS}, result.stdout
+    assert result.stdout.strip().splitlines()[-1] == f"{len(check_names())} passed, 0 failed"
+
+    listing = kit("backends", "--json", module="mlpi")
+    assert listing.rc == 0, listing.output
+    row = {r["name"]: r for r in json.loads(listing.stdout)}["numpy-ref"]
+    version = importlib.metadata.version(EXAMPLE_DIST)
+    assert version == "0.1.0"
+    assert row["origin"] == f"{EXAMPLE_DIST} {version}"
+    assert row["status"] == "ok" and row["devices"] == ["cpu"] and "conv_algorithm" in row["options"]
+
+
+@needs_example
+def test_example_plugin_other_option_and_unknown_operator(tmp_path):
+    assert run_checks("numpy-ref", options={"conv_algorithm": "direct"}).failed == []
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mlpi.core.device import Device
+    from mlpi.core.errors import ModelError
+    from mlpi.core.onnx_file import inspect_onnx
+    from mlpi_numpy_backend import NumpyOptions, NumpyReferenceBackend
+
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", ["x"], ["y"])], "tanh",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "tanh.onnx"))
+    with pytest.raises(ModelError, match="operator Tanh"):
+        NumpyReferenceBackend().load(inspect_onnx(tmp_path / "tanh.onnx"), Device("cpu"), NumpyOptions(), None)
+
+
+@needs_example
+def test_example_plugin_uses_only_the_public_contract():
+    spec = importlib.util.find_spec("mlpi_numpy_backend")
+    assert spec is not None and spec.origin
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    used = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    used |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    mlpi_modules = {name for name in used if name == "mlpi" or name.startswith("mlpi.")}
+    assert mlpi_modules <= {"mlpi.core.backend", "mlpi.core.device", "mlpi.core.errors"}, mlpi_modules
+
+
+# --------------------------------------------------------------------------- broken backends (CLI)
+
+
+def test_kit_fails_values_on_wrong_outputs(kit, site):
+    assert_fails_exactly(kit("--backend", "wrong-values", site=site), per_model("values"))
+
+
+def test_kit_fails_concurrent_on_thread_unsafe_run(kit, site):
+    assert_fails_exactly(kit("--backend", "racy", site=site), per_model("concurrent"))
+
+
+def test_kit_fails_corrupt_checks_on_wrong_exception_type(kit, site):
+    result = kit("--backend", "wrong-error", "--json", site=site)
+    assert result.rc == 1, result.output
+    report = json.loads(result.stdout)
+    failed = {r["name"]: r["detail"] for r in report["results"] if r["status"] == FAIL}
+    assert set(failed) == {"corrupt_model[random]", "corrupt_model[truncated]"}
+    assert all("RuntimeError" in detail and "ModelError" in detail for detail in failed.values()), failed
+    assert report["failed"] == 2 and report["backend"] == "wrong-error" and report["origin"] == "broken-backends 0.0.1"
+
+
+def test_unknown_backend_is_a_usage_error(kit):
+    result = kit("--backend", "nosuch")
+    assert result.rc == EXIT_USAGE, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0] == "error: unknown backend 'nosuch'" and lines[1].startswith("hint: "), result.stderr
+    assert "onnxruntime" in lines[1]
+    assert result.stdout == ""
+
+
+def test_bad_option_and_precision_are_usage_errors():
+    with pytest.raises(UsageError, match="bogus"):
+        run_checks("onnxruntime", options={"bogus": "1"})
+    with pytest.raises(UsageError, match="int8"):
+        run_checks("onnxruntime", precision="int8")
+
+
+# --------------------------------------------------------------------------- broken backends (in process)
+
+
+class _Wrapped(Session):
+    def __init__(self, inner: Session) -> None:
+        self.inner = inner
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+        self.capabilities, self.precision = inner.capabilities, inner.precision
+
+    def run(self, feeds):
+        return self.inner.run(feeds)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SharedBufferSession(_Wrapped):
+    """Answers every call in the same arrays (honestly sequential: concurrent=False)."""
+
+    def __init__(self, inner: Session) -> None:
+        super().__init__(inner)
+        self.capabilities = replace(inner.capabilities, concurrent=False)
+        self._buffers: dict[int, dict[str, np.ndarray]] = {}
+
+    def run(self, feeds):
+        fresh = self.inner.run(feeds)
+        n = len(next(iter(feeds.values())))
+        buffers = self._buffers.setdefault(n, {name: np.empty_like(value) for name, value in fresh.items()})
+        for name, value in fresh.items():
+            np.copyto(buffers[name], value)
+        return buffers
+
+
+class SharedBufferBackend(OnnxRuntimeBackend):
+    name = "shared-buffer"
+
+    def load(self, model, device, options, precision):
+        return SharedBufferSession(super().load(model, device, options, precision))
+
+
+class DoubleDoneSession(_Wrapped):
+    """An asynchronous path that calls ``done`` twice."""
+
+    def run_async(self, feeds, done):
+        def work() -> None:
+            outputs = self.run(feeds)
+            done(outputs, None)
+            done(outputs, None)
+
+        threading.Thread(target=work, daemon=True).start()
+
+
+class DoubleDoneBackend(OnnxRuntimeBackend):
+    name = "double-done"
+
+    def load(self, model, device, options, precision):
+        return DoubleDoneSession(super().load(model, device, options, precision))
+
+
+def test_kit_fails_outputs_kept_on_reused_output_buffers():
+    report = run_checks(SharedBufferBackend)
+    assert {r.name for r in report.failed} == per_model("outputs_kept")
+    assert {r.name for r in report.skipped} == per_model("concurrent")
+    assert "changed by a later call" in report.failed[0].detail
+
+
+def test_kit_fails_async_when_done_is_called_twice():
+    report = run_checks(DoubleDoneBackend)
+    assert {r.name for r in report.failed} == per_model("async")
+    assert "2 times" in report.failed[0].detail
+
+
+@needs_example
+def test_value_checks_skip_without_onnxruntime(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    report = run_checks("numpy-ref")
+    assert report.failed == []
+    assert {r.name for r in report.skipped} == per_model("values")
+    assert {r.detail for r in report.skipped} == {"onnxruntime not installed"}
