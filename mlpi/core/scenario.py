@@ -19,8 +19,10 @@ from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
 OFFLINE_QPS_MARGIN = 1.25
 #: SingleStream/MultiStream expected latency below calibration, so enough queries exist.
 LATENCY_MARGIN = 0.5
-#: Quick runs: minimum queries, so short runs still give percentiles.
+#: Quick runs: minimum queries, so short runs still give percentiles. MultiStream keeps
+#: mlperf.conf's 662: fewer can never meet early stopping at the 99th percentile.
 QUICK_MIN_QUERY_COUNT = 64
+QUICK_MIN_QUERY_COUNT_MULTISTREAM = 662
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ def user_conf(
         lines.append(f"{key}.target_latency = {expect.multistream_latency_s * 1e3 * LATENCY_MARGIN:.6f}")
     if min_duration_s is not None:
         lines.append(f"{key}.min_duration = {int(min_duration_s * 1000)}")
-        lines.append(f"{key}.min_query_count = {QUICK_MIN_QUERY_COUNT if scenario != 'Offline' else 1}")
+        queries = {"Offline": 1, "MultiStream": QUICK_MIN_QUERY_COUNT_MULTISTREAM}.get(scenario, QUICK_MIN_QUERY_COUNT)
+        lines.append(f"{key}.min_query_count = {queries}")
         if scenario == "MultiStream":
             lines.append(f"{key}.samples_per_query = {MULTISTREAM_SAMPLES_PER_QUERY}")
     if performance_sample_count is not None:
