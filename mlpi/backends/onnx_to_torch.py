@@ -1,0 +1,694 @@
+"""A small ONNX -> PyTorch converter: an ``nn.Module`` that walks the ONNX graph with torch ops.
+
+Why not ``onnx2torch`` (PyPI 1.5.15)? It imports ``torchvision`` when it is imported
+(``onnx2torch/node_converters/nms.py``), and torchvision wheels are built against one exact
+torch release: PyPI's torchvision does not import beside the torch mlpi is tested with, and
+installing a matching one would pull in another torch. A backend that depends on that pin
+breaks whenever the two drift. The graphs mlpi runs (image classifiers and the conformance
+kit's tiny models) use a few dozen standard operators, so this module converts them itself,
+with torch only.
+
+How it works: initializers (and ``Constant`` nodes, and nodes whose inputs are all constant,
+folded once at build time) become buffers, so ``module.to(device)`` and
+``module.to(memory_format=...)`` move them. Every other node becomes one step: a closure
+over the node's attributes (and any constant integer inputs such as a Reshape's shape,
+read once here rather than on every call). ``forward`` runs the steps in graph order on a
+dictionary local to the call: it keeps no state between calls, so one module may be called
+from several threads at once.
+
+An operator it does not know raises :class:`~mlpi.core.errors.ModelError` naming every
+unknown operator of the graph at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from mlpi.core.errors import ModelError
+
+Args = Sequence[Any]
+Step = Callable[[Args], Any]
+
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+TORCH_DTYPES: dict[int, torch.dtype] = {
+    TensorProto.FLOAT: torch.float32,
+    TensorProto.FLOAT16: torch.float16,
+    TensorProto.BFLOAT16: torch.bfloat16,
+    TensorProto.DOUBLE: torch.float64,
+    TensorProto.INT8: torch.int8,
+    TensorProto.UINT8: torch.uint8,
+    TensorProto.INT16: torch.int16,
+    TensorProto.INT32: torch.int32,
+    TensorProto.INT64: torch.int64,
+    TensorProto.BOOL: torch.bool,
+}
+
+#: numpy dtype name (as TensorSpec spells it) -> torch dtype.
+NUMPY_TO_TORCH: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "bool": torch.bool,
+}
+
+
+class UnsupportedOperators(ModelError):
+    """The graph uses operators this converter does not implement."""
+
+
+class _Node:
+    """What an op builder sees of one node: attributes and constant inputs."""
+
+    def __init__(self, node: onnx.NodeProto, consts: dict[str, torch.Tensor], opset: int, float_dtype: torch.dtype) -> None:
+        self.proto = node
+        self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        self._consts = consts
+        self.opset = opset
+        self.float_dtype = float_dtype
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        value = self.attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def const_ints(self, i: int) -> list[int] | None:
+        """Input ``i`` as a list of ints when it is a constant (None when absent or computed)."""
+        names = self.proto.input
+        if i >= len(names) or not names[i] or names[i] not in self._consts:
+            return None
+        return [int(v) for v in self._consts[names[i]].reshape(-1).tolist()]
+
+    def has_input(self, i: int) -> bool:
+        return i < len(self.proto.input) and bool(self.proto.input[i])
+
+    def ints_input(self, i: int) -> Callable[[Args], list[int] | None]:
+        """A reader for integer input ``i``: baked in when constant, read from the tensor otherwise."""
+        static = self.const_ints(i)
+        if static is not None or not self.has_input(i):
+            return lambda args: static
+        return lambda args: [int(v) for v in args[i].reshape(-1).tolist()]
+
+
+# --------------------------------------------------------------------------- op builders
+
+_UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "Relu": F.relu,
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Neg": torch.neg,
+    "Abs": torch.abs,
+    "Erf": torch.erf,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Reciprocal": torch.reciprocal,
+    "Not": torch.logical_not,
+    "Identity": lambda x: x,
+}
+
+_BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Pow": torch.pow,
+    "MatMul": torch.matmul,
+    "Equal": torch.eq,
+    "Less": torch.lt,
+    "LessOrEqual": torch.le,
+    "Greater": torch.gt,
+    "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and,
+    "Or": torch.logical_or,
+}
+
+
+def _div(n: _Node) -> Step:
+    def run(a: Args) -> torch.Tensor:
+        x, y = a[0], a[1]
+        if x.is_floating_point() or y.is_floating_point():
+            return torch.div(x, y)
+        return torch.div(x, y, rounding_mode="trunc")
+
+    return run
+
+
+def _variadic(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[_Node], Step]:
+    def build(n: _Node) -> Step:
+        def run(a: Args) -> torch.Tensor:
+            out = a[0]
+            for x in a[1:]:
+                out = fn(out, x)
+            return out
+
+        return run
+
+    return build
+
+
+def _spatial_pads(n: _Node, dims: int, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]) -> Callable[[torch.Tensor], list[int]]:
+    """ONNX pads (begin..., end...) for one input, including auto_pad SAME_*."""
+    auto = n.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(n.attr("pads", [0] * (2 * dims)))
+        return lambda x: pads
+    if auto == "VALID":
+        return lambda x: [0] * (2 * dims)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ModelError(f"{n.proto.op_type} node '{n.proto.name}' has auto_pad={auto}, which is not supported")
+
+    def same(x: torch.Tensor) -> list[int]:
+        begins, ends = [], []
+        for d in range(dims):
+            size = int(x.shape[2 + d])
+            out = -(-size // strides[d])
+            total = max((out - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            begins.append(small if auto == "SAME_UPPER" else big)
+            ends.append(big if auto == "SAME_UPPER" else small)
+        return begins + ends
+
+    return same
+
+
+def _torch_pad(pads: Sequence[int]) -> list[int]:
+    """ONNX (b1, b2, ..., e1, e2, ...) over trailing dims -> F.pad's (b_last, e_last, ...)."""
+    dims = len(pads) // 2
+    out: list[int] = []
+    for d in reversed(range(dims)):
+        out += [pads[d], pads[d + dims]]
+    return out
+
+
+def _conv(n: _Node) -> Step:
+    weight_shape = None
+    # The kernel rank comes from kernel_shape or, for the usual constant weight, its shape.
+    static_w = n._consts.get(n.proto.input[1])
+    if static_w is not None:
+        weight_shape = tuple(static_w.shape)
+    kernel = n.attr("kernel_shape") or (list(weight_shape[2:]) if weight_shape else None)
+    if kernel is None:
+        raise ModelError(f"Conv node '{n.proto.name}' has neither kernel_shape nor a constant weight")
+    dims = len(kernel)
+    strides = list(n.attr("strides", [1] * dims))
+    dilations = list(n.attr("dilations", [1] * dims))
+    group = int(n.attr("group", 1))
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(dims)
+    if conv is None:
+        raise ModelError(f"Conv node '{n.proto.name}' is {dims}-d; only 1-d to 3-d convolutions are supported")
+    pads_of = _spatial_pads(n, dims, kernel, strides, dilations)
+
+    def run(a: Args) -> torch.Tensor:
+        x = a[0]
+        bias = a[2] if len(a) > 2 else None
+        pads = pads_of(x)
+        if pads[:dims] == pads[dims:]:
+            return conv(x, a[1], bias, strides, pads[:dims], dilations, group)
+        return conv(F.pad(x, _torch_pad(pads)), a[1], bias, strides, 0, dilations, group)
+
+    return run
+
+
+def _pool(kind: str) -> Callable[[_Node], Step]:
+    def build(n: _Node) -> Step:
+        if len(n.proto.output) > 1 and n.proto.output[1]:
+            raise ModelError(f"{n.proto.op_type} node '{n.proto.name}' asks for the Indices output, which is not supported")
+        kernel = list(n.attr("kernel_shape"))
+        dims = len(kernel)
+        strides = list(n.attr("strides", [1] * dims))
+        dilations = list(n.attr("dilations", [1] * dims))
+        ceil_mode = bool(n.attr("ceil_mode", 0))
+        pads_of = _spatial_pads(n, dims, kernel, strides, dilations)
+        if kind == "max":
+            pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
+
+            def run(a: Args) -> torch.Tensor:
+                x, pads = a[0], pads_of(a[0])
+                half = [p for p in pads[:dims]]
+                if pads[:dims] == pads[dims:] and all(2 * p <= k for p, k in zip(half, kernel)):
+                    return pool(x, kernel, strides, half, dilations, ceil_mode)
+                x = F.pad(x, _torch_pad(pads), value=-math.inf)
+                return pool(x, kernel, strides, 0, dilations, ceil_mode)
+
+            return run
+        if any(d != 1 for d in dilations):
+            raise ModelError(f"AveragePool node '{n.proto.name}' has dilations, which are not supported")
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+        include = bool(n.attr("count_include_pad", 0))
+
+        def run_avg(a: Args) -> torch.Tensor:
+            x, pads = a[0], pads_of(a[0])
+            if pads[:dims] != pads[dims:]:
+                raise ModelError(f"AveragePool node '{n.proto.name}' has asymmetric pads, which are not supported")
+            return pool(x, kernel, strides, pads[:dims], ceil_mode, include)
+
+        return run_avg
+
+    return build
+
+
+def _global_pool(kind: str) -> Callable[[_Node], Step]:
+    def build(n: _Node) -> Step:
+        def run(a: Args) -> torch.Tensor:
+            x = a[0]
+            dims = tuple(range(2, x.dim()))
+            return x.mean(dim=dims, keepdim=True) if kind == "avg" else x.amax(dim=dims, keepdim=True)
+
+        return run
+
+    return build
+
+
+def _gemm(n: _Node) -> Step:
+    alpha, beta = float(n.attr("alpha", 1.0)), float(n.attr("beta", 1.0))
+    trans_a, trans_b = bool(n.attr("transA", 0)), bool(n.attr("transB", 0))
+
+    def run(a: Args) -> torch.Tensor:
+        x = a[0].t() if trans_a else a[0]
+        w = a[1].t() if trans_b else a[1]
+        if len(a) > 2 and a[2] is not None:
+            return torch.addmm(a[2], x, w, beta=beta, alpha=alpha)
+        out = x @ w
+        return out * alpha if alpha != 1.0 else out
+
+    return run
+
+
+def _flatten(n: _Node) -> Step:
+    axis = int(n.attr("axis", 1))
+
+    def run(a: Args) -> torch.Tensor:
+        x = a[0]
+        k = axis if axis >= 0 else axis + x.dim()
+        return x.reshape(math.prod(x.shape[:k]), -1) if k > 0 else x.reshape(1, -1)
+
+    return run
+
+
+def _reshape(n: _Node) -> Step:
+    shape_of = n.ints_input(1)
+    allowzero = bool(n.attr("allowzero", 0))
+
+    def run(a: Args) -> torch.Tensor:
+        x, shape = a[0], shape_of(a)
+        assert shape is not None
+        target = [int(x.shape[i]) if s == 0 and not allowzero else s for i, s in enumerate(shape)]
+        return x.reshape(target)
+
+    return run
+
+
+def _slice(n: _Node) -> Step:
+    if n.opset < 10:
+        starts_of = lambda a: list(n.attr("starts"))  # noqa: E731
+        ends_of = lambda a: list(n.attr("ends"))  # noqa: E731
+        axes_attr = n.attr("axes")
+        axes_of = lambda a: list(axes_attr) if axes_attr is not None else None  # noqa: E731
+        steps_of = lambda a: None  # noqa: E731
+    else:
+        starts_of, ends_of, axes_of, steps_of = (n.ints_input(i) for i in (1, 2, 3, 4))
+
+    def run(a: Args) -> torch.Tensor:
+        x = a[0]
+        starts, ends = starts_of(a), ends_of(a)
+        axes = axes_of(a) or list(range(len(starts)))
+        steps = steps_of(a) or [1] * len(starts)
+        index: list[Any] = [slice(None)] * x.dim()
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            axis = axis + x.dim() if axis < 0 else axis
+            size = int(x.shape[axis])
+            if step < 0:
+                # torch has no negative steps: slice forward, then flip.
+                lo_excl = max(min(end + size if end < 0 else end, size - 1), -1)
+                hi = max(min(start + size if start < 0 else start, size - 1), -1)
+                idx = torch.arange(hi, lo_excl, step, device=x.device)
+                x = x.index_select(axis, idx)
+                continue
+            index[axis] = slice(start, end, step)  # Python clamps out-of-range bounds as ONNX does
+        return x[tuple(index)]
+
+    return run
+
+
+def _softmax(kind: str) -> Callable[[_Node], Step]:
+    def build(n: _Node) -> Step:
+        fn = torch.softmax if kind == "softmax" else torch.log_softmax
+        if n.opset >= 13:
+            axis = int(n.attr("axis", -1))
+            return lambda a: fn(a[0], dim=axis)
+        axis = int(n.attr("axis", 1))
+
+        def old(a: Args) -> torch.Tensor:  # before opset 13: over the input coerced to 2-d at axis
+            x = a[0]
+            k = axis if axis >= 0 else axis + x.dim()
+            return fn(x.reshape(math.prod(x.shape[:k]), -1), dim=1).reshape(x.shape)
+
+        return old
+
+    return build
+
+
+def _arg(kind: str) -> Callable[[_Node], Step]:
+    def build(n: _Node) -> Step:
+        axis = int(n.attr("axis", 0))
+        keep = bool(n.attr("keepdims", 1))
+        last = bool(n.attr("select_last_index", 0))
+        fn = torch.argmax if kind == "max" else torch.argmin
+
+        def run(a: Args) -> torch.Tensor:
+            x = a[0]
+            if last:
+                k = axis if axis >= 0 else axis + x.dim()
+                return x.shape[k] - 1 - fn(x.flip(k), dim=k, keepdim=keep)
+            return fn(x, dim=axis, keepdim=keep)
+
+        return run
+
+    return build
+
+
+def _cast(n: _Node) -> Step:
+    to = int(n.attr("to"))
+    if to not in TORCH_DTYPES:
+        raise ModelError(f"Cast node '{n.proto.name}' casts to ONNX type {to}, which is not supported")
+    dtype = TORCH_DTYPES[to]
+    if to == TensorProto.FLOAT and n.float_dtype != torch.float32:
+        dtype = n.float_dtype  # the graph's float32 is the precision this module runs
+    return lambda a: a[0].to(dtype)
+
+
+def _transpose(n: _Node) -> Step:
+    perm = n.attr("perm")
+    return lambda a: a[0].permute(*(perm if perm is not None else reversed(range(a[0].dim()))))
+
+
+def _concat(n: _Node) -> Step:
+    axis = int(n.attr("axis"))
+    return lambda a: torch.cat(list(a), dim=axis)
+
+
+def _axes(n: _Node, input_from: int) -> Callable[[Args], list[int] | None]:
+    """Axes given as an attribute (older opsets) or as input 1 (newer ones)."""
+    if n.opset >= input_from:
+        return n.ints_input(1)
+    axes = n.attr("axes")
+    return lambda a: list(axes) if axes is not None else None
+
+
+def _squeeze(n: _Node) -> Step:
+    axes_of = _axes(n, 13)
+
+    def run(a: Args) -> torch.Tensor:
+        axes = axes_of(a)
+        if axes is None:
+            return a[0].squeeze()
+        return a[0].squeeze(tuple(ax + a[0].dim() if ax < 0 else ax for ax in axes))
+
+    return run
+
+
+def _unsqueeze(n: _Node) -> Step:
+    axes_of = _axes(n, 13)
+
+    def run(a: Args) -> torch.Tensor:
+        axes = axes_of(a)
+        assert axes is not None
+        rank = a[0].dim() + len(axes)
+        x = a[0]
+        for ax in sorted(ax + rank if ax < 0 else ax for ax in axes):
+            x = x.unsqueeze(ax)
+        return x
+
+    return run
+
+
+def _reduce(kind: str) -> Callable[[_Node], Step]:
+    def build(n: _Node) -> Step:
+        axes_of = _axes(n, 18)
+        keep = bool(n.attr("keepdims", 1))
+        noop = bool(n.attr("noop_with_empty_axes", 0))
+
+        def run(a: Args) -> torch.Tensor:
+            x, axes = a[0], axes_of(a)
+            if not axes:
+                if noop:
+                    return x
+                axes = list(range(x.dim()))
+            if kind == "mean":
+                return x.mean(dim=axes, keepdim=keep)
+            if kind == "sum":
+                return x.sum(dim=axes, keepdim=keep)
+            if kind == "max":
+                return x.amax(dim=axes, keepdim=keep)
+            return x.amin(dim=axes, keepdim=keep)
+
+        return run
+
+    return build
+
+
+def _gather(n: _Node) -> Step:
+    axis = int(n.attr("axis", 0))
+
+    def run(a: Args) -> torch.Tensor:
+        x, idx = a[0], a[1]
+        k = axis if axis >= 0 else axis + x.dim()
+        idx = torch.where(idx < 0, idx + x.shape[k], idx)
+        if idx.dim() == 0:
+            return x.select(k, int(idx))
+        out = x.index_select(k, idx.reshape(-1))
+        return out.reshape(*x.shape[:k], *idx.shape, *x.shape[k + 1 :])
+
+    return run
+
+
+def _shape(n: _Node) -> Step:
+    start, end = n.attr("start", 0), n.attr("end")
+
+    def run(a: Args) -> torch.Tensor:
+        return torch.tensor(list(a[0].shape)[start:end], dtype=torch.int64, device=a[0].device)
+
+    return run
+
+
+def _batch_norm(n: _Node) -> Step:
+    eps = float(n.attr("epsilon", 1e-5))
+    return lambda a: F.batch_norm(a[0], a[3], a[4], a[1], a[2], False, 0.0, eps)
+
+
+def _clip(n: _Node) -> Step:
+    if n.opset < 11:
+        low, high = n.attr("min"), n.attr("max")
+        return lambda a: torch.clamp(a[0], low, high)
+
+    def run(a: Args) -> torch.Tensor:
+        low = a[1] if len(a) > 1 and a[1] is not None else None
+        high = a[2] if len(a) > 2 and a[2] is not None else None
+        return torch.clamp(a[0], low, high)
+
+    return run
+
+
+def _pad(n: _Node) -> Step:
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}.get(n.attr("mode", "constant"))
+    if mode is None:
+        raise ModelError(f"Pad node '{n.proto.name}' has mode {n.attr('mode')}, which is not supported")
+    if n.opset < 11:
+        static = list(n.attr("pads"))
+        pads_of = lambda a: static  # noqa: E731
+    else:
+        pads_of = n.ints_input(1)
+    if n.has_input(3):
+        raise ModelError(f"Pad node '{n.proto.name}' pads only some axes, which is not supported")
+
+    def run(a: Args) -> torch.Tensor:
+        x, pads = a[0], pads_of(a)
+        assert pads is not None
+        value = float(a[2].reshape(-1)[0]) if n.opset >= 11 and len(a) > 2 and a[2] is not None else float(n.attr("value", 0.0))
+        full = _torch_pad(pads)
+        while len(full) > 2 and full[-2:] == [0, 0]:  # F.pad wants as few leading dims as needed
+            full = full[:-2]
+        return F.pad(x, full, mode=mode, value=value) if mode == "constant" else F.pad(x, full, mode=mode)
+
+    return run
+
+
+def _where(n: _Node) -> Step:
+    return lambda a: torch.where(a[0], a[1], a[2])
+
+
+def _leaky(n: _Node) -> Step:
+    alpha = float(n.attr("alpha", 0.01))
+    return lambda a: F.leaky_relu(a[0], alpha)
+
+
+def _dropout(n: _Node) -> Step:
+    if len(n.proto.output) > 1 and n.proto.output[1]:
+        raise ModelError(f"Dropout node '{n.proto.name}' asks for its mask output, which is not supported")
+    return lambda a: a[0]
+
+
+BUILDERS: dict[str, Callable[[_Node], Step]] = {
+    **{op: (lambda fn: lambda n: lambda a: fn(a[0]))(fn) for op, fn in _UNARY.items()},
+    **{op: (lambda fn: lambda n: lambda a: fn(a[0], a[1]))(fn) for op, fn in _BINARY.items()},
+    "Div": _div,
+    "Sum": _variadic(torch.add),
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
+    "Conv": _conv,
+    "MaxPool": _pool("max"),
+    "AveragePool": _pool("avg"),
+    "GlobalAveragePool": _global_pool("avg"),
+    "GlobalMaxPool": _global_pool("max"),
+    "Gemm": _gemm,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Slice": _slice,
+    "Softmax": _softmax("softmax"),
+    "LogSoftmax": _softmax("log_softmax"),
+    "ArgMax": _arg("max"),
+    "ArgMin": _arg("min"),
+    "Cast": _cast,
+    "Transpose": _transpose,
+    "Concat": _concat,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "ReduceMean": _reduce("mean"),
+    "ReduceSum": _reduce("sum"),
+    "ReduceMax": _reduce("max"),
+    "ReduceMin": _reduce("min"),
+    "Gather": _gather,
+    "Shape": _shape,
+    "BatchNormalization": _batch_norm,
+    "Clip": _clip,
+    "Pad": _pad,
+    "Where": _where,
+    "LeakyRelu": _leaky,
+    "Dropout": _dropout,
+}
+
+SUPPORTED_OPS = frozenset(BUILDERS) | {"Constant"}
+
+
+# --------------------------------------------------------------------------- the module
+
+
+def _constant_value(node: onnx.NodeProto) -> torch.Tensor:
+    attr = node.attribute[0]
+    value = helper.get_attribute_value(attr)
+    if attr.name == "value":
+        return _tensor(value)
+    if attr.name in ("value_float", "value_floats"):
+        return torch.tensor(value, dtype=torch.float32)
+    if attr.name in ("value_int", "value_ints"):
+        return torch.tensor(value, dtype=torch.int64)
+    raise ModelError(f"Constant node '{node.name}' uses {attr.name}, which is not supported")
+
+
+def _tensor(proto: onnx.TensorProto) -> torch.Tensor:
+    if proto.data_type == TensorProto.BFLOAT16:
+        as_float = numpy_helper.to_array(proto).astype(np.float32)
+        return torch.from_numpy(as_float).to(torch.bfloat16)
+    array = numpy_helper.to_array(proto)
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX graph as a torch module: ``forward(*inputs)`` returns a tuple of outputs.
+
+    ``float_dtype`` is the precision floating tensors run in: float initializers are stored
+    in it and casts to float32 inside the graph cast to it instead. The caller casts float
+    inputs to it and outputs back to their ONNX types.
+    """
+
+    def __init__(self, model: onnx.ModelProto, float_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        graph = model.graph
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        unknown = sorted(
+            {f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+             for n in graph.node
+             if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS}
+        )
+        if unknown:
+            raise UnsupportedOperators(
+                f"the ONNX-to-torch converter does not support operator{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}",
+                "use the onnxruntime backend for this model",
+            )
+        consts: dict[str, torch.Tensor] = {init.name: _tensor(init) for init in graph.initializer}
+        self.input_names = [v.name for v in graph.input if v.name not in consts]
+        self.output_names = [v.name for v in graph.output]
+        self.float_dtype = float_dtype
+        steps: list[tuple[Step, list[str], list[str], str]] = []
+        for node in graph.node:
+            if node.op_type == "Constant":
+                consts[node.output[0]] = _constant_value(node)
+                continue
+            n = _Node(node, consts, opset, float_dtype)
+            try:
+                fn = BUILDERS[node.op_type](n)
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a malformed node, reported with its name
+                raise ModelError(f"cannot convert {node.op_type} node '{node.name}': {exc}") from None
+            inputs, outputs = list(node.input), [o for o in node.output]
+            if all(not i or i in consts for i in inputs) and node.op_type != "Shape":
+                # Constant folding in full precision, once, here.
+                try:
+                    with torch.inference_mode():
+                        result = fn([consts[i] if i else None for i in inputs])
+                except Exception as exc:  # noqa: BLE001 - as above
+                    raise ModelError(f"cannot evaluate {node.op_type} node '{node.name}': {exc}") from None
+                for name, value in zip(outputs, result if isinstance(result, tuple) else (result,)):
+                    consts[name] = value.clone()
+                continue
+            steps.append((fn, inputs, outputs, node.op_type))
+        used = {i for _, ins, _, _ in steps for i in ins} | set(self.output_names)
+        self._const_attr: dict[str, str] = {}
+        for k, name in enumerate(sorted(n for n in consts if n in used)):
+            value = consts[name]
+            if value.is_floating_point() and value.dtype == torch.float32:
+                value = value.to(float_dtype)
+            attr = f"const{k}"
+            self.register_buffer(attr, value.contiguous(), persistent=False)
+            self._const_attr[name] = attr
+        missing = [o for o in self.output_names if o not in consts and not any(o in outs for _, _, outs, _ in steps)
+                   and o not in self.input_names]
+        if missing:
+            raise ModelError(f"graph output '{missing[0]}' is produced by no node")
+        self._steps = steps
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs))
+        for name, attr in self._const_attr.items():
+            env[name] = getattr(self, attr)
+        for fn, ins, outs, _ in self._steps:
+            result = fn([env[i] if i else None for i in ins])
+            if isinstance(result, tuple):
+                env.update(zip(outs, result))
+            else:
+                env[outs[0]] = result
+        return tuple(env[o] for o in self.output_names)
+
+
+def convert(model: onnx.ModelProto, float_dtype: torch.dtype = torch.float32) -> OnnxModule:
+    """``model`` as an :class:`OnnxModule` in eval mode (ModelError when it cannot be converted)."""
+    return OnnxModule(model, float_dtype).eval()
+
+
+__all__ = ["NUMPY_TO_TORCH", "SUPPORTED_OPS", "TORCH_DTYPES", "OnnxModule", "UnsupportedOperators", "convert"]

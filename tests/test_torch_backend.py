@@ -1,0 +1,205 @@
+"""PyTorch backend: the ONNX-to-torch conversion against ONNX Runtime, precisions, options,
+errors, and the conformance kit. Skipped as a whole where torch is not installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnxruntime = pytest.importorskip("onnxruntime")  # the reference the values are checked against
+
+import onnx  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+
+from mlpi.backends.torch_backend import TorchBackend, TorchOptions  # noqa: E402
+from mlpi.core.device import Device  # noqa: E402
+from mlpi.core.errors import ModelError, UsageError  # noqa: E402
+from mlpi.core.onnx_file import inspect_onnx  # noqa: E402
+from mlpi.testing import tiny_models  # noqa: E402
+from mlpi.testing.conformance import run_checks  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available() and bool(torch.version.cuda)
+
+
+def load(model: Path, device: str = "cpu", precision: str | None = None, **options: object):
+    return TorchBackend().load(inspect_onnx(model), Device.parse(device), TorchOptions(**options), precision)
+
+
+def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+def random_feeds(model: Path, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in inspect_onnx(model).inputs:
+        shape = (n, *(d or 1 for d in spec.sample_shape))
+        if np.dtype(spec.dtype).kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.integers(-4, 5, shape).astype(spec.dtype)
+    return feeds
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    path = tmp_path_factory.mktemp("torch-models")
+    return {
+        "conv": tiny_models.conv_model(path / "conv.onnx"),
+        "matmul": tiny_models.matmul_model(path / "matmul.onnx"),
+        "two_inputs": tiny_models.two_input_model(path / "two_inputs.onnx"),
+        "argmax": tiny_models.argmax_model(path / "argmax.onnx"),
+        "mlp": tiny_models.mlp_model(path / "mlp.onnx"),
+        "conv_strided": tiny_models.strided_conv_model(path / "conv_strided.onnx"),
+        "classifier": tiny_models.resnet_signature_classifier(path / "classifier.onnx"),
+        "matmul_b4": tiny_models.matmul_model(path / "matmul_b4.onnx", batch=4),
+    }
+
+
+def test_probe_and_version() -> None:
+    backend = TorchBackend()
+    assert backend.version() == torch.__version__
+    devices = backend.probe()
+    assert Device("cpu") in devices
+    assert len([d for d in devices if d.kind == "cuda"]) == (torch.cuda.device_count() if HAS_CUDA else 0)
+    assert backend.runtime_distributions() == ("torch",)
+
+
+def test_signature_and_capabilities(models: dict[str, Path]) -> None:
+    session = load(models["matmul"])
+    assert [(s.name, s.dtype, s.shape) for s in session.inputs] == [("x", "float32", (None, 16))]
+    assert [(s.name, s.dtype) for s in session.outputs] == [("logits", "float32"), ("label", "int64")]
+    caps = session.capabilities
+    assert (caps.max_batch_size, caps.fixed_batch, caps.concurrent, caps.preferred_batch_size) == (None, False, True, 8)
+    assert session.precision == "fp32"
+    fixed = load(models["matmul_b4"]).capabilities
+    assert (fixed.max_batch_size, fixed.fixed_batch, fixed.preferred_batch_size) == (4, True, 4)
+
+
+@pytest.mark.parametrize("name", ["conv", "matmul", "two_inputs", "argmax", "mlp", "conv_strided", "classifier"])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_values_match_onnxruntime(models: dict[str, Path], name: str, batch: int) -> None:
+    session = load(models[name])
+    feeds = random_feeds(models[name], batch, seed=batch)
+    got, want = session.run(feeds), reference(models[name], feeds)
+    assert set(got) == set(want)
+    for key, expected in want.items():
+        assert got[key].dtype == expected.dtype and got[key].shape == expected.shape
+        if expected.dtype.kind == "f":
+            np.testing.assert_allclose(got[key], expected, rtol=1e-4, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(got[key], expected)
+
+
+def test_outputs_stay_valid_after_the_next_call(models: dict[str, Path], tmp_path: Path) -> None:
+    # A graph whose output is a view of its input: the output must not follow the feed buffer.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "identity.onnx"))
+    session = load(tmp_path / "identity.onnx")
+    feed = np.ones((3, 2), np.float32)
+    first = session.run({"x": feed})["y"]
+    feed[:] = 7
+    session.run({"x": feed})
+    assert (first == 1).all()
+
+
+def test_bf16_is_close_and_reported(models: dict[str, Path]) -> None:
+    for name in ("conv", "mlp"):
+        session = load(models[name], precision="bf16")
+        assert session.precision == "bf16"
+        feeds = random_feeds(models[name], 8)
+        got, want = session.run(feeds), reference(models[name], feeds)
+        for key, expected in want.items():
+            assert got[key].dtype == np.float32  # cast back to the ONNX output type
+            np.testing.assert_allclose(got[key], expected, rtol=5e-2, atol=5e-2)
+    assert next(iter(dict(load(models["conv"], precision="bf16").module.named_buffers()).values())).dtype == torch.bfloat16
+
+
+def test_fp16_on_cpu_is_rejected_by_check(models: dict[str, Path]) -> None:
+    artifact = inspect_onnx(models["conv"])
+    with pytest.raises(UsageError, match="fp16 on the CPU") as info:
+        TorchBackend().check(artifact, Device("cpu"), TorchOptions(), "fp16")
+    assert "bf16" in (info.value.hint or "")
+    with pytest.raises(UsageError):
+        TorchBackend().load(artifact, Device("cpu"), TorchOptions(), "fp16")
+
+
+def test_channels_last_takes_effect(models: dict[str, Path]) -> None:
+    session = load(models["conv"], channels_last=True)
+    weights = [b for b in session.module.buffers() if b.dim() == 4]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not all(w.is_contiguous() for w in weights)
+    feeds = random_feeds(models["conv"], 3)
+    np.testing.assert_allclose(session.run(feeds)["scores"], reference(models["conv"], feeds)["scores"], rtol=1e-4, atol=1e-5)
+
+
+def test_threads_option_sets_torch_threads(models: dict[str, Path]) -> None:
+    before = torch.get_num_threads()
+    try:
+        load(models["matmul"], threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_unsupported_operator_is_a_model_error_naming_it(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("LpNormalization", ["x"], ["y"], axis=1)], "lpnorm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "lpnorm.onnx"))
+    with pytest.raises(ModelError, match="LpNormalization"):
+        load(tmp_path / "lpnorm.onnx")
+
+
+def test_corrupt_file_is_a_model_error(models: dict[str, Path], tmp_path: Path) -> None:
+    good = inspect_onnx(models["conv"])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(np.random.default_rng(3).bytes(4096))
+    artifact = type(good)(bad, "0" * 64, good.inputs, good.outputs)
+    with pytest.raises(ModelError):
+        TorchBackend().load(artifact, Device("cpu"), TorchOptions(), None)
+
+
+def test_cuda_on_a_torch_without_it_is_a_device_error(models: dict[str, Path]) -> None:
+    if HAS_CUDA:
+        pytest.skip("this torch has CUDA")
+    from mlpi.core.errors import DeviceError
+
+    with pytest.raises(DeviceError):
+        TorchBackend().check(inspect_onnx(models["conv"]), Device("cuda", (0,)), TorchOptions(), None)
+
+
+def test_conformance_kit_passes() -> None:
+    report = run_checks(TorchBackend)
+    assert report.failed == []
+    assert not report.skipped  # concurrent CPU sessions: every check applies
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU and a CUDA build of torch")
+def test_cuda_session_matches_cpu(models: dict[str, Path]) -> None:
+    for name in ("conv", "two_inputs", "classifier"):
+        gpu, cpu = load(models[name], device="cuda:0"), load(models[name])
+        assert not gpu.capabilities.concurrent
+        for batch in (1, 8, 3):  # grows, then reuses, the pinned staging buffers
+            feeds = random_feeds(models[name], batch, seed=batch)
+            got, want = gpu.run(feeds), cpu.run(feeds)
+            for key, expected in want.items():
+                assert isinstance(got[key], np.ndarray) and got[key].dtype == expected.dtype
+                np.testing.assert_allclose(got[key], expected, rtol=1e-3, atol=1e-4)
+        gpu.close()
