@@ -4,8 +4,11 @@ Same model, same session options, same batch size, same invocation. The tight lo
 one preloaded batch to ``InferenceSession.run`` as fast as it can; mlpi runs a full LoadGen
 Offline test (gathering each batch from the preloaded samples, postprocessing, completing).
 
-    python benchmarks/backend_efficiency.py --model resnet50 [--batch-size 8] [--duration 10]
-    python benchmarks/backend_efficiency.py --model conv [--size 64 --width 64]
+    python benchmarks/backend_efficiency.py --backend all --model resnet50 [--batch-size 8] [--duration 10]
+    python benchmarks/backend_efficiency.py --backend openvino --model conv [--size 64 --width 64]
+
+Own loops: ONNX Runtime ``InferenceSession.run``; OpenVINO an ``AsyncInferQueue`` kept full
+(its recommended throughput pattern); PyTorch the converted module under ``inference_mode``.
 
 ``--model resnet50`` uses the official file when ``mlpi fetch resnet50`` has downloaded it,
 else the seeded random-weights graph (same layers, same work).
@@ -24,7 +27,65 @@ from pathlib import Path
 import numpy as np
 
 
-def tight_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+def tight_loop(backend: str, model: Path, batch: int, seconds: float, threads: int) -> float:
+    """The runtime's own fastest loop on one preloaded batch, with the knobs mlpi uses."""
+    return {"onnxruntime": ort_loop, "openvino": openvino_loop, "pytorch": torch_loop}[backend](model, batch, seconds, threads)
+
+
+def _timed(step: object, batch: int, seconds: float) -> float:
+    for _ in range(3):
+        step()  # type: ignore[operator]
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()  # type: ignore[operator]
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def openvino_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+    """OpenVINO's recommended throughput pattern: an AsyncInferQueue kept full, f32."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(str(model)), "CPU", config)
+    shape = [batch, *[d.get_length() for d in compiled.inputs[0].get_partial_shape()[1:]]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    for _ in range(3):
+        queue.start_async({0: x})
+    queue.wait_all()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        queue.start_async({0: x})
+        done += batch
+    queue.wait_all()
+    return done / (time.perf_counter() - start)
+
+
+def torch_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+    """The converted torch module called directly under inference_mode."""
+    import torch
+
+    from mlpi.backends.torch_backend import TorchBackend, TorchOptions
+    from mlpi.core.device import Device
+    from mlpi.core.onnx_file import inspect_onnx
+
+    artifact = inspect_onnx(model)
+    session = TorchBackend().load(artifact, Device("cpu"), TorchOptions(threads=threads), "fp32")
+    spec = artifact.inputs[0]
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, *spec.sample_shape)).astype(np.float32))
+
+    def step() -> None:
+        with torch.inference_mode():
+            session.module(x)
+
+    return _timed(step, batch, seconds)
+
+
+def ort_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -43,10 +104,13 @@ def tight_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def mlpi_offline(model_args: list[str], batch: int, seconds: float, threads: int, root: Path) -> tuple[float, bool]:
+THREAD_OPTION = {"onnxruntime": "intra_op_threads", "openvino": "num_threads", "pytorch": "threads"}
+
+
+def mlpi_offline(backend: str, model_args: list[str], batch: int, seconds: float, threads: int, root: Path) -> tuple[float, bool]:
     command = [
-        sys.executable, "-m", "mlpi", "run", "--backend", "onnxruntime", *model_args, "-s", "Offline",
-        "--batch-size", str(batch), "--duration", str(seconds), "--output", str(root), "-o", f"intra_op_threads={threads}",
+        sys.executable, "-m", "mlpi", "run", "--backend", backend, *model_args, "-s", "Offline", "--precision", "fp32",
+        "--batch-size", str(batch), "--duration", str(seconds), "--output", str(root), "-o", f"{THREAD_OPTION[backend]}={threads}",
     ]
     subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     (run_dir,) = list(root.iterdir())
@@ -72,7 +136,7 @@ def resnet50_file() -> tuple[Path, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "pytorch", "all"])
     parser.add_argument("--model", default="resnet50", choices=["resnet50", "conv"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -93,12 +157,17 @@ def main() -> int:
             model = conv_model(work / "conv.onnx", size=args.size, width=args.width)
             model_args = ["--model-path", str(model)]
             label = f"conv {args.size}x{args.size}x{args.width}"
-        loop = tight_loop(model, args.batch_size, args.duration, args.threads)
-        mine, valid = mlpi_offline(model_args, args.batch_size, args.duration, args.threads, work / "results")
-    print(f"model: {label}, batch {args.batch_size}, {args.duration}s, intra-op threads {args.threads}")
-    print(f"{'onnxruntime tight loop':<28}{loop:>12,.1f} samples/s")
-    print(f"{'mlpi Offline':<28}{mine:>12,.1f} samples/s  ({'VALID' if valid else 'INVALID'})")
-    print(f"{'ratio mlpi / loop':<28}{mine / loop:>12.3f}")
+        backends = ["onnxruntime", "openvino", "pytorch"] if args.backend == "all" else [args.backend]
+        rows = []
+        for number, backend in enumerate(backends):
+            loop = tight_loop(backend, model, args.batch_size, args.duration, args.threads)
+            mine, valid = mlpi_offline(backend, model_args, args.batch_size, args.duration, args.threads,
+                                       work / f"results-{number}")
+            rows.append((backend, loop, mine, valid))
+    print(f"model: {label}, batch {args.batch_size}, {args.duration}s per side, fp32, threads {args.threads or 'default'}")
+    print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity")
+    for backend, loop, mine, valid in rows:
+        print(f"{backend:<13}{loop:>12,.1f}{mine:>14,.1f}{mine / loop:>8.3f}  {'VALID' if valid else 'INVALID'}")
     return 0
 
 

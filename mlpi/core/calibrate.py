@@ -26,6 +26,10 @@ SERVER_QUERY_OVERHEAD_S = 40e-6
 OFFLINE_SAMPLE_OVERHEAD_S = 1e-6
 
 
+#: Timed batches per session at the least, however long they take.
+MIN_TIMED_BATCHES = 3
+
+
 def calibrate(
     executors: Sequence[BatchExecutor],
     scenario: str,
@@ -70,13 +74,15 @@ def _throughput(executors: Sequence[BatchExecutor], indices: Sequence[int], seco
 
     def loop(k: int, ex: BatchExecutor) -> None:
         batches = _batches(indices, ex.batch_size, k * ex.batch_size)
-        done = 0
+        done = runs = 0
         try:
             while True:
                 for batch in batches:
                     ex.compute(batch)
                     done += len(batch)
-                    if time.perf_counter() >= deadline:
+                    runs += 1
+                    # At least MIN_TIMED_BATCHES: one slow batch alone says little.
+                    if time.perf_counter() >= deadline and runs >= MIN_TIMED_BATCHES:
                         counts[k] = done
                         return
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread

@@ -112,7 +112,8 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     perf_count = performance_sample_count(plan.model.rules_key, dataset.performance_count)
     model_key = loadgen_model_key(plan.model.rules_key, plan.model.name)
     conf_path.write_text(
-        user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count),
+        user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count,
+                  short_calibration=calib_s < 1),
         encoding="utf-8",
     )
     settings = lg.TestSettings()
