@@ -191,12 +191,16 @@ def _check_numbers(request: RunRequest) -> None:
 
 
 def _check_device(backend: Any, device: Device) -> None:
-    usable = backend.probe()
+    check_device_usable(backend.name, device, backend.probe())
+
+
+def check_device_usable(name: str, device: Device, usable: list[Device]) -> None:
+    """Raise DeviceError unless ``device`` (every unit it names) is among ``usable``."""
     kinds = [d for d in usable if d.kind == device.kind]
     listing = ", ".join(str(d) for d in usable) or "none"
     if not kinds:
         raise DeviceError(
-            f"device '{device}' is not usable by backend '{backend.name}' on this machine (usable: {listing})",
+            f"device '{device}' is not usable by backend '{name}' on this machine (usable: {listing})",
             "install the driver and runtime for it, or pick a usable device with --device",
         )
     if device.indices:
@@ -204,7 +208,7 @@ def _check_device(backend: Any, device: Device) -> None:
         missing = [i for i in device.indices if i not in have]
         if missing:
             raise DeviceError(
-                f"{device.kind} unit(s) {', '.join(map(str, missing))} not found for backend '{backend.name}' (usable: {listing})",
+                f"{device.kind} unit(s) {', '.join(map(str, missing))} not found for backend '{name}' (usable: {listing})",
                 "pick units that `mlpi backends` lists",
             )
 

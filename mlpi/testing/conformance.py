@@ -338,6 +338,7 @@ class _Kit:
         plugins_file: str | Path | None,
     ) -> _Kit:
         from mlpi.core.options import build_options
+        from mlpi.core.planning import check_device_usable
 
         kit = cls()
         layers: list[tuple[str, Mapping[str, Any]]] = []
@@ -391,7 +392,7 @@ class _Kit:
             kit.probe_problem = f"probe() raised {_describe(exc)}"
         else:
             if isinstance(kit.probed, list) and all(isinstance(d, Device) for d in kit.probed):
-                _require_usable(kit.name, parsed, kit.probed)
+                check_device_usable(kit.name, parsed, kit.probed)  # as `mlpi run` does
         return kit
 
     def plan(self) -> Iterator[tuple[str, Callable[[], str | None]]]:
@@ -847,21 +848,6 @@ class _Kit:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _require_usable(name: str, device: Device, usable: list[Device]) -> None:
-    """Like ``mlpi run``: a device the backend does not find here stops the kit with a hint."""
-    kinds = [d for d in usable if d.kind == device.kind]
-    listing = ", ".join(str(d) for d in usable) or "none"
-    if not kinds:
-        raise DeviceError(
-            f"device '{device}' is not usable by backend '{name}' on this machine (usable: {listing})",
-            "install the driver and runtime for it, or pick a usable device with --device",
-        )
-    if device.indices:
-        have = {i for d in kinds for i in (d.indices or (0,))}
-        if device.index not in have:
-            raise DeviceError(f"{device} not found for backend '{name}' (usable: {listing})", "pick a unit that probe() lists")
 
 
 def _random(spec: TensorSpec, count: int, rng: np.random.Generator) -> np.ndarray:
