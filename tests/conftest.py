@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -37,6 +38,23 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_models.two_input_model(path / "two_inputs.onnx")
     tiny_models.argmax_model(path / "argmax.onnx")
     return path
+
+
+@dataclass
+class CliResult:
+    """What a CLI process gave back: exit code and both streams."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
 
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:

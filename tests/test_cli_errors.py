@@ -10,10 +10,11 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from conftest import CliResult
 
 from mlpi.core.results import create_run_dir
 from mlpi.testing.tiny_models import argmax_model
@@ -22,19 +23,6 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-@dataclass
-class Result:
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -47,9 +35,9 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def cli(tmp_path: Path):
-    """``cli(*args)`` runs ``python -m mlpi ARGS`` in tmp_path and returns a Result."""
+    """``cli(*args)`` runs ``python -m mlpi ARGS`` in tmp_path and returns a CliResult."""
 
-    def run(*args: str, timeout: float = 60) -> Result:
+    def run(*args: str, timeout: float = 60) -> CliResult:
         proc = subprocess.run(
             [sys.executable, "-m", "mlpi", *args],
             cwd=tmp_path,
@@ -59,7 +47,7 @@ def cli(tmp_path: Path):
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
 
@@ -71,7 +59,7 @@ def model(tmp_path: Path) -> Path:
 
 
 def assert_clean_error(
-    result: Result,
+    result: CliResult,
     code: int,
     error_parts: tuple[str, ...] = (),
     hint_parts: tuple[str, ...] = (),

@@ -17,11 +17,13 @@ import os
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import CliResult
 
 from mlpi.backends.ort import OnnxRuntimeBackend
 from mlpi.core.backend import Session
@@ -100,15 +102,7 @@ class WrongErrorBackend(Base):
 '''
 
 
-@dataclass
-class Result:
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
+class Result(CliResult):
 
     def statuses(self) -> dict[str, str]:
         """{check name: PASS/FAIL/SKIP} from the check lines."""

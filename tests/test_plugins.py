@@ -19,6 +19,8 @@ from typing import Literal, Optional
 
 import pytest
 
+from conftest import CliResult
+
 import mlpi.core.config as config_module
 from mlpi.core.config import PluginsConfig
 from mlpi.core.errors import EXIT_USAGE, UsageError
@@ -61,19 +63,7 @@ class Echo3Backend(Backend):
 BROKEN_IMPORT_ERROR = "thirdparty_broken needs libfrobnicate.so.3"
 
 
-@dataclass
-class Result:
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
+class Result(CliResult):
 
     def json(self) -> object:
         return json.loads(self.stdout)

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlpi.core.accuracy import read_accuracy_log
 from mlpi.core.child import OUTCOME
 from mlpi.core.config import PluginsConfig
-from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, MlpiError
+from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, MlpiError, RunFailed
 from mlpi.core.plan import Plan
 from mlpi.core.plugins import Registry
 from mlpi.core.results import SCHEMA_VERSION, create_run_dir, run_stem, test_dir, write_json_atomic
@@ -253,11 +254,11 @@ def _test_entry(plan: Plan, scenario: str, mode: str, *, status: str, error: dic
 
 
 def _accuracy_sample_count(path: Path) -> int | None:
+    """Distinct samples in the accuracy log (None when it cannot be read)."""
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return len(read_accuracy_log(path))
+    except RunFailed:
         return None
-    return len({e["qsl_idx"] for e in entries})
 
 
 __all__ = ["Reporter", "RunOutcome", "execute"]
