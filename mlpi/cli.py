@@ -65,7 +65,10 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.option("--backend", "-b", help="Backend name or alias (default: the one configured for the device).")
-@click.option("--device", "-d", default="cpu", show_default=True, help="cpu, cuda, cuda:1, cuda:0,1, rocm:0, qaic:0-3 ...")
+@click.option(
+    "--device", "-d", default=None,
+    help="cpu, cuda, cuda:1, cuda:0,1, rocm:0, qaic:0-3 ... (default: cpu, or the --backend's first device kind)",
+)
 @click.option("--model", "-m", help="A registered model name.")
 @click.option("--model-path", type=click.Path(dir_okay=True), help="The model's ONNX file.")
 @click.option("--dataset", default="synthetic", show_default=True, help="Dataset plugin name.")

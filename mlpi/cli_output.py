@@ -47,6 +47,8 @@ class RunPrinter:
                 validity = test["status"].upper()
             else:
                 validity = ("VALID" if test["valid"] else "INVALID") + (" (quick)" if test["quick"] else "")
+            if test.get("simulated"):
+                validity += " (simulated)"
             table.add_row(
                 test["scenario"], test["mode"], _value(test), validity,
                 str(test.get("batch_size") or "-"), str(test.get("precision") or "-"),
@@ -62,9 +64,22 @@ class RunPrinter:
                 verdict = "" if accuracy.get("passed") is None else (" PASS" if accuracy["passed"] else " FAIL")
                 target = f" (target {accuracy['target']:.3f}%)" if accuracy.get("target") is not None else ""
                 _out.print(f"{test['scenario']} accuracy: {accuracy['report']}{target}{verdict}")
+        for test in result["tests"]:
+            devices = test.get("devices") or []
+            if len(devices) > 1:
+                _out.print(f"{test['scenario']} {test['mode']} per device: " + "; ".join(map(_device_line, devices)))
+        if result.get("simulated"):
+            _out.print("SIMULATED: timings come from a device model, not from hardware")
         if not result["submission_valid"]:
             _out.print("quick run: not valid for submission")
         _out.print(f"results: {outcome.run_dir}")
+
+
+def _device_line(unit: dict[str, Any]) -> str:
+    busy = unit.get("busy_fraction")
+    return f"{unit['device']} {unit['samples']:,} samples in {unit['batches']:,} batches" + (
+        f", busy {busy:.0%}" if busy is not None else ""
+    )
 
 
 def _value(test: dict[str, Any]) -> str:
@@ -93,7 +108,7 @@ def print_backends(rows: list[dict[str, Any]]) -> None:
             status += f" — {row['hint']}"
         table.add_row(
             name, row.get("version") or "-", row["origin"], ", ".join(row.get("device_kinds") or []) or "-",
-            ", ".join(row.get("devices") or []) or "-", status,
+            "\n".join(row.get("device_groups") or row.get("devices") or []) or "-", status,
         )
     _out.print(table)
 

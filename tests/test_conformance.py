@@ -59,8 +59,8 @@ class Wrapped(Session):
 class Base(OnnxRuntimeBackend):
     session_class = Wrapped
 
-    def load(self, model, device, options, precision):
-        return self.session_class(super().load(model, device, options, precision))
+    def load(self, model, device, options, precision, context=None):
+        return self.session_class(super().load(model, device, options, precision, context))
 
 
 class ZerosSession(Wrapped):
@@ -94,9 +94,9 @@ class WrongErrorBackend(Base):
 
     name = "wrong-error"
 
-    def load(self, model, device, options, precision):
+    def load(self, model, device, options, precision, context=None):
         try:
-            return super().load(model, device, options, precision)
+            return super().load(model, device, options, precision, context)
         except ModelError:
             raise RuntimeError(f"cannot parse {model.path}") from None
 '''
@@ -342,8 +342,8 @@ class SharedBufferSession(_Wrapped):
 class SharedBufferBackend(OnnxRuntimeBackend):
     name = "shared-buffer"
 
-    def load(self, model, device, options, precision):
-        return SharedBufferSession(super().load(model, device, options, precision))
+    def load(self, model, device, options, precision, context=None):
+        return SharedBufferSession(super().load(model, device, options, precision, context))
 
 
 class DoubleDoneSession(_Wrapped):
@@ -361,8 +361,8 @@ class DoubleDoneSession(_Wrapped):
 class DoubleDoneBackend(OnnxRuntimeBackend):
     name = "double-done"
 
-    def load(self, model, device, options, precision):
-        return DoubleDoneSession(super().load(model, device, options, precision))
+    def load(self, model, device, options, precision, context=None):
+        return DoubleDoneSession(super().load(model, device, options, precision, context))
 
 
 def test_kit_fails_outputs_kept_on_reused_output_buffers():

@@ -23,7 +23,7 @@ from conftest import CliResult
 
 import mlpi.core.config as config_module
 from mlpi.core.config import PluginsConfig
-from mlpi.core.errors import EXIT_USAGE, UsageError
+from mlpi.core.errors import EXIT_INVALID, EXIT_USAGE, UsageError
 from mlpi.core.options import build_options
 from mlpi.testing.tiny_models import argmax_model
 
@@ -56,7 +56,7 @@ class Echo3Backend(Backend):
     def probe(self):
         return [Device("cpu")]
 
-    def load(self, model, device, options, precision):
+    def load(self, model, device, options, precision, context=None):
         return Echo3Session(model)
 '''
 
@@ -260,7 +260,9 @@ def test_options_table_named_by_an_alias_applies_and_is_checked(cli, model, tmp_
     cfg = write(tmp_path / "o.toml", '[aliases]\nnn = "null"\n[options.nn]\npreferred_batch_size = 5\n')
     out = tmp_path / "R"
     result = cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=out, scenario="Offline"))
-    assert result.rc == 0, result.output
+    # What is checked is where the options went; a 0.5 s Offline run of the null backend
+    # may end INVALID (3) on a busy machine, which says nothing about them.
+    assert result.rc in (0, EXIT_INVALID), result.output
     assert the_result(out)["tests"][0]["batch_size"] == 5
 
     bad = write(tmp_path / "bad.toml", '[aliases]\nnn = "null"\n[options.nn]\npreferred_batch_size = "lots"\n')
@@ -303,7 +305,9 @@ def test_backend_options_from_plugins_toml_reach_the_run(cli, model, tmp_path):
     cfg = write(tmp_path / "opts.toml", "[options.null]\npreferred_batch_size = 7\n")
     out = tmp_path / "R"
     result = cli(*short_run("--backend", "null", "--plugins", str(cfg), model=model, out=out, scenario="Offline"))
-    assert result.rc == 0, result.output
+    # What is checked is where the options went; a 0.5 s Offline run of the null backend
+    # may end INVALID (3) on a busy machine, which says nothing about them.
+    assert result.rc in (0, EXIT_INVALID), result.output
     data = the_result(out)
     assert data["backend"]["options"] == {"preferred_batch_size": 7}
     (test,) = data["tests"]

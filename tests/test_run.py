@@ -185,7 +185,7 @@ FAULTY = textwrap.dedent(
 
     class FaultyBackend(NullBackend):
         name = "faulty"
-        def load(self, model, device, options, precision):
+        def load(self, model, device, options, precision, context=None):
             return CrashSession(model, options)
     """
 )

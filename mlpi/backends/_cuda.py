@@ -45,3 +45,24 @@ def rocm_device_count() -> int:
         except OSError:
             continue
     return count
+
+
+def cuda_device_name(index: int) -> str:
+    """``NVIDIA H100 80GB HBM3, 79.6 GiB`` for one GPU, from the driver; empty if unknown."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        if lib.cuInit(0) != 0:
+            return ""
+        handle = ctypes.c_int(0)
+        if lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
+            return ""
+        name = ctypes.create_string_buffer(256)
+        if lib.cuDeviceGetName(name, 256, handle) != 0:
+            return ""
+        text = name.value.decode(errors="replace")
+        memory = ctypes.c_size_t(0)
+        if lib.cuDeviceTotalMem_v2(ctypes.byref(memory), handle) == 0 and memory.value:
+            text += f", {memory.value / 2**30:.1f} GiB"
+        return text
+    except (OSError, AttributeError):
+        return ""

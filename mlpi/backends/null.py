@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, ModelArtifact, Session
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session
 from mlpi.core.device import Device
 
 
@@ -57,7 +57,9 @@ class NullBackend(Backend):
     def probe(self) -> list[Device]:
         return [Device("cpu")]
 
-    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+    def load(
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+    ) -> Session:
         return NullSession(model, options)
 
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.backends._cuda import cuda_device_count, rocm_device_count
-from mlpi.core.backend import Backend, Capabilities, ModelArtifact, Session, TensorSpec
+from mlpi.backends._cuda import cuda_device_count, cuda_device_name, rocm_device_count
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
 
@@ -120,6 +120,9 @@ class OnnxRuntimeBackend(Backend):
     def runtime_distributions(self) -> tuple[str, ...]:
         return _DISTRIBUTIONS
 
+    def describe(self, device: Device) -> str:
+        return cuda_device_name(device.index) if device.kind == "cuda" else ""
+
     def probe(self) -> list[Device]:
         try:
             import onnxruntime
@@ -172,7 +175,9 @@ class OnnxRuntimeBackend(Backend):
         providers.append("CPUExecutionProvider")
         return wanted, providers
 
-    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+    def load(
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+    ) -> Session:
         import onnxruntime as ort
 
         self.check(model, device, options, precision)

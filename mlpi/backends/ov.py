@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, ModelArtifact, Session, TensorSpec
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
 
@@ -250,6 +250,12 @@ class OpenVinoBackend(Backend):
     def runtime_distributions(self) -> tuple[str, ...]:
         return ("openvino",)
 
+    def describe(self, device: Device) -> str:
+        try:
+            return str(_device_property(self._get_core(), self._plugin(device), "FULL_DEVICE_NAME") or "")
+        except Exception:  # noqa: BLE001 - a description never fails a listing
+            return ""
+
     def probe(self) -> list[Device]:
         try:
             names = list(self._get_core().available_devices)
@@ -296,7 +302,9 @@ class OpenVinoBackend(Backend):
                     "drop --precision to let OpenVINO choose, or pass one the device has (fp32 always works on CPU)",
                 )
 
-    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+    def load(
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+    ) -> Session:
         self.check(model, device, options, precision)
         plugin = self._plugin(device)
         core = self._get_core()

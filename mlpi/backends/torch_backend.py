@@ -10,6 +10,8 @@ look the same whatever runs.
 
 from __future__ import annotations
 
+import contextlib
+
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, ModelArtifact, Session
+from mlpi.backends._cuda import cuda_device_name
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
 
@@ -74,6 +77,9 @@ class TorchSession(Session):
         self._cuda = device.type == "cuda"
         self._channels_last = options.channels_last
         self._staging: dict[str, Any] = {}  # CUDA: one pinned host buffer per input, grown as needed
+        # CUDA: each session (each --instances copy) queues its copies and kernels on a
+        # stream of its own, so instances on one GPU overlap instead of serialising.
+        self._stream = torch.cuda.Stream(device) if self._cuda else None
         self._buffer_ptrs = {b.untyped_storage().data_ptr() for b in module.buffers()}
         batch_dims = {spec.shape[0] if spec.shape else None for spec in self.inputs}
         fixed = len(batch_dims) == 1 and None not in batch_dims
@@ -129,6 +135,11 @@ class TorchSession(Session):
         torch = self._torch
         if self.module is None:
             raise RuntimeError("this session is closed")
+        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+            return self._run(feeds)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        torch = self._torch
         try:
             args = [self._to_tensor(name, feeds[name]) for name in self._input_order]
         except KeyError as exc:
@@ -141,7 +152,7 @@ class TorchSession(Session):
                     value = value.to(dtype)
                 outputs.append(value)
             if self._cuda:
-                torch.cuda.current_stream(self.device).synchronize()
+                self._stream.synchronize()  # type: ignore[union-attr]
                 outputs = [v.to("cpu") for v in outputs]
             else:
                 inputs = {t.untyped_storage().data_ptr() for t in args}
@@ -178,6 +189,9 @@ class TorchBackend(Backend):
 
     def runtime_distributions(self) -> tuple[str, ...]:
         return ("torch",)
+
+    def describe(self, device: Device) -> str:
+        return cuda_device_name(device.index) if device.kind == "cuda" else ""
 
     def probe(self) -> list[Device]:
         try:
@@ -234,7 +248,9 @@ class TorchBackend(Backend):
             )
         return torch.device("cuda", device.index)
 
-    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+    def load(
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+    ) -> Session:
         self.check(model, device, options, precision)
         import onnx
         import torch

@@ -15,7 +15,7 @@ backend by name; what it needs to know, a backend says through these classes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,12 +65,20 @@ class Capabilities:
       partial batches and ignores the padded rows of the outputs.
     - ``concurrent``: ``run`` may be called from several threads at once on this session.
     - ``preferred_batch_size``: the batch size used when the user gives none.
+    - ``max_in_flight``: how many batches the session works on at once (execution contexts,
+      infer requests, a card's activations plus its queue). The core keeps up to this many
+      in flight, each from its own thread, so ``max_in_flight > 1`` needs ``concurrent``.
     """
 
     max_batch_size: int | None = None
     fixed_batch: bool = False
     concurrent: bool = False
     preferred_batch_size: int = 1
+    max_in_flight: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1 or (self.max_in_flight > 1 and not self.concurrent):
+            raise ValueError("max_in_flight must be 1, or more on a concurrent session")
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,27 @@ class ModelArtifact:
     outputs: tuple[TensorSpec, ...]
 
 
+@dataclass(frozen=True)
+class LoadContext:
+    """What the run will ask of a session, for backends that build ahead of time
+    (engines with optimisation profiles, engines compiled for one batch size, int8 calibration).
+
+    - ``batch_size``: the largest batch the run will send (partial batches are smaller);
+      ``None`` when the user gave none and the session's ``preferred_batch_size`` decides.
+    - ``calibration``: ``calibration(batch_size)`` yields feed dicts of representative inputs
+      (the model's calibration set), for int8 builds; ``None`` when the run has no data for it.
+    """
+
+    batch_size: int | None = None
+    calibration: Callable[[int], Iterator[Mapping[str, np.ndarray]]] | None = None
+
+
 class Session(ABC):
     """One model loaded on one device unit, ready to run batches.
 
-    Instances must set ``inputs``, ``outputs``, ``capabilities`` and ``precision``.
+    Instances must set ``inputs``, ``outputs``, ``capabilities`` and ``precision``; a session
+    whose timing comes from a device model rather than real hardware sets ``simulated``,
+    and every result it produces says so.
     ``run`` receives one C-contiguous array per input with the batch as the first
     dimension and returns one array per output, batch first. The core never calls
     ``run`` concurrently on one session unless ``capabilities.concurrent`` is true.
@@ -96,6 +121,7 @@ class Session(ABC):
     outputs: Sequence[TensorSpec]
     capabilities: Capabilities
     precision: str
+    simulated: bool = False
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -158,10 +184,13 @@ class Backend(ABC):
         or runtime simply yields no devices of that kind."""
 
     @abstractmethod
-    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+    def load(
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+    ) -> Session:
         """Load ``model`` on one unit of ``device`` with ``options`` (an ``Options`` instance).
 
-        ``precision`` is what the user asked for, or ``None`` for the backend's default.
+        ``precision`` is what the user asked for, or ``None`` for the backend's default;
+        ``context`` says what the run will send, for backends that build for it.
         Raise :class:`~mlpi.core.errors.DeviceError` when the device cannot be used and
         :class:`~mlpi.core.errors.ModelError` when the runtime rejects the model.
         """
@@ -173,6 +202,11 @@ class Backend(ABC):
         Must be cheap: it runs while the plan is checked. Raise the same errors ``load`` would.
         """
 
+    def describe(self, device: Device) -> str:
+        """Optional: what one probed unit is, for ``mlpi backends`` (a GPU's name and memory,
+        "simulated card"...). Never raises; empty when there is nothing to add."""
+        return ""
+
     def runtime_distributions(self) -> tuple[str, ...]:
         """Python distributions whose versions belong in results (e.g. ``("onnxruntime",)``)."""
         return ()
@@ -182,6 +216,7 @@ __all__ = [
     "PRECISIONS",
     "Backend",
     "Capabilities",
+    "LoadContext",
     "ModelArtifact",
     "NoOptions",
     "Session",

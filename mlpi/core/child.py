@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
 def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, Any]:
     import mlperf_loadgen as lg
 
-    from mlpi.core.backend import ModelArtifact
+    from mlpi.core.backend import LoadContext, ModelArtifact
     from mlpi.core.calibrate import calibrate
     from mlpi.core.config import PluginsConfig
     from mlpi.core.device import Device
@@ -60,6 +60,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     from mlpi.core.plugins import Registry
     from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
     from mlpi.core.scenario import user_conf
+    from mlpi.core.dispatch import device_stats
     from mlpi.core.sut import BatchExecutor, InlineSUT, OfflineSUT, ServerSUT
 
     plan = Plan.read(plan_path)
@@ -78,10 +79,27 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     device = Device.parse(plan.device)
     # SingleStream and MultiStream keep one query in flight: further instances would sit idle.
     instances = plan.instances if scenario in ("Offline", "Server") else 1
-    sessions = [backend.load(artifact, unit, options, plan.precision) for unit in device.units() for _ in range(instances)]
+    context = LoadContext(batch_size=planned_batch_size(plan.batch_size, scenario), calibration=calibration_batches(dataset))
+    placed = [
+        (str(unit), backend.load(artifact, unit, options, plan.precision, context))
+        for unit in device.units()
+        for _ in range(instances)
+    ]
+    sessions = [session for _, session in placed]
     caps = sessions[0].capabilities
     batch_size = effective_batch_size(plan.batch_size, caps, scenario)
-    print(f"mlpi: {len(sessions)} {backend.name} session(s) on {device}, batch size {batch_size}", flush=True)
+    # Offline and Server keep up to max_in_flight batches in flight per session, one slot each.
+    slots = [
+        (unit, session)
+        for unit, session in placed
+        for _ in range(session.capabilities.max_in_flight if scenario in ("Offline", "Server") else 1)
+    ]
+    simulated = any(session.simulated for session in sessions)
+    print(
+        f"mlpi: {len(sessions)} {backend.name} session(s) on {device}, {len(slots)} slot(s), batch size {batch_size}"
+        + (" (simulated device)" if simulated else ""),
+        flush=True,
+    )
 
     loaded = list(range(min(dataset.count, dataset.performance_count)))
     dataset.load(loaded)
@@ -100,8 +118,11 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         os._exit(EXIT_FAILURE)
 
     executors = [
-        BatchExecutor(s, dataset, spec.postprocess(outputs, batch_size), batch_size, lg.QuerySamplesComplete, lg.QuerySampleResponse, on_error)
-        for s in sessions
+        BatchExecutor(
+            session, dataset, spec.postprocess(outputs, batch_size), batch_size, lg.QuerySamplesComplete,
+            lg.QuerySampleResponse, on_error, device=unit,
+        )
+        for unit, session in slots
     ]
     calib_s = 0.5 if plan.quick or (plan.duration_s is not None and plan.duration_s < 60) else 2.0
     expect = calibrate(executors, scenario, loaded, calib_s, plan.target_qps)
@@ -145,9 +166,12 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     # Everything made so far lives for the whole test: keep the collector from rescanning it.
     gc.collect()
     gc.freeze()
+    started = time.perf_counter()
     try:
         lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, audit)
     finally:
+        elapsed_s = time.perf_counter() - started
+        busy_s = sut_impl.busy_seconds() if hasattr(sut_impl, "busy_seconds") else None
         sut_impl.stop()
         lg.DestroyQSL(qsl)
         lg.DestroyFastSUT(sut)
@@ -169,7 +193,9 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         "precision": sessions[0].precision,
         "samples_per_query": MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else None,
         "expectations": expect.__dict__,
-        "batches_per_session": [e.batches for e in executors],
+        "slots": len(executors),
+        "simulated": simulated,
+        "devices": device_stats(executors, busy_s, elapsed_s),
     }
 
 
@@ -196,6 +222,37 @@ def performance_sample_count(rules_key: str | None, available: int) -> int | Non
     if rules is not None and rules.performance_sample_count > available:
         return available
     return None
+
+
+def planned_batch_size(requested: int | None, scenario: str) -> int | None:
+    """The largest batch a scenario will send, as known before any session exists."""
+    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+
+    if scenario == "SingleStream":
+        return 1
+    if scenario == "MultiStream":
+        return MULTISTREAM_SAMPLES_PER_QUERY
+    return requested
+
+
+def calibration_batches(dataset: Any, limit: int = 500) -> Any:
+    """``calibration(batch_size)``: the dataset's first ``limit`` samples as feed batches,
+    loaded for the build and unloaded after, for backends that calibrate int8 themselves."""
+    import numpy as np
+
+    def batches(batch_size: int) -> Any:
+        indices = list(range(min(dataset.count, limit)))
+        dataset.load(indices)
+        try:
+            for start in range(0, len(indices), batch_size):
+                rows = indices[start : start + batch_size]
+                feeds = {s.name: np.zeros((batch_size, *s.sample_shape), dtype=s.dtype) for s in dataset.inputs}
+                dataset.gather(rows, feeds)
+                yield {name: array[: len(rows)] for name, array in feeds.items()}
+        finally:
+            dataset.unload(indices)
+
+    return batches
 
 
 def effective_batch_size(requested: int | None, caps: Any, scenario: str) -> int:

@@ -6,6 +6,7 @@ from typing import Any
 
 from mlpi.core.backend import Backend
 from mlpi.core.config import PluginsConfig
+from mlpi.core.device import Device
 from mlpi.core.errors import MlpiError
 from mlpi.core.options import option_help
 from mlpi.core.plugins import PluginInfo, Registry
@@ -48,11 +49,50 @@ def backend_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
             rows.append(row)
             continue
         try:
-            row["devices"] = [str(d) for d in backend.probe()]
+            probed = backend.probe()
         except Exception as exc:  # noqa: BLE001 - probe must not raise; say so if it does
             row.update(status="broken", error=f"probe() raised {type(exc).__name__}: {exc}")
+            probed = []
+        row["devices"] = [str(d) for d in probed]
+        row["device_groups"] = device_groups(backend, probed)
         rows.append(row)
     return rows
+
+
+def device_groups(backend: Backend, devices: list[Device]) -> list[str]:
+    """Probed units as people read them: units of one kind with the same description
+    together, e.g. ``cuda:0,1 (NVIDIA H100 80GB HBM3, 79.6 GiB)`` or ``qaic:0-7 (simulated card)``."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    plain: list[str] = []
+    for device in devices:
+        try:
+            about = backend.describe(device) or ""
+        except Exception:  # noqa: BLE001 - a description is decoration: never fatal
+            about = ""
+        if device.kind == "cpu" and not about:
+            about = cpu_model_name()
+        if not device.indices:
+            plain.append(f"{device} ({about})" if about else str(device))
+            continue
+        groups.setdefault((device.kind, about), []).extend(device.indices)
+    for (kind, about), indices in groups.items():
+        text = str(Device(kind, tuple(indices)))
+        plain.append(f"{text} ({about})" if about else text)
+    return plain
+
+
+def cpu_model_name() -> str:
+    """The host CPU's model name from /proc/cpuinfo, or the platform's processor string."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def plugin_inventory(config: PluginsConfig, group: str) -> list[dict[str, Any]]:

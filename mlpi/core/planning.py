@@ -29,7 +29,7 @@ class RunRequest:
     """What the user asked for, before anything is resolved or checked."""
 
     backend: str | None = None
-    device: str = "cpu"
+    device: str | None = None  # None: cpu, or the first device kind of the named backend
     model: str | None = None
     model_path: str | None = None
     dataset: str = "synthetic"
@@ -82,9 +82,12 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     modes = parse_modes(request.mode)
     _check_numbers(request)
 
-    device = Device.parse(request.device)
-    backend_name = request.backend or registry.default_backend(device.kind)
-    backend = registry.backend(backend_name)
+    if request.device is None and request.backend:
+        backend = registry.backend(request.backend)
+        device = Device(backend.device_kinds[0]) if backend.device_kinds else Device("cpu")
+    else:
+        device = Device.parse(request.device or "cpu")
+        backend = registry.backend(request.backend or registry.default_backend(device.kind))
     if device.kind not in backend.device_kinds:
         raise DeviceError(
             f"backend '{backend.name}' cannot use device kind '{device.kind}'",

@@ -71,6 +71,7 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
         "settings": {"batch_size": plan.batch_size, "instances": plan.instances, "target_qps": plan.target_qps,
                      "quick": plan.quick, "duration_s": plan.min_duration_s, "batch_timeout_ms": plan.batch_timeout_ms},
         "submission_valid": not plan.quick and plan.duration_s is None,
+        "simulated": False,
         "system": system_info(backend.runtime_distributions()),
         "tests": [],
     }
@@ -95,6 +96,8 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
         result["tests"].append(test)
         if test["status"] == "ok" and test.get("precision"):
             result["precision"] = test["precision"]
+        if test.get("simulated"):
+            result["simulated"] = True  # timings from a device model: every reader must see it
         write_json_atomic(result_path, result)
         reporter.test_finished(test)
         if status == "interrupted":
@@ -216,7 +219,10 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> dict
     test.update(
         batch_size=outcome.get("batch_size"),
         sessions=outcome.get("sessions"),
+        slots=outcome.get("slots"),
         precision=outcome.get("precision"),
+        simulated=bool(outcome.get("simulated")),
+        devices=outcome.get("devices"),
         expectations=outcome.get("expectations"),
     )
     if mode == "accuracy":

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import PRECISIONS, Backend, Capabilities, ModelArtifact, Session, TensorSpec
+from mlpi.core.backend import PRECISIONS, Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
 from mlpi.core.device import Device
 from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DeviceError, MlpiError, ModelError, UsageError
 from mlpi.testing import tiny_models
@@ -377,6 +377,8 @@ class _Kit:
                     f"choose one of: {', '.join(declared)}",
                 )
         kit.precision = precision
+        # The largest batch the checks send; a backend that builds for one batch size builds for it.
+        kit.context = LoadContext(batch_size=max(BATCH_SIZES))
         layers.append(("--option", dict(options or {})))
         kit.options = build_options(kit.backend.Options, layers, kit.name)
 
@@ -497,7 +499,7 @@ class _Kit:
         loaded = self.model(model)
         try:
             self.backend.check(loaded.artifact, self.device, self.options, self.precision)
-            session = self.backend.load(loaded.artifact, self.device, self.options, self.precision)
+            session = self.backend.load(loaded.artifact, self.device, self.options, self.precision, self.context)
         except (UsageError, DeviceError) as exc:
             loaded.load_problem = "declined"
             raise Skip(f"the backend declines this model here: {exc.message}") from None
@@ -765,7 +767,7 @@ class _Kit:
         except Exception as exc:  # noqa: BLE001 - the verdict
             raise Fail(f"close() raised {_describe(exc)}") from None
         try:
-            again = self.backend.load(loaded.artifact, self.device, self.options, self.precision)
+            again = self.backend.load(loaded.artifact, self.device, self.options, self.precision, self.context)
         except Exception as exc:  # noqa: BLE001 - the verdict
             raise Fail(f"load() after close() raised {_describe(exc)}") from None
         loaded.session = again
@@ -798,7 +800,7 @@ class _Kit:
         artifact = ModelArtifact(path.resolve(), sha256_of(path), good.artifact.inputs, good.artifact.outputs)
         try:
             self.backend.check(artifact, self.device, self.options, self.precision)
-            session = self.backend.load(artifact, self.device, self.options, self.precision)
+            session = self.backend.load(artifact, self.device, self.options, self.precision, self.context)
         except ModelError as exc:
             return f"ModelError: {_clip(exc.message)}"
         except (UsageError, DeviceError) as exc:

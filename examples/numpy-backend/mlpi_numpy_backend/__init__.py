@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, ModelArtifact, Session, TensorSpec
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, UsageError
 
@@ -338,7 +338,9 @@ class NumpyReferenceBackend(Backend):
         if precision not in (None, "fp32"):
             raise UsageError(f"numpy-ref runs fp32 only, not {precision}", "drop --precision, or pass --precision fp32")
 
-    def load(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> Session:
+    def load(
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+    ) -> Session:
         self.check(model, device, options, precision)
         return NumpyReferenceSession(_parse(Path(model.path)), options)
 

@@ -1,0 +1,177 @@
+"""The ``qaic`` backend: a QAIC-style multi-card accelerator, in simulation mode.
+
+A Cloud AI 100-class card runs a compiled program on a few parallel activations and
+queues further requests in front of them; a server holds several cards
+(``--device qaic:0-3``). Without the vendor runtime this backend **simulates** such a
+machine: every virtual card runs the real model through ONNX Runtime on the CPU, so the
+outputs (and accuracy) are real, while a device model shapes the timing:
+
+- ``concurrency`` activations per card run batches in parallel;
+- ``queue_depth`` more requests wait in the card's queue; beyond that, submitting blocks;
+- a batch of ``n`` occupies its activation for ``latency_ms + latency_per_sample_ms * n``
+  (or for as long as the CPU really takes, if that is longer).
+
+All four knobs are options, so ``plugins.toml`` can describe the card being modelled::
+
+    [options.qaic]
+    concurrency = 4
+    latency_ms = 0.8
+
+Sessions are marked ``simulated``: every result says so. Sessions set ``max_in_flight`` to
+concurrency + queue depth and leave placement to the core's multi-device dispatch — the
+same path a real multi-card runtime takes. The vendor runtime path itself is not
+implemented; where it is installed the backend still simulates, and says that too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session
+from mlpi.core.device import Device
+from mlpi.core.errors import DeviceError, PluginError, UsageError
+
+#: Virtual cards the simulator exposes: qaic:0 to qaic:7.
+SIMULATED_CARDS = 8
+#: Where the vendor's platform SDK installs itself.
+VENDOR_RUNTIME = Path("/opt/qti-aic")
+
+
+@dataclass
+class QaicOptions:
+    concurrency: int = field(default=2, metadata={"help": "activations per card: batches one card runs at once"})
+    queue_depth: int = field(default=4, metadata={"help": "requests a card queues behind its busy activations"})
+    latency_ms: float = field(default=1.0, metadata={"help": "device model: fixed time per batch (a in a + b*batch)"})
+    latency_per_sample_ms: float = field(
+        default=0.25, metadata={"help": "device model: time per sample in a batch (b in a + b*batch)"}
+    )
+    max_batch_size: int = field(default=64, metadata={"help": "largest batch the card program accepts"})
+    preferred_batch_size: int = field(default=8, metadata={"help": "batch size when --batch-size is not given"})
+    threads: int = field(default=1, metadata={"help": "CPU threads that compute one virtual card's outputs"})
+
+
+class _Card:
+    """One virtual card's shared state: its queue and its activations, across all sessions on it."""
+
+    def __init__(self, concurrency: int, queue_depth: int) -> None:
+        self.accepting = threading.BoundedSemaphore(concurrency + queue_depth)
+        self.activations = threading.BoundedSemaphore(concurrency)
+
+
+_cards: dict[tuple[int, int, int], _Card] = {}
+_cards_lock = threading.Lock()
+
+
+def _card(index: int, concurrency: int, queue_depth: int) -> _Card:
+    with _cards_lock:
+        key = (index, concurrency, queue_depth)
+        card = _cards.get(key)
+        if card is None:
+            card = _cards[key] = _Card(concurrency, queue_depth)
+        return card
+
+
+class QaicSimSession(Session):
+    """The real model on the CPU, timed by the card's device model."""
+
+    simulated = True
+
+    def __init__(self, compute: Session, card: _Card, options: QaicOptions) -> None:
+        self._compute = compute
+        self._card = card
+        self._fixed_s = options.latency_ms / 1e3
+        self._per_sample_s = options.latency_per_sample_ms / 1e3
+        self.inputs = compute.inputs
+        self.outputs = compute.outputs
+        self.precision = compute.precision
+        own = compute.capabilities  # a model with a fixed batch keeps it on the card too
+        limit = own.max_batch_size if own.fixed_batch and own.max_batch_size else options.max_batch_size
+        self.capabilities = Capabilities(
+            max_batch_size=limit,
+            fixed_batch=own.fixed_batch,
+            concurrent=True,
+            preferred_batch_size=limit if own.fixed_batch else min(options.preferred_batch_size, limit),
+            max_in_flight=options.concurrency + options.queue_depth,
+        )
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        rows = len(next(iter(feeds.values())))
+        if rows > self.capabilities.max_batch_size:  # type: ignore[operator]
+            raise UsageError(
+                f"batch of {rows} is larger than the card program's {self.capabilities.max_batch_size}",
+                "lower --batch-size or raise -o max_batch_size",
+            )
+        card = self._card
+        with card.accepting, card.activations:
+            started = time.monotonic()
+            outputs = self._compute.run(feeds)
+            remaining = started + self._fixed_s + self._per_sample_s * rows - time.monotonic()
+            if remaining > 0:
+                time.sleep(remaining)
+        return outputs
+
+    def close(self) -> None:
+        self._compute.close()
+
+
+class QaicBackend(Backend):
+    name = "qaic"
+    device_kinds = ("qaic",)
+    precisions = ("fp32",)
+    Options = QaicOptions
+    install_hint = 'pip install "mlpi[onnxruntime]" (the simulator computes outputs with ONNX Runtime)'
+
+    def version(self) -> str:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise PluginError(f"the qaic simulator needs ONNX Runtime, which is not installed ({exc})", self.install_hint) from None
+        return f"simulator (onnxruntime {onnxruntime.__version__})"
+
+    def runtime_distributions(self) -> tuple[str, ...]:
+        return ("onnxruntime",)
+
+    def probe(self) -> list[Device]:
+        try:
+            if importlib.util.find_spec("onnxruntime") is None:
+                return []
+        except Exception:  # noqa: BLE001 - probing never raises
+            return []
+        return [Device("qaic", (i,)) for i in range(SIMULATED_CARDS)]
+
+    def describe(self, device: Device) -> str:
+        where = f"; vendor runtime found at {VENDOR_RUNTIME} but not used" if VENDOR_RUNTIME.exists() else ""
+        return f"simulated card{where}"
+
+    def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
+        index = device.index
+        if index >= SIMULATED_CARDS:
+            raise DeviceError(
+                f"there is no card qaic:{index}: the simulator has qaic:0-{SIMULATED_CARDS - 1}",
+                f"use cards 0 to {SIMULATED_CARDS - 1}, e.g. --device qaic:0-3",
+            )
+        for name in ("concurrency", "max_batch_size", "preferred_batch_size", "threads"):
+            if getattr(options, name) < 1:
+                raise UsageError(f"qaic option {name} must be at least 1, not {getattr(options, name)}", f"-o {name}=1 or more")
+        for name in ("queue_depth", "latency_ms", "latency_per_sample_ms"):
+            if getattr(options, name) < 0:
+                raise UsageError(f"qaic option {name} cannot be negative ({getattr(options, name)})", f"-o {name}=0 or more")
+        if precision not in (None, "fp32"):
+            raise UsageError(f"the qaic simulator computes in fp32, not {precision}", "drop --precision")
+
+    def load(
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+    ) -> Session:
+        from mlpi.backends.ort import OnnxRuntimeBackend, OrtOptions
+
+        self.check(model, device, options, precision)
+        compute = OnnxRuntimeBackend().load(model, Device("cpu"), OrtOptions(intra_op_threads=options.threads), None)
+        return QaicSimSession(compute, _card(device.index, options.concurrency, options.queue_depth), options)
