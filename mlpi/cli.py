@@ -201,5 +201,12 @@ def datasets(as_json: bool, plugins_file: str | None) -> None:
         print_plain_plugins(rows, "datasets")
 
 
+from mlpi.cli_results import compare, results, sysinfo  # noqa: E402 - commands defined in their own module
+
+main.add_command(results)
+main.add_command(sysinfo)
+main.add_command(compare)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

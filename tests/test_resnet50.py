@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import read_result, run_cli
+from conftest import only_run_dir, read_result, run_cli
 from mlpi.core.accuracy import read_accuracy_log, top1
 from mlpi.core.onnx_file import inspect_onnx
 from mlpi.core.postprocess import ClassIdResponse
@@ -142,7 +142,7 @@ def test_accuracy_known_by_construction_offset_included(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 3, proc.stderr  # 70% is below the 75.69% target
-    run_dir = next((tmp_path / "r").iterdir())
+    run_dir = only_run_dir(tmp_path / "r")
     result = json.loads((run_dir / "result.json").read_text())
     for test in result["tests"]:
         folder = run_dir / test["scenario"] / "accuracy"

@@ -28,6 +28,7 @@ from mlpi.core.plan import Plan
 from mlpi.core.plugins import Registry
 from mlpi.core.results import SCHEMA_VERSION, create_run_dir, run_stem, test_dir, write_json_atomic
 from mlpi.core.scenario import DetailLog, performance_metric
+from mlpi.core.store import record_run
 from mlpi.core.sysinfo import system_info
 
 
@@ -111,6 +112,7 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
     result["status"] = status
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(result_path, result)
+    record_run(run_dir, output_root)  # the results store; a failure there only warns
     if status == "interrupted":
         code = EXIT_INTERRUPTED
     elif status == "failed":

@@ -1,24 +1,97 @@
-"""What machine and software a result was measured on (what can be detected, nothing invented)."""
+"""What machine and software a result was measured on: what can be detected, nothing invented.
+
+The keys are MLPerf's system-description field names (the ``systems/<id>.json`` of a
+submission), so ``mlpi sysinfo --json`` is a starting point for that file. A field mlpi
+cannot detect (submitter, cooling, storage, interconnects...) stays ``""`` for the user to
+fill. ``system_name`` is taken from ``$MLPI_SYSTEM_NAME`` when set. Beyond the MLPerf
+fields, mlpi keeps exact machine-readable values (``host_memory_bytes``, ``accelerators``,
+``packages``) that comparisons and the results store read.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
+from mlpi.core.config import PluginsConfig
 
-def system_info(distributions: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        "host_processor_model_name": _cpu_model(),
-        "host_processor_core_count": _physical_cores(),
-        "host_logical_cpu_count": os.cpu_count(),
-        "host_memory_bytes": _memory_bytes(),
-        "operating_system": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "packages": package_versions(("mlpi", "mlcommons-loadgen", "numpy", *distributions)),
-    }
+#: Environment variable naming the system, for ``system_name`` (never guessed).
+SYSTEM_NAME_ENV = "MLPI_SYSTEM_NAME"
+
+#: MLPerf system-description fields, in the order a submission's system JSON lists them.
+MLPERF_FIELDS = (
+    "division", "submitter", "status", "system_name", "system_type", "number_of_nodes",
+    "host_processor_model_name", "host_processors_per_node", "host_processor_core_count",
+    "host_processor_vcpu_count", "host_processor_frequency", "host_processor_caches",
+    "host_processor_interconnect", "host_memory_capacity", "host_memory_configuration",
+    "host_storage_type", "host_storage_capacity", "host_networking", "host_networking_topology",
+    "accelerators_per_node", "accelerator_model_name", "accelerator_frequency",
+    "accelerator_host_interconnect", "accelerator_interconnect", "accelerator_interconnect_topology",
+    "accelerator_memory_capacity", "accelerator_memory_configuration", "accelerator_on-chip_memories",
+    "cooling", "hw_notes", "framework", "other_software_stack", "operating_system", "sw_notes",
+)
+
+_CORE_DISTRIBUTIONS = ("mlpi", "mlcommons-loadgen", "numpy")
+_NVIDIA_QUERY = ("--query-gpu=name,memory.total,driver_version", "--format=csv,noheader")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str | None
+    sockets: int | None
+    cores: int | None
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str
+    memory: str
+    driver: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "memory": self.memory, "driver": self.driver}
+
+
+def system_info(distributions: tuple[str, ...] = (), *, smi_timeout_s: float = 10.0) -> dict[str, Any]:
+    """The system description of this machine; ``distributions`` are the backend runtimes
+    whose versions make up ``framework``."""
+    cpu = parse_cpuinfo(_read("/proc/cpuinfo"))
+    memory = parse_meminfo(_read("/proc/meminfo"))
+    accelerators = nvidia_accelerators(smi_timeout_s)
+    packages = package_versions((*_CORE_DISTRIBUTIONS, *distributions))
+    info: dict[str, Any] = dict.fromkeys(MLPERF_FIELDS, "")
+    info.update(
+        system_name=os.environ.get(SYSTEM_NAME_ENV, "").strip(),
+        number_of_nodes=1,
+        host_processor_model_name=cpu.model or platform.processor() or "",
+        host_processors_per_node=cpu.sockets or "",
+        host_processor_core_count=cpu.cores or "",
+        host_processor_vcpu_count=cpu.threads or os.cpu_count() or "",
+        host_memory_capacity=f"{memory / 2**30:.1f} GiB" if memory else "",
+        accelerators_per_node=len(accelerators) if accelerators else "",
+        accelerator_model_name=_joined(a.name for a in accelerators),
+        accelerator_memory_capacity=_joined(a.memory for a in accelerators),
+        framework=", ".join(f"{name} {packages[name]}" for name in dict.fromkeys(distributions) if packages.get(name)),
+        other_software_stack=_software_stack(packages, accelerators),
+        operating_system=_operating_system(),
+    )
+    info.update(
+        hostname=socket.gethostname(),
+        machine=platform.machine(),
+        python=platform.python_version(),
+        host_memory_bytes=memory,
+        accelerators=[a.to_json() for a in accelerators],
+        packages=packages,
+    )
+    return info
 
 
 def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
@@ -31,41 +104,107 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return versions
 
 
-def _cpu_model() -> str | None:
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """Model, sockets (distinct ``physical id``), physical cores (distinct socket/core pairs)
+    and logical CPUs (``processor`` entries) from ``/proc/cpuinfo``; ``None`` where absent."""
+    model: str | None = None
+    sockets: set[str] = set()
+    cores: set[tuple[str, str]] = set()
+    threads = 0
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip().lower(), value.strip())
+        if "processor" in fields and fields["processor"].isdigit():
+            threads += 1
+        model = model or fields.get("model name") or fields.get("hardware") or fields.get("cpu model") or None
+        if "physical id" in fields:
+            sockets.add(fields["physical id"])
+            if "core id" in fields:
+                cores.add((fields["physical id"], fields["core id"]))
+    return CpuInfo(model, len(sockets) or None, len(cores) or None, threads or None)
+
+
+def parse_meminfo(text: str) -> int | None:
+    """``MemTotal`` in bytes: the memory the kernel manages (a little less than installed)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "MemTotal":
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
+                return int(parts[0]) * scale
+    return None
+
+
+def parse_nvidia_smi(text: str) -> list[Accelerator]:
+    """One accelerator per line of ``nvidia-smi --query-gpu=name,memory.total,driver_version``."""
+    found = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and parts[0]:
+            found.append(Accelerator(*parts))
+    return found
+
+
+def nvidia_accelerators(timeout_s: float = 10.0) -> list[Accelerator]:
+    """NVIDIA GPUs as ``nvidia-smi`` reports them; none when it is absent, fails or hangs."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return []
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
+        proc = subprocess.run(
+            [binary, *_NVIDIA_QUERY], capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return parse_nvidia_smi(proc.stdout) if proc.returncode == 0 else []
+
+
+def runtime_distributions(config: PluginsConfig) -> tuple[str, ...]:
+    """Every usable backend's runtime distributions (for ``mlpi sysinfo``, where no run
+    names one backend); a backend that fails to load adds nothing."""
+    from mlpi.core.backend import Backend
+    from mlpi.core.plugins import Registry
+
+    names: list[str] = []
+    for info in Registry(config).plugins("backends"):
+        if info.broken or info.disabled or not (isinstance(info.obj, type) and issubclass(info.obj, Backend)):
+            continue
+        try:
+            names.extend(info.obj().runtime_distributions())
+        except Exception:  # noqa: BLE001 - a broken plugin is `mlpi backends`' business, not ours
+            continue
+    return tuple(dict.fromkeys(names))
+
+
+def _software_stack(packages: dict[str, str | None], accelerators: list[Accelerator]) -> str:
+    parts = [f"{name} {packages[name]}" for name in _CORE_DISTRIBUTIONS if packages.get(name)]
+    parts.append(f"Python {platform.python_version()}")
+    drivers = _joined(a.driver for a in accelerators)
+    if drivers:
+        parts.append(f"NVIDIA driver {drivers}")
+    return ", ".join(parts)
+
+
+def _operating_system() -> str:
+    pretty = ""
+    for line in _read("/etc/os-release").splitlines():
+        key, _, value = line.partition("=")
+        if key == "PRETTY_NAME":
+            pretty = value.strip().strip('"')
+    kernel = f"{platform.system()} {platform.release()}".strip()
+    return f"{pretty} ({kernel})" if pretty else platform.platform()
+
+
+def _joined(values: Any) -> str:
+    return ", ".join(dict.fromkeys(v for v in values if v))
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _physical_cores() -> int | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            pairs = set()
-            phys = core = None
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    phys = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                elif not key and phys is not None and core is not None:
-                    pairs.add((phys, core))
-                    phys = core = None
-            if phys is not None and core is not None:
-                pairs.add((phys, core))
-            return len(pairs) or None
-    except OSError:
-        return None
-
-
-def _memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+        return ""

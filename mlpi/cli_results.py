@@ -1,0 +1,374 @@
+"""``mlpi results``, ``mlpi sysinfo`` and ``mlpi compare``: parse, call the core, print."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlpi.core.errors import MlpiError
+
+_results_option = click.option(
+    "--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
+    help="Results root, as given to 'mlpi run --output'.",
+)
+_store_option = click.option(
+    "--store", "store_file", type=click.Path(dir_okay=False), envvar="MLPI_STORE", show_envvar=True,
+    help="The results store file [default: RESULTS/mlpi.sqlite].",
+)
+
+
+@contextmanager
+def _open_store(results_root: str, store_file: str | None, *, reading: bool = True) -> Iterator[Any]:
+    """The store. For reading, it is first brought up to date with the run directories under
+    the results root when it is that root's own store (or the root was named explicitly);
+    reading never creates a store where there are no results."""
+    from mlpi.core.errors import UsageError
+    from mlpi.core.store import STORE_FILE, Store, store_path
+
+    root = Path(results_root)
+    path = store_path(root, store_file)
+    explicit_root = click.get_current_context().get_parameter_source("results_root") is not click.core.ParameterSource.DEFAULT
+    sync = reading and root.is_dir() and (explicit_root or path.resolve() == (root / STORE_FILE).resolve())
+    if reading and not sync and not path.is_file():
+        raise UsageError(f"no results store at {path}", "run 'mlpi run' first, or pass --results DIR or --store FILE")
+    with Store(path) as store:
+        if sync:
+            for warning in store.sync(root):
+                _warn(warning)
+        yield store
+
+
+def _warn(text: str) -> None:
+    click.echo(f"warning: {text}", err=True)
+
+
+def _table(title: str, columns: list[str] | tuple[str, ...], right: tuple[str, ...] = ()) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if right and column.endswith(right) else "left")
+    return table
+
+
+def _print(renderable: Any) -> None:
+    from rich.console import Console
+
+    Console(highlight=False, soft_wrap=True).print(renderable)
+
+
+# -- mlpi results ----------------------------------------------------------------------------
+
+
+@click.group()
+def results() -> None:
+    """The results store: list, show and import runs (see 'mlpi compare')."""
+
+
+@results.command("list")
+@click.option("--model", "models", multiple=True, help="Only this model; repeatable.")
+@click.option("--scenario", "scenarios", multiple=True, help="Only runs with this scenario; repeatable.")
+@click.option("--backend", "backends", multiple=True, help="Only this backend; repeatable.")
+@click.option("--device", "devices", multiple=True, help="Only this device (cuda matches cuda:1); repeatable.")
+@click.option("--system", "systems", multiple=True, help="Systems whose name, host, CPU or accelerator contains this.")
+@click.option("--precision", "precisions", multiple=True, help="Only this precision; repeatable.")
+@click.option("--since", help="Runs started on or after this date (YYYY-MM-DD[THH:MM]).")
+@click.option("--until", help="Runs started on or before this date (a bare date includes that day).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_results_option
+@_store_option
+def list_runs(since: str | None, until: str | None, as_json: bool, results_root: str, store_file: str | None,
+              **lists: tuple[str, ...]) -> None:
+    """List indexed runs, one line per test, oldest first."""
+    from mlpi.core.store import RunFilter, parse_date
+
+    selection = RunFilter(
+        **{key: list(values) for key, values in lists.items()},
+        since=parse_date(since) if since else None,
+        until=parse_date(until, end_of_day=True) if until else None,
+    )
+    with _open_store(results_root, store_file) as store:
+        runs = store.runs(selection)
+    lines = []
+    wanted = {s.lower() for s in selection.scenarios}
+    for run in runs:
+        tests = [t for t in run.result.get("tests", []) if not wanted or str(t.get("scenario")).lower() in wanted]
+        for test in tests or [{}]:
+            lines.append({
+                "run": run.name, "run_id": run.run_id, "date": run.date, "started": run.started, "system": run.system,
+                "model": run.model, "scenario": test.get("scenario"), "mode": test.get("mode"), "backend": run.backend,
+                "device": run.device, "precision": test.get("precision") or run.precision, "metric": test.get("metric"),
+                "value": test.get("value"), "unit": test.get("unit"), "valid": test.get("valid"),
+                "quick": test.get("quick"), "status": test.get("status") or run.status, "dir": str(run.dir),
+            })
+    if as_json:
+        click.echo(json.dumps(lines, indent=2))
+        return
+    table = _table(f"mlpi results ({len(runs)} runs)",
+                   ("run id", "date", "system", "model", "scenario", "backend", "device", "precision", "metric", "valid"))
+    for line in lines:
+        table.add_row(
+            line["run"], line["date"], line["system"], line["model"],
+            (line["scenario"] or "-") + (" accuracy" if line["mode"] == "accuracy" else ""), line["backend"], line["device"],
+            line["precision"] or "-", _figure(line["value"], line["unit"]), _validity(line["valid"], line["quick"], line["status"]),
+        )
+    _print(table)
+
+
+@results.command("show")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's result.json as indexed.")
+@_results_option
+@_store_option
+def show_run(run: str, as_json: bool, results_root: str, store_file: str | None) -> None:
+    """Show one run: RUN is its id or an unambiguous prefix of it."""
+    with _open_store(results_root, store_file) as store:
+        record = store.find(run)
+    result = record.result
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    system = result.get("system") or {}
+    backend = result.get("backend") or {}
+    model = result.get("model") or {}
+    dataset = result.get("dataset") or {}
+    where = str(record.dir) + ("" if record.dir.exists() else " (directory no longer there)")
+    facts = [
+        ("run", record.name), ("directory", where), ("started", record.date), ("status", result.get("status")),
+        ("system", record.system), ("cpu", _cpu(system)), ("memory", system.get("host_memory_capacity")),
+        ("accelerators", _accelerators(system)), ("os", system.get("operating_system")),
+        ("backend", f"{backend.get('name')} {backend.get('version') or ''}".strip()), ("device", result.get("device")),
+        ("precision", result.get("precision")),
+        ("model", f"{model.get('name')}" + (f" ({model['note']})" if model.get("note") else "")),
+        ("model sha256", model.get("sha256")), ("dataset", dataset.get("name")),
+        ("valid for submission", "yes" if result.get("submission_valid") else "no (quick or shortened run)"),
+    ]
+    for key, value in facts:
+        click.echo(f"{key + ':':<22}{value if value not in (None, '') else '-'}")
+    table = _table("tests", ("scenario", "mode", "result", "p50 ms", "p90 ms", "p99 ms", "validity"), right=("ms",))
+    for test in result.get("tests", []):
+        latency = record.latency.get(str(test.get("dir")), {})
+        table.add_row(
+            str(test.get("scenario")), str(test.get("mode")), _figure(test.get("value"), test.get("unit")),
+            *(_ms(latency.get(p)) for p in ("p50", "p90", "p99")),
+            _validity(test.get("valid"), test.get("quick"), test.get("status")),
+        )
+    _print(table)
+    for test in result.get("tests", []):
+        for reason in test.get("invalid_reasons") or []:
+            click.echo(f"{test.get('scenario')} {test.get('mode')}: {reason}")
+
+
+@results.command("import")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path())
+@_results_option
+@_store_option
+def import_runs(dirs: tuple[str, ...], results_root: str, store_file: str | None) -> None:
+    """Copy run directories from other machines under the results root and index them.
+
+    Each DIR is a run directory or a folder of them. Nothing is overwritten: a name already
+    taken gets a -2 suffix. A run already in the store is skipped; a damaged result.json is
+    reported and skipped, the rest are still imported, and the exit code is then 1.
+    """
+    from mlpi.core.store import store_path
+
+    root = Path(results_root)
+    with _open_store(results_root, store_file, reading=False) as store:
+        outcomes = store.import_dirs([Path(d) for d in dirs], root)
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.status == "imported":
+            click.echo(f"imported {outcome.source} as {root / str(outcome.name)}")
+        elif outcome.status == "indexed":
+            click.echo(f"indexed {outcome.source}")
+        elif outcome.status == "duplicate":
+            click.echo(f"skipped {outcome.message}")
+        else:
+            _warn(f"skipped: {outcome.message}")
+    added = counts.get("imported", 0) + counts.get("indexed", 0)
+    bad = counts.get("damaged", 0) + counts.get("empty", 0)
+    click.echo(f"{added} imported, {counts.get('duplicate', 0)} already in the store, {bad} skipped "
+               f"(store {store_path(root, store_file)})")
+    if bad:
+        raise MlpiError(f"{bad} of {len(outcomes)} result directories could not be imported",
+                        "fix or copy again the directories named above; the others were imported")
+
+
+# -- mlpi sysinfo ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="MLPerf system-description JSON (fill the empty fields).")
+@click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
+def sysinfo(as_json: bool, plugins_file: str | None) -> None:
+    """Describe this machine with MLPerf's system-description fields.
+
+    What cannot be detected is left empty for you to fill; nothing is guessed.
+    Set MLPI_SYSTEM_NAME to name the system in every run's result.
+    """
+    from mlpi.core.config import PluginsConfig
+    from mlpi.core.sysinfo import MLPERF_FIELDS, runtime_distributions, system_info
+
+    info = system_info(runtime_distributions(PluginsConfig.load(plugins_file)))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    table = _table("mlpi sysinfo (MLPerf system description)", ("field", "value"))
+    for key in MLPERF_FIELDS:
+        value = info.get(key)
+        table.add_row(key, str(value) if value not in (None, "") else "[dim](not detected: fill in)[/dim]")
+    _print(table)
+    click.echo(f"hostname {info['hostname']}, {info['machine']}, Python {info['python']}")
+    for accelerator in info["accelerators"]:
+        click.echo(f"accelerator: {accelerator['name']}, {accelerator['memory']}, driver {accelerator['driver']}")
+
+
+# -- mlpi compare ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("selection", nargs=-1)
+@click.option("--baseline", help="RUN, or KEY=VALUE[,KEY=VALUE] naming the rows others are compared to.")
+@click.option("--format", "fmt", type=click.Choice(["terminal", "markdown", "csv", "json"]), default="terminal",
+              show_default=True, help="Output format.")
+@click.option("--latest", is_flag=True, help="Keep only the newest run per model, scenario, system, backend, device and precision.")
+@_results_option
+@_store_option
+def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: bool, results_root: str,
+            store_file: str | None) -> None:
+    """Compare indexed runs side by side, with speedups against a baseline.
+
+    SELECTION is run ids (or unambiguous prefixes) and KEY=VALUE filters; filters narrow
+    the named runs, or all indexed runs when none is named. Keys: model, scenario, backend,
+    device, system, precision, since, until. Repeating a key means any of its values.
+
+    \b
+      mlpi compare model=resnet50 scenario=Offline --baseline backend=onnxruntime
+      mlpi compare 20250101-1200 20250102-0900 --format markdown
+
+    Speedups (above 1 is better) are computed only between rows of the same model, scenario
+    and metric; a baseline sharing none with the compared runs is refused. Warnings name
+    rows that differ in precision, quick versus full-length settings, dataset or model file.
+    """
+    from mlpi.core.compare import compare as build
+
+    with _open_store(results_root, store_file) as store:
+        comparison = build(store, list(selection), baseline, latest=latest)
+    for warning in comparison.warnings:
+        _warn(warning)
+    if fmt == "json":
+        click.echo(json.dumps(comparison.to_json(), indent=2))
+    elif fmt == "csv":
+        click.echo(_csv(comparison.rows), nl=False)
+    else:
+        header, lines = _display(comparison.rows, baseline is not None)
+        if fmt == "markdown":
+            click.echo(_markdown(header, lines))
+        else:
+            table = _table("mlpi compare" + (f" (baseline {baseline})" if baseline else ""), header, right=("ms", "speedup"))
+            previous = None
+            for row, line in zip(comparison.rows, lines):
+                if previous is not None and row.group != previous:
+                    table.add_section()
+                previous = row.group
+                table.add_row(*line)
+            _print(table)
+
+
+_CSV_COLUMNS = (
+    "run", "started", "model", "scenario", "system", "backend", "device", "precision", "dataset", "metric", "value",
+    "unit", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "accuracy_metric", "accuracy", "valid", "quick", "simulated", "status",
+    "speedup", "baseline",
+)
+
+
+def _csv(rows: list[Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_CSV_COLUMNS)
+    for row in rows:
+        data = row.to_json()
+        accuracy = row.accuracy or {}
+        data.update({f"{p}_ms": row.latency_ms.get(p) for p in ("p50", "p90", "p95", "p99")},
+                    accuracy_metric=accuracy.get("metric"), accuracy=accuracy.get("value"))
+        writer.writerow(["" if data.get(c) is None else data[c] for c in _CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def _display(rows: list[Any], with_speedup: bool) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "scenario", "system", "backend", "device", "precision", "result", "p50 ms", "p90 ms", "p99 ms",
+              "accuracy", "valid", "run"]
+    if with_speedup:
+        header.append("speedup")
+    lines = []
+    for row in rows:
+        accuracy = row.accuracy or {}
+        line = [
+            row.model, row.scenario, row.system, row.backend, row.device, row.precision or "-",
+            _figure(row.value, row.unit), *(_ms(row.latency_ms.get(p)) for p in ("p50", "p90", "p99")),
+            f"{accuracy['value']:.3f}% {accuracy.get('metric') or ''}".strip() if accuracy.get("value") is not None else "-",
+            _validity(row.valid, row.quick, row.status) + (" (simulated)" if row.simulated else ""), row.run,
+        ]
+        if with_speedup:
+            line.append("baseline" if row.baseline else f"{row.speedup:.2f}x" if row.speedup is not None else "-")
+        lines.append(line)
+    return header, lines
+
+
+def _markdown(header: list[str], lines: list[list[str]]) -> str:
+    def cells(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    align = ["---:" if h.endswith(("ms", "speedup")) else "---" for h in header]
+    return "\n".join([cells(header), "| " + " | ".join(align) + " |", *(cells(line) for line in lines)])
+
+
+def _figure(value: Any, unit: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    if unit == "%":
+        return f"{value:.3f}%"
+    if unit == "samples/s":
+        return f"{value:,.1f} samples/s"
+    return f"{value:g} {unit or ''}".strip()
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _validity(valid: Any, quick: Any, status: Any) -> str:
+    if status not in (None, "ok"):
+        return str(status).upper()
+    if valid is None:
+        return "-"
+    return ("VALID" if valid else "INVALID") + (" (quick)" if quick else "")
+
+
+def _cpu(system: dict[str, Any]) -> str:
+    parts = [str(system.get("host_processor_model_name") or "-")]
+    if system.get("host_processors_per_node"):
+        parts.append(f"{system['host_processors_per_node']} socket(s)")
+    if system.get("host_processor_core_count"):
+        parts.append(f"{system['host_processor_core_count']} cores")
+    if system.get("host_processor_vcpu_count"):
+        parts.append(f"{system['host_processor_vcpu_count']} threads")
+    return ", ".join(parts)
+
+
+def _accelerators(system: dict[str, Any]) -> str:
+    found = system.get("accelerators") or []
+    return "; ".join(f"{a.get('name')} ({a.get('memory')}, driver {a.get('driver')})" for a in found) or "-"
+
+
+__all__ = ["compare", "results", "sysinfo"]

@@ -1,0 +1,284 @@
+"""``mlpi compare``: indexed runs side by side, with speedups against a baseline.
+
+Selection: run ids (or unambiguous prefixes) pick runs; ``KEY=VALUE`` filters narrow them,
+or narrow every indexed run when no id is given. Repeating a key means any of its values.
+
+Rows: one per run and scenario, holding that scenario's performance figure, latency
+percentiles and, when the run also measured accuracy, its accuracy.
+
+Speedups are only ever computed between rows of the same model, scenario and metric: a
+row whose model or scenario the baseline did not measure gets none, and a baseline that
+shares no model and scenario with the compared runs is refused. For throughput the speedup
+is value / baseline; for latency (lower is better) it is baseline / value; above 1 is better.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlpi.core.errors import UsageError, suggest
+from mlpi.core.store import RunFilter, RunRecord, Store, parse_date
+
+#: ``KEY=VALUE`` filter keys, and the RunFilter list each fills.
+FILTER_KEYS = {
+    "model": "models", "scenario": "scenarios", "backend": "backends", "device": "devices",
+    "system": "systems", "precision": "precisions", "since": "since", "until": "until",
+}
+#: Units where a smaller figure is the better one.
+LOWER_IS_BETTER = frozenset({"ms"})
+
+
+@dataclass
+class Row:
+    """One run's figures for one scenario."""
+
+    run: str
+    started: str
+    model: str
+    scenario: str
+    system: str
+    backend: str
+    device: str
+    precision: str | None
+    dataset: str
+    model_file: str | None
+    metric: str | None
+    value: float | None
+    unit: str | None
+    latency_ms: dict[str, float]
+    accuracy: dict[str, Any] | None
+    valid: bool | None
+    status: str
+    quick: bool
+    simulated: bool = False
+    speedup: float | None = None
+    baseline: bool = False
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return (self.model, self.scenario)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    warnings: list[str] = field(default_factory=list)
+    baseline: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "rows": [r.to_json() for r in self.rows], "warnings": self.warnings}
+
+
+def parse_selection(tokens: Iterable[str]) -> tuple[list[str], RunFilter]:
+    """Split compare arguments into run references and one filter."""
+    refs: list[str] = []
+    selection = RunFilter()
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep:
+            refs.append(token)
+            continue
+        key, value = key.strip().lower(), value.strip()
+        if key not in FILTER_KEYS:
+            raise UsageError(f"unknown filter '{key}' in '{token}'",
+                             suggest(key, list(FILTER_KEYS), listing=False) + "filters are " + ", ".join(FILTER_KEYS))
+        if not value:
+            raise UsageError(f"filter '{token}' has no value", f"write {key}=VALUE")
+        if key in ("since", "until"):
+            setattr(selection, key, parse_date(value, end_of_day=key == "until"))
+        else:
+            getattr(selection, FILTER_KEYS[key]).append(value)
+    return refs, selection
+
+
+def select_runs(store: Store, tokens: Iterable[str]) -> tuple[list[RunRecord], RunFilter]:
+    """The runs the arguments name, oldest first; the filter also narrows scenarios later."""
+    refs, selection = parse_selection(tokens)
+    matching = store.runs(selection)
+    if refs:
+        named = {store.find(ref).identity for ref in refs}
+        matching = [r for r in matching if r.identity in named]
+    return matching, selection
+
+
+def build_rows(runs: Iterable[RunRecord], scenarios: Iterable[str] = ()) -> list[Row]:
+    """One row per run and scenario (limited to ``scenarios`` when given)."""
+    wanted = {s.lower() for s in scenarios}
+    rows = []
+    for run in runs:
+        by_scenario: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for test in run.result.get("tests", []):
+            if isinstance(test, dict) and test.get("scenario"):
+                by_scenario[str(test["scenario"])][str(test.get("mode"))] = test
+        for scenario, tests in by_scenario.items():
+            if wanted and scenario.lower() not in wanted:
+                continue
+            rows.append(_row(run, scenario, tests.get("performance"), tests.get("accuracy")))
+    return rows
+
+
+def compare(store: Store, tokens: list[str], baseline: str | None = None, *, latest: bool = False) -> Comparison:
+    """Select, build rows, apply the baseline, and collect the warnings a reader needs."""
+    runs, selection = select_runs(store, tokens)
+    base_run: RunRecord | None = None
+    base_filter: RunFilter | None = None
+    if baseline:
+        if "=" in baseline:
+            base_filter = parse_selection(baseline.split(","))[1]
+        else:
+            base_run = store.find(baseline)
+            if base_run.identity not in {r.identity for r in runs}:
+                runs = sorted([*runs, base_run], key=lambda r: (r.started, r.name))
+    if not runs:
+        raise UsageError("no indexed run matches " + (" ".join(tokens) or "(nothing indexed yet)"),
+                         _what_there_is(store))
+    rows = build_rows(runs, selection.scenarios)
+    if latest:
+        rows = _latest(rows)
+    rows.sort(key=lambda r: (r.model, _SCENARIO_ORDER.get(r.scenario, 9), r.scenario, r.started, r.run))
+    comparison = Comparison(rows, baseline=baseline)
+    if baseline:
+        comparison.warnings.extend(_apply_baseline(rows, baseline, base_run, base_filter))
+    comparison.warnings.extend(_differences(rows))
+    return comparison
+
+
+_SCENARIO_ORDER = {"Offline": 0, "Server": 1, "SingleStream": 2, "MultiStream": 3}
+
+
+def _row(run: RunRecord, scenario: str, perf: dict[str, Any] | None, acc: dict[str, Any] | None) -> Row:
+    result = run.result
+    dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
+    count = dataset.get("count")
+    accuracy = acc.get("accuracy") if acc else None
+    valid: bool | None = None
+    if perf is not None and perf.get("status") == "ok":
+        valid = perf.get("valid")
+    if acc is not None and acc.get("status") == "ok" and acc.get("valid") is not None:
+        valid = bool(acc["valid"]) and valid is not False
+    statuses = [t.get("status") for t in (perf, acc) if t is not None]
+    status = next((s for s in statuses if s != "ok"), "ok")
+    return Row(
+        run=run.name, started=run.started, model=run.model, scenario=scenario, system=run.system,
+        backend=run.backend, device=run.device,
+        precision=(perf or {}).get("precision") or (acc or {}).get("precision") or run.precision,
+        dataset=str(dataset.get("name") or "-") + (f" ({count} samples)" if count else ""),
+        model_file=(result.get("model") or {}).get("sha256"),
+        metric=perf.get("metric") if perf else None,
+        value=perf.get("value") if perf else None,
+        unit=perf.get("unit") if perf else None,
+        latency_ms=run.latency.get(str(perf.get("dir")), {}) if perf else {},
+        accuracy={k: accuracy.get(k) for k in ("metric", "value", "target", "passed")} if isinstance(accuracy, dict) else None,
+        valid=valid, status=str(status),
+        quick=any(bool(t.get("quick")) for t in (perf, acc) if t is not None) or bool((result.get("settings") or {}).get("quick")),
+        simulated=bool(result.get("simulated")) or any(bool(t.get("simulated")) for t in (perf, acc) if t is not None),
+    )
+
+
+def _latest(rows: list[Row]) -> list[Row]:
+    newest: dict[tuple[Any, ...], Row] = {}
+    for row in rows:
+        key = (row.model, row.scenario, row.system, row.backend, row.device, row.precision)
+        if key not in newest or (row.started, row.run) > (newest[key].started, newest[key].run):
+            newest[key] = row
+    return [r for r in rows if newest[(r.model, r.scenario, r.system, r.backend, r.device, r.precision)] is r]
+
+
+def _matches(row: Row, selection: RunFilter) -> bool:
+    def any_of(values: list[str], actual: str | None) -> bool:
+        return not values or (actual or "").lower() in {v.lower() for v in values}
+
+    device_ok = not selection.devices or any(
+        row.device.lower() == d.lower() or row.device.lower().startswith(d.lower() + ":") for d in selection.devices
+    )
+    system_ok = not selection.systems or any(s.lower() in row.system.lower() for s in selection.systems)
+    return (any_of(selection.models, row.model) and any_of(selection.scenarios, row.scenario)
+            and any_of(selection.backends, row.backend) and any_of(selection.precisions, row.precision)
+            and device_ok and system_ok)
+
+
+def _apply_baseline(rows: list[Row], spec: str, run: RunRecord | None, selection: RunFilter | None) -> list[str]:
+    """Mark baseline rows and fill speedups; never across models, scenarios or metrics."""
+    warnings = []
+    candidates = [r for r in rows if (r.run == run.name if run is not None else selection is not None and _matches(r, selection))]
+    candidates = [r for r in candidates if r.value]
+    if not candidates:
+        raise UsageError(f"the baseline {spec} has no performance result among the compared rows",
+                         "pick a baseline run that measured the compared model and scenario")
+    by_group: dict[tuple[str, str, str | None], list[Row]] = defaultdict(list)
+    for row in candidates:
+        by_group[(row.model, row.scenario, row.metric)].append(row)
+    bases = {key: max(found, key=lambda r: (r.started, r.run)) for key, found in by_group.items()}
+    for (model, scenario, _), found in by_group.items():
+        if len(found) > 1:
+            chosen = bases[(model, scenario, _)].run
+            warnings.append(f"{model} {scenario}: the baseline {spec} matches {len(found)} rows; using the newest ({chosen})")
+    compared = False
+    missing: set[tuple[str, str]] = set()
+    for row in rows:
+        base = bases.get((row.model, row.scenario, row.metric))
+        if base is row:
+            row.baseline, row.speedup = True, 1.0
+        elif base is not None and row.value:
+            row.speedup = base.value / row.value if row.unit in LOWER_IS_BETTER else row.value / base.value  # type: ignore[operator]
+            compared = True
+        elif row.value:
+            missing.add(row.group)
+    if not compared and missing:
+        measured = ", ".join(sorted({f"{m} {s}" for m, s, _ in bases}))
+        wanted = ", ".join(sorted(f"{m} {s}" for m, s in missing))
+        raise UsageError(
+            f"the baseline {spec} measured {measured}; the compared runs measured {wanted}: "
+            "speedups across different models or scenarios mean nothing",
+            "pick a baseline of the same model and scenario, or compare without --baseline",
+        )
+    for model, scenario in sorted(missing):
+        warnings.append(f"{model} {scenario}: the baseline {spec} did not measure it; no speedup shown")
+    return warnings
+
+
+def _differences(rows: list[Row]) -> list[str]:
+    """What makes rows of one model and scenario less comparable than they look."""
+    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[row.group].append(row)
+    warnings = []
+    for (model, scenario), members in groups.items():
+        if len(members) < 2:
+            continue
+        where = f"{model} {scenario}"
+        precisions = sorted({r.precision or "unknown" for r in members})
+        if len(precisions) > 1:
+            warnings.append(f"{where}: rows differ in precision ({', '.join(precisions)})")
+        if len({r.quick for r in members}) > 1:
+            quick = ", ".join(r.run for r in members if r.quick)
+            warnings.append(f"{where}: quick runs ({quick}) are compared with full-length ones; quick results are not valid for submission")
+        if len({r.simulated for r in members}) > 1:
+            simulated = ", ".join(r.run for r in members if r.simulated)
+            warnings.append(f"{where}: simulated runs ({simulated}) take their timings from a device model, not hardware")
+        datasets = sorted({r.dataset for r in members})
+        if len(datasets) > 1:
+            warnings.append(f"{where}: rows used different datasets ({', '.join(datasets)})")
+        files = sorted({r.model_file or "unknown" for r in members})
+        if len(files) > 1:
+            warnings.append(f"{where}: rows ran different model files (sha256 {', '.join(f[:12] for f in files)})")
+        metrics = sorted({r.metric for r in members if r.metric})
+        if len(metrics) > 1:
+            warnings.append(f"{where}: rows report different metrics ({', '.join(metrics)}); no speedup between them")
+    return warnings
+
+
+def _what_there_is(store: Store) -> str:
+    models = store.distinct("model")
+    if not models:
+        return "run 'mlpi run' or 'mlpi results import DIR' first"
+    return f"the store holds models {', '.join(models)} on backends {', '.join(store.distinct('backend'))}; see 'mlpi results list'"
+
+
+__all__ = ["FILTER_KEYS", "Comparison", "Row", "build_rows", "compare", "parse_selection", "select_runs"]
