@@ -201,6 +201,11 @@ def datasets(as_json: bool, plugins_file: str | None) -> None:
         print_plain_plugins(rows, "datasets")
 
 
+from mlpi.cli_report import report as _report_command  # noqa: E402 - registered after the group is defined
+
+main.add_command(_report_command)
+
+
 from mlpi.cli_results import compare, results, sysinfo  # noqa: E402 - commands defined in their own module
 
 main.add_command(results)

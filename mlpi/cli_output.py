@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 _out = Console(highlight=False, soft_wrap=True)
@@ -107,8 +108,8 @@ def print_backends(rows: list[dict[str, Any]]) -> None:
         if row.get("hint"):
             status += f" — {row['hint']}"
         table.add_row(
-            name, row.get("version") or "-", row["origin"], ", ".join(row.get("device_kinds") or []) or "-",
-            "\n".join(row.get("device_groups") or row.get("devices") or []) or "-", status,
+            escape(name), escape(row.get("version") or "-"), escape(row["origin"]), ", ".join(row.get("device_kinds") or []) or "-",
+            escape("\n".join(row.get("device_groups") or row.get("devices") or []) or "-"), escape(status),
         )
     _out.print(table)
 
@@ -119,7 +120,7 @@ def print_plain_plugins(rows: list[dict[str, Any]], group: str) -> None:
         table.add_column(column)
     for row in rows:
         status = row["status"] + (f": {row['error']}" if row.get("error") else "")
-        table.add_row(row["name"], row["origin"], status, row.get("description") or "")
+        table.add_row(escape(row["name"]), escape(row["origin"]), escape(status), escape(row.get("description") or ""))
     _out.print(table)
 
 

@@ -27,7 +27,7 @@ from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_
 from mlpi.core.plan import Plan
 from mlpi.core.plugins import Registry
 from mlpi.core.results import SCHEMA_VERSION, create_run_dir, run_stem, test_dir, write_json_atomic
-from mlpi.core.scenario import DetailLog, performance_metric
+from mlpi.core.scenario import DetailLog, latency_percentiles_ms, performance_metric
 from mlpi.core.store import record_run
 from mlpi.core.sysinfo import system_info
 
@@ -240,7 +240,8 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> dict
             test.update(metric="accuracy_log_samples", value=logged, unit="samples", valid=logged is not None and logged > 0)
     else:
         metric = performance_metric(scenario, log)
-        test.update(metric=metric.name, value=metric.value, unit=metric.unit, valid=log.valid if log.complete else False)
+        test.update(metric=metric.name, value=metric.value, unit=metric.unit, valid=log.valid if log.complete else False,
+                    latency_ms=latency_percentiles_ms(log, scenario) or None)
         if not test["valid"]:
             test["invalid_reasons"] = log.invalid_reasons() or ["LoadGen wrote no result"]
     return test

@@ -153,3 +153,25 @@ def _num(value: Any) -> float | None:
 
 def _ms(ns: Any) -> float | None:
     return float(ns) / 1e6 if isinstance(ns, (int, float)) else None
+
+
+#: Latency percentiles kept in result.json, and the LoadGen key fragment of each.
+LATENCY_PERCENTILES = (("p50", "50.00"), ("p90", "90.00"), ("p95", "95.00"), ("p97", "97.00"), ("p99", "99.00"),
+                       ("p99.9", "99.90"))
+
+
+def latency_percentiles_ms(log: DetailLog, scenario: str) -> dict[str, float]:
+    """A performance test's latency percentiles and mean in ms, as MLPerf reports them:
+    per query for MultiStream, per sample otherwise. Empty when the log has none."""
+    per_query = scenario == "MultiStream" and "result_99.00_percentile_per_query_latency_ns" in log.values
+    infix = "_per_query" if per_query else ""
+    out: dict[str, float] = {}
+    for name, pct in LATENCY_PERCENTILES:
+        value = log.values.get(f"result_{pct}_percentile{infix}_latency_ns")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value / 1e6
+    mean = log.values.get(f"result_mean{'_query' if per_query else ''}_latency_ns")
+    if isinstance(mean, (int, float)) and not isinstance(mean, bool):
+        out["mean"] = mean / 1e6
+    return out
+

@@ -33,7 +33,7 @@ from typing import Any
 from mlpi.core.errors import MlpiError, UsageError
 from mlpi.core.results import SCHEMA_VERSION as RESULT_SCHEMA_VERSION
 from mlpi.core.results import create_run_dir
-from mlpi.core.scenario import DetailLog
+from mlpi.core.scenario import DetailLog, latency_percentiles_ms
 
 #: Version of the tables below; a store written by a newer mlpi is refused, never altered.
 STORE_SCHEMA_VERSION = 1
@@ -83,9 +83,6 @@ CREATE INDEX IF NOT EXISTS tests_scenario ON tests (scenario);
 """
 
 # LoadGen's detail-log keys for latency percentiles: per sample, and per query (MultiStream).
-_PERCENTILES = (("p50", "50.00"), ("p90", "90.00"), ("p95", "95.00"), ("p97", "97.00"), ("p99", "99.00"), ("p99.9", "99.90"))
-
-
 class DamagedRun(MlpiError):
     """A run directory whose result.json cannot be read or lacks what every run has."""
 
@@ -209,22 +206,16 @@ def system_label(system: dict[str, Any]) -> str:
 
 
 def latency_percentiles(run_dir: Path, test: dict[str, Any]) -> dict[str, float]:
-    """A performance test's latency percentiles in ms, from its LoadGen detail log (per query
-    for MultiStream, as MLPerf reports it); empty when the log is not there."""
-    if test.get("mode") != "performance" or not test.get("dir"):
+    """A performance test's latency percentiles in ms: from result.json, or for results
+    written before it kept them, from the test's LoadGen detail log; empty when neither has them."""
+    if test.get("mode") != "performance":
         return {}
-    log = DetailLog.read(run_dir / str(test["dir"]) / "mlperf_log_detail.txt").values
-    per_query = test.get("scenario") == "MultiStream" and "result_99.00_percentile_per_query_latency_ns" in log
-    infix = "_per_query" if per_query else ""
-    out: dict[str, float] = {}
-    for name, pct in _PERCENTILES:
-        value = log.get(f"result_{pct}_percentile{infix}_latency_ns")
-        if isinstance(value, (int, float)):
-            out[name] = value / 1e6
-    mean = log.get(f"result_mean{'_query' if per_query else ''}_latency_ns")
-    if isinstance(mean, (int, float)):
-        out["mean"] = mean / 1e6
-    return out
+    if isinstance(test.get("latency_ms"), dict):
+        return {str(k): float(v) for k, v in test["latency_ms"].items() if isinstance(v, (int, float))}
+    if not test.get("dir"):
+        return {}
+    log = DetailLog.read(run_dir / str(test["dir"]) / "mlperf_log_detail.txt")
+    return latency_percentiles_ms(log, str(test.get("scenario")))
 
 
 class Store:

@@ -1,0 +1,307 @@
+"""What a report shows, read from run directories: runs, their tests, and chart series.
+
+Input is a list of run directories (``results/<run-id>``) or results roots that contain
+them, so any source of run directories (a folder, a results store) can feed the same list.
+A run whose ``result.json`` cannot be read is skipped with a warning, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlpi.core.errors import UsageError
+from mlpi.core.store import latency_percentiles
+
+RESULT_FILE = "result.json"
+#: Scenarios whose headline figure is a throughput, in the order the report shows them.
+THROUGHPUT_SCENARIOS = ("Offline", "Server")
+#: Scenarios with an MLPerf latency metric. Offline has none: its per-sample "latency" is
+#: the time since the single query was issued, so it is not charted.
+LATENCY_SCENARIOS = ("Server", "SingleStream", "MultiStream")
+PERCENTILES = ("p50", "p90", "p99")
+EFFICIENCY_FORMAT = "mlpi-backend-efficiency/1"
+
+
+@dataclass
+class ScenarioResult:
+    """One LoadGen test of a run, with its latency percentiles (ms) when the log has them."""
+
+    scenario: str
+    mode: str
+    status: str
+    valid: bool | None
+    metric: str | None
+    value: float | None
+    unit: str | None
+    quick: bool
+    simulated: bool
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_kind: str | None = None
+
+
+@dataclass
+class RunRecord:
+    """One run directory as the report needs it."""
+
+    run_id: str
+    path: Path
+    status: str
+    backend: str
+    backend_version: str
+    device: str
+    precision: str
+    model: str
+    weights: str | None
+    quick: bool
+    submission_valid: bool
+    simulated: bool
+    started: str | None
+    tests: list[ScenarioResult]
+    label: str = ""
+
+    def base_label(self) -> str:
+        return f"{self.backend}/{self.device}"
+
+
+@dataclass
+class Loaded:
+    runs: list[RunRecord]
+    warnings: list[str]
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories named directly, or found one level under a results root."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"{path} does not exist", "pass run directories (results/<run-id>) or a results root holding them")
+        if not path.is_dir():
+            raise UsageError(f"{path} is not a directory", "pass run directories (results/<run-id>) or a results root holding them")
+        if (path / RESULT_FILE).exists():
+            found.append(path)
+            continue
+        found.extend(child for child in sorted(path.iterdir()) if child.is_dir() and (child / RESULT_FILE).exists())
+    unique: dict[Path, None] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), None)
+    return list(unique)
+
+
+def load_runs(paths: list[Path]) -> Loaded:
+    """Every readable run under ``paths``; unreadable ones become warnings."""
+    runs: list[RunRecord] = []
+    warnings: list[str] = []
+    for run_dir in find_run_dirs(paths):
+        try:
+            runs.append(read_run(run_dir))
+        except _Unreadable as exc:
+            warnings.append(f"skipped {run_dir}: {exc}")
+    runs.sort(key=lambda r: (r.started or "", r.run_id))
+    taken: set[str] = set()
+    for run in runs:  # copies of one run (a run also imported elsewhere) still get distinct ids
+        base, number = run.run_id, 1
+        while run.run_id in taken:
+            number += 1
+            run.run_id = f"{base}-{number}"
+        taken.add(run.run_id)
+    assign_labels(runs)
+    return Loaded(runs, warnings)
+
+
+class _Unreadable(Exception):
+    """A result.json that is missing, not JSON, or not shaped like one."""
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    path = run_dir / RESULT_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Unreadable(f"cannot read {RESULT_FILE}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise _Unreadable(f"{RESULT_FILE} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tests"), list):
+        raise _Unreadable(f"{RESULT_FILE} has no list of tests")
+    try:
+        return _run_record(run_dir, data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _Unreadable(f"{RESULT_FILE} is not an mlpi result ({type(exc).__name__}: {exc})") from None
+
+
+def _run_record(run_dir: Path, data: dict[str, Any]) -> RunRecord:
+    backend = data.get("backend") or {}
+    model = data.get("model") or {}
+    settings = data.get("settings") or {}
+    run_simulated = bool(data.get("simulated"))
+    run_quick = bool(settings.get("quick")) or settings.get("duration_s") is not None
+    tests = []
+    for raw in data["tests"]:
+        test = ScenarioResult(
+            scenario=str(raw["scenario"]),
+            mode=str(raw.get("mode") or "performance"),
+            status=str(raw.get("status") or "unknown"),
+            valid=raw.get("valid"),
+            metric=raw.get("metric"),
+            value=_number(raw.get("value")),
+            unit=raw.get("unit"),
+            quick=bool(raw.get("quick", run_quick)),
+            simulated=run_simulated or bool(raw.get("simulated")),
+        )
+        if test.mode == "performance" and test.status == "ok" and test.scenario in LATENCY_SCENARIOS:
+            _read_latency(test, run_dir, {"dir": f"{test.scenario}/{test.mode}", **raw})
+        tests.append(test)
+    return RunRecord(
+        run_id=run_dir.name,
+        path=run_dir,
+        status=str(data.get("status") or "unknown"),
+        backend=str(backend["name"]),
+        backend_version=str(backend.get("version") or "?"),
+        device=str(data.get("device") or "?"),
+        precision=str(data.get("precision") or "?"),
+        model=str(model.get("name") or Path(str(model.get("path") or "?")).stem),
+        weights=model.get("weights"),
+        quick=run_quick or any(t.quick for t in tests),
+        submission_valid=bool(data.get("submission_valid")),
+        simulated=run_simulated or any(t.simulated for t in tests),
+        started=data.get("started"),
+        tests=tests,
+    )
+
+
+def _read_latency(test: ScenarioResult, run_dir: Path, raw: dict[str, Any]) -> None:
+    found = latency_percentiles(run_dir, raw)
+    if all(p in found for p in PERCENTILES):
+        test.latency_ms = {p: found[p] for p in PERCENTILES}
+        test.latency_kind = "per query" if test.scenario == "MultiStream" else "per sample"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def assign_labels(runs: list[RunRecord]) -> None:
+    """``backend/device``, numbered ``#1``, ``#2`` in run order where runs of one model would
+    otherwise share a label (the runs table maps each label to its run id)."""
+    counts: dict[tuple[str, str], int] = {}
+    for run in runs:
+        key = (run.model, run.base_label())
+        counts[key] = counts.get(key, 0) + 1
+    seen: dict[tuple[str, str], int] = {}
+    for run in runs:
+        key = (run.model, run.base_label())
+        seen[key] = seen.get(key, 0) + 1
+        run.label = run.base_label() if counts[key] == 1 else f"{run.base_label()} #{seen[key]}"
+
+
+def format_value(value: float | None, unit: str | None) -> str:
+    """A test's figure the way ``mlpi run`` prints it."""
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    if unit == "%":
+        return f"{value:.3f}%"
+    if unit == "samples/s":
+        return f"{value:,.1f} samples/s"
+    return f"{value:g} {unit or ''}".strip()
+
+
+def format_ms(value: float) -> str:
+    """A latency in ms: three decimals, or three significant digits below 0.1 ms."""
+    return f"{value:,.3f}" if value >= 0.1 else f"{value:.3g}"
+
+
+def validity(test: ScenarioResult) -> str:
+    """``VALID``/``INVALID``/status, with the markers a reader must not miss."""
+    text = test.status if test.status != "ok" else ("VALID" if test.valid else "INVALID")
+    marks = [m for m, on in (("quick", test.quick), ("simulated", test.simulated)) if on]
+    return f"{text} ({', '.join(marks)})" if marks else text
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar of the throughput chart: a run's figure for one model x scenario."""
+
+    run: RunRecord
+    test: ScenarioResult
+
+
+def throughput_groups(runs: list[RunRecord]) -> dict[tuple[str, str], list[Bar]]:
+    """Offline samples/s and Server QPS, grouped by (model, scenario)."""
+    groups: dict[tuple[str, str], list[Bar]] = {}
+    models = list(dict.fromkeys(run.model for run in runs))
+    for model in models:
+        for scenario in THROUGHPUT_SCENARIOS:
+            for run in runs:
+                for test in run.tests:
+                    if (run.model == model and test.scenario == scenario and test.mode == "performance"
+                            and test.status == "ok" and test.value is not None):
+                        groups.setdefault((model, scenario), []).append(Bar(run, test))
+    return groups
+
+
+def latency_groups(runs: list[RunRecord]) -> dict[str, list[Bar]]:
+    """Runs with p50/p90/p99 per latency scenario (scenarios without data are absent)."""
+    groups: dict[str, list[Bar]] = {}
+    for scenario in LATENCY_SCENARIOS:
+        for run in runs:
+            for test in run.tests:
+                if test.scenario == scenario and test.latency_ms:
+                    groups.setdefault(scenario, []).append(Bar(run, test))
+    return groups
+
+
+@dataclass(frozen=True)
+class EfficiencyRow:
+    backend: str
+    own_loop: float
+    mlpi_offline: float
+    valid: bool | None
+
+    @property
+    def ratio(self) -> float:
+        return self.mlpi_offline / self.own_loop
+
+
+@dataclass
+class Efficiency:
+    """``benchmarks/backend_efficiency.py --json`` output: mlpi Offline vs the runtime's own loop."""
+
+    model: str
+    batch_size: int | None
+    duration_s: float | None
+    threads: int | None
+    rows: list[EfficiencyRow]
+    source: Path
+
+
+def load_efficiency(path: Path) -> Efficiency:
+    hint = "write it with: python benchmarks/backend_efficiency.py --json FILE"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"efficiency file {path} does not exist", hint) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read efficiency file {path}: {exc}", hint) from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"efficiency file {path} is not valid JSON ({exc.msg}, line {exc.lineno})", hint) from None
+    if not isinstance(data, dict) or data.get("format") != EFFICIENCY_FORMAT:
+        raise UsageError(f"efficiency file {path} is not {EFFICIENCY_FORMAT} output", hint)
+    rows = []
+    try:
+        for raw in data["rows"]:
+            loop, mine = _number(raw["own_loop_samples_per_s"]), _number(raw["mlpi_offline_samples_per_s"])
+            if loop is None or mine is None or loop <= 0:
+                raise ValueError(f"row {raw.get('backend')!r} has no positive throughput figures")
+            rows.append(EfficiencyRow(str(raw["backend"]), loop, mine, raw.get("valid")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"efficiency file {path} has a malformed row ({exc})", hint) from None
+    if not rows:
+        raise UsageError(f"efficiency file {path} has no measurements", hint)
+    return Efficiency(str(data.get("model") or "?"), data.get("batch_size"), data.get("duration_s"), data.get("threads"), rows, path)
