@@ -6,9 +6,12 @@ Offline test (gathering each batch from the preloaded samples, postprocessing, c
 
     python benchmarks/backend_efficiency.py --backend all --model resnet50 [--batch-size 8] [--duration 10]
     python benchmarks/backend_efficiency.py --backend openvino --model conv [--size 64 --width 64]
+    python benchmarks/backend_efficiency.py --backend deepsparse --model conv   # in DeepSparse's own environment
 
 Own loops: ONNX Runtime ``InferenceSession.run``; OpenVINO an ``AsyncInferQueue`` kept full
-(its recommended throughput pattern); PyTorch the converted module under ``inference_mode``.
+(its recommended throughput pattern); PyTorch the converted module under ``inference_mode``;
+DeepSparse its compiled engine called on one full batch. ``--backend all`` covers the backends
+of the main environment; DeepSparse (onnx<1.15) runs from its own, so it is asked for by name.
 
 ``--model resnet50`` uses the official file when ``mlpi fetch resnet50`` has downloaded it,
 else the seeded random-weights graph (same layers, same work).
@@ -29,7 +32,8 @@ import numpy as np
 
 def tight_loop(backend: str, model: Path, batch: int, seconds: float, threads: int) -> float:
     """The runtime's own fastest loop on one preloaded batch, with the knobs mlpi uses."""
-    return {"onnxruntime": ort_loop, "openvino": openvino_loop, "pytorch": torch_loop}[backend](model, batch, seconds, threads)
+    loops = {"onnxruntime": ort_loop, "openvino": openvino_loop, "pytorch": torch_loop, "deepsparse": deepsparse_loop}
+    return loops[backend](model, batch, seconds, threads)
 
 
 def _timed(step: object, batch: int, seconds: float) -> float:
@@ -85,6 +89,28 @@ def torch_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
     return _timed(step, batch, seconds)
 
 
+def deepsparse_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+    """The engine compiled as mlpi compiles it (batch, cores, default scheduler), called
+    on one preloaded full batch."""
+    import deepsparse
+    import onnx
+
+    from mlpi.backends.deepsparse_backend import MAX_IR_VERSION, DeepSparseOptions, runnable_copy
+    from mlpi.core.onnx_file import inspect_onnx
+
+    artifact = inspect_onnx(model)
+    ir_version = onnx.load(str(model), load_external_data=False).ir_version
+    path = runnable_copy(artifact) if ir_version > MAX_IR_VERSION else model
+    defaults = DeepSparseOptions()
+    engine = deepsparse.compile_model(
+        str(path), batch_size=batch, num_cores=threads or None, num_streams=defaults.num_streams or None,
+        scheduler=defaults.scheduler,
+    )
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((batch, *spec.sample_shape)).astype(spec.dtype) for spec in artifact.inputs]
+    return _timed(lambda: engine.run(inputs, val_inp=False), batch, seconds)
+
+
 def ort_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
     import onnxruntime as ort
 
@@ -104,7 +130,9 @@ def ort_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-THREAD_OPTION = {"onnxruntime": "intra_op_threads", "openvino": "num_threads", "pytorch": "threads"}
+THREAD_OPTION = {
+    "onnxruntime": "intra_op_threads", "openvino": "num_threads", "pytorch": "threads", "deepsparse": "num_cores",
+}
 
 
 def mlpi_offline(backend: str, model_args: list[str], batch: int, seconds: float, threads: int, root: Path) -> tuple[float, bool]:
@@ -113,7 +141,7 @@ def mlpi_offline(backend: str, model_args: list[str], batch: int, seconds: float
         "--batch-size", str(batch), "--duration", str(seconds), "--output", str(root), "-o", f"{THREAD_OPTION[backend]}={threads}",
     ]
     subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    (run_dir,) = list(root.iterdir())
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]  # the root also holds the results index
     test = json.loads((run_dir / "result.json").read_text())["tests"][0]
     return float(test["value"]), bool(test["valid"])
 
@@ -136,13 +164,16 @@ def resnet50_file() -> tuple[Path, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "pytorch", "all"])
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "pytorch", "deepsparse", "all"])
     parser.add_argument("--model", default="resnet50", choices=["resnet50", "conv"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads on both sides (0: runtime default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (DeepSparse: cores) on both sides (0: runtime default)"
+    )
     parser.add_argument("--size", type=int, default=64, help="image side of the generated conv model")
     parser.add_argument("--width", type=int, default=64, help="channels of the generated conv model")
+    parser.add_argument("--json", dest="json_path", type=Path, help="also write the measurements here (mlpi report --efficiency)")
     args = parser.parse_args()
 
     from mlpi.testing.tiny_models import conv_model
@@ -168,6 +199,13 @@ def main() -> int:
     print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity")
     for backend, loop, mine, valid in rows:
         print(f"{backend:<13}{loop:>12,.1f}{mine:>14,.1f}{mine / loop:>8.3f}  {'VALID' if valid else 'INVALID'}")
+    if args.json_path:
+        args.json_path.write_text(json.dumps({
+            "format": "mlpi-backend-efficiency/1", "model": label, "batch_size": args.batch_size,
+            "duration_s": args.duration, "precision": "fp32", "threads": args.threads,
+            "rows": [{"backend": b, "own_loop_samples_per_s": loop, "mlpi_offline_samples_per_s": mine, "valid": valid}
+                     for b, loop, mine, valid in rows],
+        }, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -213,5 +213,10 @@ main.add_command(sysinfo)
 main.add_command(compare)
 
 
+from mlpi.cli_sweep import sweep as _sweep  # noqa: E402 - registered after the group is defined
+
+main.add_command(_sweep)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -296,3 +296,19 @@ def test_a_file_named_like_an_mlperf_model_is_not_given_its_rules(model_dir: Pat
     assert "custom_resnet50.SingleStream" in (folder / "user.conf").read_text()
     detail = (folder / "mlperf_log_detail.txt").read_text()
     assert '"effective_performance_sample_count", "value": 37' in detail
+
+
+def test_batch_size_applies_to_offline_and_server_only():
+    from mlpi.core.backend import Capabilities
+    from mlpi.core.child import effective_batch_size
+    from mlpi.core.errors import ModelError
+
+    # A session built for the run's batch (1 for SingleStream) must not fail on the --batch-size
+    # meant for Offline and Server.
+    built_for_one = Capabilities(max_batch_size=1, fixed_batch=True, preferred_batch_size=1)
+    assert effective_batch_size(3, built_for_one, "SingleStream") == 1
+    built_for_eight = Capabilities(max_batch_size=8, fixed_batch=True, preferred_batch_size=8)
+    assert effective_batch_size(3, built_for_eight, "MultiStream") == 8
+    assert effective_batch_size(None, built_for_eight, "Offline") == 8
+    with pytest.raises(ModelError):
+        effective_batch_size(16, built_for_eight, "Server")

@@ -259,17 +259,19 @@ def effective_batch_size(requested: int | None, caps: Any, scenario: str) -> int
     """The executor batch size for a scenario, checked against what the session accepts."""
     from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
 
+    # SingleStream and MultiStream fix their own batch; --batch-size is for Offline and Server
+    # (a backend that builds for the run's batch may accept no more than that).
+    if scenario == "SingleStream":
+        return 1
+    if scenario == "MultiStream":
+        limit = caps.max_batch_size or MULTISTREAM_SAMPLES_PER_QUERY
+        return min(MULTISTREAM_SAMPLES_PER_QUERY, limit)
     bs = requested or caps.preferred_batch_size
     if caps.max_batch_size is not None and bs > caps.max_batch_size:
         raise ModelError(
             f"batch size {bs} is larger than the session accepts ({caps.max_batch_size})",
             f"pass --batch-size {caps.max_batch_size} or less, or use a model with a dynamic batch dimension",
         )
-    if scenario == "SingleStream":
-        return 1
-    if scenario == "MultiStream":
-        limit = caps.max_batch_size or MULTISTREAM_SAMPLES_PER_QUERY
-        return min(MULTISTREAM_SAMPLES_PER_QUERY, limit)
     return bs
 
 

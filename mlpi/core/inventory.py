@@ -7,7 +7,7 @@ from typing import Any
 from mlpi.core.backend import Backend
 from mlpi.core.config import PluginsConfig
 from mlpi.core.device import Device
-from mlpi.core.errors import MlpiError
+from mlpi.core.errors import DeviceError, MlpiError
 from mlpi.core.options import option_help
 from mlpi.core.plugins import PluginInfo, Registry
 
@@ -40,6 +40,10 @@ def backend_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
         try:
             backend = cls()
             row["version"] = backend.version()
+        except DeviceError as exc:  # installed, but this machine cannot run it (e.g. the CPU lacks an ISA)
+            row.update(status="unusable here", error=exc.message, hint=exc.hint)
+            rows.append(row)
+            continue
         except MlpiError as exc:
             row.update(status="not installed", error=exc.message, hint=exc.hint)
             rows.append(row)

@@ -1,0 +1,456 @@
+"""DeepSparse backend: conformance, engine batch, padding, the IR-conversion cache, options,
+precision, CPU errors and an end-to-end run, on the real engine. Skipped where deepsparse
+is missing (it needs onnx<1.15, so it lives in its own environment: see .ci/deepsparse).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+deepsparse = pytest.importorskip("deepsparse")
+
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from conftest import only_run_dir, read_result, run_cli  # noqa: E402
+from mlpi.backends import deepsparse_backend as ds  # noqa: E402
+from mlpi.backends.deepsparse_backend import DeepSparseBackend, DeepSparseOptions  # noqa: E402
+from mlpi.core.backend import LoadContext  # noqa: E402
+from mlpi.core.device import Device  # noqa: E402
+from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError  # noqa: E402
+from mlpi.core.onnx_file import inspect_onnx  # noqa: E402
+from mlpi.core.options import build_options  # noqa: E402
+from mlpi.core.postprocess import RawOutputs  # noqa: E402
+from mlpi.core.sut import BatchExecutor  # noqa: E402
+from mlpi.datasets.synthetic import Synthetic  # noqa: E402
+from mlpi.testing import tiny_models  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5
+CORES = int(deepsparse.cpu_architecture().num_available_physical_cores)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLPI_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    path = tmp_path_factory.mktemp("ds-models")
+    return {
+        "matmul": tiny_models.matmul_model(path / "matmul.onnx"),
+        "matmul_b4": tiny_models.matmul_model(path / "matmul_b4.onnx", batch=4),
+        "conv": tiny_models.conv_model(path / "conv.onnx"),
+        "two_inputs": tiny_models.two_input_model(path / "two_inputs.onnx"),
+    }
+
+
+def load(model: Path, batch: int | None = None, precision: str | None = None, **options: object):
+    return DeepSparseBackend().load(
+        inspect_onnx(model), Device("cpu"), DeepSparseOptions(**options), precision, LoadContext(batch_size=batch)
+    )
+
+
+def random_feeds(session, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in session.inputs:
+        shape = (rows, *spec.sample_shape)
+        if spec.dtype.startswith("float"):
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.integers(-50, 50, shape).astype(spec.dtype)
+    return feeds
+
+
+def onnxruntime_outputs(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(want)
+    for name, expected in want.items():
+        assert got[name].shape == expected.shape and got[name].dtype == expected.dtype, name
+        np.testing.assert_allclose(got[name], expected, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def with_ir_version(source: Path, target: Path, ir_version: int, opset: int | None = None) -> Path:
+    """A copy of ``source`` stamped with another IR version (and opset), as newer onnx writes."""
+    proto = onnx.load(str(source))
+    proto.ir_version = ir_version
+    if opset is not None:
+        proto.opset_import[0].version = opset
+    onnx.save(proto, str(target))
+    return target
+
+
+# -- the contract ----------------------------------------------------------------------------
+
+
+def test_deepsparse_passes_the_conformance_kit() -> None:
+    from mlpi.testing.conformance import check_names, run_checks
+
+    report = run_checks(DeepSparseBackend)
+    assert report.failed == [], report.summary()
+    # Nothing skipped: the session is concurrent and fp32, so every check really ran.
+    assert [r.name for r in report.passed] == check_names()
+
+
+def test_version_probe_and_distributions() -> None:
+    backend = DeepSparseBackend()
+    assert backend.version() == deepsparse.__version__
+    assert backend.probe() == [Device("cpu")]
+    assert backend.runtime_distributions() == ("deepsparse",)
+
+
+def test_missing_deepsparse_is_a_plugin_error_and_probes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "deepsparse", None)
+    backend = DeepSparseBackend()
+    with pytest.raises(PluginError, match="DeepSparse is not installed") as info:
+        backend.version()
+    assert info.value.hint == 'pip install "mlpi[deepsparse]"'
+    assert backend.probe() == []
+
+
+def test_a_cpu_deepsparse_cannot_use_is_one_device_error(tmp_path: Path) -> None:
+    # NM_ARCH names the instruction set deepsparse must use; one it has no kernels for takes
+    # the same path as a CPU it cannot identify: its import raises. A fresh process is needed
+    # because this one has imported deepsparse already.
+    script = (
+        "from mlpi.backends.deepsparse_backend import DeepSparseBackend\n"
+        "from mlpi.core.errors import DeviceError\n"
+        "backend = DeepSparseBackend()\n"
+        "print('probe', backend.probe())\n"
+        "try:\n"
+        "    backend.version()\n"
+        "except DeviceError as exc:\n"
+        "    print('error', exc.message)\n"
+        "    print('hint', exc.hint)\n"
+    )
+    env = {**os.environ, "NM_ARCH": "sse2"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        key, _, text = line.partition(" ")
+        if key in ("probe", "error", "hint"):
+            lines[key] = text
+    assert lines["probe"] == "[]"
+    assert lines["error"].startswith("DeepSparse cannot run on this CPU: ") and "sse2" in lines["error"]
+    assert "AVX2 or AVX-512" in lines["hint"] and "--backend onnxruntime" in lines["hint"]
+    # `mlpi run` stops on that one error before any test starts.
+    cli = run_cli(["run", "--backend", "deepsparse", "--model-path", str(tiny_models.matmul_model(tmp_path / "m.onnx")),
+                   "-s", "Offline", "--output", str(tmp_path / "r")], cwd=tmp_path, env={"NM_ARCH": "sse2"})
+    assert cli.returncode == 1
+    errors = [line for line in cli.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert len(errors) == 2 and errors[1] == f"hint: {lines['hint']}"
+    assert errors[0].startswith("error: DeepSparse cannot run on this CPU: ") and "sse2" in errors[0]
+    assert not (tmp_path / "r").exists() or not any(p.is_dir() for p in (tmp_path / "r").iterdir())
+
+
+def test_an_engine_that_refuses_the_cpu_is_a_device_error(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # No processor here makes DeepSparse's compiler refuse it, so compile_model is replaced by
+    # one that raises what DeepSparse raises then; a model problem stays a ModelError.
+    def refuses(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("NM: error: this system's instruction set (sse4) is not supported")
+
+    monkeypatch.setattr(deepsparse, "compile_model", refuses)
+    with pytest.raises(DeviceError, match=r"^DeepSparse cannot run on this CPU: this system's instruction set"):
+        load(models["matmul"])
+
+
+class Response:
+    def __init__(self, qid: int, data: int, size: int) -> None:
+        self.id, self.data, self.size = qid, data, size
+
+
+# -- engine batch and padding ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "batch", "expected"), [("matmul", None, 8), ("matmul", 3, 3), ("matmul", 1, 1), ("matmul_b4", 8, 4)]
+)
+def test_the_engine_is_compiled_for_the_file_or_the_run_batch(
+    models: dict[str, Path], model: str, batch: int | None, expected: int
+) -> None:
+    session = load(models[model], batch)
+    assert session.engine.batch_size == expected
+    assert [s.shape for s in session.inputs] == [(expected, 16)]
+    assert [(s.name, s.dtype, s.shape) for s in session.outputs] == [
+        ("logits", "float32", (expected, 10)), ("label", "int64", (expected,))
+    ]
+    caps = session.capabilities
+    assert (caps.fixed_batch, caps.max_batch_size, caps.preferred_batch_size) == (True, expected, expected)
+    feeds = random_feeds(session, expected, seed=expected)
+    assert_same(dict(session.run(feeds)), onnxruntime_outputs(models[model], feeds))
+
+
+def test_a_padded_partial_batch_gives_the_rows_of_a_full_batch(models: dict[str, Path]) -> None:
+    artifact = inspect_onnx(models["two_inputs"])
+    session = DeepSparseBackend().load(artifact, Device("cpu"), DeepSparseOptions(), None, LoadContext(batch_size=8))
+    dataset = Synthetic().open(artifact.inputs, None, 16, 0)
+    dataset.load(list(range(16)))
+    executor = BatchExecutor(session, dataset, RawOutputs(session.outputs, 8), 8, lambda r: None, Response, print)
+    full_indices = [9, 2, 14, 5, 0, 11, 7, 3]
+    full = executor.compute(full_indices)[:8].copy()
+    # The feed buffer's last five rows still hold the samples above: padding is whatever is there.
+    partial = executor.compute([5, 0, 11])[:3].copy()
+    assert np.array_equal(partial, full[3:6])
+    # And each row is that sample's own answer.
+    feeds = {name: np.repeat(values, 8, axis=0) for name, values in dataset.sample(11).items()}
+    want = onnxruntime_outputs(models["two_inputs"], feeds)
+    row = np.concatenate([want[s.name][0].reshape(-1).view(np.uint8) for s in session.outputs])
+    assert np.array_equal(partial[2], row)
+
+
+# -- ONNX IR versions ------------------------------------------------------------------------
+
+
+def test_an_ir10_model_runs_from_a_converted_copy_that_is_reused(
+    models: dict[str, Path], tmp_path: Path, cache: Path
+) -> None:
+    newer = with_ir_version(models["conv"], tmp_path / "conv_ir10.onnx", 10)
+    artifact = inspect_onnx(newer)
+    first = load(newer, 2)
+    copy = first.model_path
+    assert copy == cache / "deepsparse" / f"{artifact.sha256}-ir{ds.MAX_IR_VERSION}.onnx"
+    assert onnx.load(str(copy)).ir_version == 9 and onnx.load(str(newer)).ir_version == 10
+    assert sorted(p.name for p in copy.parent.iterdir()) == [copy.name]  # no temporary file left behind
+    feeds = random_feeds(first, 2, seed=3)
+    assert_same(dict(first.run(feeds)), onnxruntime_outputs(newer, feeds))
+
+    before = copy.stat()
+    second = load(newer, 2)
+    assert second.model_path == copy
+    after = copy.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # reused, not rewritten
+    assert_same(dict(second.run(feeds)), onnxruntime_outputs(newer, feeds))
+
+    # Another file gets its own copy; an IR 9 file runs as it is.
+    other = with_ir_version(models["matmul"], tmp_path / "matmul_ir10.onnx", 10)
+    assert load(other).model_path != copy
+    assert load(models["conv"]).model_path == inspect_onnx(models["conv"]).path
+
+
+def test_the_plain_engine_refuses_ir10_so_the_copy_is_needed(models: dict[str, Path], tmp_path: Path) -> None:
+    newer = with_ir_version(models["matmul"], tmp_path / "matmul_ir10.onnx", 10)
+    with pytest.raises(RuntimeError, match="IR version"):
+        deepsparse.compile_model(str(newer), batch_size=1)
+
+
+def test_an_opset_deepsparse_lacks_is_refused_before_the_run(models: dict[str, Path], tmp_path: Path) -> None:
+    newer = with_ir_version(models["conv"], tmp_path / "conv_opset21.onnx", 10, opset=21)
+    with pytest.raises(ModelError, match="opset 19 or lower.*uses opset 21") as info:
+        DeepSparseBackend().check(inspect_onnx(newer), Device("cpu"), DeepSparseOptions(), None)
+    assert "opset_version" in (info.value.hint or "")
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def test_a_bad_scheduler_is_a_usage_error_listing_the_valid_ones(models: dict[str, Path]) -> None:
+    with pytest.raises(UsageError, match="scheduler") as info:
+        build_options(DeepSparseOptions, [("--option", {"scheduler": "fastest"})], "deepsparse")
+    assert info.value.hint == "choose one of: single_stream, multi_stream, elastic"
+    # A value that bypasses the option parser (the Python API) is refused by check() too.
+    with pytest.raises(UsageError, match="'fastest', not a DeepSparse scheduler") as info:
+        options = DeepSparseOptions(scheduler="fastest")  # type: ignore[arg-type]
+        DeepSparseBackend().check(inspect_onnx(models["matmul"]), Device("cpu"), options, None)
+    assert info.value.hint == "choose one of: single_stream, multi_stream, elastic"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_cores": CORES + 1}, "num_cores"),
+        ({"num_cores": -1}, "num_cores"),
+        ({"num_streams": 2}, "single_stream scheduler runs one stream"),
+        ({"scheduler": "multi_stream", "num_streams": CORES + 1}, "more than the"),
+    ],
+)
+def test_options_the_engine_cannot_honour_are_refused(models: dict[str, Path], options: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        DeepSparseBackend().check(inspect_onnx(models["matmul"]), Device("cpu"), DeepSparseOptions(**options), None)
+
+
+def test_options_reach_the_engine(models: dict[str, Path]) -> None:
+    default = load(models["conv"])
+    assert default.engine.scheduler.value == "single_stream" and default.engine.num_cores == CORES
+    assert default.capabilities.max_in_flight == 1 and default.capabilities.concurrent
+
+    streams = min(2, CORES)
+    session = load(models["conv"], scheduler="multi_stream", num_streams=streams, num_cores=CORES)
+    assert session.engine.scheduler.value == "multi_stream"
+    assert session.engine.num_streams == streams == session.num_streams
+    assert session.capabilities.max_in_flight == streams
+    assert load(models["conv"], num_cores=1).engine.num_cores == 1
+    feeds = random_feeds(session, 8)
+    assert_same(dict(session.run(feeds)), onnxruntime_outputs(models["conv"], feeds))
+
+
+# -- precision -------------------------------------------------------------------------------
+
+
+def qdq_conv_model(path: Path) -> Path:
+    """A Conv whose input and int8 weights go through QuantizeLinear/DequantizeLinear."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-100, 100, (8, 3, 3, 3)).astype(np.int8), "Wq"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+        numpy_helper.from_array(np.array(0, np.int8), "wz"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+        numpy_helper.from_array(np.array(0, np.int8), "xz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["image", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["Wq", "ws", "wz"], ["W"]),
+        helper.make_node("Conv", ["xd", "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "qdq", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 8])], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_quantized_graph_reports_int8_and_a_dense_one_fp32(models: dict[str, Path], tmp_path: Path) -> None:
+    quantized = qdq_conv_model(tmp_path / "qdq.onnx")
+    session = load(quantized, 4)
+    assert session.precision == "int8"
+    feeds = random_feeds(session, 4, seed=1)
+    assert_same(dict(session.run(feeds)), onnxruntime_outputs(quantized, feeds))
+    assert load(models["conv"]).precision == "fp32"
+    assert load(quantized, 4, precision="int8").precision == "int8"
+
+    backend, cpu = DeepSparseBackend(), Device("cpu")
+    with pytest.raises(UsageError, match="runs int8, not fp32"):
+        backend.check(inspect_onnx(quantized), cpu, DeepSparseOptions(), "fp32")
+    with pytest.raises(UsageError, match="runs fp32, not int8") as info:
+        backend.check(inspect_onnx(models["conv"]), cpu, DeepSparseOptions(), "int8")
+    assert "quantized to int8" in (info.value.hint or "")
+
+
+def test_float16_inputs_are_a_model_error(tmp_path: Path) -> None:
+    weight = numpy_helper.from_array(np.ones((16, 10), np.float16), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "half",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 10])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "half.onnx"))
+    with pytest.raises(ModelError, match=r"no float16/bfloat16 inputs.*x \(float16\)"):
+        load(tmp_path / "half.onnx")
+
+
+# -- errors and lifetime ---------------------------------------------------------------------
+
+
+def test_an_operator_deepsparse_lacks_is_a_model_error_without_engine_noise(tmp_path: Path) -> None:
+    node = helper.make_node("NoSuchOp", ["x"], ["y"], domain="no.such.domain")
+    graph = helper.make_graph(
+        [node], "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("no.such.domain", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelError, match="DeepSparse could not compile .*NoSuchOp") as info:
+        load(tmp_path / "bad.onnx")
+    assert "NM: error" not in info.value.message
+
+
+def test_engine_source_locations_are_cut_from_messages() -> None:
+    raw = RuntimeError(
+        "NM: error: Failed to load model with error: /home/b/onnxruntime/core/graph/model.cc:149 "
+        "onnxruntime::Model::Model(onnx::ModelProto&&, const PathString&) "
+        "Unsupported model IR version: 10, max supported IR version: 9\n"
+    )
+    assert ds._clean(raw) == "Unsupported model IR version: 10, max supported IR version: 9"
+
+
+def test_a_closed_session_refuses_to_run(models: dict[str, Path]) -> None:
+    session = load(models["matmul"], 2)
+    session.close()
+    assert session.engine is None
+    with pytest.raises(RuntimeError, match="closed"):
+        session.run({"x": np.ones((2, 16), np.float32)})
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def test_mlpi_run_offline_with_deepsparse_records_the_precision(models: dict[str, Path], tmp_path: Path) -> None:
+    proc = run_cli(
+        ["run", "--backend", "deepsparse", "--model-path", str(models["conv"]), "--scenario", "Offline",
+         "--quick", "--duration", "0.5", "--output", str(tmp_path / "r")],
+        cwd=tmp_path,
+    )
+    result = read_result(tmp_path / "r")
+    (test,) = result["tests"]
+    assert proc.returncode == (0 if test["valid"] else 3), proc.stderr
+    assert result["status"] == "ok" and test["status"] == "ok" and test["value"] > 0
+    assert result["backend"]["name"] == "deepsparse" and result["backend"]["version"] == deepsparse.__version__
+    assert result["precision"] == "fp32" and test["precision"] == "fp32"
+    assert test["batch_size"] == ds.PREFERRED_BATCH
+
+
+def test_offline_and_server_answer_each_sample_with_its_own_outputs(models: dict[str, Path], tmp_path: Path) -> None:
+    # Batches of 3 over 21 samples: partial batches reach the engine padded to 3 rows.
+    count = 21
+    proc = run_cli(
+        ["run", "--backend", "deepsparse", "--model-path", str(models["matmul"]), "-s", "Offline,Server",
+         "--mode", "accuracy", "--count", str(count), "--batch-size", "3", "--instances", "2",
+         "--output", str(tmp_path / "r")],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    artifact = inspect_onnx(models["matmul"])
+    dataset = Synthetic().open(artifact.inputs, None, count, 0)
+    dataset.load(list(range(count)))
+    reference = onnxruntime.InferenceSession(str(models["matmul"]), providers=["CPUExecutionProvider"])
+    expected = {
+        i: b"".join(np.ascontiguousarray(r).tobytes() for r in reference.run(None, dataset.sample(i))) for i in range(count)
+    }
+    run_dir = only_run_dir(tmp_path / "r")
+    for scenario in ("Offline", "Server"):
+        entries = json.loads((run_dir / scenario / "accuracy" / "mlperf_log_accuracy.json").read_text())
+        got = {e["qsl_idx"]: bytes.fromhex(e["data"]) for e in entries}
+        assert set(got) == set(expected), scenario
+        for index, data in got.items():
+            want = np.frombuffer(expected[index][:40], np.float32)
+            np.testing.assert_allclose(np.frombuffer(data[:40], np.float32), want, rtol=RTOL, atol=ATOL)
+            assert data[40:] == expected[index][40:], (scenario, index)  # the int64 label, exactly
+
+
+def test_a_bad_scheduler_on_the_command_line_fails_before_any_test(models: dict[str, Path], tmp_path: Path) -> None:
+    proc = run_cli(
+        ["run", "--backend", "deepsparse", "--model-path", str(models["matmul"]), "-s", "Offline",
+         "-o", "scheduler=fastest", "--output", str(tmp_path / "r")],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-2].startswith("error: option 'scheduler' of backend 'deepsparse'") and "fastest" in lines[-2]
+    assert lines[-1] == "hint: choose one of: single_stream, multi_stream, elastic"
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
