@@ -196,7 +196,7 @@ class SweepPrinter:
 def _validity(test: dict[str, Any]) -> str:
     if test.get("valid") is None:
         return "-"
-    return "VALID" if test["valid"] else "INVALID"
+    return ("VALID" if test["valid"] else "INVALID") + (" (simulated)" if test.get("simulated") else "")
 
 
 def print_sweep(state: Any) -> None:

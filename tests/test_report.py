@@ -333,7 +333,24 @@ def test_runs_sharing_backend_and_device_are_told_apart(runs_root: Path, tmp_pat
     assert "(2 run(s))" in proc.stdout  # a run named twice is read once
     page = parse((tmp_path / "out" / "report.html").read_text())
     data = json.loads(page.script_json[0])
-    assert sorted((r["run_id"], r["label"]) for r in data["runs"]) == [("a-first", "null/cpu #1"), ("b-second", "null/cpu #2")]
+    labels = dict(sorted((r["run_id"], r["label"]) for r in data["runs"]))
+    # Same settings too: only the order tells them apart.
+    assert labels["a-first"].startswith("null/cpu bs") and labels["a-first"].endswith(" #1")
+    assert labels["b-second"] == labels["a-first"][:-1] + "2"
     ids = [attrs["id"] for _, attrs in page.tags if attrs.get("id")]
     assert "throughput-bar-Offline-a-first" in ids and "throughput-bar-Offline-b-second" in ids
     assert len(ids) == len(set(ids))
+
+
+def test_runs_with_different_settings_are_labelled_by_them(runs_root: Path, tmp_path: Path) -> None:
+    null_dir = next(p for p in run_dirs(runs_root) if "null" in p.name)
+    root = tmp_path / "results"
+    for name, batch, instances in (("a", 4, 1), ("b", 16, 2)):
+        shutil.copytree(null_dir, root / name)
+        result = json.loads((root / name / "result.json").read_text())
+        result["settings"].update(batch_size=batch, instances=instances)
+        (root / name / "result.json").write_text(json.dumps(result))
+    proc = run_cli(["report", str(root), "--out", str(tmp_path / "out")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(parse((tmp_path / "out" / "report.html").read_text()).script_json[0])
+    assert {r["run_id"]: r["label"] for r in data["runs"]} == {"a": "null/cpu bs4", "b": "null/cpu bs16 x2"}

@@ -66,7 +66,7 @@ def _hatch(bar: Bar) -> str | None:
 
 def _tick(bar: Bar) -> str:
     marks = [m for m, on in (("INVALID", bar.test.valid is False), ("quick", bar.test.quick), ("simulated", bar.test.simulated)) if on]
-    label = bar.run.label
+    label = bar.run.label.replace(" ", "\n", 1)  # backend/device on one line, settings below
     return f"{label}\n[{', '.join(marks)}]" if marks else label
 
 
@@ -103,7 +103,8 @@ def _short(value: float) -> str:
 def throughput(groups: dict[tuple[str, str], list[Bar]], colors: dict[str, str]) -> Chart:
     """Bars per run, one panel per model x scenario (Offline samples/s, Server QPS)."""
     _matplotlib()
-    fig, axes = _figure(len(groups), 3.8 if groups else 2.4, 4.2)
+    most = max((len(bars) for bars in groups.values()), default=1)
+    fig, axes = _figure(len(groups), 3.8 if groups else 2.4, max(4.2, 1.25 * most + 1))
     fig.suptitle("Throughput per backend/device")
     if not groups:
         _empty(fig, axes[0], "No data: these runs have no completed Offline or Server performance test.")
@@ -140,7 +141,8 @@ def throughput(groups: dict[tuple[str, str], list[Bar]], colors: dict[str, str])
 def latency(groups: dict[str, list[Bar]]) -> Chart:
     """p50/p90/p99 per run, one panel per scenario, in milliseconds."""
     _matplotlib()
-    fig, axes = _figure(len(groups), 3.8 if groups else 2.4, 4.6)
+    most = max((len(bars) for bars in groups.values()), default=1)
+    fig, axes = _figure(len(groups), 3.8 if groups else 2.4, max(4.6, 1.25 * most + 1))
     fig.suptitle("Latency percentiles per scenario")
     if not groups:
         _empty(fig, axes[0], "No latency data: these runs have no completed Server, SingleStream or MultiStream "

@@ -62,6 +62,8 @@ class RunRecord:
     started: str | None
     tests: list[ScenarioResult]
     label: str = ""
+    #: What tells two runs of one backend/device apart: batch size (as run) and instances.
+    setting: str = ""
 
     def base_label(self) -> str:
         return f"{self.backend}/{self.device}"
@@ -169,7 +171,16 @@ def _run_record(run_dir: Path, data: dict[str, Any]) -> RunRecord:
         simulated=run_simulated or any(t.simulated for t in tests),
         started=data.get("started"),
         tests=tests,
+        setting=_setting(data),
     )
+
+
+def _setting(data: dict[str, Any]) -> str:
+    settings = data.get("settings") or {}
+    batches = sorted({t.get("batch_size") for t in data["tests"] if isinstance(t.get("batch_size"), int)})
+    batch = settings.get("batch_size") or (batches[-1] if batches else None)
+    instances = settings.get("instances") or 1
+    return " ".join(part for part in (f"bs{batch}" if batch else "", f"x{instances}" if instances != 1 else "") if part)
 
 
 def _read_latency(test: ScenarioResult, run_dir: Path, raw: dict[str, Any]) -> None:
@@ -186,17 +197,25 @@ def _number(value: Any) -> float | None:
 
 
 def assign_labels(runs: list[RunRecord]) -> None:
-    """``backend/device``, numbered ``#1``, ``#2`` in run order where runs of one model would
-    otherwise share a label (the runs table maps each label to its run id)."""
+    """``backend/device``; where runs of one model share that, their settings (``bs8 x2``)
+    are added, then ``#1``, ``#2`` in run order (the runs table maps each label to its run id)."""
     counts: dict[tuple[str, str], int] = {}
     for run in runs:
         key = (run.model, run.base_label())
         counts[key] = counts.get(key, 0) + 1
+    # Runs that share a backend/device are told apart by their settings where those differ,
+    # and by their order otherwise.
+    for run in runs:
+        run.label = run.base_label() if counts[(run.model, run.base_label())] == 1 else f"{run.base_label()} {run.setting}".strip()
+    counts = {}
+    for run in runs:
+        counts[(run.model, run.label)] = counts.get((run.model, run.label), 0) + 1
     seen: dict[tuple[str, str], int] = {}
     for run in runs:
-        key = (run.model, run.base_label())
+        key = (run.model, run.label)
         seen[key] = seen.get(key, 0) + 1
-        run.label = run.base_label() if counts[key] == 1 else f"{run.base_label()} #{seen[key]}"
+        if counts[key] > 1:
+            run.label = f"{run.label} #{seen[key]}"
 
 
 def format_value(value: float | None, unit: str | None) -> str:
