@@ -91,9 +91,17 @@ def run_mlpi(scenario: str, work: Path, model: Path, duration: float, server_qps
     ]
     if scenario == "Server":
         command += ["--target-qps", str(server_qps)]
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    (run_dir,) = list(root.iterdir())
-    return detail(run_dir / scenario / "performance" / "mlperf_log_detail.txt")
+    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    if proc.returncode not in (0, 3):  # 3: ran, but INVALID - still a figure to compare
+        raise SystemExit(f"mlpi {scenario} run failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]  # the results store file sits beside it
+    values = detail(run_dir / scenario / "performance" / "mlperf_log_detail.txt")
+    # What mlpi told LoadGen to expect, so that the bare SUT is asked for the same work.
+    for line in (run_dir / scenario / "performance" / "user.conf").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith((".target_qps", ".target_latency")):
+            values["mlpi_expectation"] = value.strip()
+    return values
 
 
 def main() -> int:
@@ -112,8 +120,12 @@ def main() -> int:
         work = Path(tmp)
         model = argmax_model(work / "tiny.onnx")
         for scenario in args.scenarios.split(","):
-            bare = run_bare(scenario, work, args.duration, args.server_qps, bare_expect)
+            # mlpi first: the bare SUT then gets the same expected QPS / latency mlpi calibrated.
             mine = run_mlpi(scenario, work, model, args.duration, args.server_qps, args.batch_size)
+            expect = dict(bare_expect)
+            if "mlpi_expectation" in mine and scenario in expect:
+                expect[scenario] = str(mine["mlpi_expectation"])
+            bare = run_bare(scenario, work, args.duration, args.server_qps, expect)
             b, m = figure(scenario, bare), figure(scenario, mine)
             rows.append((scenario, b, m, m / b, bare.get("result_validity"), mine.get("result_validity"),
                          bare.get("result_99.00_percentile_latency_ns"), mine.get("result_99.00_percentile_latency_ns")))

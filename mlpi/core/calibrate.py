@@ -22,8 +22,22 @@ SERVER_TARGET_FRACTION = 0.4
 #: session's own time (calibration runs without LoadGen); measured on a 2-core machine,
 #: rounded up so that small CPU models stay within their latency bound.
 SERVER_QUERY_OVERHEAD_S = 40e-6
-#: The same for each Offline sample (LoadGen's bookkeeping and the response).
-OFFLINE_SAMPLE_OVERHEAD_S = 1e-6
+#: The same for each Offline sample (LoadGen's bookkeeping and the response). It matters
+#: only for near-free models (the null backend): measured at 0.25-1 us on 2-core machines.
+#: Too high caps the expected QPS below what LoadGen achieves and the run ends INVALID
+#: before its minimum duration; too low makes LoadGen generate (and hold in memory) far
+#: more samples than the run needs. 1 us made 10 s null-backend runs INVALID on a machine
+#: where LoadGen reached 2.3-3.6M samples/s from run to run; 0.35 us gave VALID runs there,
+#: with LoadGen holding about 6.6 GB for a 10 s run.
+OFFLINE_SAMPLE_OVERHEAD_S = 0.35e-6
+
+
+#: What LoadGen and the issue callback add to a SingleStream/MultiStream query beyond the
+#: session's time (about 5 us on a 2-core machine; kept below that, since an expected
+#: latency that is too long makes LoadGen generate too few queries). LoadGen generates
+#: min_duration / expected latency queries up front, a few KB each: a sub-microsecond
+#: expectation for a trivial model would make it allocate gigabytes.
+INLINE_QUERY_OVERHEAD_S = 3e-6
 
 
 #: Timed batches per session at the least, however long they take.
@@ -42,9 +56,9 @@ def calibrate(
     if scenario in ("Offline", "Server") and target_qps is None:
         throughput = _throughput(executors, indices, seconds)
     if scenario == "SingleStream":
-        latency = _latency(executors[0], indices, 1, seconds)
+        latency = _latency(executors[0], indices, 1, seconds) + INLINE_QUERY_OVERHEAD_S
     if scenario == "MultiStream":
-        ms_latency = _latency(executors[0], indices, MULTISTREAM_SAMPLES_PER_QUERY, seconds)
+        ms_latency = _latency(executors[0], indices, MULTISTREAM_SAMPLES_PER_QUERY, seconds) + INLINE_QUERY_OVERHEAD_S
     if target_qps is not None:
         return Expectations(target_qps, latency, ms_latency, target_qps, "user (--target-qps)")
     if throughput <= 0:

@@ -24,6 +24,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -243,7 +244,7 @@ class Store:
 
     def _prepare(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        self._switch_to_wal()
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version < STORE_SCHEMA_VERSION:
             with self._write():  # another process may be creating it at the same moment: ask again
@@ -257,6 +258,20 @@ class Store:
                 f"results store {self.path} has schema {version}, newer than this mlpi ({STORE_SCHEMA_VERSION})",
                 "upgrade mlpi, or pass --store PATH with another file",
             )
+
+    def _switch_to_wal(self) -> None:
+        """Turn on WAL. Switching needs a moment alone with the file, and SQLite answers
+        "database is locked" at once, without waiting, while another process creates or
+        switches the same new store: wait and try again, up to the busy timeout."""
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         self._db.close()
