@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mlpi.core.results import format_figure
+
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -84,16 +86,7 @@ def _device_line(unit: dict[str, Any]) -> str:
 
 
 def _value(test: dict[str, Any]) -> str:
-    value = test.get("value")
-    if value is None:
-        return "-"
-    if test.get("unit") == "ms":
-        return f"{value:.3f} ms"
-    if test.get("unit") == "%":
-        return f"{value:.3f}%"
-    if test.get("unit") == "samples/s":
-        return f"{value:,.1f} samples/s"
-    return f"{value:g} {test.get('unit') or ''}".strip()
+    return format_figure(test.get("value"), test.get("unit"))
 
 
 def print_backends(rows: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from mlpi.core.errors import MlpiError
+from mlpi.core.results import format_figure
 
 _results_option = click.option(
     "--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
@@ -117,7 +118,7 @@ def list_runs(since: str | None, until: str | None, as_json: bool, results_root:
         table.add_row(
             line["run"], line["date"], line["system"], line["model"],
             (line["scenario"] or "-") + (" accuracy" if line["mode"] == "accuracy" else ""), line["backend"], line["device"],
-            line["precision"] or "-", _figure(line["value"], line["unit"]), _validity(line["valid"], line["quick"], line["status"]),
+            line["precision"] or "-", format_figure(line["value"], line["unit"]), _validity(line["valid"], line["quick"], line["status"]),
         )
     _print(table)
 
@@ -156,7 +157,7 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
     for test in result.get("tests", []):
         latency = record.latency.get(str(test.get("dir")), {})
         table.add_row(
-            str(test.get("scenario")), str(test.get("mode")), _figure(test.get("value"), test.get("unit")),
+            str(test.get("scenario")), str(test.get("mode")), format_figure(test.get("value"), test.get("unit")),
             *(_ms(latency.get(p)) for p in ("p50", "p90", "p99")),
             _validity(test.get("valid"), test.get("quick"), test.get("status")),
         )
@@ -313,7 +314,7 @@ def _display(rows: list[Any], with_speedup: bool) -> tuple[list[str], list[list[
         accuracy = row.accuracy or {}
         line = [
             row.model, row.scenario, row.system, row.backend, row.device, row.precision or "-",
-            _figure(row.value, row.unit), *(_ms(row.latency_ms.get(p)) for p in ("p50", "p90", "p99")),
+            format_figure(row.value, row.unit), *(_ms(row.latency_ms.get(p)) for p in ("p50", "p90", "p99")),
             f"{accuracy['value']:.3f}% {accuracy.get('metric') or ''}".strip() if accuracy.get("value") is not None else "-",
             _validity(row.valid, row.quick, row.status) + (" (simulated)" if row.simulated else ""), row.run,
         ]
@@ -329,18 +330,6 @@ def _markdown(header: list[str], lines: list[list[str]]) -> str:
 
     align = ["---:" if h.endswith(("ms", "speedup")) else "---" for h in header]
     return "\n".join([cells(header), "| " + " | ".join(align) + " |", *(cells(line) for line in lines)])
-
-
-def _figure(value: Any, unit: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    if unit == "ms":
-        return f"{value:.3f} ms"
-    if unit == "%":
-        return f"{value:.3f}%"
-    if unit == "samples/s":
-        return f"{value:,.1f} samples/s"
-    return f"{value:g} {unit or ''}".strip()
 
 
 def _ms(value: Any) -> str:

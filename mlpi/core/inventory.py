@@ -10,6 +10,7 @@ from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, MlpiError
 from mlpi.core.options import option_help
 from mlpi.core.plugins import PluginInfo, Registry
+from mlpi.core.sysinfo import cpu_model_name
 
 
 def backend_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
@@ -83,20 +84,6 @@ def device_groups(backend: Backend, devices: list[Device]) -> list[str]:
         text = str(Device(kind, tuple(indices)))
         plain.append(f"{text} ({about})" if about else text)
     return plain
-
-
-def cpu_model_name() -> str:
-    """The host CPU's model name from /proc/cpuinfo, or the platform's processor string."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def plugin_inventory(config: PluginsConfig, group: str) -> list[dict[str, Any]]:

@@ -67,3 +67,17 @@ def run_stem(model: str, backend: str, device: str) -> str:
 
 def test_dir(run_dir: Path, scenario: str, mode: str) -> Path:
     return run_dir / scenario / mode
+
+
+def format_figure(value: Any, unit: Any) -> str:
+    """A test's figure the way every mlpi table prints it (``-`` when there is none)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    if unit == "%":
+        return f"{value:.3f}%"
+    if unit == "samples/s":
+        return f"{value:,.1f} samples/s"
+    return f"{value:g} {unit or ''}".strip()
+

@@ -144,7 +144,7 @@ def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool)
         if copier is not None:
             copier.start()
         try:
-            with _signals_interrupt():
+            with signals_interrupt():
                 code = child.wait()
         except KeyboardInterrupt:
             _stop(child)
@@ -156,9 +156,10 @@ def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool)
 
 
 @contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """While a child runs, SIGTERM and SIGHUP stop it like Ctrl-C does, so it is not orphaned
-    and the run is recorded as interrupted."""
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C does, while the block runs: a
+    child test is then stopped, not orphaned, and the run (or sweep cell) is recorded as
+    interrupted."""
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

@@ -104,6 +104,11 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return versions
 
 
+def cpu_model_name() -> str:
+    """The host CPU's model name (``/proc/cpuinfo``, else the platform's processor string)."""
+    return parse_cpuinfo(_read("/proc/cpuinfo")).model or platform.processor() or ""
+
+
 def parse_cpuinfo(text: str) -> CpuInfo:
     """Model, sockets (distinct ``physical id``), physical cores (distinct socket/core pairs)
     and logical CPUs (``processor`` entries) from ``/proc/cpuinfo``; ``None`` where absent."""

@@ -218,19 +218,6 @@ def assign_labels(runs: list[RunRecord]) -> None:
             run.label = f"{run.label} #{seen[key]}"
 
 
-def format_value(value: float | None, unit: str | None) -> str:
-    """A test's figure the way ``mlpi run`` prints it."""
-    if value is None:
-        return "-"
-    if unit == "ms":
-        return f"{value:.3f} ms"
-    if unit == "%":
-        return f"{value:.3f}%"
-    if unit == "samples/s":
-        return f"{value:,.1f} samples/s"
-    return f"{value:g} {unit or ''}".strip()
-
-
 def format_ms(value: float) -> str:
     """A latency in ms: three decimals, or three significant digits below 0.1 ms."""
     return f"{value:,.3f}" if value >= 0.1 else f"{value:.3g}"

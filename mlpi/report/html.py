@@ -11,7 +11,8 @@ from html import escape
 from typing import Any
 
 from mlpi.report.charts import Chart
-from mlpi.report.data import PERCENTILES, Bar, Efficiency, RunRecord, format_ms, format_value, validity
+from mlpi.core.results import format_figure
+from mlpi.report.data import PERCENTILES, Bar, Efficiency, RunRecord, format_ms, validity
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d1d1f}
@@ -78,7 +79,7 @@ def _tests_table(runs: list[RunRecord]) -> str:
     for run in runs:
         for test in run.tests:
             cells = [_cell(run.label), _cell(run.model), _cell(test.scenario), _cell(test.mode),
-                     _cell(format_value(test.value, test.unit), True), _cell(test.metric or "-"), _cell(validity(test))]
+                     _cell(format_figure(test.value, test.unit), True), _cell(test.metric or "-"), _cell(validity(test))]
             rows.append((cells, test.quick or test.simulated))
     return _table("table-tests", ["run", "model", "scenario", "mode", "result", "metric", "validity"], rows)
 
@@ -88,7 +89,7 @@ def _throughput_table(groups: dict[tuple[str, str], list[Bar]]) -> str:
     for (model, scenario), bars in groups.items():
         for bar in bars:
             cells = [_cell(model), _cell(scenario), _cell(bar.run.label),
-                     _cell(format_value(bar.test.value, bar.test.unit), True), _cell(validity(bar.test))]
+                     _cell(format_figure(bar.test.value, bar.test.unit), True), _cell(validity(bar.test))]
             rows.append((cells, bar.test.quick or bar.test.simulated))
     return _table("table-throughput", ["model", "scenario", "backend/device", "throughput", "validity"], rows)
 

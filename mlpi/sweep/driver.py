@@ -7,14 +7,11 @@ any moment loses at most the cell that was running (marked interrupted).
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlpi.core.runner import signals_interrupt
 from mlpi.sweep.matrix import SweepSpec, build_matrix
 from mlpi.sweep.state import CellRecord, SweepState
 
@@ -58,7 +55,7 @@ def start(spec: SweepSpec, output_root: Path, executor: Executor, reporter: Swee
     executor.prepare(records)
     state = SweepState.create(output_root, _stem(spec), spec.to_json(), records, executor.describe())
     reporter.note(f"sweep {state.sweep_id}: {len(records)} cells; state in {state.directory}")
-    with _signals_interrupt():
+    with signals_interrupt():
         state.claim()
         try:
             executor.run(state, records, reporter)
@@ -69,7 +66,7 @@ def start(spec: SweepSpec, output_root: Path, executor: Executor, reporter: Swee
 
 def resume(state: SweepState, executor: Executor, reporter: SweepReporter, *, retry_failed: bool) -> SweepState:
     """Run the cells of a recorded sweep that are not done (failed ones only if asked)."""
-    with _signals_interrupt():
+    with signals_interrupt():
         state.claim()
         try:
             records = state.todo(retry_failed)
@@ -90,24 +87,6 @@ def _stem(spec: SweepSpec) -> str:
     model = spec.run.get("model") or Path(spec.run.get("model_path") or "custom").stem
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model)
     return f"{time.strftime('%Y%m%d-%H%M%S')}-sweep-{safe}"
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop a sweep like Ctrl-C: the running cell is marked interrupted."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, interrupt)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 __all__ = ["Executor", "SweepReporter", "resume", "start"]
