@@ -5,6 +5,7 @@ one preloaded batch to ``InferenceSession.run`` as fast as it can; mlpi runs a f
 Offline test (gathering each batch from the preloaded samples, postprocessing, completing).
 
     python benchmarks/backend_efficiency.py --backend all --model resnet50 [--batch-size 8] [--duration 10]
+    python benchmarks/backend_efficiency.py --backend onnxruntime --model retinanet --duration 30   # batch 1, as the file
     python benchmarks/backend_efficiency.py --backend openvino --model conv [--size 64 --width 64]
     python benchmarks/backend_efficiency.py --backend deepsparse --model conv   # in DeepSparse's own environment
 
@@ -13,8 +14,11 @@ Own loops: ONNX Runtime ``InferenceSession.run``; OpenVINO an ``AsyncInferQueue`
 DeepSparse its compiled engine called on one full batch. ``--backend all`` covers the backends
 of the main environment; DeepSparse (onnx<1.15) runs from its own, so it is asked for by name.
 
-``--model resnet50`` uses the official file when ``mlpi fetch resnet50`` has downloaded it,
-else the seeded random-weights graph (same layers, same work).
+``--model resnet50`` / ``--model retinanet`` use the official file when ``mlpi fetch`` has
+downloaded it, else the seeded random-weights graph (same layers, same work). RetinaNet's
+file fixes the batch at 1, so both sides run batch 1; for it the script also times the
+model's postprocessor on the graph's real outputs and reports its share of the time per
+sample.
 """
 
 from __future__ import annotations
@@ -146,13 +150,14 @@ def mlpi_offline(backend: str, model_args: list[str], batch: int, seconds: float
     return float(test["value"]), bool(test["valid"])
 
 
-def resnet50_file() -> tuple[Path, str]:
-    """The file ``mlpi run --model resnet50`` would use: official if downloaded, else random."""
+def registered_file(name: str) -> tuple[Path, str]:
+    """The file ``mlpi run --model NAME`` would use: official if downloaded, else random."""
     from mlpi.core.artifacts import cached
+    from mlpi.core.config import PluginsConfig
     from mlpi.core.planning import random_weights_path
-    from mlpi.models.resnet50 import resnet50
+    from mlpi.core.plugins import Registry
 
-    spec = resnet50()
+    spec = Registry(PluginsConfig.load(None)).model(name)
     official = cached(spec.artifact) if spec.artifact else None
     if official is not None:
         return official, "official"
@@ -162,10 +167,33 @@ def resnet50_file() -> tuple[Path, str]:
     return path, "random"
 
 
+def postprocess_share(name: str, model: Path, own_loop_samples_per_s: float, repeats: int = 200) -> tuple[float, float]:
+    """Seconds per sample of the model's postprocessor on the graph's real outputs, and its
+    share of the time per sample of the runtime's own loop."""
+    import onnxruntime as ort
+
+    from mlpi.core.config import PluginsConfig
+    from mlpi.core.plugins import Registry
+
+    spec = Registry(PluginsConfig.load(None)).model(name)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+             for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, feeds)))
+    post = spec.postprocess(list(spec.outputs), 1)
+    post(outputs, [0])
+    start = time.perf_counter()
+    for k in range(repeats):
+        post(outputs, [k])
+    per_sample = (time.perf_counter() - start) / repeats
+    return per_sample, per_sample * own_loop_samples_per_s
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "pytorch", "deepsparse", "all"])
-    parser.add_argument("--model", default="resnet50", choices=["resnet50", "conv"])
+    parser.add_argument("--model", default="resnet50", choices=["resnet50", "retinanet", "conv"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument(
@@ -180,10 +208,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="mlpi-efficiency-") as tmp:
         work = Path(tmp)
-        if args.model == "resnet50":
-            model, weights = resnet50_file()
-            model_args = ["--model", "resnet50", "--weights", weights]
-            label = f"resnet50 ({weights} weights)"
+        if args.model in ("resnet50", "retinanet"):
+            model, weights = registered_file(args.model)
+            model_args = ["--model", args.model, "--weights", weights]
+            label = f"{args.model} ({weights} weights)"
+            if args.model == "retinanet":
+                args.batch_size = 1  # the file's batch
         else:
             model = conv_model(work / "conv.onnx", size=args.size, width=args.width)
             model_args = ["--model-path", str(model)]
@@ -195,10 +225,13 @@ def main() -> int:
             mine, valid = mlpi_offline(backend, model_args, args.batch_size, args.duration, args.threads,
                                        work / f"results-{number}")
             rows.append((backend, loop, mine, valid))
+        share = postprocess_share(args.model, model, rows[0][1]) if args.model == "retinanet" else None
     print(f"model: {label}, batch {args.batch_size}, {args.duration}s per side, fp32, threads {args.threads or 'default'}")
     print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity")
     for backend, loop, mine, valid in rows:
-        print(f"{backend:<13}{loop:>12,.1f}{mine:>14,.1f}{mine / loop:>8.3f}  {'VALID' if valid else 'INVALID'}")
+        print(f"{backend:<13}{loop:>12,.3f}{mine:>14,.3f}{mine / loop:>8.3f}  {'VALID' if valid else 'INVALID'}")
+    if share is not None:
+        print(f"postprocess: {share[0] * 1e6:,.1f} us per sample = {share[1] * 100:.3f}% of the time per sample of {rows[0][0]}'s own loop")
     if args.json_path:
         args.json_path.write_text(json.dumps({
             "format": "mlpi-backend-efficiency/1", "model": label, "batch_size": args.batch_size,

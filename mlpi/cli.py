@@ -176,13 +176,44 @@ def fetch(model: str, plugins_file: str | None) -> None:
     from mlpi.core.artifacts import fetch as fetch_artifact
     from mlpi.core.config import PluginsConfig
     from mlpi.core.errors import UsageError
-    from mlpi.core.model import load_spec
     from mlpi.core.plugins import Registry
 
-    spec = load_spec(Registry(PluginsConfig.load(plugins_file)).resolve("models", model).obj)
+    spec = Registry(PluginsConfig.load(plugins_file)).model(model)
     if spec.artifact is None:
         raise UsageError(f"model {spec.name} has no downloadable file", "pass --model-path FILE to mlpi run")
     click.echo(str(fetch_artifact(spec.artifact)))
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--model", "model", help="Registered model whose scorer to use (default: the run's).")
+@click.option("--model-path", help="The model file, for a model given only as a file.")
+@click.option("--dataset", "dataset", help="Dataset plugin holding the ground truth (default: the run's).")
+@click.option("--dataset-path", help="The dataset's folder or file (default: the run's).")
+@click.option("--count", type=int, help="Samples of the dataset the run used (default: the run's, else all).")
+@click.option("--write", is_flag=True, help="Write accuracy.txt next to each log.")
+@click.option("--force", is_flag=True, help="With --write: replace an accuracy.txt that says something else.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
+@click.option("--debug", is_flag=True, hidden=True)
+def score(target: Path, model: str | None, model_path: str | None, dataset: str | None, dataset_path: str | None,
+          count: int | None, write: bool, force: bool, as_json: bool, plugins_file: str | None, debug: bool) -> int:
+    """Re-score an accuracy log (a run directory or mlperf_log_accuracy.json) as MLPerf's script does."""
+    from mlpi.core.errors import EXIT_INVALID, EXIT_OK
+    from mlpi.core.scoring import ScoreRequest
+    from mlpi.core.scoring import score as score_logs
+
+    scored = score_logs(ScoreRequest(target, model, model_path, dataset, dataset_path, count, plugins_file, write, force))
+    if as_json:
+        click.echo(json.dumps([{"log": str(s.log), "accuracy": s.result.to_json(),
+                                "written": str(s.written) if s.written else None} for s in scored], indent=2))
+    else:
+        for item in scored:
+            if len(scored) > 1:
+                click.echo(f"{item.log}:")
+            click.echo(item.result.report)
+            click.echo(f"mlpi: {item.result.describe()}" + (f"; wrote {item.written}" if item.written else ""))
+    return EXIT_INVALID if any(s.result.passed is False for s in scored) else EXIT_OK
 
 
 @main.command()

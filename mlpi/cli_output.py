@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlpi.core.results import format_figure
+from mlpi.core.result_schema import TestResult
 
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,49 +31,47 @@ class RunPrinter:
     def test_started(self, scenario: str, mode: str, index: int, total: int) -> None:
         _err.print(f"[{index}/{total}] {scenario} {mode} ...")
 
-    def test_finished(self, test: dict[str, Any]) -> None:
-        if test["status"] == "ok":
-            validity = "VALID" if test["valid"] else "INVALID"
-            _err.print(f"      {test['scenario']} {test['mode']}: {_value(test)} {validity}")
-            for reason in test.get("invalid_reasons") or []:
+    def test_finished(self, test: TestResult) -> None:
+        if test.status == "ok":
+            validity = "VALID" if test.valid else "INVALID"
+            _err.print(f"      {test.scenario} {test.mode}: {test.figure()} {validity}")
+            for reason in test.invalid_reasons:
                 _err.print(f"      - {reason}")
         else:
-            _err.print(f"      {test['scenario']} {test['mode']}: {test['status'].upper()}")
+            _err.print(f"      {test.scenario} {test.mode}: {test.status.upper()}")
 
     def summary(self, outcome: Any) -> None:
         result = outcome.result
-        table = Table(title=f"mlpi {result['run_id']}", title_justify="left")
+        table = Table(title=f"mlpi {result.run_id}", title_justify="left")
         for column in ("scenario", "mode", "result", "validity", "batch", "precision"):
             table.add_column(column)
-        for test in result["tests"]:
-            if test["status"] != "ok":
-                validity = test["status"].upper()
+        for test in result.tests:
+            if test.status != "ok":
+                validity = test.status.upper()
             else:
-                validity = ("VALID" if test["valid"] else "INVALID") + (" (quick)" if test["quick"] else "")
-            if test.get("simulated"):
+                validity = ("VALID" if test.valid else "INVALID") + (" (quick)" if test.quick else "")
+            if test.simulated:
                 validity += " (simulated)"
             table.add_row(
-                test["scenario"], test["mode"], _value(test), validity,
-                str(test.get("batch_size") or "-"), str(test.get("precision") or "-"),
+                test.scenario, test.mode, test.figure(), validity, str(test.batch_size or "-"), str(test.precision or "-"),
             )
         _out.print(table)
-        backend = result["backend"]
-        model = result["model"]
-        note = f" ({model['note']})" if model.get("note") else ""
-        _out.print(f"backend {backend['name']} {backend['version']} on {result['device']}; model {model['name']}{note}")
-        for test in result["tests"]:
-            accuracy = test.get("accuracy")
-            if accuracy:
-                verdict = "" if accuracy.get("passed") is None else (" PASS" if accuracy["passed"] else " FAIL")
-                target = f" (target {accuracy['target']:.3f}%)" if accuracy.get("target") is not None else ""
-                _out.print(f"{test['scenario']} accuracy: {accuracy['report']}{target}{verdict}")
-        for test in result["tests"]:
-            devices = test.get("devices") or []
+        model = result.model
+        note = f" ({model.note})" if model.note else ""
+        _out.print(f"backend {result.backend.name} {result.backend.version} on {result.device}; model {model.name}{note}")
+        for test in result.tests:
+            accuracy = test.accuracy
+            if accuracy is not None:
+                verdict = "" if accuracy.passed is None else (" PASS" if accuracy.passed else " FAIL")
+                target = f" (target {accuracy.target_text()})" if accuracy.target is not None else ""
+                _out.print(f"{test.scenario} accuracy: {accuracy.report}{target}{verdict}")
+        for test in result.tests:
+            devices = test.devices or ()
             if len(devices) > 1:
-                _out.print(f"{test['scenario']} {test['mode']} per device: " + "; ".join(map(_device_line, devices)))
-        if result.get("simulated"):
+                _out.print(f"{test.scenario} {test.mode} per device: " + "; ".join(map(_device_line, devices)))
+        if result.simulated:
             _out.print("SIMULATED: timings come from a device model, not from hardware")
-        if not result["submission_valid"]:
+        if not result.submission_valid:
             _out.print("quick run: not valid for submission")
         _out.print(f"results: {outcome.run_dir}")
 
@@ -83,10 +81,6 @@ def _device_line(unit: dict[str, Any]) -> str:
     return f"{unit['device']} {unit['samples']:,} samples in {unit['batches']:,} batches" + (
         f", busy {busy:.0%}" if busy is not None else ""
     )
-
-
-def _value(test: dict[str, Any]) -> str:
-    return format_figure(test.get("value"), test.get("unit"))
 
 
 def print_backends(rows: list[dict[str, Any]]) -> None:
@@ -129,3 +123,26 @@ def print_models(rows: list[dict[str, Any]]) -> None:
             datasets or "-", status,
         )
     _out.print(table)
+    for row in rows:
+        if row.get("quality") or row.get("performance_sample_count"):
+            _out.print(f"{escape(row['name'])}: " + escape(rules_line(row)))
+
+
+def rules_line(row: dict[str, Any]) -> str:
+    """A model's MLPerf rules in one line, as ``mlpi models`` prints them."""
+    parts = [row.get("quality") or "no quality target"]
+    if row.get("server_latency_ms"):
+        parts.append(f"Server p99 <= {row['server_latency_ms']:g} ms")
+    if row.get("multistream_latency_ms"):
+        parts.append(f"MultiStream p99 <= {row['multistream_latency_ms']:g} ms")
+    if row.get("performance_sample_count"):
+        parts.append(f"performance samples {row['performance_sample_count']}")
+    if row.get("offline_min_samples"):
+        parts.append(f"Offline min samples {row['offline_min_samples']}")
+    if row.get("dataset_size"):
+        parts.append(f"accuracy over {row['dataset_size']} samples")
+    for category, scenarios in (row.get("required_scenarios") or {}).items():
+        parts.append(f"{category}: {', '.join(scenarios)}")
+    if row.get("round"):
+        parts.append(f"round {row['round']}")
+    return "; ".join(parts)

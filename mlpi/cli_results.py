@@ -98,27 +98,30 @@ def list_runs(since: str | None, until: str | None, as_json: bool, results_root:
     with _open_store(results_root, store_file) as store:
         runs = store.runs(selection)
     lines = []
+    rows = []
     wanted = {s.lower() for s in selection.scenarios}
     for run in runs:
-        tests = [t for t in run.result.get("tests", []) if not wanted or str(t.get("scenario")).lower() in wanted]
-        for test in tests or [{}]:
+        tests = [t for t in run.result.tests if not wanted or t.scenario.lower() in wanted]
+        for test in tests or [None]:  # a run without tests still has its line
+            shown = {k: getattr(test, k, None) for k in ("scenario", "mode", "metric", "value", "unit", "valid", "quick")}
             lines.append({
                 "run": run.name, "run_id": run.run_id, "date": run.date, "started": run.started, "system": run.system,
-                "model": run.model, "scenario": test.get("scenario"), "mode": test.get("mode"), "backend": run.backend,
-                "device": run.device, "precision": test.get("precision") or run.precision, "metric": test.get("metric"),
-                "value": test.get("value"), "unit": test.get("unit"), "valid": test.get("valid"),
-                "quick": test.get("quick"), "status": test.get("status") or run.status, "dir": str(run.dir),
+                "model": run.model, "scenario": shown["scenario"], "mode": shown["mode"], "backend": run.backend,
+                "device": run.device, "precision": getattr(test, "precision", None) or run.precision,
+                "metric": shown["metric"], "value": shown["value"], "unit": shown["unit"], "valid": shown["valid"],
+                "quick": shown["quick"], "status": getattr(test, "status", None) or run.status, "dir": str(run.dir),
             })
+            rows.append(test)
     if as_json:
         click.echo(json.dumps(lines, indent=2))
         return
     table = _table(f"mlpi results ({len(runs)} runs)",
                    ("run id", "date", "system", "model", "scenario", "backend", "device", "precision", "metric", "valid"))
-    for line in lines:
+    for line, test in zip(lines, rows):
         table.add_row(
             line["run"], line["date"], line["system"], line["model"],
             (line["scenario"] or "-") + (" accuracy" if line["mode"] == "accuracy" else ""), line["backend"], line["device"],
-            line["precision"] or "-", format_figure(line["value"], line["unit"]), _validity(line["valid"], line["quick"], line["status"]),
+            line["precision"] or "-", test.figure() if test else "-", _validity(line["valid"], line["quick"], line["status"]),
         )
     _print(table)
 
@@ -134,37 +137,33 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
         record = store.find(run)
     result = record.result
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
         return
-    system = result.get("system") or {}
-    backend = result.get("backend") or {}
-    model = result.get("model") or {}
-    dataset = result.get("dataset") or {}
+    system, model = result.system, result.model
     where = str(record.dir) + ("" if record.dir.exists() else " (directory no longer there)")
     facts = [
-        ("run", record.name), ("directory", where), ("started", record.date), ("status", result.get("status")),
+        ("run", record.name), ("directory", where), ("started", record.date), ("status", result.status),
         ("system", record.system), ("cpu", _cpu(system)), ("memory", system.get("host_memory_capacity")),
         ("accelerators", _accelerators(system)), ("os", system.get("operating_system")),
-        ("backend", f"{backend.get('name')} {backend.get('version') or ''}".strip()), ("device", result.get("device")),
-        ("precision", result.get("precision")),
-        ("model", f"{model.get('name')}" + (f" ({model['note']})" if model.get("note") else "")),
-        ("model sha256", model.get("sha256")), ("dataset", dataset.get("name")),
-        ("valid for submission", "yes" if result.get("submission_valid") else "no (quick or shortened run)"),
+        ("backend", f"{result.backend.name} {result.backend.version or ''}".strip()), ("device", result.device),
+        ("precision", result.precision),
+        ("model", model.name + (f" ({model.note})" if model.note else "")),
+        ("model sha256", model.sha256), ("dataset", result.dataset.name),
+        ("valid for submission", "yes" if result.submission_valid else "no (quick or shortened run)"),
     ]
     for key, value in facts:
         click.echo(f"{key + ':':<22}{value if value not in (None, '') else '-'}")
     table = _table("tests", ("scenario", "mode", "result", "p50 ms", "p90 ms", "p99 ms", "validity"), right=("ms",))
-    for test in result.get("tests", []):
-        latency = record.latency.get(str(test.get("dir")), {})
+    for test in result.tests:
+        latency = record.latency.get(test.dir, {})
         table.add_row(
-            str(test.get("scenario")), str(test.get("mode")), format_figure(test.get("value"), test.get("unit")),
-            *(_ms(latency.get(p)) for p in ("p50", "p90", "p99")),
-            _validity(test.get("valid"), test.get("quick"), test.get("status")),
+            test.scenario, test.mode, test.figure(), *(_ms(latency.get(p)) for p in ("p50", "p90", "p99")),
+            _validity(test.valid, test.quick, test.status),
         )
     _print(table)
-    for test in result.get("tests", []):
-        for reason in test.get("invalid_reasons") or []:
-            click.echo(f"{test.get('scenario')} {test.get('mode')}: {reason}")
+    for test in result.tests:
+        for reason in test.invalid_reasons:
+            click.echo(f"{test.scenario} {test.mode}: {reason}")
 
 
 @results.command("import")
@@ -286,8 +285,8 @@ def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: 
 
 _CSV_COLUMNS = (
     "run", "started", "model", "scenario", "system", "backend", "device", "precision", "dataset", "metric", "value",
-    "unit", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "accuracy_metric", "accuracy", "valid", "quick", "simulated", "status",
-    "speedup", "baseline",
+    "unit", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "accuracy_metric", "accuracy", "accuracy_unit", "valid", "quick",
+    "simulated", "status", "speedup", "baseline",
 )
 
 
@@ -299,7 +298,7 @@ def _csv(rows: list[Any]) -> str:
         data = row.to_json()
         accuracy = row.accuracy or {}
         data.update({f"{p}_ms": row.latency_ms.get(p) for p in ("p50", "p90", "p95", "p99")},
-                    accuracy_metric=accuracy.get("metric"), accuracy=accuracy.get("value"))
+                    accuracy_metric=accuracy.get("metric"), accuracy=accuracy.get("value"), accuracy_unit=accuracy.get("unit"))
         writer.writerow(["" if data.get(c) is None else data[c] for c in _CSV_COLUMNS])
     return buffer.getvalue()
 
@@ -315,7 +314,7 @@ def _display(rows: list[Any], with_speedup: bool) -> tuple[list[str], list[list[
         line = [
             row.model, row.scenario, row.system, row.backend, row.device, row.precision or "-",
             format_figure(row.value, row.unit), *(_ms(row.latency_ms.get(p)) for p in ("p50", "p90", "p99")),
-            f"{accuracy['value']:.3f}% {accuracy.get('metric') or ''}".strip() if accuracy.get("value") is not None else "-",
+            _accuracy(accuracy),
             _validity(row.valid, row.quick, row.status) + (" (simulated)" if row.simulated else ""), row.run,
         ]
         if with_speedup:
@@ -330,6 +329,15 @@ def _markdown(header: list[str], lines: list[list[str]]) -> str:
 
     align = ["---:" if h.endswith(("ms", "speedup")) else "---" for h in header]
     return "\n".join([cells(header), "| " + " | ".join(align) + " |", *(cells(line) for line in lines)])
+
+
+def _accuracy(accuracy: dict[str, Any]) -> str:
+    """``70.000% top-1``; ``0.86170 mean DICE``: a compare row's accuracy, in its own unit."""
+    if accuracy.get("value") is None:
+        return "-"
+    from mlpi.core.accuracy import format_value
+
+    return f"{format_value(accuracy['value'], accuracy.get('unit', '%'))} {accuracy.get('metric') or ''}".strip()
 
 
 def _ms(value: Any) -> str:

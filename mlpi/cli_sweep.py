@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlpi.core.errors import EXIT_INTERRUPTED, MlpiError, UsageError
+
+if TYPE_CHECKING:
+    from mlpi.core.result_schema import TestResult
 
 #: CLI parameter -> RunRequest field, for the settings every cell shares.
 _SHARED = {
@@ -175,11 +178,10 @@ class SweepPrinter:
     def test_started(self, scenario: str, mode: str, index: int, total: int) -> None:
         pass
 
-    def test_finished(self, test: dict[str, Any]) -> None:
-        from mlpi.cli_output import _value
-
-        if test["status"] == "ok":
-            self.console.print(f"      {test['scenario']} {test['mode']}: {_value(test)} {_validity(test)}", markup=False)
+    def test_finished(self, test: TestResult) -> None:
+        if test.status == "ok":
+            validity = _validity({"valid": test.valid, "simulated": test.simulated})
+            self.console.print(f"      {test.scenario} {test.mode}: {test.figure()} {validity}", markup=False)
 
     def cell_finished(self, record: Any) -> None:
         if record.status == "done":
@@ -194,17 +196,22 @@ class SweepPrinter:
 
 
 def _validity(test: dict[str, Any]) -> str:
+    """A cell's test summary (sweep.json) as VALID/INVALID, marked when simulated."""
     if test.get("valid") is None:
         return "-"
     return ("VALID" if test["valid"] else "INVALID") + (" (simulated)" if test.get("simulated") else "")
+
+
+def _figure(test: dict[str, Any]) -> str:
+    from mlpi.core.results import format_figure
+
+    return format_figure(test.get("value"), test.get("unit"))
 
 
 def print_sweep(state: Any) -> None:
     """The final table: one row per cell, then why each failed cell failed."""
     from rich.console import Console
     from rich.table import Table
-
-    from mlpi.cli_output import _value
 
     # Piped output keeps the table on one line per cell instead of wrapping at 80 columns.
     out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -218,7 +225,7 @@ def print_sweep(state: Any) -> None:
         table.add_row(
             str(record.index + 1), cell.backend, cell.device, "auto" if cell.batch_size is None else str(cell.batch_size),
             str(cell.instances), cell.scenario, record.status.upper() if record.status != "done" else "done",
-            _value(shown) if shown else "-", _validity(shown) if shown else "-", record.run_id or "-",
+            _figure(shown) if shown else "-", _validity(shown) if shown else "-", record.run_id or "-",
         )
     out.print(table)
     for record in state.cells:

@@ -85,8 +85,8 @@ def compare_json(runs: dict[str, Any], *args: str, root: Path | None = None) -> 
 
 def value(runs: dict[str, Any], name: str, scenario: str) -> float:
     result = read_result(runs["root"] / runs[name])
-    (test,) = [t for t in result["tests"] if t["scenario"] == scenario and t["mode"] == "performance"]
-    return float(test["value"])
+    (test,) = [t for t in result.tests if t.scenario == scenario and t.mode == "performance"]
+    return float(test.value)
 
 
 def test_speedups_against_a_baseline_run(runs: dict[str, Any]) -> None:
@@ -161,7 +161,8 @@ def test_quick_runs_are_not_silently_compared_with_full_length_ones(runs: dict[s
 
 def test_accuracy_joins_its_scenarios_row(runs: dict[str, Any]) -> None:
     (row,) = compare_json(runs, "model=resnet50")["rows"]
-    assert row["accuracy"] == {"metric": "top-1", "value": pytest.approx(70.0), "target": pytest.approx(75.695, abs=0.01), "passed": False}
+    assert row["accuracy"] == {"metric": "top-1", "value": pytest.approx(70.0), "unit": "%", "higher_is_better": True,
+                               "target": pytest.approx(75.695, abs=0.01), "passed": False}
     assert row["value"] == value(runs, "resnet", "Offline") and row["valid"] is False
     table = compare(runs, "model=resnet50")
     assert table.returncode == 0, table.stderr

@@ -24,6 +24,7 @@ from conftest import only_run_dir, read_result, run_cli  # noqa: E402
 from mlpi.backends import deepsparse_backend as ds  # noqa: E402
 from mlpi.backends.deepsparse_backend import DeepSparseBackend, DeepSparseOptions  # noqa: E402
 from mlpi.core.backend import LoadContext  # noqa: E402
+from mlpi.core.dataset import DatasetRequest
 from mlpi.core.device import Device  # noqa: E402
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError  # noqa: E402
 from mlpi.core.onnx_file import inspect_onnx  # noqa: E402
@@ -199,7 +200,7 @@ def test_the_engine_is_compiled_for_the_file_or_the_run_batch(
 def test_a_padded_partial_batch_gives_the_rows_of_a_full_batch(models: dict[str, Path]) -> None:
     artifact = inspect_onnx(models["two_inputs"])
     session = DeepSparseBackend().load(artifact, Device("cpu"), DeepSparseOptions(), None, LoadContext(batch_size=8))
-    dataset = Synthetic().open(artifact.inputs, None, 16, 0)
+    dataset = Synthetic().open(DatasetRequest(artifact.inputs, path=None, count=16, seed=0))
     dataset.load(list(range(16)))
     executor = BatchExecutor(session, dataset, RawOutputs(session.outputs, 8), 8, lambda r: None, Response, print)
     full_indices = [9, 2, 14, 5, 0, 11, 7, 3]
@@ -426,7 +427,7 @@ def test_offline_and_server_answer_each_sample_with_its_own_outputs(models: dict
     )
     assert proc.returncode == 0, proc.stderr
     artifact = inspect_onnx(models["matmul"])
-    dataset = Synthetic().open(artifact.inputs, None, count, 0)
+    dataset = Synthetic().open(DatasetRequest(artifact.inputs, path=None, count=count, seed=0))
     dataset.load(list(range(count)))
     reference = onnxruntime.InferenceSession(str(models["matmul"]), providers=["CPUExecutionProvider"])
     expected = {

@@ -14,6 +14,7 @@ import pytest
 
 from mlpi.backends.qaic import QaicBackend, QaicOptions
 from mlpi.core.backend import LoadContext
+from mlpi.core.dataset import DatasetRequest
 from mlpi.core.device import Device
 from mlpi.core.dispatch import Dispatcher, device_stats
 from mlpi.core.errors import DeviceError, UsageError
@@ -36,7 +37,7 @@ def qaic_executors(
 ) -> list[BatchExecutor]:
     """Executors as the child process builds them: max_in_flight slots per card session."""
     artifact = inspect_onnx(model)
-    dataset = Synthetic().open(artifact.inputs, None, 32, 0)
+    dataset = Synthetic().open(DatasetRequest(artifact.inputs, path=None, count=32, seed=0))
     dataset.load(list(range(32)))
     backend = QaicBackend()
     executors = []
@@ -174,6 +175,45 @@ def test_cards_beyond_the_simulated_machine_are_refused(matmul: Path) -> None:
     assert "qaic:9" in caught.value.message and "qaic:0-7" in caught.value.message and "qaic:0-3" in caught.value.hint
     with pytest.raises(UsageError):
         QaicBackend().check(inspect_onnx(matmul), Device("qaic", (0,)), QaicOptions(concurrency=0), None)
+
+
+def test_qaic_computes_with_the_backend_its_option_names(matmul: Path) -> None:
+    artifact = inspect_onnx(matmul)
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)}
+    answers = {}
+    for name in ("onnxruntime", "ort", "null"):  # an alias resolves like --backend
+        session = QaicBackend().load(artifact, Device("qaic", (0,)), QaicOptions(compute_backend=name, latency_ms=0), None)
+        assert session.simulated
+        answers[name] = {k: np.asarray(v).copy() for k, v in session.run(feeds).items()}
+        session.close()
+    assert np.abs(answers["onnxruntime"]["logits"]).max() > 0
+    assert all(np.array_equal(answers["ort"][k], answers["onnxruntime"][k]) for k in answers["ort"])
+    assert not answers["null"]["logits"].any()  # the null backend's zeros, not ONNX Runtime's answers
+    assert QaicOptions().compute_backend == "onnxruntime"
+
+
+@pytest.mark.parametrize("name, why", [("onxruntime", "not an installed backend"), ("qaic", "the simulator itself")])
+def test_a_wrong_compute_backend_is_one_clear_error_listing_the_valid_ones(matmul: Path, name: str, why: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        QaicBackend().check(inspect_onnx(matmul), Device("qaic", (0,)), QaicOptions(compute_backend=name), None)
+    error = caught.value
+    assert f"compute_backend is '{name}'" in error.message and why in error.message
+    listed = error.hint.split("choose one of: ")[1]
+    assert {"onnxruntime", "null"} <= set(listed.split(" (")[0].split(", "))
+    assert "qaic" not in listed.split(" (")[0].split(", ")
+    if name == "onxruntime":
+        assert "did you mean onnxruntime?" in error.hint
+
+
+def test_qaic_finds_its_compute_backend_through_the_registry_only() -> None:
+    import ast
+
+    import mlpi.backends.qaic as qaic
+
+    tree = ast.parse(Path(qaic.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m.startswith("mlpi.backends") or m == "onnxruntime"}, imported
 
 
 def test_qaic_passes_the_conformance_kit() -> None:

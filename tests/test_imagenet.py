@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import only_run_dir, run_cli
 from mlpi.core.backend import TensorSpec
+from mlpi.core.dataset import DatasetRequest
 from mlpi.core.errors import DatasetError
 from mlpi.datasets import imagenet
 from mlpi.datasets.imagenet import ImageNet, ImageNetDataset
@@ -114,7 +115,7 @@ class CountingImread:
 
 
 def test_nchw_matches_the_reference_pixel_for_pixel_for_every_kind_of_jpeg(data: Path) -> None:
-    dataset = ImageNet().open(NCHW, data, None, 0)
+    dataset = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     assert dataset.count == len(IMAGES)
     assert dataset.inputs == [TensorSpec("input_tensor:0", "float32", (None, 3, 224, 224))]
     got = load_all(dataset)
@@ -131,8 +132,8 @@ def test_nchw_matches_the_reference_pixel_for_pixel_for_every_kind_of_jpeg(data:
 
 
 def test_nhwc_is_the_same_pixels_channels_last(data: Path) -> None:
-    nchw = load_all(ImageNet().open(NCHW, data, None, 0))
-    dataset = ImageNet().open(NHWC, data, None, 0)
+    nchw = load_all(ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0)))
+    dataset = ImageNet().open(DatasetRequest(NHWC, path=data, count=None, seed=0))
     assert dataset.inputs[0].shape == (None, 224, 224, 3)
     nhwc = load_all(dataset)
     assert nhwc.shape == (len(IMAGES), 224, 224, 3)
@@ -142,18 +143,18 @@ def test_nhwc_is_the_same_pixels_channels_last(data: Path) -> None:
 
 def test_non_square_and_dynamic_inputs(data: Path) -> None:
     # A non-square input resizes each side by its own target, like the reference.
-    odd = ImageNet().open([TensorSpec("x", "float32", (1, 3, 64, 48))], data, 3, 0)
+    odd = ImageNet().open(DatasetRequest([TensorSpec("x", "float32", (1, 3, 64, 48))], path=data, count=3, seed=0))
     got = load_all(odd)
     assert odd.inputs[0].shape == (1, 3, 64, 48)
     for index in range(3):
         assert np.array_equal(got[index], expected(data / IMAGES[index][0], 64, 48))
     # Dynamic height and width: the reference 224 x 224.
-    dynamic = ImageNet().open([TensorSpec("x", "float32", (None, 3, None, None))], data, 2, 0)
+    dynamic = ImageNet().open(DatasetRequest([TensorSpec("x", "float32", (None, 3, None, None))], path=data, count=2, seed=0))
     assert dynamic.inputs[0].shape == (None, 3, 224, 224)
 
 
 def test_gather_labels_count_and_description(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    dataset = ImageNet().open(NCHW, data, 5, 0)
+    dataset = ImageNet().open(DatasetRequest(NCHW, path=data, count=5, seed=0))
     assert dataset.count == 5
     labels = dataset.labels()
     assert labels.dtype == np.int64 and labels.tolist() == LABELS[:5]
@@ -169,41 +170,49 @@ def test_gather_labels_count_and_description(data: Path, monkeypatch: pytest.Mon
     assert np.array_equal(out["input_tensor:0"][1], expected(data / IMAGES[1][0]))
     assert np.array_equal(dataset.sample(1)["input_tensor:0"][0], expected(data / IMAGES[1][0]))
 
-    monkeypatch.setattr(ImageNetDataset, "PERFORMANCE_COUNT", 3)
-    assert ImageNet().open(NCHW, data, None, 0).performance_count == 3
 
 
-def test_default_performance_count_is_mlperf_resnet50s() -> None:
-    assert ImageNetDataset.PERFORMANCE_COUNT == 1024
+def test_the_dataset_knows_no_models_performance_count(data: Path, cache: Path) -> None:
+    # The model's rules set LoadGen's performance sample count; the dataset offers all it has.
+    assert ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0)).performance_count == len(IMAGES)
+
+
+def test_a_model_declaring_other_preprocessing_is_refused(data: Path, cache: Path) -> None:
+    from mlpi.core.dataset import DataParams
+    from mlpi.core.errors import DatasetError
+
+    params = DataParams.of(image_size=(224, 224), layout="NCHW", resize="stretch", interpolation="linear")
+    with pytest.raises(DatasetError, match="cannot serve resize='stretch'"):
+        ImageNet().open(DatasetRequest(NCHW, params=params, path=data))
 
 
 # -- the cache ----------------------------------------------------------------------------
 
 
 def test_cache_is_reused_without_decoding(data: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
-    first = ImageNet().open(NCHW, data, None, 0)
+    first = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     assert "preprocessing" in capfd.readouterr().err  # progress is shown while building...
     pixels = load_all(first)
     CountingImread(monkeypatch, fail_at=1)  # ...and nothing may be decoded again
-    again = ImageNet().open(NCHW, data, None, 0)
+    again = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     assert again.describe()["cache_key"] == first.describe()["cache_key"]
     assert np.array_equal(load_all(again), pixels)
     assert "preprocessing" not in capfd.readouterr().err
     # NHWC uses the same cached crops: the layout and the mean are applied when loading.
-    assert np.array_equal(load_all(ImageNet().open(NHWC, data, None, 0)), pixels.transpose(0, 2, 3, 1))
+    assert np.array_equal(load_all(ImageNet().open(DatasetRequest(NHWC, path=data, count=None, seed=0))), pixels.transpose(0, 2, 3, 1))
     key_dirs = [p.name for p in (cache / "datasets" / "imagenet").iterdir()]
     assert key_dirs == [first.describe()["cache_key"]]
 
 
 def test_cache_is_rebuilt_when_an_image_changes(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = ImageNet().open(NCHW, data, None, 0)
+    first = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     old = load_all(first)
     name, mode, width, height, _ = IMAGES[2]
     before = os.stat(data / name)
     write_image(data / name, mode, width, height, seed=99)
     os.utime(data / name, ns=(before.st_atime_ns, before.st_mtime_ns + 5_000_000_000))
     counter = CountingImread(monkeypatch)
-    second = ImageNet().open(NCHW, data, None, 0)
+    second = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     assert counter.calls == len(IMAGES)
     assert second.describe()["cache_key"] != first.describe()["cache_key"]
     new = load_all(second)
@@ -213,23 +222,23 @@ def test_cache_is_rebuilt_when_an_image_changes(data: Path, monkeypatch: pytest.
 
 
 def test_touching_an_image_alone_invalidates_the_cache(data: Path) -> None:
-    first = ImageNet().open(NCHW, data, None, 0)
+    first = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     file = data / IMAGES[0][0]
     st = os.stat(file)
     os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    assert ImageNet().open(NCHW, data, None, 0).describe()["cache_key"] != first.describe()["cache_key"]
+    assert ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0)).describe()["cache_key"] != first.describe()["cache_key"]
     # A smaller --count is another set of samples: another cache.
-    assert ImageNet().open(NCHW, data, 4, 0).describe()["cache_key"] != first.describe()["cache_key"]
+    assert ImageNet().open(DatasetRequest(NCHW, path=data, count=4, seed=0)).describe()["cache_key"] != first.describe()["cache_key"]
 
 
 def test_failed_build_leaves_nothing_behind(data: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as patch:
         CountingImread(patch, fail_at=4, error=KeyboardInterrupt)
         with pytest.raises(KeyboardInterrupt):
-            ImageNet().open(NCHW, data, None, 0)
+            ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     assert list((cache / "datasets" / "imagenet").iterdir()) == []
     counter = CountingImread(monkeypatch)
-    dataset = ImageNet().open(NCHW, data, None, 0)
+    dataset = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     assert counter.calls == len(IMAGES)
     assert np.array_equal(load_all(dataset)[7], expected(data / IMAGES[7][0]))
 
@@ -240,6 +249,7 @@ def test_process_killed_mid_build_leaves_no_usable_cache(data: Path, cache: Path
         import os, sys, cv2
         from pathlib import Path
         from mlpi.core.backend import TensorSpec
+        from mlpi.core.dataset import DatasetRequest
         from mlpi.datasets.imagenet import ImageNet
         real, calls = cv2.imread, []
         def imread(*args):
@@ -248,7 +258,7 @@ def test_process_killed_mid_build_leaves_no_usable_cache(data: Path, cache: Path
                 os._exit(9)  # no cleanup at all, like a kill -9 or a power cut
             return real(*args)
         cv2.imread = imread
-        ImageNet().open([TensorSpec("x", "float32", (None, 3, 224, 224))], Path({str(data)!r}), None, 0)
+        ImageNet().open(DatasetRequest([TensorSpec("x", "float32", (None, 3, 224, 224))], path=Path({str(data)!r}), count=None, seed=0))
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "MLPI_CACHE": str(cache)}, capture_output=True, text=True, timeout=120)
@@ -257,7 +267,7 @@ def test_process_killed_mid_build_leaves_no_usable_cache(data: Path, cache: Path
     assert left and all(p.name.startswith(".") for p in left)  # only the temporary build folder
 
     counter = CountingImread(monkeypatch)
-    dataset = ImageNet().open(NCHW, data, None, 0)
+    dataset = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     assert counter.calls == len(IMAGES)
     got = load_all(dataset)
     for index, (name, *_) in enumerate(IMAGES):
@@ -265,11 +275,11 @@ def test_process_killed_mid_build_leaves_no_usable_cache(data: Path, cache: Path
 
 
 def test_damaged_cache_under_the_key_is_rebuilt(data: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    key = ImageNet().open(NCHW, data, None, 0).describe()["cache_key"]
+    key = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0)).describe()["cache_key"]
     array = cache / "datasets" / "imagenet" / key / "images.npy"
     np.save(array, np.zeros((3, 224, 224, 3), dtype=np.uint8))  # wrong shape
     counter = CountingImread(monkeypatch)
-    dataset = ImageNet().open(NCHW, data, None, 0)
+    dataset = ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0))
     assert counter.calls == len(IMAGES)
     assert np.array_equal(load_all(dataset)[0], expected(data / IMAGES[0][0]))
 
@@ -279,7 +289,7 @@ def test_damaged_cache_under_the_key_is_rebuilt(data: Path, cache: Path, monkeyp
 
 def open_error(path: Path, count: int | None = None, inputs: list[TensorSpec] = NCHW) -> DatasetError:
     with pytest.raises(DatasetError) as info:
-        ImageNet().open(inputs, path, count, 0)
+        ImageNet().open(DatasetRequest(inputs, path=path, count=count, seed=0))
     assert info.value.hint, info.value.message
     return info.value
 
@@ -290,7 +300,7 @@ def test_missing_image_is_named_never_skipped(data: Path, cache: Path) -> None:
     assert IMAGES[3][0] in error.message and "line 4" in error.message
     assert not (cache / "datasets").exists() or not any((cache / "datasets" / "imagenet").iterdir())
     # Not using that image is fine.
-    assert ImageNet().open(NCHW, data, 3, 0).count == 3
+    assert ImageNet().open(DatasetRequest(NCHW, path=data, count=3, seed=0)).count == 3
 
 
 def test_bad_val_map_lines_are_named(data: Path) -> None:

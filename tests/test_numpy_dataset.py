@@ -10,6 +10,7 @@ import pytest
 
 from conftest import only_run_dir, run_cli
 from mlpi.core.backend import TensorSpec
+from mlpi.core.dataset import DatasetRequest
 from mlpi.core.errors import DatasetError
 from mlpi.datasets.numpy_files import NumpyFiles, file_stem
 from mlpi.testing import tiny_models
@@ -34,7 +35,7 @@ def gather(dataset, indices: list[int]) -> dict[str, np.ndarray]:  # type: ignor
 
 def open_error(inputs: list[TensorSpec], path: Path | None, count: int | None = None) -> DatasetError:
     with pytest.raises(DatasetError) as info:
-        NumpyFiles().open(inputs, path, count, 0)
+        NumpyFiles().open(DatasetRequest(inputs, path=path, count=count, seed=0))
     assert info.value.hint, info.value.message
     return info.value
 
@@ -50,7 +51,7 @@ def test_npz_gathers_the_right_rows_casts_and_has_labels(tmp_path: Path) -> None
     x = rng.standard_normal((20, 16))  # float64 data for a float32 input
     labels = rng.integers(0, 10, 20)
     np.savez(tmp_path / "data.npz", x=x, labels=labels, unrelated=np.arange(3))
-    dataset = NumpyFiles().open(X, tmp_path / "data.npz", None, 0)
+    dataset = NumpyFiles().open(DatasetRequest(X, path=tmp_path / "data.npz", count=None, seed=0))
     assert dataset.count == 20
     assert dataset.describe() == {"kind": "numpy", "path": str(tmp_path / "data.npz"), "format": "npz", "count": 20}
     out = gather(dataset, [7, 0, 19, 7])
@@ -58,7 +59,7 @@ def test_npz_gathers_the_right_rows_casts_and_has_labels(tmp_path: Path) -> None
     assert np.array_equal(out["x"], x[[7, 0, 19, 7]].astype(np.float32))
     assert np.array_equal(dataset.labels(), labels)
 
-    limited = NumpyFiles().open(X, tmp_path / "data.npz", 5, 0)
+    limited = NumpyFiles().open(DatasetRequest(X, path=tmp_path / "data.npz", count=5, seed=0))
     assert limited.count == 5 and np.array_equal(limited.labels(), labels[:5])
     assert np.array_equal(gather(limited, [4])["x"][0], x[4].astype(np.float32))
 
@@ -66,7 +67,7 @@ def test_npz_gathers_the_right_rows_casts_and_has_labels(tmp_path: Path) -> None
 def test_compressed_npz_without_labels(tmp_path: Path) -> None:
     x = np.arange(6 * 16, dtype=np.float32).reshape(6, 16)
     np.savez_compressed(tmp_path / "c.npz", x=x)
-    dataset = NumpyFiles().open(X, tmp_path / "c.npz", None, 0)
+    dataset = NumpyFiles().open(DatasetRequest(X, path=tmp_path / "c.npz", count=None, seed=0))
     assert dataset.labels() is None
     assert np.array_equal(gather(dataset, [5, 2])["x"], x[[5, 2]])
 
@@ -79,7 +80,7 @@ def test_folder_with_sanitised_names_is_memory_mapped(tmp_path: Path) -> None:
     np.save(folder / "input_0.npy", a)
     np.save(folder / "ids_1.npy", b)
     np.save(folder / "labels.npy", np.arange(12)[::-1].copy())
-    dataset = NumpyFiles().open(TWO, folder, None, 0)
+    dataset = NumpyFiles().open(DatasetRequest(TWO, path=folder, count=None, seed=0))
     assert dataset.count == 12 and dataset.describe()["format"] == "folder"
     assert dataset.labels().tolist() == list(range(11, -1, -1))
     out = gather(dataset, [3, 11, 0])
@@ -91,7 +92,7 @@ def test_folder_with_sanitised_names_is_memory_mapped(tmp_path: Path) -> None:
 def test_dynamic_dimensions_take_the_arrays_size(tmp_path: Path) -> None:
     x = np.ones((3, 7, 5), dtype=np.float32)
     np.savez(tmp_path / "d.npz", seq=x)
-    dataset = NumpyFiles().open([TensorSpec("seq", "float32", (None, None, 5))], tmp_path / "d.npz", None, 0)
+    dataset = NumpyFiles().open(DatasetRequest([TensorSpec("seq", "float32", (None, None, 5))], path=tmp_path / "d.npz", count=None, seed=0))
     assert dataset.inputs == [TensorSpec("seq", "float32", (None, 7, 5))]
     assert gather(dataset, [1])["seq"].shape == (1, 7, 5)
 

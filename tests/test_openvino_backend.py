@@ -23,6 +23,7 @@ import onnxruntime  # noqa: E402
 from mlpi.backends import ov as ov_backend  # noqa: E402
 from mlpi.backends.ov import OpenVinoBackend, OvOptions  # noqa: E402
 from mlpi.core.backend import ModelArtifact  # noqa: E402
+from mlpi.core.dataset import DatasetRequest
 from mlpi.core.device import Device  # noqa: E402
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError  # noqa: E402
 from mlpi.core.onnx_file import inspect_onnx  # noqa: E402
@@ -222,74 +223,12 @@ def test_concurrent_runs_give_the_sequential_answers(models: dict[str, Path]) ->
         assert all(np.array_equal(got[name], want[name]) for name in want), (t, k)
 
 
-def test_run_async_gives_the_same_answers_as_run(models: dict[str, Path]) -> None:
-    session = load(models["two_inputs"])
-    inputs = [random_feeds(session, 1 + k % 4, seed=k) for k in range(12)]
-    expected = [dict(session.run(f)) for f in inputs]
-    got: dict[int, tuple[object, object]] = {}
-    finished = threading.Event()
-    lock = threading.Lock()
-
-    def submit(k: int) -> None:
-        def done(outputs: object, error: object) -> None:
-            with lock:
-                got[k] = (outputs, error)
-                if len(got) == len(inputs):
-                    finished.set()
-        feeds = {name: array.copy() for name, array in inputs[k].items()}
-        session.run_async(feeds, done)
-        for array in feeds.values():
-            array[...] = 0  # the inputs were copied: reusing the buffer changes nothing
-
-    threads = [threading.Thread(target=lambda t=t: [submit(k) for k in range(t, 12, 3)]) for t in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert finished.wait(30)
-    for k, (outputs, error) in got.items():
-        assert error is None
-        assert all(np.array_equal(outputs[name], expected[k][name]) for name in expected[k]), k  # type: ignore[index]
-    session.close()
-
-
-def test_run_async_reports_a_failed_batch_to_done(models: dict[str, Path]) -> None:
-    session = load(models["matmul"])
-    seen: list[tuple[object, object]] = []
-    event = threading.Event()
-
-    def done(outputs: object, error: object) -> None:
-        seen.append((outputs, error))
-        event.set()
-
-    # A wrong shape fails inside OpenVINO's inference, not when the batch is started.
-    session.run_async({"x": np.ones((2, 3), np.float32)}, done)
-    assert event.wait(10)
-    assert seen[0][0] is None and isinstance(seen[0][1], BaseException)
-    # Nothing is left broken: a good batch still runs, even one started from inside done.
-    chained = threading.Event()
-
-    def last(outputs: object, error: object) -> None:
-        seen.append((outputs, error))
-        chained.set()
-
-    session.run_async(
-        {"x": np.ones((2, 16), np.float32)},
-        lambda out, err: session.run_async({"x": np.ones((3, 16), np.float32)}, last),
-    )
-    assert chained.wait(10)
-    assert seen[1][1] is None and seen[1][0]["logits"].shape == (3, 10)  # type: ignore[index]
-    session.close()
-
-
 def test_openvino_never_writes_into_the_callers_inputs(models: dict[str, Path]) -> None:
     session = load(models["two_inputs"])
     feeds = random_feeds(session, 4, seed=3)
     kept = {name: array.copy() for name, array in feeds.items()}
     session.run(feeds)
-    finished = threading.Event()
-    session.run_async(random_feeds(session, 2, seed=4), lambda out, err: finished.set())
-    assert finished.wait(10)
+    session.run(random_feeds(session, 2, seed=4))
     session.run(random_feeds(session, 4, seed=5))
     assert all(np.array_equal(feeds[name], kept[name]) for name in kept)
     session.close()
@@ -406,7 +345,7 @@ def test_offline_over_two_openvino_sessions_answers_every_sample_like_onnxruntim
     models: dict[str, Path], model: str, batch: int
 ) -> None:
     artifact = inspect_onnx(models[model])
-    dataset = Synthetic().open(artifact.inputs, None, 32, 0)
+    dataset = Synthetic().open(DatasetRequest(artifact.inputs, path=None, count=32, seed=0))
     dataset.load(list(range(32)))
     recorder, errors = Recorder(), []
     backend = OpenVinoBackend()

@@ -227,14 +227,14 @@ def test_unreadable_run_is_skipped_with_a_warning(runs_root: Path, tmp_path: Pat
     (broken / "result.json").write_text('{"tests": [')
     proc = run_cli(["report", str(root), "--out", str(tmp_path / "out")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"warning: skipped {broken.resolve()}: result.json is not valid JSON" in proc.stderr
+    assert f"warning: skipped: {broken.resolve() / 'result.json'} is damaged (Expecting value at line 1)" in proc.stderr
     assert "(2 run(s))" in proc.stdout
     text = (tmp_path / "out" / "report.html").read_text()
     assert 'id="section-warnings"' in text and "20000101-000000-broken" in text
     # only broken runs: an error, not an empty report
     proc = run_cli(["report", str(broken), "--out", str(tmp_path / "out2")], cwd=tmp_path)
     assert proc.returncode == 2
-    assert "error: no readable run in" in proc.stderr and "not valid JSON" in proc.stderr
+    assert "error: no readable run in" in proc.stderr and "result.json is damaged (Expecting value" in proc.stderr
     assert not (tmp_path / "out2").exists()
 
 

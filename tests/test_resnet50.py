@@ -49,13 +49,13 @@ def test_random_graph_gives_finite_varied_answers(random_resnet: Path) -> None:
 
 def test_class_id_response_shifts_and_writes_float32() -> None:
     post = ClassIdResponse("ArgMax:0", -1, 4)
-    rows = post({"ArgMax:0": np.array([1, 1000, 5, 7], dtype=np.int64)}, 3)
+    rows = post({"ArgMax:0": np.array([1, 1000, 5, 7], dtype=np.int64)}, range(3))
     assert post.sample_nbytes == 4
     assert rows[:3].tolist() == [0.0, 999.0, 4.0] and rows.dtype == np.float32
     scores = np.zeros((2, 1001), np.float32)
     scores[0, 10] = scores[1, 1] = 1
     post = ClassIdResponse("softmax_tensor:0", -1, 2, argmax=True)
-    assert post({"softmax_tensor:0": scores}, 2).tolist() == [9.0, 0.0]
+    assert post({"softmax_tensor:0": scores}, range(2)).tolist() == [9.0, 0.0]
 
 
 def test_top1_counts_each_sample_once_like_the_official_script(tmp_path: Path) -> None:
@@ -69,8 +69,8 @@ def test_top1_counts_each_sample_once_like_the_official_script(tmp_path: Path) -
     ]
     log = tmp_path / "mlperf_log_accuracy.json"
     log.write_text(json.dumps(entries))
-    result = top1(read_accuracy_log(log), labels, "float32", target=QUALITY_TARGET)
-    assert (result.good, result.total) == (3, 4)
+    result = top1(read_accuracy_log(log), labels, "float32").with_target(QUALITY_TARGET)
+    assert (result.details["good"], result.details["total"]) == (3, 4)
     assert result.report == "accuracy=75.000%, good=3, total=4"
     assert result.passed is False and result.target == pytest.approx(0.99 * 76.456)
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from mlpi.core.dataset import DatasetRequest
 import onnxruntime as ort
 import pytest
 
@@ -25,7 +27,7 @@ SCENARIOS = ["Offline", "Server", "SingleStream", "MultiStream"]
 def reference_outputs(model: Path, count: int) -> dict[int, bytes]:
     """What every sample's response must be: the model run directly, outputs concatenated."""
     artifact = inspect_onnx(model)
-    dataset = Synthetic().open(artifact.inputs, None, count, 0)
+    dataset = Synthetic().open(DatasetRequest(artifact.inputs, path=None, count=count, seed=0))
     dataset.load(list(range(count)))
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -86,7 +88,7 @@ def test_performance_in_every_scenario_writes_logs_and_result(model_dir: Path, t
         for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "user.conf", "harness.log"):
             assert (folder / name).is_file(), folder / name
         assert "min_duration = 500" in (folder / "user.conf").read_text()
-    assert result["schema_version"] == 1 and result["status"] == "ok"
+    assert result["schema_version"] == 2 and result["status"] == "ok"
     assert result["submission_valid"] is False
     assert result["backend"]["name"] == "onnxruntime" and result["backend"]["version"] == ort.__version__
     assert result["model"]["sha256"] == inspect_onnx(model_dir / "conv.onnx").sha256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import run_cli
+from mlpi.core.result_schema import RunResult
 from mlpi.core.store import STORE_FILE, Store, read_result, run_identity
 from mlpi.testing import tiny_models
 
@@ -85,7 +87,7 @@ def test_list_filters_by_each_field(machine_a: dict[str, Path]) -> None:
     everything = listing(root, cwd=cwd)
     assert [(x["model"], x["backend"], x["scenario"], x["mode"]) for x in everything] == [
         ("matmul", "null", "Offline", "performance"), ("conv", "onnxruntime", "SingleStream", "performance")]
-    assert everything[0]["value"] == read_result(machine_a["offline"])["tests"][0]["value"]
+    assert everything[0]["value"] == read_result(machine_a["offline"]).tests[0].value
     assert names("--backend", "null") == [offline]
     assert names("--backend", "NULL", "--backend", "onnxruntime") == [offline, single]
     assert names("--model", "conv") == [single]
@@ -119,7 +121,8 @@ def test_show_accepts_ids_and_prefixes_and_names_ambiguity(machine_a: dict[str, 
     for ref in (single, single[: len(single) - 4]):
         proc = run_cli(["results", "show", ref, "--results", str(root), "--json"], cwd=cwd)
         assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout) == read_result(machine_a["single"])
+        assert json.loads(proc.stdout) == read_result(machine_a["single"]).to_json()
+        assert json.loads(proc.stdout) == json.loads((machine_a["single"] / "result.json").read_text())  # as written
     shown = run_cli(["results", "show", single, "--results", str(root)], cwd=cwd, env={"COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     assert "onnxruntime" in shown.stdout and "SingleStream" in shown.stdout and str(machine_a["single"]) in shown.stdout
@@ -192,14 +195,19 @@ def test_a_directory_already_under_the_root_is_indexed_in_place(machine_a: dict[
 
 
 def test_identity_is_the_run_on_its_machine_not_the_name() -> None:
-    result = {"run_id": "20250101-000000-m-null-cpu", "started": "2025-01-01T00:00:00+0000", "device": "cpu",
-              "model": {"name": "m", "sha256": "ab"}, "backend": {"name": "null"}, "tests": [],
+    result = {"run_id": "20250101-000000-m-null-cpu", "status": "running", "started": "2025-01-01T00:00:00+0000",
+              "device": "cpu", "model": {"name": "m", "sha256": "ab"}, "backend": {"name": "null"}, "tests": [],
               "system": {"hostname": "a", "host_processor_model_name": "cpu"}}
     other_machine = json.loads(json.dumps(result))
     other_machine["system"]["hostname"] = "b"
     finished_copy = dict(result, status="ok", finished="2025-01-01T00:01:00+0000")
-    assert run_identity(result) == run_identity(finished_copy)
-    assert run_identity(result) != run_identity(other_machine)
+    identity = run_identity(RunResult.from_json(result))
+    assert identity == run_identity(RunResult.from_json(finished_copy))
+    assert identity != run_identity(RunResult.from_json(other_machine))
+    # The same hash of the same fields as before result.json had a schema class: runs indexed
+    # by an older mlpi keep their identity.
+    key = ["20250101-000000-m-null-cpu", "2025-01-01T00:00:00+0000", "a", "cpu", "ab", "null", "cpu"]
+    assert identity == hashlib.sha256(json.dumps(key).encode("utf-8")).hexdigest()[:32]
 
 
 def test_a_run_whose_indexing_fails_still_succeeds_and_is_indexed_later(tmp_path: Path) -> None:
@@ -209,7 +217,7 @@ def test_a_run_whose_indexing_fails_still_succeeds_and_is_indexed_later(tmp_path
     root = tmp_path / "r"
     run_dir = make_run(root, model, "null", "Offline", tmp_path, env={"MLPI_STORE": str(blocker / "store.sqlite")})
     result = read_result(run_dir)
-    assert result["status"] == "ok" and result["finished"] and result["tests"][0]["value"] > 0
+    assert result.status == "ok" and result.finished and result.tests[0].value > 0
     assert not (root / STORE_FILE).exists()
     # `results list` on the root indexes what it finds there.
     assert [line["run"] for line in listing(root, cwd=tmp_path)] == [run_dir.name]

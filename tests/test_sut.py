@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from mlpi.core.dataset import DatasetRequest
 import pytest
 
 from mlpi.backends.ort import OnnxRuntimeBackend, OrtOptions
@@ -46,7 +48,7 @@ def expected_bytes(model: Path, indices: list[int]) -> dict[int, bytes]:
     import onnxruntime as ort
 
     artifact = inspect_onnx(model)
-    dataset = Synthetic().open(artifact.inputs, None, 32, 0)
+    dataset = Synthetic().open(DatasetRequest(artifact.inputs, path=None, count=32, seed=0))
     dataset.load(list(range(32)))
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -61,7 +63,7 @@ def expected_bytes(model: Path, indices: list[int]) -> dict[int, bytes]:
 
 def make_executors(model: Path, count: int, batch: int, recorder: Recorder, errors: list[BaseException]) -> list[BatchExecutor]:
     artifact = inspect_onnx(model)
-    dataset = Synthetic().open(artifact.inputs, None, 32, 0)
+    dataset = Synthetic().open(DatasetRequest(artifact.inputs, path=None, count=32, seed=0))
     dataset.load(list(range(32)))
     backend = OnnxRuntimeBackend()
     executors = []
@@ -155,7 +157,7 @@ def test_raw_outputs_concatenate_every_output_per_sample() -> None:
     a = np.arange(8, dtype=np.float32).reshape(4, 2)
     b = np.array([10, 11, 12, 13], dtype=np.int64)
     c = np.arange(12, dtype=np.uint8).reshape(4, 3)
-    rows = post({"a": a, "b": b, "c": c}, 3)
+    rows = post({"a": a, "b": b, "c": c}, range(3))
     for k in range(3):
         assert rows[k].tobytes() == a[k].tobytes() + b[k].tobytes() + c[k].tobytes()
 
@@ -165,16 +167,16 @@ def test_single_output_is_answered_in_place() -> None:
 
     post = RawOutputs([TensorSpec("y", "int64", (None,))], 4)
     y = np.array([3, 1, 2, 0], dtype=np.int64)
-    assert post({"y": y}, 4) is y
+    assert post({"y": y}, range(4)) is y
     strided = np.arange(8, dtype=np.int64)[::2]
-    assert post({"y": strided}, 4).tobytes() == strided.tobytes()
+    assert post({"y": strided}, range(4)).tobytes() == strided.tobytes()
 
 
 def test_preloaded_dataset_gathers_rows_of_a_partial_load() -> None:
     from mlpi.core.backend import TensorSpec
 
-    dataset = Synthetic().open([TensorSpec("x", "float32", (None, 3))], None, 10, 1)
-    full = Synthetic().open([TensorSpec("x", "float32", (None, 3))], None, 10, 1)
+    dataset = Synthetic().open(DatasetRequest([TensorSpec("x", "float32", (None, 3))], path=None, count=10, seed=1))
+    full = Synthetic().open(DatasetRequest([TensorSpec("x", "float32", (None, 3))], path=None, count=10, seed=1))
     full.load(list(range(10)))
     dataset.load([7, 2, 5])
     out = {"x": np.zeros((3, 3), np.float32)}

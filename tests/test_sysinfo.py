@@ -6,12 +6,15 @@ import json
 import os
 import socket
 import stat
+import threading
+import time
 from pathlib import Path
 
 import onnxruntime
 import pytest
 
 from conftest import read_result, run_cli
+from mlpi.core.device import Device
 from mlpi.core.sysinfo import MLPERF_FIELDS, parse_cpuinfo, parse_meminfo, parse_nvidia_smi, system_info
 from mlpi.testing import tiny_models
 
@@ -41,7 +44,9 @@ def test_meminfo_and_nvidia_smi_parsing() -> None:
     assert parse_meminfo("MemFree: 10 kB\nMemTotal:       24684084 kB\n") == 24684084 * 1024
     assert parse_meminfo("nothing here") is None
     gpus = parse_nvidia_smi("NVIDIA H100 80GB HBM3, 81559 MiB, 535.104.05\nNVIDIA H100 80GB HBM3, 81559 MiB, 535.104.05\n")
-    assert [g.to_json() for g in gpus] == [{"name": "NVIDIA H100 80GB HBM3", "memory": "81559 MiB", "driver": "535.104.05"}] * 2
+    assert [g.to_json() for g in gpus] == [
+        {"name": "NVIDIA H100 80GB HBM3", "memory": "81559 MiB", "driver": "535.104.05", "device": "", "backends": []}
+    ] * 2
 
 
 def test_this_machine_is_described_with_mlperf_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -81,6 +86,85 @@ def test_nvidia_gpus_come_from_nvidia_smi(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert info["accelerator_memory_capacity"] == "40960 MiB"
     assert info["other_software_stack"].endswith("NVIDIA driver 550.54.15")
     assert len(info["accelerators"]) == 2
+
+
+class FakeBackend:
+    """Plugin-like: what a backend class instance offers sysinfo (name, kinds, probe, describe)."""
+
+    def __init__(self, name: str, devices: dict[str, str], kinds: tuple[str, ...] = ("cpu", "cuda", "npu")) -> None:
+        self.name, self.device_kinds, self._devices = name, kinds, devices
+        self.probed = False
+
+    def probe(self) -> list[Device]:
+        self.probed = True
+        return [Device.parse(d) for d in self._devices]
+
+    def describe(self, device: Device) -> str:
+        return self._devices.get(str(device), "")
+
+
+class RaisingBackend(FakeBackend):
+    def probe(self) -> list[Device]:
+        raise RuntimeError("driver exploded")
+
+
+class BadDescriptionBackend(FakeBackend):
+    def describe(self, device: Device) -> str:
+        raise RuntimeError("no name today")
+
+
+class SlowBackend(FakeBackend):
+    released = threading.Event()
+
+    def probe(self) -> list[Device]:
+        self.released.wait(30)
+        return super().probe()
+
+
+class SimulatedBackend(FakeBackend):
+    simulated = True
+
+
+def test_accelerators_come_from_the_backends_probes_one_per_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: everything comes from the backends
+    npu = FakeBackend("fake-npu", {"cpu": "", "npu:0": "Fake NPU 9000", "npu:1": "Fake NPU 9000"})
+    gpu = FakeBackend("fake-gpu", {"cpu": "", "cuda:0": "Example GPU X1, 16.0 GiB"})
+    same_gpu = BadDescriptionBackend("other-gpu", {"cuda": ""})  # cuda == cuda:0: the same unit, described by fake-gpu
+    cpu_only = FakeBackend("cpu-only", {"cpu": ""}, kinds=("cpu",))
+    simulated = SimulatedBackend("sim", {"npu:7": "simulated card"})
+    slow = SlowBackend("slow", {"cuda:5": "never seen"})
+    started = time.monotonic()
+    try:
+        info = system_info(backends=[npu, gpu, same_gpu, RaisingBackend("broken", {}), cpu_only, simulated, slow],
+                           probe_timeout_s=1.0)
+    finally:
+        SlowBackend.released.set()
+    assert time.monotonic() - started < 10, "a slow probe is waited for probe_timeout_s, not more"
+    assert not cpu_only.probed and not simulated.probed, "CPU-only and simulated backends have no accelerators to give"
+    assert info["accelerators"] == [
+        {"name": "Example GPU X1, 16.0 GiB", "memory": "", "driver": "", "device": "cuda:0", "backends": ["fake-gpu", "other-gpu"]},
+        {"name": "Fake NPU 9000", "memory": "", "driver": "", "device": "npu:0", "backends": ["fake-npu"]},
+        {"name": "Fake NPU 9000", "memory": "", "driver": "", "device": "npu:1", "backends": ["fake-npu"]},
+    ]
+    assert info["accelerators_per_node"] == 3
+    assert info["accelerator_model_name"] == "Example GPU X1, 16.0 GiB, Fake NPU 9000"
+    assert "driver" not in info["other_software_stack"]
+
+
+def test_nvidia_smi_completes_what_the_backends_do_not_say(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = fake_smi(tmp_path / "bin", "printf 'NVIDIA A100-SXM4-40GB, 40960 MiB, 550.54.15\\nNVIDIA A100-SXM4-40GB, 40960 MiB, 550.54.15\\n'")
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    # CUDA_VISIBLE_DEVICES=1: the backends see one GPU, the machine has two.
+    gpu = FakeBackend("fake-gpu", {"cuda:0": "NVIDIA A100-SXM4-40GB, 39.4 GiB"})
+    info = system_info(backends=[gpu, FakeBackend("fake-npu", {"npu": ""})])
+    assert info["accelerators"] == [
+        {"name": "NVIDIA A100-SXM4-40GB", "memory": "40960 MiB", "driver": "550.54.15", "device": "cuda:0", "backends": ["fake-gpu"]},
+        {"name": "npu:0", "memory": "", "driver": "", "device": "npu:0", "backends": ["fake-npu"]},  # no description: its name
+        {"name": "NVIDIA A100-SXM4-40GB", "memory": "40960 MiB", "driver": "550.54.15", "device": "", "backends": []},
+    ]
+    assert info["accelerators_per_node"] == 3
+    assert info["accelerator_model_name"] == "NVIDIA A100-SXM4-40GB, npu:0"
+    assert info["other_software_stack"].endswith("NVIDIA driver 550.54.15")
 
 
 @pytest.mark.parametrize("body", ["exec sleep 30", "echo 'NVIDIA-SMI has failed' >&2; exit 9", "echo garbage"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.backend import ModelArtifact
+from mlpi.core.backend import ModelArtifact, fixed_batch_size, format_shape
 from mlpi.core.errors import ModelError, UsageError
 
 #: Changes whenever the engine file layout or the key's meaning changes.
@@ -68,30 +68,28 @@ class Profile:
 def plan_profile(model: ModelArtifact, batch_size: int, contexts: int) -> Profile:
     """Batch 1 to ``batch_size`` for every batch-dynamic input; ModelError for shapes TensorRT
     cannot be given a profile for here (a dynamic dimension other than the batch)."""
-    fixed_batches = set()
     shapes = []
     for spec in model.inputs:
         if not spec.shape:
             continue
         if any(d is None for d in spec.shape[1:]):
-            shown = "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
             raise ModelError(
-                f"input '{spec.name}' has shape {shown}: only the batch dimension may be dynamic for TensorRT here",
+                f"input '{spec.name}' has shape {format_shape(spec.shape)}: only the batch dimension may be dynamic "
+                "for TensorRT here",
                 "export the model with every dimension but the first fixed",
             )
-        if spec.shape[0] is None:
+        if spec.batch_dynamic:
             sample = tuple(int(d) for d in spec.shape[1:])  # type: ignore[arg-type]
             shapes.append((spec.name, ((1, *sample), (batch_size, *sample), (batch_size, *sample))))
-        else:
-            fixed_batches.add(int(spec.shape[0]))
-    if shapes and fixed_batches:
+    fixed = fixed_batch_size(model.inputs)
+    if shapes and fixed is not None:
         raise ModelError(
             "the model mixes inputs with a fixed batch dimension and inputs with a dynamic one",
             "export the model with the same batch dimension on every input",
         )
     if shapes:
         return Profile(tuple(shapes), contexts, None)
-    return Profile((), 0, min(fixed_batches) if fixed_batches else 1)
+    return Profile((), 0, fixed or 1)
 
 
 def engine_key(fields: dict[str, Any]) -> str:

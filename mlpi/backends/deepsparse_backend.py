@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec, fixed_batch_size
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
 
@@ -225,10 +225,7 @@ class DeepSparseBackend(Backend):
 
 def engine_batch_size(model: ModelArtifact, context: LoadContext) -> int:
     """The batch an engine is compiled for: the file's fixed one, else the run's, else 8."""
-    fixed = [s.shape[0] for s in model.inputs if s.shape and s.shape[0] is not None]
-    if fixed:
-        return int(min(fixed))
-    return int(context.batch_size or PREFERRED_BATCH)
+    return fixed_batch_size(model.inputs) or int(context.batch_size or PREFERRED_BATCH)
 
 
 def runnable_copy(model: ModelArtifact) -> Path:

@@ -4,9 +4,12 @@ Why not ``onnx2torch`` (PyPI 1.5.15)? It imports ``torchvision`` when it is impo
 (``onnx2torch/node_converters/nms.py``), and torchvision wheels are built against one exact
 torch release: PyPI's torchvision does not import beside the torch mlpi is tested with, and
 installing a matching one would pull in another torch. A backend that depends on that pin
-breaks whenever the two drift. The graphs mlpi runs (image classifiers and the conformance
-kit's tiny models) use a few dozen standard operators, so this module converts them itself,
-with torch only.
+breaks whenever the two drift. The graphs mlpi runs (image classifiers, the RetinaNet
+stand-in's detection post-processing and the conformance kit's tiny models) use a few dozen
+standard operators, so this module converts them itself, with torch only. Where a result has
+an exact reference (TopK's tie order, NonMaxSuppression's selection and order, Resize's nearest
+indices) it follows onnxruntime's CPU kernels bit for bit; attribute values it does not
+implement raise ModelError rather than compute something else.
 
 How it works: initializers (and ``Constant`` nodes, and nodes whose inputs are all constant,
 folded once at build time) become buffers, so ``module.to(device)`` and
@@ -101,6 +104,21 @@ class _Node:
         if static is not None or not self.has_input(i):
             return lambda args: static
         return lambda args: [int(v) for v in args[i].reshape(-1).tolist()]
+
+    def floats_input(self, i: int) -> Callable[[Args], list[float] | None]:
+        """As :meth:`ints_input`, for a float input (thresholds, scales): None when absent."""
+        if not self.has_input(i):
+            return lambda args: None
+        const = self._consts.get(self.proto.input[i])
+        if const is not None:
+            static = [float(v) for v in const.reshape(-1).tolist()]
+            return lambda args: static
+        return lambda args: [float(v) for v in args[i].reshape(-1).tolist()]
+
+    def unsupported(self, what: str) -> ModelError:
+        """The error for an attribute value or input this converter does not implement."""
+        return ModelError(f"{self.proto.op_type} node '{self.proto.name}' {what}, which is not supported",
+                          "use the onnxruntime backend for this model")
 
 
 # --------------------------------------------------------------------------- op builders
@@ -543,6 +561,253 @@ def _dropout(n: _Node) -> Step:
     return lambda a: a[0]
 
 
+def _mod(n: _Node) -> Step:
+    fmod = int(n.attr("fmod", 0))
+    if fmod not in (0, 1):
+        raise n.unsupported(f"has fmod={fmod}")
+
+    def run(a: Args) -> torch.Tensor:
+        x, y = a[0], a[1]
+        if fmod == 1:
+            return torch.fmod(x, y)  # the sign of the dividend, as C's fmod
+        if x.is_floating_point() or y.is_floating_point():
+            raise ModelError(
+                f"Mod node '{n.proto.name}' has fmod=0 on floating-point inputs, which ONNX does not allow"
+            )
+        return torch.remainder(x, y)  # the sign of the divisor
+
+    return run
+
+
+def _nonzero(n: _Node) -> Step:
+    def run(a: Args) -> torch.Tensor:
+        x = a[0]
+        if x.dim() == 0:  # as onnxruntime: a scalar counts as a 1-element vector
+            x = x.reshape(1)
+        return torch.nonzero(x).t().contiguous()
+
+    return run
+
+
+def _sorted_topk(x: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` along the last axis in ONNX's order: by value, equal values lowest index first.
+
+    ``torch.topk`` breaks ties in no documented order, so its k-th value only bounds the
+    candidates: the strictly better ones plus the lowest-indexed ties make exactly ``k`` per
+    row, which a stable sort then orders.
+    """
+    n = x.shape[-1]
+    if k == 0:
+        return x[..., :0], torch.zeros((*x.shape[:-1], 0), dtype=torch.int64, device=x.device)
+    if n <= 4096 or 4 * k >= n:
+        values, indices = torch.sort(x, dim=-1, descending=largest, stable=True)
+        return values[..., :k].contiguous(), indices[..., :k].contiguous()
+    kth = torch.topk(x, k, dim=-1, largest=largest, sorted=True).values[..., -1:]
+    candidates = x >= kth if largest else x <= kth
+    if not bool((candidates.sum(-1) == k).all()):  # ties at the k-th value: the lowest indices win
+        strict = x > kth if largest else x < kth
+        ties = x == kth
+        candidates = strict | (ties & (ties.cumsum(-1) <= k - strict.sum(-1, keepdim=True)))
+    indices = candidates.nonzero()[:, -1].reshape(*x.shape[:-1], k)
+    values, order = torch.sort(x.gather(-1, indices), dim=-1, descending=largest, stable=True)
+    return values, indices.gather(-1, order)
+
+
+def _topk(n: _Node) -> Step:
+    axis = int(n.attr("axis", -1))
+    largest = bool(n.attr("largest", 1))
+    # sorted=0 leaves the order to the runtime: sorted output is one valid answer.
+    if n.opset < 10:
+        k_attr = int(n.attr("k"))
+        k_of: Callable[[Args], int] = lambda a: k_attr  # noqa: E731
+    else:
+        reader = n.ints_input(1)
+
+        def k_of(a: Args) -> int:
+            k = reader(a)
+            if not k or len(k) != 1:
+                raise ModelError(f"TopK node '{n.proto.name}' needs K as a single integer")
+            return k[0]
+
+    def run(a: Args) -> tuple[torch.Tensor, torch.Tensor]:
+        x, k = a[0], k_of(a)
+        dim = axis + x.dim() if axis < 0 else axis
+        if not 0 <= dim < x.dim():
+            raise ModelError(f"TopK node '{n.proto.name}' has axis {axis} for a rank-{x.dim()} input")
+        if not 0 <= k <= x.shape[dim]:
+            raise ModelError(f"TopK node '{n.proto.name}' asks for k={k} of {x.shape[dim]} elements")
+        values, indices = _sorted_topk(x.movedim(dim, -1), k, largest)
+        return values.movedim(-1, dim), indices.movedim(-1, dim)
+
+    return run
+
+
+_COORDINATE_MODES = ("half_pixel", "asymmetric", "pytorch_half_pixel", "tf_half_pixel_for_nn", "align_corners")
+_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def _nearest_indices(in_len: int, out_len: int, scale: float, coordinate: str, nearest: str) -> np.ndarray:
+    """Source index of each output index along one axis, in float32 as onnxruntime computes it."""
+    if scale == 1.0:  # onnxruntime maps one to one, whatever the coordinate mode
+        return np.arange(out_len, dtype=np.int64)
+    f32 = np.float32
+    x = np.arange(out_len, dtype=np.float32)
+    s = f32(scale)
+    if coordinate == "asymmetric":
+        orig = x / s
+    elif coordinate == "half_pixel":
+        orig = (x + f32(0.5)) / s - f32(0.5)
+    elif coordinate == "pytorch_half_pixel":
+        orig = (x + f32(0.5)) / s - f32(0.5) if out_len > 1 else np.zeros_like(x)
+    elif coordinate == "tf_half_pixel_for_nn":
+        orig = (x + f32(0.5)) / s
+    else:  # align_corners
+        orig = np.zeros_like(x) if out_len == 1 else x * f32(in_len - 1) / f32(out_len - 1)
+    wide = orig.astype(np.float64)
+    away = np.where(wide >= 0, np.floor(wide + 0.5), np.ceil(wide - 0.5))  # C's round(): halves away from 0
+    if nearest == "floor":
+        idx = np.floor(wide)
+    elif nearest == "ceil":
+        idx = np.ceil(wide)
+    elif nearest == "round_prefer_ceil":
+        idx = away
+    else:  # round_prefer_floor: halves go down
+        halfway = orig == (np.trunc(orig) + f32(0.5))
+        idx = np.where(halfway, np.floor(wide), away)
+    return np.clip(idx, 0, in_len - 1).astype(np.int64)
+
+
+def _resize(n: _Node) -> Step:
+    if n.opset < 11:
+        raise n.unsupported(f"is opset {n.opset} (Resize before opset 11)")
+    mode = n.attr("mode", "nearest")
+    if mode != "nearest":
+        raise n.unsupported(f"has mode={mode}")
+    coordinate = n.attr("coordinate_transformation_mode", "half_pixel")
+    if coordinate not in _COORDINATE_MODES:
+        raise n.unsupported(f"has coordinate_transformation_mode={coordinate}")
+    nearest = n.attr("nearest_mode", "round_prefer_floor")
+    if nearest not in _NEAREST_MODES:
+        raise n.unsupported(f"has nearest_mode={nearest}")
+    if int(n.attr("exclude_outside", 0)) != 0:
+        raise n.unsupported("has exclude_outside=1")
+    if int(n.attr("antialias", 0)) != 0:
+        raise n.unsupported("has antialias=1")
+    policy = n.attr("keep_aspect_ratio_policy", "stretch")
+    if policy != "stretch":
+        raise n.unsupported(f"has keep_aspect_ratio_policy={policy}")
+    axes_attr = n.attr("axes")
+    scales_of = n.floats_input(2)
+    sizes_of = n.ints_input(3)
+
+    def run(a: Args) -> torch.Tensor:
+        x = a[0]
+        rank = x.dim()
+        axes = [ax + rank if ax < 0 else ax for ax in axes_attr] if axes_attr else list(range(rank))
+        scales, sizes = scales_of(a) or None, sizes_of(a) or None
+        if (scales is None) == (sizes is None):
+            raise ModelError(f"Resize node '{n.proto.name}' needs exactly one of scales and sizes")
+        given = scales if scales is not None else sizes
+        if len(given) != len(axes):
+            raise ModelError(f"Resize node '{n.proto.name}' has {len(given)} scales or sizes for {len(axes)} axes")
+        for axis, value in zip(axes, given):
+            in_len = int(x.shape[axis])
+            if sizes is not None:
+                out_len = int(value)
+                scale = 1.0 if in_len == 0 else float(np.float32(out_len) / np.float32(in_len))
+            else:
+                scale = float(np.float32(value))
+                if scale <= 0:
+                    raise ModelError(f"Resize node '{n.proto.name}' has scale {value}")
+                out_len = int(np.float32(scale) * np.float32(in_len))
+            if out_len == in_len and scale == 1.0:
+                continue
+            index = _nearest_indices(in_len, out_len, scale, coordinate, nearest)
+            x = x.index_select(axis, torch.from_numpy(index).to(x.device))
+        return x
+
+    return run
+
+
+def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, max_out: int, iou_threshold: float,
+               score_threshold: float | None, center_point_box: int) -> np.ndarray:
+    """ONNX NonMaxSuppression as onnxruntime's CPU kernel computes it, float32 throughout.
+
+    Per batch, per class: the boxes above the score threshold by score descending (equal
+    scores: lower index first); a box is kept unless its IoU with a box kept before it is
+    above the threshold; at most ``max_out`` per class. Rows (batch, class, box) in that order.
+    """
+    f32 = np.float32
+    rows: list[tuple[int, int, int]] = []
+    threshold = f32(iou_threshold)
+    for b in range(boxes.shape[0]):
+        box = boxes[b]
+        if center_point_box == 0:  # [y1, x1, y2, x2], any two opposite corners
+            y_lo, y_hi = np.minimum(box[:, 0], box[:, 2]), np.maximum(box[:, 0], box[:, 2])
+            x_lo, x_hi = np.minimum(box[:, 1], box[:, 3]), np.maximum(box[:, 1], box[:, 3])
+            area = (y_hi - y_lo) * (x_hi - x_lo)
+        else:  # [x_center, y_center, width, height]
+            half_w, half_h = box[:, 2] / f32(2), box[:, 3] / f32(2)
+            x_lo, x_hi = box[:, 0] - half_w, box[:, 0] + half_w
+            y_lo, y_hi = box[:, 1] - half_h, box[:, 1] + half_h
+            area = box[:, 2] * box[:, 3]
+        for c in range(scores.shape[1]):
+            s = scores[b, c]
+            if score_threshold is None:
+                candidates = np.arange(s.shape[0])
+            else:
+                candidates = np.flatnonzero(s > f32(score_threshold))
+            order = candidates[np.argsort(-s[candidates], kind="stable")]
+            bx0, bx1, by0, by1, barea = x_lo[order], x_hi[order], y_lo[order], y_hi[order], area[order]
+            suppressed = np.zeros(order.shape[0], dtype=bool)
+            kept = 0
+            for i in range(order.shape[0]):
+                if suppressed[i]:
+                    continue
+                rows.append((b, c, int(order[i])))
+                kept += 1
+                if kept >= max_out:
+                    break
+                rest = slice(i + 1, None)
+                ix0, ix1 = np.maximum(bx0[i], bx0[rest]), np.minimum(bx1[i], bx1[rest])
+                iy0, iy1 = np.maximum(by0[i], by0[rest]), np.minimum(by1[i], by1[rest])
+                inter = (ix1 - ix0) * (iy1 - iy0)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    iou = inter / ((barea[rest] + barea[i]) - inter)
+                suppressed[rest] |= (ix1 > ix0) & (iy1 > iy0) & (inter > 0) & (iou > threshold)
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def _nms(n: _Node) -> Step:
+    center = int(n.attr("center_point_box", 0))
+    if center not in (0, 1):
+        raise n.unsupported(f"has center_point_box={center}")
+    max_of = n.ints_input(2)
+    iou_of = n.floats_input(3)
+    score_of = n.floats_input(4)
+
+    def run(a: Args) -> torch.Tensor:
+        boxes, scores = a[0], a[1]
+        if boxes.dim() != 3 or scores.dim() != 3 or boxes.shape[2] != 4 or boxes.shape[0] != scores.shape[0] \
+                or boxes.shape[1] != scores.shape[2]:
+            raise ModelError(f"NonMaxSuppression node '{n.proto.name}' got boxes {tuple(boxes.shape)} "
+                             f"and scores {tuple(scores.shape)}")
+        max_out = max(int((max_of(a) or [0])[0]), 0)
+        iou = (iou_of(a) or [0.0])[0]
+        if not 0.0 <= iou <= 1.0:
+            raise ModelError(f"NonMaxSuppression node '{n.proto.name}' has iou_threshold {iou}, outside [0, 1]")
+        score = score_of(a)
+        if max_out == 0:
+            return torch.zeros((0, 3), dtype=torch.int64, device=boxes.device)
+        selected = _nms_numpy(
+            boxes.detach().to(torch.float32).cpu().numpy(), scores.detach().to(torch.float32).cpu().numpy(),
+            max_out, iou, score[0] if score else None, center,
+        )
+        return torch.from_numpy(selected).to(boxes.device)
+
+    return run
+
+
 BUILDERS: dict[str, Callable[[_Node], Step]] = {
     **{op: (lambda fn: lambda n: lambda a: fn(a[0]))(fn) for op, fn in _UNARY.items()},
     **{op: (lambda fn: lambda n: lambda a: fn(a[0], a[1]))(fn) for op, fn in _BINARY.items()},
@@ -580,6 +845,11 @@ BUILDERS: dict[str, Callable[[_Node], Step]] = {
     "Where": _where,
     "LeakyRelu": _leaky,
     "Dropout": _dropout,
+    "Mod": _mod,
+    "NonZero": _nonzero,
+    "TopK": _topk,
+    "Resize": _resize,
+    "NonMaxSuppression": _nms,
 }
 
 SUPPORTED_OPS = frozenset(BUILDERS) | {"Constant"}

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mlpi.backends._cuda import cuda_device_count, cuda_device_name, rocm_device_count
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec, fixed_batch_size
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
 
@@ -81,9 +81,8 @@ class OrtSession(Session):
         self.inputs = [_spec(v) for v in session.get_inputs()]
         self.outputs = [_spec(v) for v in session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
-        batch_dims = {spec.shape[0] if spec.shape else None for spec in self.inputs}
-        fixed = len(batch_dims) == 1 and None not in batch_dims
-        max_batch = next(iter(batch_dims)) if fixed else None
+        max_batch = fixed_batch_size(self.inputs)
+        fixed = max_batch is not None
         preferred = max_batch if fixed else (1 if provider in ("CPUExecutionProvider", "OpenVINOExecutionProvider") else 32)
         self.capabilities = Capabilities(
             max_batch_size=max_batch, fixed_batch=fixed, concurrent=True, preferred_batch_size=int(preferred or 1)

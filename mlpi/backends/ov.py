@@ -15,16 +15,13 @@ OpenVINO zero-copy and outputs are copied out, so results stay valid after later
 from __future__ import annotations
 
 import queue
-import sys
-import threading
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec, fixed_batch_size
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
 
@@ -101,12 +98,9 @@ class OpenVinoSession(Session):
         self._pool: queue.SimpleQueue[Any] | None = queue.SimpleQueue()
         for _ in range(self.num_requests):
             self._pool.put(compiled.create_infer_request())
-        self._workers: Any = None  # ThreadPoolExecutor for run_async, made on first use
-        self._async_lock = threading.Lock()
 
-        batch_dims = {spec.shape[0] if spec.shape else None for spec in self.inputs}
-        fixed = len(batch_dims) == 1 and None not in batch_dims
-        max_batch = next(iter(batch_dims)) if fixed else None
+        max_batch = fixed_batch_size(self.inputs)
+        fixed = max_batch is not None
         # Rows of one batch can go to several requests only when every tensor is batch-first
         # and dynamic; then one caller keeps all of OpenVINO's streams busy.
         self._splittable = (
@@ -181,54 +175,7 @@ class OpenVinoSession(Session):
             for request in requests:
                 pool.put(request)
 
-    def run_async(
-        self,
-        feeds: Mapping[str, np.ndarray],
-        done: Callable[[Mapping[str, np.ndarray] | None, BaseException | None], None],
-    ) -> None:
-        """Start one batch and return; ``done`` is called from a worker thread of this session.
-
-        The feeds are copied first, so the caller may reuse its buffers at once. The batch
-        runs through :meth:`run` (same request pool, same splitting), on one of
-        ``num_requests`` worker threads that wait on OpenVINO with the GIL released.
-
-        Not OpenVINO's AsyncInferQueue: it never calls its Python callback when an inference
-        fails (the error only surfaces in a later ``wait``), so ``done`` would never run and
-        the caller would hang; and its default copy mode writes into arrays that an earlier
-        ``share_inputs=True`` call handed to the same compiled model.
-        """
-        try:
-            if self._pool is None:
-                raise RuntimeError("this OpenVINO session is closed")
-            copied = {name: np.array(array, copy=True, order="C") for name, array in feeds.items()}
-            with self._async_lock:
-                if self._workers is None:
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    self._workers = ThreadPoolExecutor(self.num_requests, thread_name_prefix="mlpi-openvino")
-                self._workers.submit(self._run_then, copied, done)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, not swallowed
-            done(None, exc)
-
-    def _run_then(self, feeds: Mapping[str, np.ndarray], done: Any) -> None:
-        try:
-            outputs = self.run(feeds)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            outputs, error = None, exc
-        else:
-            error = None
-        try:
-            done(outputs, error)
-        except BaseException:  # noqa: BLE001 - a thread's uncaught error: printed, as threading does
-            traceback.print_exc(file=sys.stderr)
-
     def close(self) -> None:
-        with self._async_lock:
-            workers, self._workers = self._workers, None
-        if workers is not None:
-            # From inside a ``done`` callback the worker cannot wait for itself.
-            inside = threading.current_thread().name.startswith("mlpi-openvino")
-            workers.shutdown(wait=not inside)
         self._pool = None
         self._compiled = None
 

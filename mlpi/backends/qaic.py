@@ -3,7 +3,8 @@
 A Cloud AI 100-class card runs a compiled program on a few parallel activations and
 queues further requests in front of them; a server holds several cards
 (``--device qaic:0-3``). Without the vendor runtime this backend **simulates** such a
-machine: every virtual card runs the real model through ONNX Runtime on the CPU, so the
+machine: every virtual card runs the real model on the CPU through another mlpi backend,
+its *compute backend* (``-o compute_backend=NAME``, ONNX Runtime by default), so the
 outputs (and accuracy) are real, while a device model shapes the timing:
 
 - ``concurrency`` activations per card run batches in parallel;
@@ -11,7 +12,11 @@ outputs (and accuracy) are real, while a device model shapes the timing:
 - a batch of ``n`` occupies its activation for ``latency_ms + latency_per_sample_ms * n``
   (or for as long as the CPU really takes, if that is longer).
 
-All four knobs are options, so ``plugins.toml`` can describe the card being modelled::
+The compute backend is found through mlpi's plugin registry like any ``--backend`` (never
+imported by name), and is loaded on ``cpu`` with its default options; ``threads`` goes
+to its thread-count option when it has one (``intra_op_threads``, ``num_threads`` or
+``threads``). The four device-model knobs are options, so ``plugins.toml`` can describe
+the card being modelled::
 
     [options.qaic]
     concurrency = 4
@@ -25,7 +30,7 @@ implemented; where it is installed the backend still simulates, and says that to
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping
@@ -37,12 +42,16 @@ import numpy as np
 
 from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session
 from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, PluginError, UsageError
+from mlpi.core.errors import DeviceError, MlpiError, PluginError, UsageError, suggest
 
 #: Virtual cards the simulator exposes: qaic:0 to qaic:7.
 SIMULATED_CARDS = 8
 #: Where the vendor's platform SDK installs itself.
 VENDOR_RUNTIME = Path("/opt/qti-aic")
+#: The compute backend when ``-o compute_backend`` is not given.
+DEFAULT_COMPUTE_BACKEND = "onnxruntime"
+#: Options of a compute backend that take ``threads``, the first one it has.
+_THREAD_OPTIONS = ("intra_op_threads", "num_threads", "threads")
 
 
 @dataclass
@@ -56,6 +65,10 @@ class QaicOptions:
     max_batch_size: int = field(default=64, metadata={"help": "largest batch the card program accepts"})
     preferred_batch_size: int = field(default=8, metadata={"help": "batch size when --batch-size is not given"})
     threads: int = field(default=1, metadata={"help": "CPU threads that compute one virtual card's outputs"})
+    compute_backend: str = field(
+        default=DEFAULT_COMPUTE_BACKEND,
+        metadata={"help": "installed mlpi backend that computes the outputs on the CPU (`mlpi backends` lists them)"},
+    )
 
 
 class _Card:
@@ -89,6 +102,9 @@ class QaicSimSession(Session):
         self._card = card
         self._fixed_s = options.latency_ms / 1e3
         self._per_sample_s = options.latency_per_sample_ms / 1e3
+        # A card runs several activations at once; a compute session that is not concurrent
+        # still gets one batch at a time.
+        self._compute_lock = None if compute.capabilities.concurrent else threading.Lock()
         self.inputs = compute.inputs
         self.outputs = compute.outputs
         self.precision = compute.precision
@@ -112,7 +128,11 @@ class QaicSimSession(Session):
         card = self._card
         with card.accepting, card.activations:
             started = time.monotonic()
-            outputs = self._compute.run(feeds)
+            if self._compute_lock is None:
+                outputs = self._compute.run(feeds)
+            else:
+                with self._compute_lock:
+                    outputs = self._compute.run(feeds)
             remaining = started + self._fixed_s + self._per_sample_s * rows - time.monotonic()
             if remaining > 0:
                 time.sleep(remaining)
@@ -127,21 +147,33 @@ class QaicBackend(Backend):
     device_kinds = ("qaic",)
     precisions = ("fp32",)
     Options = QaicOptions
-    install_hint = 'pip install "mlpi[onnxruntime]" (the simulator computes outputs with ONNX Runtime)'
+    install_hint = 'pip install "mlpi[onnxruntime]" (the simulator computes outputs with ONNX Runtime by default)'
+    #: Its cards are simulated: a system description lists no qaic hardware because of it.
+    simulated = True
+
+    def __init__(self) -> None:
+        self._registry: Any = None
 
     def version(self) -> str:
+        """``simulator (<compute backend> <its version>)`` for the default compute backend."""
         try:
-            import onnxruntime
-        except ImportError as exc:
-            raise PluginError(f"the qaic simulator needs ONNX Runtime, which is not installed ({exc})", self.install_hint) from None
-        return f"simulator (onnxruntime {onnxruntime.__version__})"
+            compute = self._compute(DEFAULT_COMPUTE_BACKEND)
+            inner = compute.version()
+        except MlpiError as exc:
+            raise PluginError(
+                f"the qaic simulator computes with {DEFAULT_COMPUTE_BACKEND}: {exc.message}", exc.hint or self.install_hint
+            ) from None
+        return f"simulator ({compute.name} {inner})"
 
     def runtime_distributions(self) -> tuple[str, ...]:
-        return ("onnxruntime",)
+        try:
+            return tuple(self._compute(DEFAULT_COMPUTE_BACKEND).runtime_distributions())
+        except Exception:  # noqa: BLE001 - a missing compute backend has no versions to record
+            return ()
 
     def probe(self) -> list[Device]:
         try:
-            if importlib.util.find_spec("onnxruntime") is None:
+            if Device("cpu") not in self._compute(DEFAULT_COMPUTE_BACKEND).probe():
                 return []
         except Exception:  # noqa: BLE001 - probing never raises
             return []
@@ -166,12 +198,73 @@ class QaicBackend(Backend):
                 raise UsageError(f"qaic option {name} cannot be negative ({getattr(options, name)})", f"-o {name}=0 or more")
         if precision not in (None, "fp32"):
             raise UsageError(f"the qaic simulator computes in fp32, not {precision}", "drop --precision")
+        self._compute(options.compute_backend)
 
     def load(
         self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
     ) -> Session:
-        from mlpi.backends.ort import OnnxRuntimeBackend, OrtOptions
-
         self.check(model, device, options, precision)
-        compute = OnnxRuntimeBackend().load(model, Device("cpu"), OrtOptions(intra_op_threads=options.threads), None)
-        return QaicSimSession(compute, _card(device.index, options.concurrency, options.queue_depth), options)
+        compute = self._compute(options.compute_backend)
+        compute_options = _compute_options(compute.Options, options.threads)
+        session = compute.load(model, Device("cpu"), compute_options, None, LoadContext(context.batch_size))
+        return QaicSimSession(session, _card(device.index, options.concurrency, options.queue_depth), options)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _compute(self, name: str) -> Backend:
+        """The compute backend ``name`` (or an alias of it), from the plugin registry.
+
+        UsageError listing the usable ones for a name that is not one of them.
+        """
+        if self._registry is None:
+            from mlpi.core.config import PluginsConfig
+            from mlpi.core.plugins import Registry
+
+            self._registry = Registry(PluginsConfig.load(None))
+        registry = self._registry
+        usable = _cpu_backends(registry, exclude=self.name)
+        canonical = registry.canonical_backend(name)
+        if canonical.lower() not in {n.lower() for n in usable}:
+            found = {p.name.lower(): p for p in registry.plugins("backends")}.get(canonical.lower())
+            if canonical.lower() == self.name:
+                why = "is the simulator itself"
+            elif found is None:
+                why = "is not an installed backend"
+            elif found.disabled:
+                why = f"is disabled in {', '.join(registry.config.sources)}"
+            elif found.broken:
+                why = f"failed to import ({found.error})"
+            else:
+                why = "does not run on the cpu"
+            listed = ", ".join(usable) or "none are installed"
+            example = DEFAULT_COMPUTE_BACKEND if DEFAULT_COMPUTE_BACKEND in usable else (usable or ["NAME"])[0]
+            raise UsageError(
+                f"qaic option compute_backend is '{name}', which {why}",
+                f"{suggest(name, usable, listing=False)}choose one of: {listed} (e.g. -o compute_backend={example})",
+            )
+        try:
+            return registry.backend(canonical)
+        except MlpiError as exc:
+            raise type(exc)(f"qaic's compute backend: {exc.message}", exc.hint) from None
+
+
+def _cpu_backends(registry: Any, exclude: str) -> list[str]:
+    """Enabled, importable backends that can run on the cpu, sorted by name."""
+    names = []
+    for info in registry.plugins("backends"):
+        if info.disabled or info.broken or info.name == exclude:
+            continue
+        if "cpu" in tuple(getattr(info.obj, "device_kinds", ()) or ()):
+            names.append(info.name)
+    return names
+
+
+def _compute_options(options_cls: type, threads: int) -> Any:
+    """The compute backend's default options, with ``threads`` in its thread-count option."""
+    options = options_cls()
+    if dataclasses.is_dataclass(options):
+        fields = {f.name for f in dataclasses.fields(options)}
+        key = next((k for k in _THREAD_OPTIONS if k in fields), None)
+        if key is not None:
+            options = dataclasses.replace(options, **{key: threads})
+    return options

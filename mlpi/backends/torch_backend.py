@@ -11,6 +11,8 @@ look the same whatever runs.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
 
 import warnings
 from collections.abc import Mapping
@@ -19,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.backends._cuda import cuda_device_name
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session
+from mlpi.backends._cuda import cuda_device_count, cuda_device_name, rocm_device_count
+from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, fixed_batch_size
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
 
@@ -81,9 +83,8 @@ class TorchSession(Session):
         # stream of its own, so instances on one GPU overlap instead of serialising.
         self._stream = torch.cuda.Stream(device) if self._cuda else None
         self._buffer_ptrs = {b.untyped_storage().data_ptr() for b in module.buffers()}
-        batch_dims = {spec.shape[0] if spec.shape else None for spec in self.inputs}
-        fixed = len(batch_dims) == 1 and None not in batch_dims
-        max_batch = next(iter(batch_dims)) if fixed else None
+        max_batch = fixed_batch_size(self.inputs)
+        fixed = max_batch is not None
         # The module keeps no state between calls (see onnx_to_torch) and torch ops are
         # re-entrant in inference mode, so CPU sessions take concurrent calls. CUDA sessions
         # reuse pinned staging buffers, and compiled modules may recompile on a new shape: no.
@@ -92,7 +93,7 @@ class TorchSession(Session):
             max_batch_size=max_batch,
             fixed_batch=fixed,
             concurrent=concurrent,
-            preferred_batch_size=int(max_batch) if fixed else _PREFERRED_BATCH,
+            preferred_batch_size=max_batch if max_batch is not None else _PREFERRED_BATCH,
         )
         self._torch = torch
 
@@ -195,6 +196,14 @@ class TorchBackend(Backend):
 
     def probe(self) -> list[Device]:
         try:
+            if "torch" not in sys.modules:
+                if importlib.util.find_spec("torch") is None:
+                    return []
+                # Importing torch takes seconds; with no GPU driver here it could only find
+                # the CPU, which needs no import to say (the system description probes
+                # every installed backend). A torch that fails to import fails version().
+                if not cuda_device_count() and not rocm_device_count():
+                    return [Device("cpu")]
             import torch
         except Exception:  # noqa: BLE001 - probing never raises
             return []

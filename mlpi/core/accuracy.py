@@ -1,16 +1,16 @@
 """Accuracy from LoadGen's ``mlperf_log_accuracy.json``, computed the way MLPerf's scripts do.
 
 The official scripts read every entry, keep the first one per ``qsl_idx`` (LoadGen may
-send a sample twice), decode ``data`` with ``np.frombuffer(bytes.fromhex(...), dtype)``
-and divide by the number of distinct samples. mlpi does exactly that, so its figure and
-the official script's agree to the last printed digit.
+send a sample twice) and decode ``data`` with ``np.frombuffer(bytes.fromhex(...), dtype)``.
+:func:`read_accuracy_log` gives exactly that mapping; each model's scorer turns it into an
+:class:`AccuracyResult` in its own metric (top-1 %, mAP %, F1, mean DICE, AUC, WER...).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +21,92 @@ from mlpi.core.errors import DatasetError, RunFailed
 
 @dataclass(frozen=True)
 class AccuracyResult:
-    """One accuracy figure and how it compares with the quality target."""
+    """One accuracy figure, the lines the official script prints, and the target it is held to.
 
-    metric: str  # e.g. "top-1"
-    value: float  # percent
-    good: int
-    total: int
-    report: str  # the line the official script prints, written to accuracy.txt
-    target: float | None = None  # percent the value must reach, when the model has a rule
+    - ``metric`` / ``value`` / ``unit``: e.g. ``"mAP"``, ``37.57``, ``"%"``; or ``"mean DICE"``,
+      ``0.8617``, ``""``.
+    - ``higher_is_better``: False for error rates (WER).
+    - ``lines``: exactly what MLCommons' accuracy script prints as its result, written to
+      ``accuracy.txt``.
+    - ``target``: the value a valid result must reach (filled from the model's rules).
+    - ``details``: further figures the scorer knows (``good``/``total``, per-class values...).
+    """
+
+    metric: str
+    value: float
+    unit: str
+    lines: tuple[str, ...]
+    higher_is_better: bool = True
+    target: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def report(self) -> str:
+        """The official line(s) as one text."""
+        return "\n".join(self.lines)
 
     @property
     def passed(self) -> bool | None:
-        return None if self.target is None else self.value >= self.target
+        if self.target is None:
+            return None
+        return self.value >= self.target if self.higher_is_better else self.value <= self.target
+
+    def with_target(self, target: float | None) -> AccuracyResult:
+        return replace(self, target=target)
+
+    def describe(self) -> str:
+        """``mAP 37.570% (target 37.175%) PASS``: how mlpi prints it."""
+        text = f"{self.metric} {format_value(self.value, self.unit)}"
+        if self.target is not None:
+            text += f" (target {'>=' if self.higher_is_better else '<='} {format_value(self.target, self.unit)})"
+            text += " PASS" if self.passed else " FAIL"
+        return text
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["passed"] = self.passed
-        return data
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "unit": self.unit,
+            "higher_is_better": self.higher_is_better,
+            "target": self.target,
+            "passed": self.passed,
+            "report": self.report,
+            "lines": list(self.lines),
+            **{k: v for k, v in self.details.items() if k not in ("metric", "value", "unit", "target", "passed")},
+        }
+
+
+def format_value(value: float, unit: str) -> str:
+    return f"{value:.3f}%" if unit == "%" else f"{value:.5f}{(' ' + unit) if unit else ''}"
 
 
 def read_accuracy_log(path: Path) -> dict[int, bytes]:
     """``{qsl_idx: response bytes}``, first entry per sample, as the official scripts keep."""
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except FileNotFoundError:
+        raise RunFailed(f"there is no accuracy log at {path}", "give a run directory or mlperf_log_accuracy.json of an accuracy run") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunFailed(f"cannot read the accuracy log {path}: {exc}", "the accuracy test did not finish; see harness.log") from None
+    if not isinstance(entries, list):
+        raise RunFailed(f"{path} is not a LoadGen accuracy log (a JSON list)", "give the mlperf_log_accuracy.json LoadGen wrote")
     responses: dict[int, bytes] = {}
-    for entry in entries:
-        index = int(entry["qsl_idx"])
-        if index not in responses:
-            responses[index] = bytes.fromhex(entry["data"])
+    for number, entry in enumerate(entries):
+        try:
+            index = int(entry["qsl_idx"])
+            if index not in responses:
+                responses[index] = bytes.fromhex(entry["data"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunFailed(
+                f"entry {number} of {path} is not a LoadGen accuracy record ({type(exc).__name__}: {exc})",
+                "give the mlperf_log_accuracy.json LoadGen wrote, unedited",
+            ) from None
     return responses
 
 
-def top1(
-    responses: Mapping[int, bytes], labels: np.ndarray | None, dtype: str, *, target: float | None = None
-) -> AccuracyResult:
-    """Top-1 from responses whose first element (of ``dtype``) is the predicted class."""
+def top1(responses: Mapping[int, bytes], labels: np.ndarray | None, dtype: str) -> AccuracyResult:
+    """Top-1 from responses whose first element (of ``dtype``) is the predicted class; the
+    line is ``accuracy-imagenet.py``'s."""
     if labels is None:
         raise DatasetError("this dataset has no labels, so accuracy cannot be scored", "use a dataset with ground truth")
     good = 0
@@ -69,8 +118,8 @@ def top1(
             good += 1
     total = len(responses)
     value = 100.0 * good / total if total else 0.0
-    report = f"accuracy={value:.3f}%, good={good}, total={total}"
-    return AccuracyResult("top-1", value, good, total, report, target)
+    line = f"accuracy={value:.3f}%, good={good}, total={total}"
+    return AccuracyResult("top-1", value, "%", (line,), details={"good": good, "total": total})
 
 
 def raw_top1(responses: Mapping[int, bytes], labels: np.ndarray | None, first_output: Any) -> AccuracyResult:

@@ -15,7 +15,7 @@ backend by name; what it needs to know, a backend says through these classes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +54,22 @@ class TensorSpec:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+
+def format_shape(shape: Iterable[int | None]) -> str:
+    """A shape as messages show it: ``(None, 3, 224, 224)`` -> ``[?, 3, 224, 224]``."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def fixed_batch_size(specs: Iterable[TensorSpec]) -> int | None:
+    """The batch size a model's inputs fix, or ``None`` when its batch is dynamic.
+
+    ``shape[0]`` is the batch dimension (see :class:`TensorSpec`); inputs without any
+    dimension have none and are ignored. When several inputs fix it, the smallest is the
+    most any batch can be.
+    """
+    fixed = [int(spec.shape[0]) for spec in specs if spec.shape and spec.shape[0] is not None]
+    return min(fixed) if fixed else None
 
 
 @dataclass(frozen=True)
@@ -127,23 +143,6 @@ class Session(ABC):
     def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         """Run one batch synchronously."""
 
-    def run_async(
-        self,
-        feeds: Mapping[str, np.ndarray],
-        done: Callable[[Mapping[str, np.ndarray] | None, BaseException | None], None],
-    ) -> None:
-        """Start one batch and call ``done(outputs, error)`` from any thread when it ends.
-
-        Optional: the default runs synchronously. A backend with a real asynchronous
-        path (CUDA streams, infer-request queues) overrides it and sets nothing else.
-        """
-        try:
-            outputs = self.run(feeds)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, not swallowed
-            done(None, exc)
-        else:
-            done(outputs, None)
-
     def close(self) -> None:
         """Release the device memory and runtime objects this session holds."""
 
@@ -165,6 +164,8 @@ class Backend(ABC):
       ``-o key=value`` or in ``plugins.toml``; unknown keys are rejected by the core.
       A field's ``metadata["help"]`` documents it for ``mlpi backends``.
     - ``install_hint``: the command that installs the runtime, shown when it is missing.
+    - ``simulated``: its devices are a simulation (timing from a device model); a system
+      description never lists them as hardware.
     """
 
     name: ClassVar[str]
@@ -172,6 +173,7 @@ class Backend(ABC):
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     Options: ClassVar[type] = NoOptions
     install_hint: ClassVar[str] = ""
+    simulated: ClassVar[bool] = False
 
     @abstractmethod
     def version(self) -> str:
@@ -221,4 +223,6 @@ __all__ = [
     "NoOptions",
     "Session",
     "TensorSpec",
+    "fixed_batch_size",
+    "format_shape",
 ]

@@ -49,67 +49,167 @@ def main(argv: list[str]) -> int:
 
 
 def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, Any]:
+    """Open, load, calibrate, run LoadGen, score: one test, in the order LoadGen needs."""
     import mlperf_loadgen as lg
 
-    from mlpi.core.backend import LoadContext, ModelArtifact
-    from mlpi.core.calibrate import calibrate
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.device import Device
-    from mlpi.core.options import build_options
-    from mlpi.core.plan import Plan
-    from mlpi.core.plugins import Registry
-    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
-    from mlpi.core.scenario import user_conf
     from mlpi.core.dispatch import device_stats
-    from mlpi.core.sut import BatchExecutor, InlineSUT, OfflineSUT, ServerSUT
+    from mlpi.core.plan import Plan
+    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
 
     plan = Plan.read(plan_path)
+    setup = open_test(plan)
+    loaded = setup.load_sessions(scenario)
+    executors, outputs = build_executors(setup, loaded, scenario, out, lg)
+    expect, calib_s = calibrate_expectations(setup, executors, scenario)
+    settings, perf_count = write_settings(setup, scenario, mode, expect, calib_s, out, lg)
+    sut_impl = make_sut(executors, scenario, plan, settings)
+    elapsed_s, busy_s = run_loadgen(sut_impl, setup.dataset, performance_count_limit(setup), settings, out, plan, lg)
+    for _, session in loaded.placed:
+        session.close()
+    accuracy = score_test(setup, outputs, out) if mode == "accuracy" else None
+    return {
+        "accuracy": accuracy,
+        "performance_sample_count": perf_count,
+        "batch_size": loaded.batch_size,
+        "sessions": len(loaded.placed),
+        "precision": loaded.placed[0][1].precision,
+        "samples_per_query": MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else None,
+        "expectations": expect.__dict__,
+        "slots": len(executors),
+        "simulated": loaded.simulated,
+        "devices": device_stats(executors, busy_s, elapsed_s),
+    }
+
+
+class TestSetup:
+    """The plan's plugins, resolved in this process: backend, options, model spec, dataset."""
+
+    def __init__(self, plan: Any, registry: Any, backend: Any, options: Any, spec: Any, artifact: Any, dataset: Any) -> None:
+        self.plan, self.registry, self.backend, self.options = plan, registry, backend, options
+        self.spec, self.artifact, self.dataset = spec, artifact, dataset
+
+    def load_sessions(self, scenario: str) -> LoadedSessions:
+        """Sessions on every unit (``--instances`` each in Offline/Server) and their slots."""
+        from mlpi.core.backend import LoadContext
+        from mlpi.core.device import Device
+
+        plan = self.plan
+        device = Device.parse(plan.device)
+        # SingleStream and MultiStream keep one query in flight: further instances would sit idle.
+        instances = plan.instances if scenario in ("Offline", "Server") else 1
+        context = LoadContext(
+            batch_size=planned_batch_size(plan.batch_size, scenario), calibration=calibration_batches(self.dataset)
+        )
+        placed = [
+            (str(unit), self.backend.load(self.artifact, unit, self.options, plan.precision, context))
+            for unit in device.units()
+            for _ in range(instances)
+        ]
+        batch_size = effective_batch_size(plan.batch_size, placed[0][1].capabilities, scenario)
+        # Offline and Server keep up to max_in_flight batches in flight per session, one slot each.
+        slots = [
+            (unit, session)
+            for unit, session in placed
+            for _ in range(session.capabilities.max_in_flight if scenario in ("Offline", "Server") else 1)
+        ]
+        loaded = LoadedSessions(placed, slots, batch_size)
+        print(
+            f"mlpi: {len(placed)} {self.backend.name} session(s) on {device}, {len(slots)} slot(s), batch size {batch_size}"
+            + (" (simulated device)" if loaded.simulated else ""),
+            flush=True,
+        )
+        return loaded
+
+
+class LoadedSessions:
+    """Sessions by device unit, the slots they give, and the batch size they run at."""
+
+    def __init__(self, placed: list[tuple[str, Any]], slots: list[tuple[str, Any]], batch_size: int) -> None:
+        self.placed = placed
+        self.slots = slots
+        self.batch_size = batch_size
+        self.simulated = any(session.simulated for _, session in placed)
+
+
+def open_test(plan: Any) -> TestSetup:
+    from mlpi.core.backend import ModelArtifact
+    from mlpi.core.config import PluginsConfig
+    from mlpi.core.options import build_options
+    from mlpi.core.planning import open_dataset, spec_of_plan
+    from mlpi.core.plugins import Registry
+
     registry = Registry(PluginsConfig.load(plan.plugins_file))
     backend = registry.backend(plan.backend)
     options = build_options(backend.Options, [("plan", plan.backend_options)], backend.name)
     artifact = ModelArtifact(
         Path(plan.model.path), plan.model.sha256, tuple(plan.model.inputs), tuple(plan.model.outputs)
     )
-    spec = model_spec(registry, plan)
-    factory = registry.resolve("datasets", plan.dataset).obj()
-    dataset = factory.open(
-        artifact.inputs, Path(plan.dataset_path) if plan.dataset_path else None, plan.dataset_count, plan.seed
+    spec = spec_of_plan(registry, plan)
+    dataset = open_dataset(
+        registry, spec, artifact.inputs, plan.dataset, plan.dataset_path, plan.dataset_count, plan.seed
     )
+    return TestSetup(plan, registry, backend, options, spec, artifact, dataset)
 
-    device = Device.parse(plan.device)
-    # SingleStream and MultiStream keep one query in flight: further instances would sit idle.
-    instances = plan.instances if scenario in ("Offline", "Server") else 1
-    context = LoadContext(batch_size=planned_batch_size(plan.batch_size, scenario), calibration=calibration_batches(dataset))
-    placed = [
-        (str(unit), backend.load(artifact, unit, options, plan.precision, context))
-        for unit in device.units()
-        for _ in range(instances)
-    ]
-    sessions = [session for _, session in placed]
-    caps = sessions[0].capabilities
-    batch_size = effective_batch_size(plan.batch_size, caps, scenario)
-    # Offline and Server keep up to max_in_flight batches in flight per session, one slot each.
-    slots = [
-        (unit, session)
-        for unit, session in placed
-        for _ in range(session.capabilities.max_in_flight if scenario in ("Offline", "Server") else 1)
-    ]
-    simulated = any(session.simulated for session in sessions)
-    print(
-        f"mlpi: {len(sessions)} {backend.name} session(s) on {device}, {len(slots)} slot(s), batch size {batch_size}"
-        + (" (simulated device)" if simulated else ""),
-        flush=True,
+
+def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out: Path, lg: Any) -> tuple[list[Any], list[Any]]:
+    """One executor per slot, each with its own pipeline (the model's, or the default)."""
+    from mlpi.core.executor import BatchExecutor
+    from mlpi.core.pipeline import MAIN_GRAPH, PipelineContext
+
+    spec, dataset, batch_size = setup.spec, setup.dataset, loaded.batch_size
+    first = loaded.placed[0][1]
+    dataset.load(setup_indices(setup))
+    outputs = observed_outputs(first, dataset, setup_indices(setup)[0], batch_first=spec.outputs_batch_first)
+    on_error = error_handler(setup.backend.name, scenario, out)
+    executors = []
+    for unit, session in loaded.slots:
+        postprocess = spec.postprocess(outputs, batch_size)
+        pipeline = None
+        if spec.pipeline is not None:
+            pipeline = spec.pipeline(PipelineContext({MAIN_GRAPH: session}, dataset, batch_size, outputs, postprocess))
+        executors.append(
+            BatchExecutor(
+                session, dataset, postprocess, batch_size, lg.QuerySamplesComplete, lg.QuerySampleResponse,
+                on_error, device=unit, pipeline=pipeline,
+            )
+        )
+    return executors, outputs
+
+
+def setup_indices(setup: TestSetup) -> list[int]:
+    """The samples loaded for warm-up and calibration (those LoadGen may keep loaded)."""
+    return list(range(min(setup.dataset.count, performance_count_limit(setup))))
+
+
+#: A model without MLPerf rules keeps at most this many bytes of samples loaded.
+PRELOAD_BUDGET_BYTES = 1 << 30
+
+
+def performance_count_limit(setup: TestSetup) -> int:
+    """LoadGen's performance sample count: the model's rule, bounded by what the data has;
+    without a rule, what fits in PRELOAD_BUDGET_BYTES (samples of a known size)."""
+    import numpy as np
+
+    wanted = setup.spec.rules.performance_sample_count
+    available = setup.dataset.performance_count
+    if wanted is not None:
+        return min(wanted, available)
+    shapes = [spec.sample_shape for spec in setup.dataset.inputs]
+    if any(d is None for shape in shapes for d in shape):
+        return available
+    sample_bytes = sum(
+        int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        for spec, shape in zip(setup.dataset.inputs, shapes)
     )
+    return max(1, min(available, PRELOAD_BUDGET_BYTES // max(sample_bytes, 1)))
 
-    loaded = list(range(min(dataset.count, dataset.performance_count)))
-    dataset.load(loaded)
-    outputs = observed_outputs(sessions[0], dataset, loaded[0])
 
+def error_handler(backend_name: str, scenario: str, out: Path) -> Any:
     def on_error(exc: BaseException) -> None:
         # LoadGen cannot be aborted from Python: record the error and end the process.
         traceback.print_exception(type(exc), exc, exc.__traceback__)
         err = exc if isinstance(exc, MlpiError) else MlpiError(
-            f"backend '{backend.name}' failed during the {scenario} test: {type(exc).__name__}: {exc}",
+            f"backend '{backend_name}' failed during the {scenario} test: {type(exc).__name__}: {exc}",
             f"see {out / 'harness.log'}",
         )
         _write(out, {"status": "failed", "error": _error(err)})
@@ -117,21 +217,29 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         sys.stderr.flush()
         os._exit(EXIT_FAILURE)
 
-    executors = [
-        BatchExecutor(
-            session, dataset, spec.postprocess(outputs, batch_size), batch_size, lg.QuerySamplesComplete,
-            lg.QuerySampleResponse, on_error, device=unit,
-        )
-        for unit, session in slots
-    ]
+    return on_error
+
+
+def calibrate_expectations(setup: TestSetup, executors: list[Any], scenario: str) -> tuple[Any, float]:
+    from mlpi.core.calibrate import calibrate
+
+    plan = setup.plan
+    loaded = setup_indices(setup)
     calib_s = 0.5 if plan.quick or (plan.duration_s is not None and plan.duration_s < 60) else 2.0
     expect = calibrate(executors, scenario, loaded, calib_s, plan.target_qps)
     print(f"mlpi: {scenario} expectations from {expect.source}: {expect}", flush=True)
-    dataset.unload(loaded)
+    setup.dataset.unload(loaded)
+    return expect, calib_s
 
+
+def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, calib_s: float, out: Path, lg: Any) -> tuple[Any, int | None]:
+    """user.conf from the model's rules and the expectations; LoadGen's TestSettings from it."""
+    from mlpi.core.scenario import user_conf
+
+    plan, spec = setup.plan, setup.spec
     conf_path = out / "user.conf"
-    perf_count = performance_sample_count(plan.model.rules_key, dataset.performance_count)
-    model_key = loadgen_model_key(plan.model.rules_key, plan.model.name)
+    perf_count = performance_sample_count(spec.rules.performance_sample_count, setup.dataset.performance_count)
+    model_key = loadgen_model_key(spec.rules.loadgen_key, plan.model.name)
     conf_path.write_text(
         user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count,
                   short_calibration=calib_s < 1),
@@ -142,16 +250,24 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         raise UsageError(f"LoadGen rejected {conf_path}", "see harness.log for the line it names")
     settings.scenario = getattr(lg.TestScenario, scenario)
     settings.mode = lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
+    return settings, perf_count
+
+
+def make_sut(executors: list[Any], scenario: str, plan: Any, settings: Any) -> Any:
+    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+    from mlpi.core.sut import InlineSUT, OfflineSUT, ServerSUT
 
     if scenario in ("SingleStream", "MultiStream"):
         per_query = MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else 1
-        sut_impl: Any = InlineSUT(executors[0], per_query)
-    elif scenario == "Offline":
-        sut_impl = OfflineSUT(executors)
-    else:
-        timeout_s = server_batch_timeout_s(plan.batch_timeout_ms, settings.server_target_latency_ns)
-        sut_impl = ServerSUT(executors, batch_size, timeout_s)
+        return InlineSUT(executors[0], per_query)
+    if scenario == "Offline":
+        return OfflineSUT(executors)
+    timeout_s = server_batch_timeout_s(plan.batch_timeout_ms, settings.server_target_latency_ns)
+    return ServerSUT(executors, executors[0].batch_size, timeout_s)
 
+
+def run_loadgen(sut_impl: Any, dataset: Any, perf_count: int, settings: Any, out: Path, plan: Any, lg: Any) -> tuple[float, Any]:
+    """LoadGen's test itself; returns the wall time and the busy time per unit."""
     log_output = lg.LogOutputSettings()
     log_output.outdir = str(out)
     log_output.copy_summary_to_stdout = False
@@ -160,7 +276,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     log_settings.enable_trace = False
 
     sut = lg.ConstructFastSUT(sut_impl.issue, sut_impl.flush)
-    qsl = lg.ConstructQSL(dataset.count, dataset.performance_count, dataset.load, dataset.unload)
+    qsl = lg.ConstructQSL(dataset.count, perf_count, dataset.load, dataset.unload)
     audit = str(plan.extra.get("audit_config") or out / "audit.config")
     sut_impl.start()
     # Everything made so far lives for the whole test: keep the collector from rescanning it.
@@ -175,36 +291,35 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         sut_impl.stop()
         lg.DestroyQSL(qsl)
         lg.DestroyFastSUT(sut)
-    for session in sessions:
-        session.close()
-    accuracy = None
-    if mode == "accuracy" and spec.score is not None and dataset.labels() is not None:
-        from mlpi.core.accuracy import read_accuracy_log
-
-        result = spec.score(read_accuracy_log(out / "mlperf_log_accuracy.json"), dataset, outputs)
-        (out / "accuracy.txt").write_text(result.report + "\n", encoding="utf-8")
-        print(f"mlpi: {result.report}", flush=True)
-        accuracy = result.to_json()
-    return {
-        "accuracy": accuracy,
-        "performance_sample_count": perf_count,
-        "batch_size": batch_size,
-        "sessions": len(sessions),
-        "precision": sessions[0].precision,
-        "samples_per_query": MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else None,
-        "expectations": expect.__dict__,
-        "slots": len(executors),
-        "simulated": simulated,
-        "devices": device_stats(executors, busy_s, elapsed_s),
-    }
+    return elapsed_s, busy_s
 
 
-def model_spec(registry: Any, plan: Any) -> Any:
-    from mlpi.core.model import ModelSpec, load_spec
+def score_test(setup: TestSetup, outputs: list[Any], out: Path) -> dict[str, Any] | None:
+    """Score the accuracy log with the model's scorer; write accuracy.txt."""
+    from mlpi.core.accuracy import read_accuracy_log
 
-    if plan.extra.get("registered_model"):
-        return load_spec(registry.resolve("models", plan.model.name).obj)
-    return ModelSpec.for_file(Path(plan.model.path))
+    spec, dataset = setup.spec, setup.dataset
+    if spec.score is None:
+        return None
+    if not dataset.has_ground_truth:
+        if spec.scoring_optional:
+            return None
+        raise UsageError(
+            f"dataset '{setup.plan.dataset}' has no ground truth, so {spec.name}'s accuracy cannot be scored",
+            "run accuracy mode with a dataset that has ground truth (`mlpi models` lists them)",
+        )
+    result = score_responses(spec, read_accuracy_log(out / "mlperf_log_accuracy.json"), dataset, outputs)
+    from mlpi.core.results import write_bytes_atomic
+
+    write_bytes_atomic(out / "accuracy.txt", (result.report + "\n").encode("utf-8"))
+    print(f"mlpi: {result.report}", flush=True)
+    return result.to_json()
+
+
+def score_responses(spec: Any, responses: Any, dataset: Any, outputs: Any) -> Any:
+    """The model's scorer on ``responses``, held to the target its rules set."""
+    result = spec.score(responses, dataset, outputs)
+    return result.with_target(spec.quality_target)
 
 
 def loadgen_model_key(rules_key: str | None, name: str) -> str:
@@ -213,13 +328,10 @@ def loadgen_model_key(rules_key: str | None, name: str) -> str:
     return rules_key or f"custom_{name}"
 
 
-def performance_sample_count(rules_key: str | None, available: int) -> int | None:
+def performance_sample_count(rule: int | None, available: int) -> int | None:
     """Override mlperf.conf's performance sample count only where the data has fewer samples
     (a subset for development): LoadGen cannot load samples that are not there."""
-    from mlpi.core.rules import RULES
-
-    rules = RULES.get(rules_key or "")
-    if rules is not None and rules.performance_sample_count > available:
+    if rule is not None and rule > available:
         return available
     return None
 
@@ -282,8 +394,11 @@ def server_batch_timeout_s(requested_ms: float | None, latency_bound_ns: int) ->
     return latency_bound_ns / 1e9 / 20
 
 
-def observed_outputs(session: Any, dataset: Any, index: int) -> list[Any]:
-    """Run one sample and describe the outputs as they really are (dynamic dims resolved)."""
+def observed_outputs(session: Any, dataset: Any, index: int, *, batch_first: bool = True) -> list[Any]:
+    """Run one sample and describe the outputs as they really are (dynamic dims resolved).
+
+    A model whose outputs are not batch-first (one image's detections as ``[N, 4]``) gets
+    the session's own output specs: its postprocessor knows how to read them."""
     import numpy as np
 
     from mlpi.core.backend import TensorSpec
@@ -293,6 +408,8 @@ def observed_outputs(session: Any, dataset: Any, index: int) -> list[Any]:
     feeds = {s.name: np.zeros((rows, *s.sample_shape), dtype=s.dtype) for s in dataset.inputs}
     dataset.gather([index], feeds)
     outputs = session.run(feeds)
+    if not batch_first:
+        return list(session.outputs)
     specs = []
     for spec in session.outputs:
         array = np.asarray(outputs[spec.name])

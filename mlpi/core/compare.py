@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlpi.core.errors import UsageError, suggest
+from mlpi.core.result_schema import TestResult
 from mlpi.core.store import RunFilter, RunRecord, Store, parse_date
 
 #: ``KEY=VALUE`` filter keys, and the RunFilter list each fills.
@@ -49,6 +50,8 @@ class Row:
     value: float | None
     unit: str | None
     latency_ms: dict[str, float]
+    #: ``metric``, ``value``, ``unit``, ``higher_is_better``, ``target``, ``passed`` of the
+    #: scenario's accuracy test, when the run measured one.
     accuracy: dict[str, Any] | None
     valid: bool | None
     status: str
@@ -112,10 +115,9 @@ def build_rows(runs: Iterable[RunRecord], scenarios: Iterable[str] = ()) -> list
     wanted = {s.lower() for s in scenarios}
     rows = []
     for run in runs:
-        by_scenario: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        for test in run.result.get("tests", []):
-            if isinstance(test, dict) and test.get("scenario"):
-                by_scenario[str(test["scenario"])][str(test.get("mode"))] = test
+        by_scenario: dict[str, dict[str, TestResult]] = defaultdict(dict)
+        for test in run.result.tests:
+            by_scenario[test.scenario][test.mode] = test
         for scenario, tests in by_scenario.items():
             if wanted and scenario.lower() not in wanted:
                 continue
@@ -152,32 +154,34 @@ def compare(store: Store, tokens: list[str], baseline: str | None = None, *, lat
 _SCENARIO_ORDER = {"Offline": 0, "Server": 1, "SingleStream": 2, "MultiStream": 3}
 
 
-def _row(run: RunRecord, scenario: str, perf: dict[str, Any] | None, acc: dict[str, Any] | None) -> Row:
+def _row(run: RunRecord, scenario: str, perf: TestResult | None, acc: TestResult | None) -> Row:
     result = run.result
-    dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
-    count = dataset.get("count")
-    accuracy = acc.get("accuracy") if acc else None
+    count = result.dataset.count
+    accuracy = acc.accuracy if acc else None
     valid: bool | None = None
-    if perf is not None and perf.get("status") == "ok":
-        valid = perf.get("valid")
-    if acc is not None and acc.get("status") == "ok" and acc.get("valid") is not None:
-        valid = bool(acc["valid"]) and valid is not False
-    statuses = [t.get("status") for t in (perf, acc) if t is not None]
-    status = next((s for s in statuses if s != "ok"), "ok")
+    if perf is not None and perf.status == "ok":
+        valid = perf.valid
+    if acc is not None and acc.status == "ok" and acc.valid is not None:
+        valid = acc.valid and valid is not False
+    tests = [t for t in (perf, acc) if t is not None]
+    status = next((t.status for t in tests if t.status != "ok"), "ok")
     return Row(
         run=run.name, started=run.started, model=run.model, scenario=scenario, system=run.system,
         backend=run.backend, device=run.device,
-        precision=(perf or {}).get("precision") or (acc or {}).get("precision") or run.precision,
-        dataset=str(dataset.get("name") or "-") + (f" ({count} samples)" if count else ""),
-        model_file=(result.get("model") or {}).get("sha256"),
-        metric=perf.get("metric") if perf else None,
-        value=perf.get("value") if perf else None,
-        unit=perf.get("unit") if perf else None,
-        latency_ms=run.latency.get(str(perf.get("dir")), {}) if perf else {},
-        accuracy={k: accuracy.get(k) for k in ("metric", "value", "target", "passed")} if isinstance(accuracy, dict) else None,
-        valid=valid, status=str(status),
-        quick=any(bool(t.get("quick")) for t in (perf, acc) if t is not None) or bool((result.get("settings") or {}).get("quick")),
-        simulated=bool(result.get("simulated")) or any(bool(t.get("simulated")) for t in (perf, acc) if t is not None),
+        precision=(perf.precision if perf else None) or (acc.precision if acc else None) or run.precision,
+        dataset=(result.dataset.name or "-") + (f" ({count} samples)" if count else ""),
+        model_file=result.model.sha256,
+        metric=perf.metric if perf else None,
+        value=perf.value if perf else None,
+        unit=perf.unit if perf else None,
+        latency_ms=run.latency.get(perf.dir, {}) if perf else {},
+        accuracy=None if accuracy is None else {
+            "metric": accuracy.metric, "value": accuracy.value, "unit": accuracy.unit,
+            "higher_is_better": accuracy.higher_is_better, "target": accuracy.target, "passed": accuracy.passed,
+        },
+        valid=valid, status=status,
+        quick=any(t.quick for t in tests) or result.settings.quick,
+        simulated=result.simulated or any(t.simulated for t in tests),
     )
 
 

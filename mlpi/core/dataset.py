@@ -1,8 +1,10 @@
 """The dataset contract: LoadGen's query sample library (QSL), preloaded before timing.
 
 A dataset plugin is a :class:`DatasetFactory` subclass registered under ``mlpi.datasets``.
-``open`` checks that the data is there and fits the model (cheaply: it runs before any
-test starts) and returns a :class:`Dataset`. LoadGen then calls ``load`` with the sample
+``open`` receives a :class:`DatasetRequest` — the model's inputs and its :class:`DataParams`
+(image size, layout, sequence length, vocabulary...), never the model's name — checks that
+the data is there and fits (cheaply: it runs before any test starts) and returns a
+:class:`Dataset`. LoadGen then calls ``load`` with the sample
 indices of the performance set; ``gather`` builds a batch's feeds from the loaded samples
 by copying rows into caller-owned buffers, so the timed path allocates nothing.
 
@@ -13,12 +15,70 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from mlpi.core.backend import TensorSpec
+from mlpi.core.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """What a model needs its data to be, declared by the model, read by the dataset.
+
+    Keys in common use (a dataset documents which it reads): ``image_size`` ``(h, w)``,
+    ``layout`` (``"NCHW"``/``"NHWC"``), ``channel_order`` (``"RGB"``/``"BGR"``), ``mean``,
+    ``std``, ``scale``, ``interpolation``, ``seq_len``, ``doc_stride``, ``max_query_len``,
+    ``vocab`` (an artifact name), ``sample_rate``. A model outside MLPerf's list has none.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, **values: Any) -> DataParams:
+        return cls(dict(values))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.values
+
+    def require(self, key: str, dataset: str) -> Any:
+        """The value of ``key``, or the DatasetError that says the model does not give it."""
+        if key not in self.values:
+            given = ", ".join(sorted(self.values)) or "none"
+            raise DatasetError(
+                f"dataset '{dataset}' needs the model to declare '{key}' in its data parameters (it declares: {given})",
+                f"use a dataset that fits this model (`mlpi models` lists them), or a model plugin that declares '{key}'",
+            )
+        return self.values[key]
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.values.items()}
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """Everything ``DatasetFactory.open`` is told.
+
+    - ``inputs``: the model inputs to feed (their sample shapes may be dynamic).
+    - ``params``: the model's :class:`DataParams`.
+    - ``path`` / ``count`` / ``seed``: ``--dataset-path``, ``--count``, ``--seed``.
+    - ``performance_count``: the model's performance sample count (``None``: the dataset's own).
+    - ``for_scoring``: only the ground truth is needed (``mlpi score``): build no caches.
+    """
+
+    inputs: Sequence[TensorSpec]
+    params: DataParams = field(default_factory=DataParams)
+    path: Path | None = None
+    count: int | None = None
+    seed: int = 0
+    performance_count: int | None = None
+    for_scoring: bool = False
 
 
 class Dataset(ABC):
@@ -50,11 +110,22 @@ class Dataset(ABC):
         """Copy the loaded samples ``indices`` into rows ``0..len(indices)-1`` of ``out[name]``."""
 
     def labels(self) -> np.ndarray | None:
-        """Ground truth, one entry per sample index (``None`` when the data has none).
-
-        For classification: the class id of each sample, as the dataset numbers them.
-        """
+        """Class ids, one per sample index (``None`` when the data has none); classification
+        datasets answer :meth:`ground_truth` with these."""
         return None
+
+    def ground_truth(self) -> Any:
+        """What a scorer compares responses with (``None`` when the data has none).
+
+        Its form is an agreement between a dataset and the scorers that read it: an array of
+        class ids, a COCO annotation set, reference answers... The core never looks inside.
+        """
+        return self.labels()
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """Whether :meth:`ground_truth` has an answer (checked before an accuracy run starts)."""
+        return self.ground_truth() is not None
 
     def sample(self, index: int) -> Mapping[str, np.ndarray]:
         """Feeds for one loaded sample, batch of one. Override to answer without copying."""
@@ -136,6 +207,6 @@ class DatasetFactory(ABC):
     description: ClassVar[str] = ""
 
     @abstractmethod
-    def open(self, inputs: Sequence[TensorSpec], path: Path | None, count: int | None, seed: int) -> Dataset:
-        """Check the data and return a dataset feeding ``inputs``; raise DatasetError if it
-        does not fit. ``count`` limits the number of samples (None: the dataset's own)."""
+    def open(self, request: DatasetRequest) -> Dataset:
+        """Check the data and return a dataset feeding ``request.inputs`` as ``request.params``
+        ask; raise DatasetError naming the problem if it does not fit."""

@@ -65,3 +65,8 @@ def suggest(name: str, candidates: list[str] | tuple[str, ...], listing: bool = 
     if not listing:
         return ""
     return "choose one of: " + ", ".join(sorted(candidates)) if candidates else "none are installed"
+
+
+class ResultError(MlpiError):
+    """A result.json (or a record in it) that cannot be read, or is not shaped the way mlpi
+    writes it: the message names the file and the field."""

@@ -1,54 +1,59 @@
-"""BatchExecutor: one session with preallocated feed and response buffers.
+"""BatchExecutor: one slot — a pipeline with its session(s) — and its LoadGen responses.
 
-It gathers, runs, postprocesses and completes one batch with one ``QuerySamplesComplete``;
-every SUT and the dispatcher drive batches through it. A backend failure inside a LoadGen
-callback cannot be raised into LoadGen; it goes to ``on_error``.
+It runs one batch through the slot's :class:`~mlpi.core.pipeline.Pipeline` and completes it
+with one ``QuerySamplesComplete``; every SUT and the dispatcher drive batches through it.
+Fixed-size responses are pointed at ``base + j * stride`` once per buffer; responses of any
+size get their pointer and length per batch. A backend failure inside a LoadGen callback
+cannot be raised into LoadGen; it goes to ``on_error``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from mlpi.core.backend import Session
 from mlpi.core.dataset import Dataset
-from mlpi.core.postprocess import Postprocessor
+from mlpi.core.pipeline import GatherRunPostprocess, Pipeline
+from mlpi.core.postprocess import Postprocessor, Responses
 
 ErrorHandler = Callable[[BaseException], None]
 
 
 class BatchExecutor:
-    """Runs batches of up to ``batch_size`` samples through one session."""
+    """Runs batches of up to ``batch_size`` samples through one slot.
+
+    Give ``session``, ``dataset`` and ``postprocess`` for the default gather -> run ->
+    postprocess pipeline, or ``pipeline`` for a model's own (``session`` is then the slot's
+    main session, kept for reporting).
+    """
 
     def __init__(
         self,
         session: Session,
         dataset: Dataset,
-        postprocess: Postprocessor,
+        postprocess: Postprocessor | None,
         batch_size: int,
         complete: Callable[[list], None],
         response_type: Callable[[int, int, int], object],
         on_error: ErrorHandler,
         device: str = "",
+        pipeline: Pipeline | None = None,
     ) -> None:
-        caps = session.capabilities
         #: The device unit this executor's session runs on, for dispatch and per-unit stats.
         self.device = device
         self.session = session
         self.dataset = dataset
-        self.postprocess = postprocess
         self.batch_size = batch_size
-        self.fixed = caps.fixed_batch
-        rows = caps.max_batch_size if caps.fixed_batch and caps.max_batch_size else batch_size
-        # A batch of one can run straight from the dataset's memory unless padding is needed.
-        self._zero_copy_single = rows == 1 or not self.fixed
-        self._feeds = {
-            spec.name: np.zeros((rows, *spec.sample_shape), dtype=spec.dtype) for spec in dataset.inputs
-        }
-        self._views: dict[int, Mapping[str, np.ndarray]] = {}
-        self._stride = postprocess.sample_nbytes
-        self._last_response: np.ndarray | None = None
+        if pipeline is None:
+            if postprocess is None:
+                raise ValueError("BatchExecutor needs a postprocessor or a pipeline")
+            pipeline = GatherRunPostprocess(session, dataset, postprocess, batch_size)
+        self.pipeline = pipeline
+        stride = pipeline.sample_nbytes
+        self._stride = 0 if stride is None else stride
+        self._last_response: object = None
         self._base = -1
         self._rows_set = 0  # responses[:_rows_set] point into the buffer at self._base
         # LoadGen copies responses inside QuerySamplesComplete, so one set of response
@@ -66,41 +71,29 @@ class BatchExecutor:
     def batches(self) -> int:
         return sum(self.sizes)
 
-    def feeds_for(self, n: int) -> Mapping[str, np.ndarray]:
-        """The feed views for a batch of ``n``: all rows for a fixed-batch session."""
-        if self.fixed:
-            return self._feeds
-        views = self._views.get(n)
-        if views is None:
-            views = self._views[n] = {name: buf[:n] for name, buf in self._feeds.items()}
-        return views
-
-    def compute(self, indices: Sequence[int]) -> np.ndarray:
-        """Gather, run and postprocess one batch; returns the response rows (no completion)."""
-        n = len(indices)
-        if n == 1 and self._zero_copy_single:
-            feeds = self.dataset.sample(indices[0])
-        else:
-            self.dataset.gather(indices, self._feeds)
-            feeds = self.feeds_for(n)
-        return self.postprocess(self.session.run(feeds), n)
+    def compute(self, indices: Sequence[int]) -> np.ndarray | Responses:
+        """Run one batch through the pipeline; returns its responses (no completion)."""
+        return self.pipeline(indices)
 
     def execute(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         """Run one batch (``len(ids) <= batch_size``) and complete it in one call."""
+        n = len(ids)
         try:
-            response = self.compute(indices)
+            response = self.pipeline(indices)
+            if type(response) is Responses:
+                self._point_ragged(response, n)
         except BaseException as exc:  # noqa: BLE001 - reported, LoadGen cannot take it
             self._on_error(exc)
             return
-        n = len(ids)
-        if response is not self._last_response:
-            self._last_response = response
-            base = response.ctypes.data
-            if base != self._base:
-                self._base, self._rows_set = base, 0
-        if n > self._rows_set:
-            self._point(n)
         responses = self._responses
+        if type(response) is not Responses:
+            if response is not self._last_response:
+                self._last_response = response
+                base = response.ctypes.data  # type: ignore[union-attr]
+                if base != self._base:
+                    self._base, self._rows_set = base, 0
+            if n > self._rows_set:
+                self._point(n)
         if n == 1:
             responses[0].id = ids[0]
             self._complete(self._one)
@@ -114,7 +107,20 @@ class BatchExecutor:
         base, stride = self._base, self._stride
         for j in range(self._rows_set, n):
             self._responses[j].data = base + j * stride
+            self._responses[j].size = stride
         self._rows_set = n
+
+    def _point_ragged(self, response: Responses, n: int) -> None:
+        if len(response) < n:
+            raise ValueError(f"the pipeline answered {len(response)} responses for {n} samples")
+        base = response.buffer.ctypes.data
+        offsets = response.offsets.tolist()
+        for j in range(n):
+            slot = self._responses[j]
+            slot.data = base + offsets[j]
+            slot.size = offsets[j + 1] - offsets[j]
+        # The fixed-size pointers are gone: point them again on the next fixed response.
+        self._last_response, self._base, self._rows_set = None, -1, 0
 
     def execute_chunked(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         """Run a query of any size as consecutive batches."""

@@ -113,7 +113,6 @@ def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
     """One row per model plugin: its artifact, what is cached here, which datasets fit."""
     from mlpi.core.artifacts import cached
     from mlpi.core.model import load_spec
-    from mlpi.core.rules import RULES
     from mlpi.core.planning import random_weights_path
 
     registry = Registry(config)
@@ -130,7 +129,6 @@ def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
             row.update(status="broken", error=f"{type(exc).__name__}: {exc}")
             rows.append(row)
             continue
-        rules = RULES.get(spec.rules_key or "")
         random_path = random_weights_path(spec, 0) if spec.build_random else None
         artifact_path = cached(spec.artifact) if spec.artifact else None
         row.update(
@@ -145,9 +143,18 @@ def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
             inputs=[t.to_json() for t in spec.inputs],
             outputs=[t.to_json() for t in spec.outputs],
             datasets=[{"name": d, "installed": d in installed} for d in spec.datasets],
+            graphs={role: {"inputs": [t.to_json() for t in g.inputs], "outputs": [t.to_json() for t in g.outputs]}
+                    for role, g in spec.graphs.items()},
+            data=spec.data.to_json(),
             quality_target=spec.quality_target,
-            server_latency_ms=rules.server_latency_ms if rules else None,
-            performance_sample_count=rules.performance_sample_count if rules else None,
+            quality=None if spec.rules.quality is None else spec.rules.quality.describe(),
+            round=spec.rules.round or None,
+            server_latency_ms=spec.rules.server_latency_ms,
+            multistream_latency_ms=spec.rules.multistream_latency_ms,
+            performance_sample_count=spec.rules.performance_sample_count,
+            offline_min_samples=spec.rules.offline_min_samples,
+            dataset_size=spec.rules.dataset_size,
+            required_scenarios={k: list(v) for k, v in spec.rules.required_scenarios.items()},
         )
         rows.append(row)
     return rows

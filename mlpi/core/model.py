@@ -1,8 +1,11 @@
-"""ModelSpec: what mlpi knows about a model besides its weights.
+"""ModelSpec: everything that makes a benchmark a benchmark, besides its weights.
 
 A model plugin registers a :class:`ModelSpec` (or a zero-argument callable returning one)
-under ``mlpi.models``. A model given only as a file (``--model-path any.onnx``) gets a
-spec made from the file itself: no rules key (LoadGen's generic settings apply), raw
+under ``mlpi.models``. It declares its graphs by role with their signatures, its artifact,
+what its data must look like (:class:`~mlpi.core.dataset.DataParams`), its
+:class:`~mlpi.core.rules.Rules`, how responses are made (a postprocessor, or a whole
+pipeline) and how they are scored. A model given only as a file (``--model-path any.onnx``)
+gets a spec made from the file itself: no rules (LoadGen's generic settings apply), raw
 outputs as responses, and top-1 scoring when the dataset has labels.
 """
 
@@ -15,15 +18,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlpi.core.backend import TensorSpec
+from mlpi.core.dataset import DataParams
+from mlpi.core.pipeline import MAIN_GRAPH, PipelineFactory
 from mlpi.core.postprocess import Postprocessor, RawOutputs
+from mlpi.core.rules import NO_RULES, Rules
 
 if TYPE_CHECKING:
     from mlpi.core.accuracy import AccuracyResult
     from mlpi.core.artifacts import Artifact
     from mlpi.core.dataset import Dataset
 
-#: ``score(responses_by_sample_index, dataset, outputs) -> AccuracyResult``
+#: ``score(responses_by_sample_index, dataset, outputs) -> AccuracyResult``: reads the
+#: ground truth from ``dataset.ground_truth()``; the core adds the target from the rules.
 AccuracyScorer = Callable[[Mapping[int, bytes], "Dataset", Sequence[TensorSpec]], "AccuracyResult"]
+#: ``postprocess(outputs, max_batch) -> Postprocessor``: one per executor slot.
+PostprocessFactory = Callable[[Sequence[TensorSpec], int], Postprocessor]
 
 
 def _score_raw(responses: Mapping[int, bytes], dataset: Dataset, outputs: Sequence[TensorSpec]) -> AccuracyResult:
@@ -33,38 +42,74 @@ def _score_raw(responses: Mapping[int, bytes], dataset: Dataset, outputs: Sequen
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """A model's identity, artifact and the rules it is measured by.
+class GraphSpec:
+    """The signature one graph of a model must have."""
 
-    - ``rules_key``: its name in LoadGen's mlperf.conf (``resnet50``, ``bert``...), or
-      ``None`` for a model outside MLPerf's list.
-    - ``artifact``: the canonical ONNX file (where to download it, its checksum).
-    - ``inputs`` / ``outputs``: the signature the artifact must have.
-    - ``build_random``: ``build_random(path, seed)`` writes an ONNX file with the same
-      signature and seeded random weights, for performance-only runs without the download.
-    - ``postprocess``: ``postprocess(outputs, max_batch)`` builds a response writer for the
-      session's real outputs; each executor gets its own.
-    - ``score``: computes accuracy from the accuracy log's responses (None: not scored).
-    - ``quality_target``: the accuracy (percent) a valid result must reach.
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's identity, artifact, data, rules, inference step and scoring.
+
+    - ``graphs``: role -> :class:`GraphSpec` (``"model"`` for a one-graph model).
+    - ``artifact``: where the official file comes from and its checksum.
+    - ``data``: what the dataset must produce for it.
+    - ``rules``: quality target, latency bounds, sample counts, required scenarios, round.
     - ``datasets``: names of datasets that fit; the first is the default for accuracy.
+    - ``postprocess``: ``postprocess(outputs, max_batch)`` builds a response writer for the
+      main session's outputs (``RawOutputs``: every output's bytes).
+    - ``pipeline``: a factory of the model's own inference step, or ``None`` for the
+      default gather -> run -> postprocess (see :mod:`mlpi.core.pipeline`).
+    - ``outputs_batch_first``: whether every output has the batch as its first dimension
+      (checked on the first sample); a model whose graph answers one sample's detections
+      as ``[N, 4]`` says False and reads them in its postprocessor.
+    - ``score``: computes accuracy from the accuracy log's responses (None: not scored).
+      An accuracy run of a model with a scorer needs a dataset with ground truth, unless
+      ``scoring_optional`` (a model given only as a file: top-1 when the data has labels).
+    - ``build_random``: ``build_random(path, seed)`` writes a graph with the same signature
+      and seeded random weights, for performance-only runs without the download.
     """
 
     name: str
-    rules_key: str | None = None
     description: str = ""
+    graphs: Mapping[str, GraphSpec] = field(default_factory=lambda: {MAIN_GRAPH: GraphSpec()})
     artifact: Artifact | None = None
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
+    data: DataParams = field(default_factory=DataParams)
+    rules: Rules = NO_RULES
     datasets: tuple[str, ...] = ("synthetic",)
-    postprocess: Callable[[Sequence[TensorSpec], int], Postprocessor] = field(default=RawOutputs)
+    postprocess: PostprocessFactory = field(default=RawOutputs)
+    pipeline: PipelineFactory | None = None
+    outputs_batch_first: bool = True
     score: AccuracyScorer | None = _score_raw
-    quality_target: float | None = None
+    scoring_optional: bool = False
     build_random: Callable[[Path, int], Path] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def main_graph(self) -> GraphSpec:
+        return self.graphs.get(MAIN_GRAPH) or next(iter(self.graphs.values()))
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.main_graph.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.main_graph.outputs
+
+    @property
+    def rules_key(self) -> str | None:
+        return self.rules.loadgen_key
+
+    @property
+    def quality_target(self) -> float | None:
+        return None if self.rules.quality is None else self.rules.quality.value
+
     @classmethod
     def for_file(cls, path: Path) -> ModelSpec:
-        return cls(name=model_key(path.stem), description=f"model from {path}")
+        return cls(name=model_key(path.stem), description=f"model from {path}", scoring_optional=True)
 
 
 def load_spec(obj: Any) -> ModelSpec:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from mlpi.core.artifacts import cached
-from mlpi.core.backend import ModelArtifact
+from mlpi.core.backend import ModelArtifact, fixed_batch_size
 from mlpi.core.cache import cache_root
 from mlpi.core.config import PluginsConfig
+from mlpi.core.dataset import DatasetRequest
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, ModelError, UsageError, suggest
-from mlpi.core.model import ModelSpec, load_spec
+from mlpi.core.model import ModelSpec
 from mlpi.core.onnx_file import inspect_onnx
 from mlpi.core.options import build_options, options_to_json
 from mlpi.core.plan import ModelRef, Plan
@@ -114,14 +115,18 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     for unit in device.units():
         backend.check(artifact, unit, options, request.precision)
     _check_batch_size(request.batch_size, model_ref.inputs)
-    factory = registry.resolve("datasets", request.dataset).obj()
-    if factory.needs_path and not request.dataset_path:
-        raise UsageError(f"dataset '{request.dataset}' needs --dataset-path", "point it at the dataset's folder")
-    dataset = factory.open(
-        model_ref.inputs, Path(request.dataset_path) if request.dataset_path else None, request.dataset_count, request.seed
+    spec = registry.model(request.model) if registered else ModelSpec.for_file(Path(model_ref.path))
+    dataset = open_dataset(
+        registry, spec, model_ref.inputs, request.dataset, request.dataset_path, request.dataset_count, request.seed
     )
     if dataset.count < 1:
         raise UsageError(f"dataset '{request.dataset}' has no samples", "check --dataset-path and --count")
+    if "accuracy" in modes and spec.score is not None and not spec.scoring_optional and not dataset.has_ground_truth:
+        fitting = [d for d in spec.datasets if d != request.dataset]
+        raise UsageError(
+            f"dataset '{request.dataset}' has no ground truth, so an accuracy run of {spec.name} cannot be scored",
+            f"use --dataset {fitting[0] if fitting else 'NAME'} with its --dataset-path, or --mode performance",
+        )
 
     return Plan(
         backend=backend.name,
@@ -142,7 +147,7 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         batch_timeout_ms=request.batch_timeout_ms,
         seed=request.seed,
         plugins_file=str(Path(request.plugins_file).resolve()) if request.plugins_file else None,
-        extra={"registered_model": registered},
+        extra={"registered_model": registered, "rules": spec.rules.to_json() if spec.rules.official else None},
     )
 
 
@@ -160,18 +165,43 @@ def recheck_plan(plan: Plan) -> Plan:
             f"{plan.model.path} changed since the plan was made (sha256 {artifact.sha256[:12]}..., plan has {plan.model.sha256[:12]}...)",
             "restore the original file, or start a new run without --plan",
         )
-    factory = registry.resolve("datasets", plan.dataset).obj()
-    factory.open(
-        plan.model.inputs, Path(plan.dataset_path) if plan.dataset_path else None, plan.dataset_count, plan.seed
-    )
+    open_dataset(registry, spec_of_plan(registry, plan), plan.model.inputs, plan.dataset, plan.dataset_path,
+                 plan.dataset_count, plan.seed)
     return plan
+
+
+def spec_of_plan(registry: Registry, plan: Plan) -> ModelSpec:
+    """The ModelSpec a plan runs: its registered model's, or one made from its file."""
+    if plan.extra.get("registered_model"):
+        return registry.model(plan.model.name)
+    return ModelSpec.for_file(Path(plan.model.path))
+
+
+def open_dataset(
+    registry: Registry, spec: ModelSpec, inputs: Any, name: str, path: str | None, count: int | None, seed: int = 0,
+    *, for_scoring: bool = False,
+) -> Any:
+    """Dataset ``name`` opened for ``spec``: its inputs, data parameters and sample count."""
+    factory = registry.dataset(name)
+    if factory.needs_path and not path:
+        raise UsageError(f"dataset '{name}' needs --dataset-path", "point it at the dataset's folder")
+    return factory.open(
+        DatasetRequest(
+            inputs=inputs,
+            params=spec.data,
+            path=Path(path) if path else None,
+            count=count,
+            seed=seed,
+            performance_count=spec.rules.performance_sample_count,
+            for_scoring=for_scoring,
+        )
+    )
 
 
 def _check_batch_size(batch_size: int | None, inputs: list[Any]) -> None:
     """A model whose inputs fix the batch dimension runs at most that many samples at once."""
-    fixed = {spec.shape[0] for spec in inputs if spec.shape and spec.shape[0] is not None}
-    if batch_size is not None and fixed and batch_size > min(fixed):
-        limit = min(fixed)
+    limit = fixed_batch_size(inputs)
+    if batch_size is not None and limit is not None and batch_size > limit:
         raise UsageError(
             f"--batch-size {batch_size} is larger than the model's fixed batch dimension ({limit})",
             f"pass --batch-size {limit} or less, or export the model with a dynamic batch dimension",
@@ -219,7 +249,7 @@ def check_device_usable(name: str, device: Device, usable: list[Device]) -> None
 def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, bool]:
     spec: ModelSpec | None = None
     if request.model:
-        spec = load_spec(registry.resolve("models", request.model).obj)
+        spec = registry.model(request.model)
     if request.weights not in (None, "official", "random"):
         raise UsageError(f"unknown --weights '{request.weights}'", "choose official or random")
     random_weights = False

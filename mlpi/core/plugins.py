@@ -115,6 +115,24 @@ class Registry:
             )
         return cls()
 
+    def dataset(self, name: str) -> Any:
+        """A new instance of the dataset factory named ``name``."""
+        return self.resolve("datasets", name).obj()
+
+    def model(self, name: str) -> Any:
+        """The ModelSpec of the model plugin named ``name``; a factory that fails or returns
+        something else is reported as the plugin's fault."""
+        from mlpi.core.model import load_spec
+
+        info = self.resolve("models", name)
+        try:
+            return load_spec(info.obj)
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported, not raised
+            raise PluginError(
+                f"model plugin '{info.name}' ({info.origin}) is broken: {type(exc).__name__}: {exc}",
+                f"fix or reinstall the package that provides '{info.target}'",
+            ) from None
+
     def default_backend(self, device_kind: str) -> str:
         name = self.config.default_backend.get(device_kind)
         if name:
@@ -149,8 +167,25 @@ def _discover(group: str, config: PluginsConfig) -> dict[str, PluginInfo]:
     for ext in manager.extensions:
         info = _info(group, ext.entry_point, config)
         info.obj = ext.plugin
+        info.error = wrong_type(group, ext.plugin)
         found.setdefault(info.name, info)
     return found
+
+
+def wrong_type(group: str, obj: Any) -> str | None:
+    """Why ``obj`` cannot be a plugin of ``group`` (``None`` when it can): a plugin of the
+    wrong type is shown as broken, like one that fails to import."""
+    from mlpi.core.dataset import DatasetFactory
+    from mlpi.core.model import ModelSpec
+
+    if group == "backends":
+        ok, want = isinstance(obj, type) and issubclass(obj, Backend), "a subclass of mlpi.api.Backend"
+    elif group == "datasets":
+        ok, want = isinstance(obj, type) and issubclass(obj, DatasetFactory), "a subclass of mlpi.api.DatasetFactory"
+    else:
+        ok = isinstance(obj, ModelSpec) or (callable(obj) and not isinstance(obj, type))
+        want = "a mlpi.api.ModelSpec or a function returning one"
+    return None if ok else f"TypeError: {obj!r} is not {want}"
 
 
 def _info(group: str, entry_point: Any, config: PluginsConfig) -> PluginInfo:

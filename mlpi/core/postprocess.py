@@ -1,9 +1,15 @@
 """Postprocessing: turn a batch of model outputs into the bytes LoadGen logs per sample.
 
-A postprocessor returns an array whose rows are the per-sample responses (batch first,
-C-contiguous); LoadGen is handed a pointer into it, so a postprocessor that can answer
-with the output array itself copies nothing. Each executor gets its own instance, so an
-instance may keep preallocated buffers.
+A postprocessor is given the batch's outputs and the samples' indices, and answers either
+
+- an array whose rows are the per-sample responses, all ``sample_nbytes`` long (batch
+  first, C-contiguous): the fast path, where LoadGen is handed a pointer into it, so a
+  postprocessor that can answer with the output array itself copies nothing; or
+- :class:`Responses`: one buffer and per-sample byte offsets, for responses whose size
+  differs from sample to sample (detections; an empty response is allowed).
+
+Each executor gets its own instance, so an instance may keep preallocated buffers; what it
+returns must stay untouched until its next call (LoadGen copies responses when it logs them).
 """
 
 from __future__ import annotations
@@ -16,19 +22,54 @@ import numpy as np
 from mlpi.core.backend import TensorSpec
 
 
+class Responses:
+    """Responses of any size: sample ``j``'s bytes are ``buffer[offsets[j]:offsets[j+1]]``.
+
+    ``buffer`` is any C-contiguous array (its bytes are what LoadGen logs); ``offsets`` holds
+    ``n + 1`` byte offsets, non-decreasing, starting at 0.
+    """
+
+    __slots__ = ("buffer", "offsets")
+
+    def __init__(self, buffer: np.ndarray, offsets: np.ndarray) -> None:
+        self.buffer = buffer
+        self.offsets = offsets
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray]) -> Responses:
+        """Join per-sample arrays (of one dtype) into one buffer."""
+        sizes = np.fromiter((a.nbytes for a in arrays), dtype=np.int64, count=len(arrays))
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        buffer = np.empty(int(offsets[-1]), dtype=np.uint8)
+        for array, start, end in zip(arrays, offsets[:-1], offsets[1:]):
+            buffer[start:end] = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+        return cls(buffer, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sample(self, j: int) -> bytes:
+        """Sample ``j``'s bytes (for tests and scoring; the timed path never copies)."""
+        raw = self.buffer.reshape(-1).view(np.uint8)
+        return raw[int(self.offsets[j]) : int(self.offsets[j + 1])].tobytes()
+
+
 class Postprocessor(ABC):
-    """Fixed-size per-sample responses from a batch's outputs."""
+    """Per-sample responses from a batch's outputs."""
 
     @property
     @abstractmethod
-    def sample_nbytes(self) -> int:
-        """Bytes of one sample's response (the row size of what ``__call__`` returns)."""
+    def sample_nbytes(self) -> int | None:
+        """Bytes of one sample's response (the row size of the array ``__call__`` returns),
+        or ``None`` when responses differ in size and ``__call__`` returns :class:`Responses`."""
 
     @abstractmethod
-    def __call__(self, outputs: Mapping[str, np.ndarray], n: int) -> np.ndarray:
-        """Return a C-contiguous array whose first ``n`` rows are the samples' responses.
+    def __call__(self, outputs: Mapping[str, np.ndarray], indices: Sequence[int]) -> np.ndarray | Responses:
+        """The responses of samples ``indices`` (in that order), whose outputs are ``outputs``.
 
-        The array must stay untouched until the next call on this instance.
+        A fixed-size postprocessor returns a C-contiguous array whose first ``len(indices)``
+        rows are the responses. What it returns stays untouched until its next call.
         """
 
 
@@ -53,7 +94,8 @@ class RawOutputs(Postprocessor):
     def sample_nbytes(self) -> int:
         return self._nbytes
 
-    def __call__(self, outputs: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    def __call__(self, outputs: Mapping[str, np.ndarray], indices: Sequence[int]) -> np.ndarray:
+        n = len(indices)
         if self._single is not None:
             array = outputs[self._single]
             if array is self._checked:
@@ -101,7 +143,8 @@ class ClassIdResponse(Postprocessor):
     def sample_nbytes(self) -> int:
         return 4
 
-    def __call__(self, outputs: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    def __call__(self, outputs: Mapping[str, np.ndarray], indices: Sequence[int]) -> np.ndarray:
+        n = len(indices)
         values = outputs[self._output][:n]
         if self._argmax:
             values = values.reshape(n, -1).argmax(axis=1)

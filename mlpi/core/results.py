@@ -5,30 +5,38 @@ Layout::
     <root>/<run-id>/plan.json
     <root>/<run-id>/<Scenario>/<mode>/   LoadGen logs, user.conf, outcome.json, harness.log
     <root>/<run-id>/result.json          schema-versioned summary of the whole run
+
+What result.json holds is defined once, in :mod:`mlpi.core.result_schema`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from mlpi.core.errors import UsageError
 
-SCHEMA_VERSION = 1
+#: Version of result.json's schema (:mod:`mlpi.core.result_schema`). 2: a test's accuracy
+#: record carries its unit, direction and the official lines; the model carries its rules.
+SCHEMA_VERSION = 2
+RESULT_FILE = "result.json"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON next to ``path`` and rename it into place, so readers never see half a file."""
+def write_bytes_atomic(path: Path, content: bytes) -> None:
+    """Write ``content`` next to ``path``, flush it to disk and rename it into place, so a
+    reader sees the old file or the new one, never half of one. The file gets the usual
+    permissions (0666 less the umask), as ``open()`` would give it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -36,6 +44,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """``data`` as indented JSON, written with :func:`write_bytes_atomic`."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def create_run_dir(root: Path, stem: str) -> Path:
@@ -70,14 +84,21 @@ def test_dir(run_dir: Path, scenario: str, mode: str) -> Path:
 
 
 def format_figure(value: Any, unit: Any) -> str:
-    """A test's figure the way every mlpi table prints it (``-`` when there is none)."""
+    """A test's figure the way every mlpi table prints it (``-`` when there is none).
+
+    Performance units (``ms``, ``samples/s``) and sample counts have their own forms; any
+    other unit is an accuracy metric's (``%``, ``""``...), printed by
+    :func:`mlpi.core.accuracy.format_value` as the run itself prints it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "-"
     if unit == "ms":
         return f"{value:.3f} ms"
-    if unit == "%":
-        return f"{value:.3f}%"
     if unit == "samples/s":
         return f"{value:,.1f} samples/s"
-    return f"{value:g} {unit or ''}".strip()
+    if unit == "samples":
+        return f"{value:,} samples" if isinstance(value, int) else f"{value:g} samples"
+    if unit is None:
+        return f"{value:g}"
+    from mlpi.core.accuracy import format_value  # numpy comes with it: only when printing one
 
+    return format_value(value, str(unit))

@@ -1,15 +1,19 @@
-"""MLPerf Inference rules that mlpi applies itself (LoadGen's mlperf.conf holds the rest).
+"""The shape of MLPerf's rules, and the values every model shares.
 
-Per model (by mlperf.conf key): quality target, Server latency bound, performance sample
-count and Offline minimum samples, for the current datacenter/edge rounds.
+Each model plugin declares its own :class:`Rules` (quality target, latency bounds, sample
+counts, required scenarios, the round they come from); nothing here names a model. LoadGen's
+mlperf.conf holds the generic settings, which apply to a model it does not list.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 SCENARIOS: tuple[str, ...] = ("Offline", "Server", "SingleStream", "MultiStream")
 MODES: tuple[str, ...] = ("performance", "accuracy")
+CATEGORIES: tuple[str, ...] = ("edge", "datacenter")
 
 #: Every valid performance run lasts at least this long.
 OFFICIAL_MIN_DURATION_S = 600.0
@@ -20,27 +24,93 @@ MULTISTREAM_SAMPLES_PER_QUERY = 8
 
 
 @dataclass(frozen=True)
-class ModelRules:
-    quality: str
-    server_latency_ms: float | None
-    performance_sample_count: int
-    offline_min_samples: int
+class QualityTarget:
+    """The accuracy a valid result must reach: ``fraction`` of the reference ``reference``.
+
+    ``metric`` and ``unit`` name the figure the model's scorer reports ("mAP", "%");
+    ``higher_is_better`` is False for error rates (WER), where the result must stay at or
+    below ``value``. ``value`` defaults to ``reference * fraction`` for a higher-is-better
+    metric; give it explicitly where the rule is stated otherwise (RNN-T's is on 100 - WER).
+    """
+
+    metric: str
+    reference: float
+    fraction: float
+    unit: str = "%"
+    higher_is_better: bool = True
+    explicit_value: float | None = None
+
+    @property
+    def value(self) -> float:
+        if self.explicit_value is not None:
+            return self.explicit_value
+        return self.reference * self.fraction if self.higher_is_better else self.reference / self.fraction
+
+    def describe(self) -> str:
+        sign = ">=" if self.higher_is_better else "<="
+        unit = "" if self.unit in ("", None) else self.unit
+        return f"{self.metric} {sign} {self.fraction * 100:g}% of {self.reference:g}{unit} ({self.value:.4f}{unit})"
+
+    def met_by(self, value: float) -> bool:
+        return value >= self.value if self.higher_is_better else value <= self.value
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric, "reference": self.reference, "fraction": self.fraction, "unit": self.unit,
+            "higher_is_better": self.higher_is_better, "value": self.value,
+        }
 
 
-ROUND = "v6.0"
+@dataclass(frozen=True)
+class Rules:
+    """What MLPerf measures a model by, for one round.
 
-RULES: dict[str, ModelRules] = {
-    "resnet50": ModelRules("top-1 >= 99% of 76.46%", 15, 1024, 24576),
-    "retinanet": ModelRules("mAP >= 99% of 37.55", 100, 64, 24576),
-    "bert": ModelRules("F1 >= 99% of 90.874", 130, 10833, 10833),
-    "3d-unet": ModelRules("mean DICE >= 99% of 0.86170", None, 43, 43),
-    "dlrm-v2": ModelRules("AUC >= 99% of 80.31", 60, 204800, 24576),
-    "rnnt": ModelRules("(100 - WER) >= 99% of (100 - 7.452)", 1000, 2513, 2513),
-}
+    - ``loadgen_key``: the model's name in LoadGen's mlperf.conf (``retinanet``, ``bert``...);
+      ``None`` for a model outside MLPerf's list (LoadGen's generic settings apply, under a
+      name that cannot collide with one inside it).
+    - ``round``: the round these values come from (a retired benchmark keeps its last round's).
+    - ``performance_sample_count``: samples LoadGen keeps loaded (mlperf.conf's override).
+    - ``offline_min_samples``: Offline's minimum query count; ``dataset_size``: the samples an
+      accuracy run must cover.
+    - ``server_latency_ms`` / ``multistream_latency_ms``: the latency bounds (``None``: generic).
+    - ``equal_issue``: whether samples must be issued equally often (variable-cost samples).
+    - ``required_scenarios``: per category (edge, datacenter), the scenarios a submission needs.
+    """
+
+    loadgen_key: str | None = None
+    round: str = ""
+    quality: QualityTarget | None = None
+    server_latency_ms: float | None = None
+    multistream_latency_ms: float | None = None
+    performance_sample_count: int | None = None
+    offline_min_samples: int | None = None
+    dataset_size: int | None = None
+    equal_issue: bool = False
+    required_scenarios: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def official(self) -> bool:
+        """Whether LoadGen knows this model by name (its mlperf.conf rules apply)."""
+        return self.loadgen_key is not None
+
+    def server_latency_bound_ms(self) -> float:
+        return float(self.server_latency_ms) if self.server_latency_ms else GENERIC_SERVER_LATENCY_MS
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "loadgen_key": self.loadgen_key,
+            "round": self.round,
+            "quality": None if self.quality is None else self.quality.to_json(),
+            "quality_text": None if self.quality is None else self.quality.describe(),
+            "server_latency_ms": self.server_latency_ms,
+            "multistream_latency_ms": self.multistream_latency_ms,
+            "performance_sample_count": self.performance_sample_count,
+            "offline_min_samples": self.offline_min_samples,
+            "dataset_size": self.dataset_size,
+            "equal_issue": self.equal_issue,
+            "required_scenarios": {k: list(v) for k, v in self.required_scenarios.items()},
+        }
 
 
-def server_latency_ms(rules_key: str | None) -> float:
-    rules = RULES.get(rules_key or "")
-    if rules and rules.server_latency_ms:
-        return float(rules.server_latency_ms)
-    return GENERIC_SERVER_LATENCY_MS
+#: The rules of a model given only as a file: none of MLPerf's.
+NO_RULES = Rules()

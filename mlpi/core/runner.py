@@ -1,8 +1,9 @@
 """Run a checked :class:`Plan`: each LoadGen test in its own child process.
 
 ``execute`` makes the run directory and drives the children, writing ``result.json``
-after every test so nothing already measured is ever lost; a crash or Ctrl-C is recorded
-as such. Planning and checks live in :mod:`mlpi.core.planning`.
+(a :class:`~mlpi.core.result_schema.RunResult`) after every test so nothing already
+measured is ever lost; a crash or Ctrl-C is recorded as such. Planning and checks live in
+:mod:`mlpi.core.planning`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,27 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from mlpi.core.accuracy import read_accuracy_log
 from mlpi.core.child import OUTCOME
 from mlpi.core.config import PluginsConfig
-from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, MlpiError, RunFailed
+from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, MlpiError, ResultError, RunFailed
 from mlpi.core.plan import Plan
 from mlpi.core.plugins import Registry
-from mlpi.core.results import SCHEMA_VERSION, create_run_dir, run_stem, test_dir, write_json_atomic
+from mlpi.core.result_schema import (
+    AccuracyRecord,
+    BackendInfo,
+    DatasetInfo,
+    ErrorRecord,
+    ModelInfo,
+    RunResult,
+    RunSettings,
+    TestResult,
+)
+from mlpi.core.results import RESULT_FILE, create_run_dir, run_stem, test_dir, write_json_atomic
 from mlpi.core.scenario import DetailLog, latency_percentiles_ms, performance_metric
 from mlpi.core.store import record_run
 from mlpi.core.sysinfo import system_info
@@ -37,13 +48,13 @@ class Reporter(Protocol):
 
     def test_started(self, scenario: str, mode: str, index: int, total: int) -> None: ...
 
-    def test_finished(self, test: dict[str, Any]) -> None: ...
+    def test_finished(self, test: TestResult) -> None: ...
 
 
 @dataclass
 class RunOutcome:
     run_dir: Path
-    result: dict[str, Any]
+    result: RunResult
     exit_code: int
     error: MlpiError | None = None
 
@@ -55,29 +66,29 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
     run_dir = create_run_dir(output_root, run_stem(plan.model.name, plan.backend, plan.device))
     plan_path = run_dir / "plan.json"
     write_json_atomic(plan_path, plan.to_json())
-    result: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_dir.name,
-        "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "finished": None,
-        "backend": {"name": backend.name, "version": backend.version(), "options": plan.backend_options},
-        "device": plan.device,
-        "precision": plan.precision,
-        "model": {"name": plan.model.name, "path": plan.model.path, "sha256": plan.model.sha256,
-                  "rules_key": plan.model.rules_key,
-                  "weights": "random" if plan.model.random_weights else "given",
-                  "note": "random weights - performance only" if plan.model.random_weights else None},
-        "dataset": {"name": plan.dataset, "path": plan.dataset_path, "count": plan.dataset_count},
-        "settings": {"batch_size": plan.batch_size, "instances": plan.instances, "target_qps": plan.target_qps,
-                     "quick": plan.quick, "duration_s": plan.min_duration_s, "batch_timeout_ms": plan.batch_timeout_ms},
-        "submission_valid": not plan.quick and plan.duration_s is None,
-        "simulated": False,
-        "system": system_info(backend.runtime_distributions()),
-        "tests": [],
-    }
-    result_path = run_dir / "result.json"
-    write_json_atomic(result_path, result)
+    result = RunResult(
+        run_id=run_dir.name,
+        status="running",
+        started=_now(),
+        backend=BackendInfo(backend.name, backend.version(), dict(plan.backend_options)),
+        device=plan.device,
+        precision=plan.precision,
+        model=ModelInfo(
+            name=plan.model.name, path=plan.model.path, sha256=plan.model.sha256, rules_key=plan.model.rules_key,
+            rules=plan.extra.get("rules"), weights="random" if plan.model.random_weights else "given",
+            note="random weights - performance only" if plan.model.random_weights else None,
+        ),
+        dataset=DatasetInfo(plan.dataset, plan.dataset_path, plan.dataset_count),
+        settings=RunSettings(
+            batch_size=plan.batch_size, instances=plan.instances, target_qps=plan.target_qps, quick=plan.quick,
+            duration_s=plan.min_duration_s, batch_timeout_ms=plan.batch_timeout_ms,
+        ),
+        submission_valid=not plan.quick and plan.duration_s is None,
+        simulated=False,
+        system=system_info(backend.runtime_distributions()),
+    )
+    result_path = run_dir / RESULT_FILE
+    write_json_atomic(result_path, result.to_json())
 
     tests = [(s, m) for s in plan.scenarios for m in plan.modes]
     error: MlpiError | None = None
@@ -93,35 +104,34 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
             test = _test_entry(plan, scenario, mode, status="interrupted")
             status = "interrupted"
         else:
-            test = _collect(plan, out, scenario, mode, code)
-        result["tests"].append(test)
-        if test["status"] == "ok" and test.get("precision"):
-            result["precision"] = test["precision"]
-        if test.get("simulated"):
-            result["simulated"] = True  # timings from a device model: every reader must see it
-        write_json_atomic(result_path, result)
+            test = _readable(_collect(plan, out, scenario, mode, code), out / OUTCOME)
+        result = result.with_test(test)
+        write_json_atomic(result_path, result.to_json())
         reporter.test_finished(test)
         if status == "interrupted":
             break
-        if test["status"] != "ok":
+        if test.status != "ok":
             status = "failed"
-            err = test.get("error") or {}
-            error = MlpiError(err.get("message", "test failed"), err.get("hint"))
-            error.exit_code = int(err.get("exit_code") or EXIT_FAILURE)
+            err = test.error or ErrorRecord("RunFailed", "test failed")
+            error = MlpiError(err.message, err.hint)
+            error.exit_code = err.exit_code or EXIT_FAILURE
             break
-    result["status"] = status
-    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json_atomic(result_path, result)
+    result = replace(result, status=status, finished=_now())
+    write_json_atomic(result_path, result.to_json())
     record_run(run_dir, output_root)  # the results store; a failure there only warns
     if status == "interrupted":
         code = EXIT_INTERRUPTED
     elif status == "failed":
         code = EXIT_FAILURE
-    elif any(t["valid"] is False for t in result["tests"]):
+    elif any(t.valid is False for t in result.tests):
         code = EXIT_INVALID
     else:
         code = EXIT_OK
     return RunOutcome(run_dir, result, code, error)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _child_env() -> dict[str, str]:
@@ -199,68 +209,89 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> dict[str, Any]:
+def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> TestResult:
     outcome_path = out / OUTCOME
     outcome: dict[str, Any] = {}
     if outcome_path.exists():
         try:
             outcome = json.loads(outcome_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            outcome = {}
+        if not isinstance(outcome, dict):
             outcome = {}
     if outcome.get("status") == "failed":
-        return _test_entry(plan, scenario, mode, status="failed", error=outcome.get("error"))
+        return _test_entry(plan, scenario, mode, status="failed", error=_error_record(outcome.get("error"), outcome_path))
     if code != 0 or outcome.get("status") != "ok":
         how = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ else f"exit code {code}"
-        error = {
-            "type": "RunFailed",
-            "message": f"the {scenario} {mode} test process crashed ({how})",
-            "hint": f"its log is kept in {out / 'harness.log'}; re-run with --debug to see it live",
-        }
+        error = ErrorRecord(
+            "RunFailed", f"the {scenario} {mode} test process crashed ({how})",
+            f"its log is kept in {out / 'harness.log'}; re-run with --debug to see it live",
+        )
         return _test_entry(plan, scenario, mode, status="failed", error=error)
     log = DetailLog.read(out / "mlperf_log_detail.txt")
-    test = _test_entry(plan, scenario, mode, status="ok")
-    test.update(
+    devices = outcome.get("devices")
+    test = replace(
+        _test_entry(plan, scenario, mode, status="ok"),
         batch_size=outcome.get("batch_size"),
         sessions=outcome.get("sessions"),
         slots=outcome.get("slots"),
         precision=outcome.get("precision"),
         simulated=bool(outcome.get("simulated")),
-        devices=outcome.get("devices"),
+        devices=tuple(devices) if isinstance(devices, list) else None,
         expectations=outcome.get("expectations"),
     )
     if mode == "accuracy":
-        accuracy = outcome.get("accuracy")
-        if accuracy is not None:
-            passed = accuracy.get("passed")
-            test.update(metric=accuracy["metric"], value=accuracy["value"], unit="%", accuracy=accuracy,
-                        valid=True if passed is None else bool(passed))
-            if passed is False:
-                test["invalid_reasons"] = [f"{accuracy['metric']} {accuracy['value']:.3f}% is below the target {accuracy['target']:.3f}%"]
-        else:
-            logged = _accuracy_sample_count(out / "mlperf_log_accuracy.json")
-            test.update(metric="accuracy_log_samples", value=logged, unit="samples", valid=logged is not None and logged > 0)
-    else:
-        metric = performance_metric(scenario, log)
-        test.update(metric=metric.name, value=metric.value, unit=metric.unit, valid=log.valid if log.complete else False,
-                    latency_ms=latency_percentiles_ms(log, scenario) or None)
-        if not test["valid"]:
-            test["invalid_reasons"] = log.invalid_reasons() or ["LoadGen wrote no result"]
+        if outcome.get("accuracy") is not None:
+            try:
+                accuracy = AccuracyRecord.from_json(outcome["accuracy"], str(outcome_path))
+            except ResultError as exc:
+                return replace(test, status="failed", error=ErrorRecord("RunFailed", exc.message, _BUG_HINT))
+            reason = accuracy.failure()
+            return replace(test, metric=accuracy.metric, value=accuracy.value, unit=accuracy.unit, accuracy=accuracy,
+                           valid=True if accuracy.passed is None else accuracy.passed,
+                           invalid_reasons=(reason,) if reason else ())
+        logged = _accuracy_sample_count(out / "mlperf_log_accuracy.json")
+        return replace(test, metric="accuracy_log_samples", value=logged, unit="samples", valid=logged is not None and logged > 0)
+    metric = performance_metric(scenario, log)
+    valid = log.valid if log.complete else False
+    return replace(
+        test, metric=metric.name, value=metric.value, unit=metric.unit, valid=valid,
+        latency_ms=latency_percentiles_ms(log, scenario) or None,
+        invalid_reasons=() if valid else tuple(log.invalid_reasons() or ["LoadGen wrote no result"]),
+    )
+
+
+_BUG_HINT = "report this as a bug in mlpi or in the plugin that ran the test"
+
+
+def _readable(test: TestResult, source: Path) -> TestResult:
+    """``test`` if result.json readers can read it back; else the test failed, saying why
+    (a plugin may have reported a figure of the wrong type). What is written is always
+    readable, so one bad value never makes the whole run unreadable."""
+    try:
+        TestResult.from_json(json.loads(json.dumps(test.to_json(), default=str)), str(source), where="")
+    except ResultError as exc:
+        return _test_entry_like(test, ErrorRecord("RunFailed", exc.message, _BUG_HINT))
     return test
 
 
-def _test_entry(plan: Plan, scenario: str, mode: str, *, status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "scenario": scenario,
-        "mode": mode,
-        "status": status,
-        "valid": None,
-        "metric": None,
-        "value": None,
-        "unit": None,
-        "quick": plan.quick or plan.duration_s is not None,
-        "dir": f"{scenario}/{mode}",
-        "error": error,
-    }
+def _test_entry_like(test: TestResult, error: ErrorRecord) -> TestResult:
+    return TestResult(scenario=test.scenario, mode=test.mode, status="failed", quick=test.quick, dir=test.dir, error=error)
+
+
+def _error_record(raw: Any, source: Path) -> ErrorRecord:
+    """The error a failed child wrote; a generic one when it wrote none that can be read."""
+    try:
+        return ErrorRecord.from_json(raw, str(source))
+    except ResultError:
+        return ErrorRecord("RunFailed", "the test failed without saying why", f"see {source.parent / 'harness.log'}")
+
+
+def _test_entry(plan: Plan, scenario: str, mode: str, *, status: str, error: ErrorRecord | None = None) -> TestResult:
+    return TestResult(
+        scenario=scenario, mode=mode, status=status, quick=plan.quick or plan.duration_s is not None,
+        dir=f"{scenario}/{mode}", error=error,
+    )
 
 
 def _accuracy_sample_count(path: Path) -> int | None:

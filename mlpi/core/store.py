@@ -31,9 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import MlpiError, UsageError
-from mlpi.core.results import SCHEMA_VERSION as RESULT_SCHEMA_VERSION
-from mlpi.core.results import create_run_dir
+from mlpi.core.errors import MlpiError, ResultError, UsageError
+from mlpi.core.result_schema import RunResult, TestResult, load_result
+from mlpi.core.results import RESULT_FILE, create_run_dir
 from mlpi.core.scenario import DetailLog, latency_percentiles_ms
 
 #: Version of the tables below; a store written by a newer mlpi is refused, never altered.
@@ -83,14 +83,14 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs (started_utc);
 CREATE INDEX IF NOT EXISTS tests_scenario ON tests (scenario);
 """
 
-# LoadGen's detail-log keys for latency percentiles: per sample, and per query (MultiStream).
-class DamagedRun(MlpiError):
-    """A run directory whose result.json cannot be read or lacks what every run has."""
+#: A run directory whose result.json cannot be read or is not shaped as mlpi writes it.
+DamagedRun = ResultError
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One indexed run: the columns lists filter on, and the result.json it was indexed from."""
+    """One indexed run: the columns lists filter on, and the result.json it was indexed from
+    (in the current schema, whatever version the file was)."""
 
     identity: str
     name: str
@@ -103,7 +103,7 @@ class RunRecord:
     device: str
     precision: str | None
     status: str | None
-    result: dict[str, Any]
+    result: RunResult
     latency: dict[str, dict[str, float]]
 
     @property
@@ -162,41 +162,16 @@ def parse_date(text: str, *, end_of_day: bool = False) -> datetime:
     return value if value.tzinfo else value.astimezone()
 
 
-def read_result(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/result.json``, checked to hold what every run has; :class:`DamagedRun` if not."""
-    path = run_dir / "result.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DamagedRun(f"{path} is missing", "copy the whole run directory again") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DamagedRun(f"cannot read {path}: {exc}", "check the file's permissions or copy it again") from None
-    except json.JSONDecodeError as exc:
-        raise DamagedRun(f"{path} is damaged ({exc.msg} at line {exc.lineno})", "copy the run directory again") from None
-    if not isinstance(data, dict):
-        raise DamagedRun(f"{path} is damaged (not a JSON object)", "copy the run directory again")
-    version = data.get("schema_version")
-    if isinstance(version, int) and version > RESULT_SCHEMA_VERSION:
-        raise DamagedRun(f"{path} has result schema {version}, newer than this mlpi reads", "upgrade mlpi")
-    model, backend = data.get("model"), data.get("backend")
-    missing = [key for key, ok in (
-        ("run_id", isinstance(data.get("run_id"), str)),
-        ("model.name", isinstance(model, dict) and isinstance(model.get("name"), str)),
-        ("backend.name", isinstance(backend, dict) and isinstance(backend.get("name"), str)),
-        ("device", isinstance(data.get("device"), str)),
-        ("tests", isinstance(data.get("tests"), list)),
-    ) if not ok]
-    if missing:
-        raise DamagedRun(f"{path} is damaged (no {', '.join(missing)})", "copy the run directory again")
-    return data
+def read_result(run_dir: Path) -> RunResult:
+    """``run_dir/result.json``, checked against the schema; :class:`DamagedRun` if it does not fit."""
+    return load_result(Path(run_dir) / RESULT_FILE)
 
 
-def run_identity(result: dict[str, Any]) -> str:
+def run_identity(result: RunResult) -> str:
     """What makes a run the same run wherever it was copied (see the module docstring)."""
-    system = result.get("system") or {}
     key = [
-        result["run_id"], result.get("started"), system.get("hostname"), system.get("host_processor_model_name"),
-        result["model"].get("sha256"), result["backend"]["name"], result["device"],
+        result.run_id, result.started, result.system.get("hostname"), result.system.get("host_processor_model_name"),
+        result.model.sha256, result.backend.name, result.device,
     ]
     return hashlib.sha256(json.dumps(key).encode("utf-8")).hexdigest()[:32]
 
@@ -206,17 +181,15 @@ def system_label(system: dict[str, Any]) -> str:
     return str(system.get("system_name") or system.get("hostname") or "-")
 
 
-def latency_percentiles(run_dir: Path, test: dict[str, Any]) -> dict[str, float]:
+def latency_percentiles(run_dir: Path, test: TestResult) -> dict[str, float]:
     """A performance test's latency percentiles in ms: from result.json, or for results
     written before it kept them, from the test's LoadGen detail log; empty when neither has them."""
-    if test.get("mode") != "performance":
+    if test.mode != "performance":
         return {}
-    if isinstance(test.get("latency_ms"), dict):
-        return {str(k): float(v) for k, v in test["latency_ms"].items() if isinstance(v, (int, float))}
-    if not test.get("dir"):
-        return {}
-    log = DetailLog.read(run_dir / str(test["dir"]) / "mlperf_log_detail.txt")
-    return latency_percentiles_ms(log, str(test.get("scenario")))
+    if test.latency_ms is not None:
+        return {k: float(v) for k, v in test.latency_ms.items()}
+    log = DetailLog.read(run_dir / test.dir / "mlperf_log_detail.txt")
+    return latency_percentiles_ms(log, test.scenario)
 
 
 class Store:
@@ -300,21 +273,18 @@ class Store:
         run_dir = Path(run_dir).resolve()
         result = read_result(run_dir)
         identity = run_identity(result)
-        system = result.get("system") if isinstance(result.get("system"), dict) else {}
-        latency = {str(t.get("dir")): latency_percentiles(run_dir, t) for t in result["tests"] if isinstance(t, dict)}
-        started = _utc(result.get("started"))
-        settings = result.get("settings") if isinstance(result.get("settings"), dict) else {}
-        dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
+        system = result.system
+        latency = {t.dir: latency_percentiles(run_dir, t) for t in result.tests}
         row = {
-            "identity": identity, "name": run_dir.name, "run_id": result["run_id"], "dir": self._stored_dir(run_dir),
-            "started_utc": started, "status": result.get("status"), "system": system_label(system),
+            "identity": identity, "name": run_dir.name, "run_id": result.run_id, "dir": self._stored_dir(run_dir),
+            "started_utc": _utc(result.started), "status": result.status, "system": system_label(system),
             "hostname": system.get("hostname"), "cpu": system.get("host_processor_model_name"),
-            "accelerator": system.get("accelerator_model_name"), "model": result["model"]["name"],
-            "model_sha256": result["model"].get("sha256"), "backend": result["backend"]["name"],
-            "backend_version": result["backend"].get("version"), "device": result["device"],
-            "precision": result.get("precision"), "dataset": dataset.get("name"),
-            "quick": _flag(settings.get("quick")), "submission_valid": _flag(result.get("submission_valid")),
-            "result": json.dumps(result), "latency": json.dumps(latency),
+            "accelerator": system.get("accelerator_model_name"), "model": result.model.name,
+            "model_sha256": result.model.sha256, "backend": result.backend.name,
+            "backend_version": result.backend.version, "device": result.device,
+            "precision": result.precision, "dataset": result.dataset.name,
+            "quick": _flag(result.settings.quick), "submission_valid": _flag(result.submission_valid),
+            "result": json.dumps(result.to_json(), default=str), "latency": json.dumps(latency),
             "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         with self._write():
@@ -324,9 +294,8 @@ class Store:
             self._db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
             self._db.executemany(
                 "INSERT INTO tests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(identity, i, str(t.get("scenario")), str(t.get("mode")), t.get("status"), t.get("metric"),
-                  t.get("value") if isinstance(t.get("value"), (int, float)) else None, t.get("unit"), _flag(t.get("valid")))
-                 for i, t in enumerate(result["tests"]) if isinstance(t, dict)],
+                [(identity, i, t.scenario, t.mode, t.status, t.metric, t.value, t.unit, _flag(t.valid))
+                 for i, t in enumerate(result.tests)],
             )
         return self._record(self._db.execute("SELECT * FROM runs WHERE identity = ?", (identity,)).fetchone())
 
@@ -336,7 +305,7 @@ class Store:
         outcomes: list[ImportOutcome] = []
         for source in sources:
             source = Path(source)
-            if (source / "result.json").exists():
+            if (source / RESULT_FILE).exists():
                 outcomes.append(self._import_one(source, results_root))
                 continue
             children = sorted(p for p in source.iterdir() if p.is_dir() and _looks_like_run(p)) if source.is_dir() else []
@@ -383,7 +352,7 @@ class Store:
         known = {row["dir"]: (row["status"], row["identity"]) for row in self._db.execute("SELECT dir, status, identity FROM runs")}
         warnings = []
         for child in sorted(root.iterdir()):
-            if child.name.startswith(".") or not (child / "result.json").is_file():
+            if child.name.startswith(".") or not (child / RESULT_FILE).is_file():
                 continue
             seen = known.get(self._stored_dir(child.resolve()))
             if seen is not None and seen[0] != "running":
@@ -470,7 +439,8 @@ class Store:
             dir=stored if stored.is_absolute() else self.path.resolve().parent / stored,
             started=row["started_utc"], system=row["system"], model=row["model"], backend=row["backend"],
             device=row["device"], precision=row["precision"], status=row["status"],
-            result=json.loads(row["result"]), latency=json.loads(row["latency"]),
+            result=RunResult.from_json(json.loads(row["result"]), f"run {row['name']} in the results store {self.path}"),
+            latency=json.loads(row["latency"]),
         )
 
 
@@ -486,7 +456,7 @@ def record_run(run_dir: Path, results_root: Path) -> None:
 
 
 def _looks_like_run(path: Path) -> bool:
-    return (path / "result.json").exists() or (path / "plan.json").exists()
+    return (path / RESULT_FILE).exists() or (path / "plan.json").exists()
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -54,13 +54,13 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import TensorSpec
+from mlpi.core.backend import TensorSpec, format_shape
 from mlpi.core.cache import cache_root
-from mlpi.core.dataset import Dataset, DatasetFactory, PreloadedDataset
+from mlpi.core.dataset import DataParams, Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
 from mlpi.core.errors import DatasetError
 
 #: Bump when the preprocessing code changes in a way that changes the cached pixels.
@@ -71,8 +71,16 @@ RESIZE_SCALE = 87.5
 MEAN = np.array([123.68, 116.78, 103.94], dtype=np.float32)
 #: Height and width used for a model input whose spatial dimensions are dynamic.
 DEFAULT_SIZE = 224
-#: MLPerf's ResNet50 performance sample count.
-RESNET50_PERFORMANCE_COUNT = 1024
+#: The preprocessing this dataset implements, as a model declares it in its data parameters.
+#: A model that declares none of these keys (a custom file) gets exactly this too.
+SUPPORTED_PARAMS = {
+    "resize": "shorter-side-crop",
+    "crop_fraction": RESIZE_SCALE / 100,
+    "interpolation": "area",
+    "channel_order": "RGB",
+    "mean": (123.68, 116.78, 103.94),
+    "scale": 1.0,
+}
 VAL_MAP = "val_map.txt"
 CACHE_FILE = "images.npy"
 META_FILE = "meta.json"
@@ -118,9 +126,6 @@ def normalise(crops: np.ndarray, layout: str) -> np.ndarray:
 class ImageNetDataset(PreloadedDataset):
     """The preprocessed images of one cache, read from its memory-mapped array on ``load``."""
 
-    #: LoadGen's performance sample count is ``min(count, PERFORMANCE_COUNT)``.
-    PERFORMANCE_COUNT: ClassVar[int] = RESNET50_PERFORMANCE_COUNT
-
     def __init__(self, spec: TensorSpec, layout: str, folder: Path, labels: np.ndarray, cache_file: Path, key: str) -> None:
         super().__init__([spec])
         self.layout = layout
@@ -133,10 +138,6 @@ class ImageNetDataset(PreloadedDataset):
     @property
     def count(self) -> int:
         return len(self._labels)
-
-    @property
-    def performance_count(self) -> int:
-        return min(self.count, self.PERFORMANCE_COUNT)
 
     def read(self, indices: np.ndarray) -> Mapping[str, np.ndarray]:
         if self._images is None:
@@ -156,9 +157,18 @@ class ImageNet(DatasetFactory):
     needs_path = True
     description = "ImageNet 2012 val (JPEGs + val_map.txt), MLPerf ResNet50 preprocessing, cached"
 
-    def open(self, inputs: Sequence[TensorSpec], path: Path | None, count: int | None, seed: int) -> Dataset:
-        spec, layout, height, width = image_input(inputs)
-        folder = _folder(path)
+    def open(self, request: DatasetRequest) -> Dataset:
+        check_params(request.params)
+        count = request.count
+        spec, layout, height, width = image_input(request.inputs)
+        if request.params.get("image_size") is not None and tuple(request.params.get("image_size")) != (height, width):
+            raise DatasetError(
+                f"the model declares image_size {tuple(request.params.get('image_size'))} but its input is {height}x{width}",
+                "fix the model plugin's data parameters",
+            )
+        if request.params.get("layout") not in (None, layout):
+            raise DatasetError(f"the model declares layout {request.params.get('layout')} but its input is {layout}", "fix the model plugin's data parameters")
+        folder = _folder(request.path)
         names, labels = read_val_map(folder / VAL_MAP)
         if count is not None and count < 1:
             raise DatasetError(f"--count {count} leaves no samples", "pass --count 1 or more")
@@ -175,7 +185,7 @@ class ImageNet(DatasetFactory):
 
         key = cache_key(height, width, cv2.__version__, names, stats)
         cache_dir = cache_root() / "datasets" / "imagenet" / key
-        if not _cache_ready(cache_dir, n, height, width):
+        if not request.for_scoring and not _cache_ready(cache_dir, n, height, width):
             build_cache(folder, names, height, width, cache_dir)
         return ImageNetDataset(spec, layout, folder, labels, cache_dir / CACHE_FILE, key)
 
@@ -183,9 +193,30 @@ class ImageNet(DatasetFactory):
 # -- checks --------------------------------------------------------------------------------
 
 
+def check_params(params: DataParams) -> None:
+    """Refuse a model whose declared preprocessing is not the one this dataset implements."""
+    for key, supported in SUPPORTED_PARAMS.items():
+        if key not in params:
+            continue
+        value = params.get(key)
+        same = tuple(value) == tuple(supported) if isinstance(supported, tuple) else value == supported
+        if not same:
+            raise DatasetError(
+                f"dataset 'imagenet' cannot serve {key}={value!r}: it implements MLPerf's ResNet50 preprocessing ({key}={supported!r})",
+                "use a dataset that fits this model (`mlpi models` lists them)",
+            )
+    unknown = sorted(set(params.values) - set(SUPPORTED_PARAMS) - {"image_size", "layout"})
+    if unknown:
+        raise DatasetError(
+            f"dataset 'imagenet' cannot serve the data parameters {', '.join(unknown)} the model declares",
+            "use a dataset that fits this model (`mlpi models` lists them)",
+        )
+
+
+
 def image_input(inputs: Sequence[TensorSpec]) -> tuple[TensorSpec, str, int, int]:
     """The model's single image input as a concrete spec, its layout, height and width."""
-    shapes = ", ".join(f"'{s.name}' {s.dtype} {_shape(s.shape)}" for s in inputs) or "none"
+    shapes = ", ".join(f"'{s.name}' {s.dtype} {format_shape(s.shape)}" for s in inputs) or "none"
     hint = "imagenet needs a model with one float32 input shaped [N,3,H,W] or [N,H,W,3]; use --dataset numpy for other inputs"
     if len(inputs) != 1:
         raise DatasetError(f"imagenet feeds one image input, but the model has {len(inputs)} inputs: {shapes}", hint)
@@ -404,7 +435,3 @@ def build_cache(folder: Path, names: Sequence[str], height: int, width: int, cac
         cv2.setNumThreads(threads)
         if not done:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _shape(shape: Sequence[int | None]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"

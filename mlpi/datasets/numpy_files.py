@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import Dataset, DatasetFactory, PreloadedDataset
+from mlpi.core.backend import TensorSpec, format_shape
+from mlpi.core.dataset import Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
 from mlpi.core.errors import DatasetError
 
 LABELS = "labels"
@@ -136,7 +136,8 @@ class NumpyFiles(DatasetFactory):
     needs_path = True
     description = "your own arrays: a .npz or a folder of <input>.npy, optional labels"
 
-    def open(self, inputs: Sequence[TensorSpec], path: Path | None, count: int | None, seed: int) -> Dataset:
+    def open(self, request: DatasetRequest) -> Dataset:
+        inputs, path, count = request.inputs, request.path, request.count
         layout_hint = "a .npz with one array per model input, or a folder of <input name>.npy files (see `mlpi datasets`)"
         if path is None:
             raise DatasetError("numpy needs --dataset-path", f"point --dataset-path at {layout_hint}")
@@ -190,8 +191,8 @@ class NumpyFiles(DatasetFactory):
             got = header.shape[1:]
             if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
                 raise DatasetError(
-                    f"array '{stem}' has samples of shape {_shape(got)} but model input '{spec.name}' takes {_shape(want)} per sample "
-                    f"(the input is {_shape(spec.shape)}, the array {_shape(header.shape)})",
+                    f"array '{stem}' has samples of shape {format_shape(got)} but model input '{spec.name}' takes {format_shape(want)} per sample "
+                    f"(the input is {format_shape(spec.shape)}, the array {format_shape(header.shape)})",
                     "the array's shape must be [samples, *input shape without the batch dimension]",
                 )
             try:
@@ -211,7 +212,7 @@ class NumpyFiles(DatasetFactory):
             header = source.header(LABELS)
             if len(header.shape) != 1 or header.shape[0] != samples:
                 raise DatasetError(
-                    f"labels has shape {_shape(header.shape)} but there are {samples} samples",
+                    f"labels has shape {format_shape(header.shape)} but there are {samples} samples",
                     f"labels must be 1-D with one entry per sample: shape [{samples}]",
                 )
             if header.dtype.hasobject or header.dtype.kind not in "biuf":
@@ -229,7 +230,3 @@ class NumpyFiles(DatasetFactory):
             )
         n = samples if count is None else count
         return NumpyDataset(concrete, stems, source, n, None if labels is None else labels[:n])
-
-
-def _shape(shape: Sequence[int | None]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"

@@ -8,12 +8,11 @@ booleans fair coins.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import Dataset, DatasetFactory, PreloadedDataset
+from mlpi.core.backend import TensorSpec, format_shape
+from mlpi.core.dataset import Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
 from mlpi.core.errors import DatasetError
 
 #: Samples when --count is not given, bounded so the preloaded set stays under MAX_BYTES.
@@ -51,12 +50,13 @@ class Synthetic(DatasetFactory):
     needs_path = False
     description = "seeded random inputs shaped like the model's inputs (performance only)"
 
-    def open(self, inputs: Sequence[TensorSpec], path: Path | None, count: int | None, seed: int) -> Dataset:
+    def open(self, request: DatasetRequest) -> Dataset:
+        inputs, count, seed = request.inputs, request.count, request.seed
         concrete: list[TensorSpec] = []
         for spec in inputs:
             if any(d is None for d in spec.sample_shape):
                 raise DatasetError(
-                    f"input '{spec.name}' has shape {_shape(spec)}: synthetic data cannot choose a size for the dynamic dimensions",
+                    f"input '{spec.name}' has shape {format_shape(spec.shape)}: synthetic data cannot choose a size for the dynamic dimensions",
                     "export the model with fixed sizes for every dimension but the batch",
                 )
             try:
@@ -80,7 +80,3 @@ def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -
     if dtype.kind == "b":
         return rng.random(shape) < 0.5
     raise DatasetError(f"synthetic data cannot make values of type {dtype}", "use a dataset with real inputs")
-
-
-def _shape(spec: TensorSpec) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"

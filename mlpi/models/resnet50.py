@@ -17,12 +17,41 @@ from typing import Any
 from mlpi.core.accuracy import AccuracyResult, top1
 from mlpi.core.artifacts import Artifact
 from mlpi.core.backend import TensorSpec
-from mlpi.core.model import ModelSpec
+from mlpi.core.dataset import DataParams
+from mlpi.core.model import GraphSpec, ModelSpec
 from mlpi.core.postprocess import ClassIdResponse, Postprocessor
+from mlpi.core.rules import QualityTarget, Rules
 
 #: MLPerf's target: 99% of the FP32 reference top-1 (76.456%).
 REFERENCE_TOP1 = 76.456
 QUALITY_TARGET = 0.99 * REFERENCE_TOP1
+
+#: Rules of the current round (mlperf.conf ``resnet50.*`` and the submission rules' table).
+RULES = Rules(
+    loadgen_key="resnet50",
+    round="v6.1",
+    quality=QualityTarget("top-1", REFERENCE_TOP1, 0.99, unit="%"),
+    server_latency_ms=15,
+    performance_sample_count=1024,
+    offline_min_samples=24576,
+    dataset_size=50000,
+    required_scenarios={
+        "edge": ("SingleStream", "MultiStream", "Offline"),
+        "datacenter": ("Server", "Offline"),
+    },
+)
+
+#: The reference's ``pre_process_vgg``: what the imagenet dataset must do for this model.
+DATA = DataParams.of(
+    image_size=(224, 224),
+    layout="NCHW",
+    resize="shorter-side-crop",
+    crop_fraction=0.875,
+    interpolation="area",
+    channel_order="RGB",
+    mean=(123.68, 116.78, 103.94),
+    scale=1.0,
+)
 
 ARTIFACT = Artifact(
     name="resnet50",
@@ -43,7 +72,7 @@ def _postprocess(outputs: Sequence[TensorSpec], max_batch: int) -> Postprocessor
 
 
 def _score(responses: Mapping[int, bytes], dataset: Any, outputs: Sequence[TensorSpec]) -> AccuracyResult:
-    return top1(responses, dataset.labels(), "float32", target=QUALITY_TARGET)
+    return top1(responses, dataset.ground_truth(), "float32")
 
 
 def _build_random(path: Path, seed: int) -> Path:
@@ -57,15 +86,14 @@ def resnet50() -> ModelSpec:
 
     return ModelSpec(
         name="resnet50",
-        rules_key="resnet50",
         description="ResNet50-v1.5, ImageNet 2012 classification (MLPerf Inference)",
         artifact=ARTIFACT,
-        inputs=INPUTS,
-        outputs=OUTPUTS,
+        graphs={"model": GraphSpec(INPUTS, OUTPUTS)},
+        data=DATA,
+        rules=RULES,
         datasets=("imagenet", "synthetic", "numpy"),
         postprocess=_postprocess,
         score=_score,
-        quality_target=QUALITY_TARGET,
         build_random=_build_random,
         extra={"random_graph_version": GRAPH_VERSION},
     )

@@ -6,7 +6,6 @@ The output folder is checked before anything is drawn, and files are written ato
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from mlpi import __version__
 from mlpi.core.errors import UsageError
+from mlpi.core.results import write_bytes_atomic
 from mlpi.report import charts, html
 from mlpi.report.data import (
     PERCENTILES,
@@ -85,27 +85,15 @@ def build_report(
         pngs = []
         for chart in drawn:
             pngs.append(out / f"{chart.key}.png")
-            _write_atomic(pngs[-1], chart.png)
+            write_bytes_atomic(pngs[-1], chart.png)
         for key in CHART_KEYS:  # a replaced report keeps no chart the new one does not have
             stale = out / f"{key}.png"
             if stale not in pngs and stale.exists():
                 stale.unlink()
-        _write_atomic(target, page.encode("utf-8"))
+        write_bytes_atomic(target, page.encode("utf-8"))
     except PermissionError:
         raise UsageError(f"cannot write the report to {out}: permission denied", "pass --out DIR somewhere writable") from None
     return ReportOutcome(target, pngs, len(loaded.runs), loaded.warnings)
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open() keeps the umask's permissions
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _data(

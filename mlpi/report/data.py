@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import UsageError
+from mlpi.core.errors import ResultError, UsageError
+from mlpi.core.result_schema import RunResult, TestResult, load_result
+from mlpi.core.results import RESULT_FILE
 from mlpi.core.store import latency_percentiles
 
-RESULT_FILE = "result.json"
 #: Scenarios whose headline figure is a throughput, in the order the report shows them.
 THROUGHPUT_SCENARIOS = ("Offline", "Server")
 #: Scenarios with an MLPerf latency metric. Offline has none: its per-sample "latency" is
@@ -100,8 +101,8 @@ def load_runs(paths: list[Path]) -> Loaded:
     for run_dir in find_run_dirs(paths):
         try:
             runs.append(read_run(run_dir))
-        except _Unreadable as exc:
-            warnings.append(f"skipped {run_dir}: {exc}")
+        except ResultError as exc:
+            warnings.append(f"skipped: {exc.message}")
     runs.sort(key=lambda r: (r.started or "", r.run_id))
     taken: set[str] = set()
     for run in runs:  # copies of one run (a run also imported elsewhere) still get distinct ids
@@ -114,76 +115,51 @@ def load_runs(paths: list[Path]) -> Loaded:
     return Loaded(runs, warnings)
 
 
-class _Unreadable(Exception):
-    """A result.json that is missing, not JSON, or not shaped like one."""
-
-
 def read_run(run_dir: Path) -> RunRecord:
-    path = run_dir / RESULT_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _Unreadable(f"cannot read {RESULT_FILE}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise _Unreadable(f"{RESULT_FILE} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tests"), list):
-        raise _Unreadable(f"{RESULT_FILE} has no list of tests")
-    try:
-        return _run_record(run_dir, data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise _Unreadable(f"{RESULT_FILE} is not an mlpi result ({type(exc).__name__}: {exc})") from None
+    """One run directory as the report shows it; :class:`~mlpi.core.errors.ResultError` when
+    its result.json cannot be read (see :func:`mlpi.core.result_schema.load_result`)."""
+    return _run_record(run_dir, load_result(run_dir / RESULT_FILE))
 
 
-def _run_record(run_dir: Path, data: dict[str, Any]) -> RunRecord:
-    backend = data.get("backend") or {}
-    model = data.get("model") or {}
-    settings = data.get("settings") or {}
-    run_simulated = bool(data.get("simulated"))
-    run_quick = bool(settings.get("quick")) or settings.get("duration_s") is not None
+def _run_record(run_dir: Path, result: RunResult) -> RunRecord:
+    settings = result.settings
+    run_quick = settings.quick or settings.duration_s is not None
     tests = []
-    for raw in data["tests"]:
+    for raw in result.tests:
         test = ScenarioResult(
-            scenario=str(raw["scenario"]),
-            mode=str(raw.get("mode") or "performance"),
-            status=str(raw.get("status") or "unknown"),
-            valid=raw.get("valid"),
-            metric=raw.get("metric"),
-            value=_number(raw.get("value")),
-            unit=raw.get("unit"),
-            quick=bool(raw.get("quick", run_quick)),
-            simulated=run_simulated or bool(raw.get("simulated")),
+            scenario=raw.scenario, mode=raw.mode, status=raw.status, valid=raw.valid, metric=raw.metric,
+            value=_number(raw.value), unit=raw.unit, quick=raw.quick, simulated=result.simulated or raw.simulated,
         )
         if test.mode == "performance" and test.status == "ok" and test.scenario in LATENCY_SCENARIOS:
-            _read_latency(test, run_dir, {"dir": f"{test.scenario}/{test.mode}", **raw})
+            _read_latency(test, run_dir, raw)
         tests.append(test)
     return RunRecord(
         run_id=run_dir.name,
         path=run_dir,
-        status=str(data.get("status") or "unknown"),
-        backend=str(backend["name"]),
-        backend_version=str(backend.get("version") or "?"),
-        device=str(data.get("device") or "?"),
-        precision=str(data.get("precision") or "?"),
-        model=str(model.get("name") or Path(str(model.get("path") or "?")).stem),
-        weights=model.get("weights"),
+        status=result.status,
+        backend=result.backend.name,
+        backend_version=result.backend.version or "?",
+        device=result.device,
+        precision=result.precision or "?",
+        model=result.model.name,
+        weights=result.model.weights,
         quick=run_quick or any(t.quick for t in tests),
-        submission_valid=bool(data.get("submission_valid")),
-        simulated=run_simulated or any(t.simulated for t in tests),
-        started=data.get("started"),
+        submission_valid=result.submission_valid,
+        simulated=result.simulated or any(t.simulated for t in tests),
+        started=result.started,
         tests=tests,
-        setting=_setting(data),
+        setting=_setting(result),
     )
 
 
-def _setting(data: dict[str, Any]) -> str:
-    settings = data.get("settings") or {}
-    batches = sorted({t.get("batch_size") for t in data["tests"] if isinstance(t.get("batch_size"), int)})
-    batch = settings.get("batch_size") or (batches[-1] if batches else None)
-    instances = settings.get("instances") or 1
+def _setting(result: RunResult) -> str:
+    batches = sorted({t.batch_size for t in result.tests if t.batch_size is not None})
+    batch = result.settings.batch_size or (batches[-1] if batches else None)
+    instances = result.settings.instances or 1
     return " ".join(part for part in (f"bs{batch}" if batch else "", f"x{instances}" if instances != 1 else "") if part)
 
 
-def _read_latency(test: ScenarioResult, run_dir: Path, raw: dict[str, Any]) -> None:
+def _read_latency(test: ScenarioResult, run_dir: Path, raw: TestResult) -> None:
     found = latency_percentiles(run_dir, raw)
     if all(p in found for p in PERCENTILES):
         test.latency_ms = {p: found[p] for p in PERCENTILES}

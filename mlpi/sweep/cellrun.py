@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from mlpi.core.errors import MlpiError
+from mlpi.core.result_schema import TestResult
 from mlpi.core.runner import RunOutcome
 
 _CELL_STATUS = {"ok": "done", "failed": "failed", "interrupted": "interrupted"}
-_TEST_KEYS = ("mode", "status", "metric", "value", "unit", "valid")
+#: The fields of each :class:`~mlpi.core.result_schema.TestResult` a cell keeps in sweep.json.
+TEST_KEYS = ("scenario", "mode", "status", "metric", "value", "unit", "valid", "quick", "simulated")
 
 
 def summarize(outcome: RunOutcome) -> dict[str, Any]:
@@ -18,16 +20,21 @@ def summarize(outcome: RunOutcome) -> dict[str, Any]:
     error = None
     if outcome.error is not None:
         error = error_json(outcome.error)
-    elif result["status"] == "failed":
+    elif result.status == "failed":
         error = {"type": "RunFailed", "message": "the run failed", "hint": f"see {outcome.run_dir}"}
-    elif result["status"] == "interrupted":
+    elif result.status == "interrupted":
         error = interrupted()["error"]
     return {
-        "status": _CELL_STATUS.get(result["status"], "failed"),
+        "status": _CELL_STATUS.get(result.status, "failed"),
         "run_id": outcome.run_dir.name,
         "error": error,
-        "tests": [{k: test.get(k) for k in _TEST_KEYS} for test in result["tests"]],
+        "tests": [test_summary(test) for test in result.tests],
     }
+
+
+def test_summary(test: TestResult) -> dict[str, Any]:
+    """What a sweep keeps of one test: enough to print its figure and validity."""
+    return {key: getattr(test, key) for key in TEST_KEYS}
 
 
 def failure(exc: BaseException, run_id: str | None = None) -> dict[str, Any]:

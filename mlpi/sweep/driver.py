@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlpi.core.result_schema import TestResult
 from mlpi.core.runner import signals_interrupt
 from mlpi.sweep.matrix import SweepSpec, build_matrix
 from mlpi.sweep.state import CellRecord, SweepState
@@ -27,7 +28,7 @@ class SweepReporter(Protocol):
 
     def test_started(self, scenario: str, mode: str, index: int, total: int) -> None: ...
 
-    def test_finished(self, test: dict[str, Any]) -> None: ...
+    def test_finished(self, test: TestResult) -> None: ...
 
 
 class Executor(Protocol):

@@ -32,6 +32,7 @@ from typing import Any
 
 from mlpi.core.device import Device
 from mlpi.core.errors import DeviceError, MlpiError, PluginError, RunFailed, UsageError
+from mlpi.core.result_schema import TestResult
 from mlpi.core.results import create_run_dir
 from mlpi.core.store import record_run
 from mlpi.sweep.cellrun import failure, interrupted, summarize
@@ -166,7 +167,7 @@ class _Quiet:
     def test_started(self, scenario: str, mode: str, index: int, total: int) -> None:
         pass
 
-    def test_finished(self, test: dict[str, Any]) -> None:
+    def test_finished(self, test: TestResult) -> None:
         pass
 
 

@@ -46,7 +46,6 @@ batch of 4; :data:`STANDARD_MODELS` says what each one exercises):
   a fixed batch gives each sample the same answer in any row.
 - ``concurrent[M]``: run() from several threads at once gives the sequential answers
   (skipped unless ``capabilities.concurrent``).
-- ``async[M]``: ``run_async()`` calls ``done`` once with the outputs ``run()`` gives.
 - ``outputs_kept[M]``: arrays returned by ``run()`` are not changed by a later call.
 - ``reload[M]``: ``close()`` then ``load()`` again works and gives the same answers.
 - ``corrupt_model[random]``, ``corrupt_model[truncated]``: loading random bytes or a truncated
@@ -71,7 +70,17 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import PRECISIONS, Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
+from mlpi.core.backend import (
+    PRECISIONS,
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    Session,
+    TensorSpec,
+    fixed_batch_size,
+    format_shape,
+)
 from mlpi.core.device import Device
 from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DeviceError, MlpiError, ModelError, UsageError
 from mlpi.testing import tiny_models
@@ -116,7 +125,7 @@ STANDARD_MODELS: tuple[StandardModel, ...] = (
 
 MODEL_CHECKS = (
     "load", "signature", "capabilities", "precision", "outputs", "values",
-    "batch_sizes", "concurrent", "async", "outputs_kept", "reload",
+    "batch_sizes", "concurrent", "outputs_kept", "reload",
 )
 
 
@@ -488,8 +497,7 @@ class _Kit:
 
             path = model.build(self.workdir / f"{model.key}.onnx")
             artifact = inspect_onnx(path)
-            fixed = {s.shape[0] for s in artifact.inputs if s.shape and s.shape[0] is not None}
-            loaded = _Loaded(model, path, artifact, fixed_in_file=min(fixed) if fixed else None)
+            loaded = _Loaded(model, path, artifact, fixed_in_file=fixed_batch_size(artifact.inputs))
             loaded.grow(max(BATCH_SIZES) + (loaded.fixed_in_file or 0))
             self.loaded[model.key] = loaded
         return loaded
@@ -541,7 +549,7 @@ class _Kit:
                 if len(spec.shape) != len(ref.shape) or any(
                     a is not None and b is not None and a != b for a, b in zip(spec.shape, ref.shape)
                 ):
-                    problems.append(f"{what[:-1]} '{spec.name}' has shape {_shape(spec.shape)}, the ONNX file {_shape(ref.shape)}")
+                    problems.append(f"{what[:-1]} '{spec.name}' has shape {format_shape(spec.shape)}, the ONNX file {format_shape(ref.shape)}")
         if problems:
             raise Fail("; ".join(problems))
         return f"{_names({s.name: s.dtype for s in session.inputs})} -> {_names({s.name: s.dtype for s in session.outputs})}"
@@ -691,51 +699,6 @@ class _Kit:
             raise Fail(f"{len(wrong)} of {len(jobs)} concurrent calls differ from sequential ones; first: {wrong[0]}")
         return f"{THREADS} threads x {ROUNDS} calls agree with sequential runs"
 
-    def check_async(self, model: StandardModel) -> str:
-        """run_async() calls done(outputs, None) exactly once with the outputs run() gives."""
-        loaded = self.model(model)
-        session = loaded.needs_session()
-        n = loaded.one_batch()
-        rtol, atol, exact = self._self_tolerance(session)
-        calls: list[list[tuple[Any, Any]]] = []
-        for start in range(ROUNDS):
-            rows = [(start + k) % loaded.pool_size for k in range(n)]
-            expected = self._run(loaded, loaded.feeds(rows), n)
-            box: list[tuple[Any, Any]] = []
-            event = threading.Event()
-
-            def done(outputs: Any, error: Any, box: list[tuple[Any, Any]] = box, event: threading.Event = event) -> None:
-                if error is None and outputs is not None:
-                    try:
-                        outputs = _collect(outputs, loaded.artifact.outputs, n)
-                    except Fail as exc:
-                        outputs, error = None, exc
-                box.append((outputs, error))
-                event.set()
-
-            try:
-                session.run_async(loaded.feeds(rows), done)
-            except Exception as exc:  # noqa: BLE001 - the verdict
-                raise Fail(f"run_async() raised {_describe(exc)} instead of calling done(None, error)") from None
-            if not event.wait(TIMEOUT_S):
-                raise Fail(f"done was not called within {TIMEOUT_S:g} s")
-            outputs, error = box[0]
-            if isinstance(error, Fail):
-                raise Fail(f"done got unusable outputs: {error}")
-            if error is not None:
-                raise Fail(f"done got an error: {_describe(error)}")
-            if outputs is None:
-                raise Fail("done got neither outputs nor an error")
-            problem = _compare(outputs, expected, rtol, atol, exact, "run()")
-            if problem:
-                raise Fail(problem)
-            calls.append(box)
-        time.sleep(0.01)  # a second call to done, if any, would come now
-        twice = [i for i, box in enumerate(calls) if len(box) != 1]
-        if twice:
-            raise Fail(f"done was called {len(calls[twice[0]])} times for one batch")
-        return f"{ROUNDS} batches of {n}: done called once each with run()'s outputs"
-
     def check_outputs_kept(self, model: StandardModel) -> str:
         """Arrays returned by run() keep their values after later calls."""
         loaded = self.model(model)
@@ -884,7 +847,7 @@ def _collect(outputs: Any, specs: tuple[TensorSpec, ...], n: int, strict: bool =
                 raise Fail(f"output '{spec.name}' is {value.dtype}, the ONNX file says {spec.dtype}")
             sample = spec.sample_shape
             if len(value.shape) - 1 != len(sample) or any(d is not None and d != v for d, v in zip(sample, value.shape[1:])):
-                raise Fail(f"output '{spec.name}' has shape {value.shape}, the ONNX file says {_shape(spec.shape)}")
+                raise Fail(f"output '{spec.name}' has shape {value.shape}, the ONNX file says {format_shape(spec.shape)}")
         copies[spec.name] = np.array(value, copy=True)
     return copies
 
@@ -941,10 +904,6 @@ def _clip(text: str, limit: int = 160) -> str:
 
 def _names(specs: Mapping[str, str]) -> str:
     return "(" + ", ".join(f"{name}:{dtype}" for name, dtype in specs.items()) + ")"
-
-
-def _shape(shape: tuple[int | None, ...]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 # --------------------------------------------------------------------------- command line

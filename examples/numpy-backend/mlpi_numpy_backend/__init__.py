@@ -3,10 +3,9 @@
 It reads the ONNX file with the ``onnx`` package and interprets the graph node by node
 with numpy, on the CPU, in fp32. It is slow and supports a small set of operators (see
 :data:`OPERATORS`), which is enough for mlpi's conformance models; a model with any other
-operator is rejected at load time with a :class:`~mlpi.core.errors.ModelError` naming it.
+operator is rejected at load time with a :class:`~mlpi.api.ModelError` naming it.
 
-It uses only mlpi's public plugin contract: :mod:`mlpi.core.backend`,
-:mod:`mlpi.core.device` and :mod:`mlpi.core.errors`.
+It uses only mlpi's public plugin contract, :mod:`mlpi.api`.
 """
 
 from __future__ import annotations
@@ -18,9 +17,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, ModelError, UsageError
+from mlpi.api import (
+    Backend,
+    Capabilities,
+    Device,
+    DeviceError,
+    LoadContext,
+    ModelArtifact,
+    ModelError,
+    Session,
+    TensorSpec,
+    UsageError,
+    fixed_batch_size,
+)
 
 __version__ = "0.1.0"
 
@@ -202,9 +211,8 @@ class NumpyReferenceSession(Session):
         self._options = options
         self.inputs = list(graph.inputs)
         self.outputs = list(graph.outputs)
-        batch_dims = {spec.shape[0] if spec.shape else None for spec in self.inputs}
-        fixed = len(batch_dims) == 1 and None not in batch_dims
-        size = next(iter(batch_dims)) if fixed else None
+        size = fixed_batch_size(self.inputs)
+        fixed = size is not None
         self.capabilities = Capabilities(
             max_batch_size=size, fixed_batch=fixed, concurrent=True, preferred_batch_size=size or 8
         )

@@ -1,0 +1,92 @@
+"""mlpi's public plugin API: everything a backend, model or dataset plugin may use.
+
+Import from here, not from ``mlpi.core.*``: this module is versioned (:data:`API_VERSION`)
+and changes only with a version bump; the rest of the core is free to change.
+
+- **Backends** (entry-point group ``mlpi.backends``): subclass :class:`Backend` and
+  :class:`Session`; say what a session can do with :class:`Capabilities`.
+- **Models** (``mlpi.models``): register a :class:`ModelSpec` (or a function returning one)
+  with its graphs (:class:`GraphSpec`), :class:`Artifact`, :class:`DataParams`,
+  :class:`Rules` and :class:`QualityTarget`, a :class:`Postprocessor` (fixed-size rows or
+  :class:`Responses` of any size) or a whole :class:`Pipeline`, and a scorer returning an
+  :class:`AccuracyResult`.
+- **Datasets** (``mlpi.datasets``): subclass :class:`DatasetFactory`, whose ``open`` gets a
+  :class:`DatasetRequest` and returns a :class:`Dataset` (most subclass
+  :class:`PreloadedDataset`).
+- **Errors**: raise the :class:`MlpiError` subclass that fits, with a message and a hint.
+
+A plugin may check ``mlpi.api.API_VERSION`` and refuse a major version it does not know.
+"""
+
+from __future__ import annotations
+
+from mlpi.core.accuracy import AccuracyResult, read_accuracy_log
+from mlpi.core.artifacts import Artifact
+from mlpi.core.backend import (
+    PRECISIONS,
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    NoOptions,
+    Session,
+    TensorSpec,
+    fixed_batch_size,
+    format_shape,
+)
+from mlpi.core.dataset import DataParams, Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
+from mlpi.core.device import Device
+from mlpi.core.errors import DatasetError, DeviceError, MlpiError, ModelError, PluginError, UsageError
+from mlpi.core.model import GraphSpec, ModelSpec
+from mlpi.core.pipeline import MAIN_GRAPH, GatherRunPostprocess, Pipeline, PipelineContext, PipelineFactory
+from mlpi.core.postprocess import ClassIdResponse, Postprocessor, RawOutputs, Responses
+from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY, SCENARIOS, QualityTarget, Rules
+
+#: ``major.minor``: a major bump breaks plugins written for the previous one.
+#: 2.0: datasets get a DatasetRequest; models declare graphs, data parameters and rules;
+#: postprocessors get sample indices and may answer Responses; pipelines; typed accuracy.
+API_VERSION = "2.0"
+
+__all__ = [
+    "API_VERSION",
+    "MAIN_GRAPH",
+    "MULTISTREAM_SAMPLES_PER_QUERY",
+    "PRECISIONS",
+    "SCENARIOS",
+    "AccuracyResult",
+    "Artifact",
+    "Backend",
+    "Capabilities",
+    "ClassIdResponse",
+    "DataParams",
+    "Dataset",
+    "DatasetError",
+    "DatasetFactory",
+    "DatasetRequest",
+    "Device",
+    "DeviceError",
+    "GatherRunPostprocess",
+    "GraphSpec",
+    "LoadContext",
+    "MlpiError",
+    "ModelArtifact",
+    "ModelError",
+    "ModelSpec",
+    "NoOptions",
+    "Pipeline",
+    "PipelineContext",
+    "PipelineFactory",
+    "PluginError",
+    "Postprocessor",
+    "PreloadedDataset",
+    "QualityTarget",
+    "RawOutputs",
+    "Responses",
+    "Rules",
+    "Session",
+    "TensorSpec",
+    "UsageError",
+    "fixed_batch_size",
+    "format_shape",
+    "read_accuracy_log",
+]

@@ -1,0 +1,110 @@
+"""Pipelines: where a model's inference step lives, between LoadGen's samples and the sessions.
+
+A pipeline is made once per executor slot and answers ``pipeline(indices)`` with the
+samples' responses. The default, :class:`GatherRunPostprocess`, is gather -> one session
+run -> postprocess, with the zero-copy paths ResNet50's speed depends on. A model plugin
+whose inference is more than one run (a decode loop over several graphs, a sample cut into
+windows or rows) gives its own factory in ``ModelSpec.pipeline``; it is handed this slot's
+sessions by graph role, the dataset and the batch size, and returns responses of any size
+(:class:`~mlpi.core.postprocess.Responses`) for the samples it was given.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlpi.core.backend import Session, TensorSpec
+from mlpi.core.dataset import Dataset
+from mlpi.core.postprocess import Postprocessor, Responses
+
+#: The graph role of a model that has one graph.
+MAIN_GRAPH = "model"
+
+
+class Pipeline(ABC):
+    """Samples in, responses out, for one slot (never called from two threads at once)."""
+
+    @property
+    @abstractmethod
+    def sample_nbytes(self) -> int | None:
+        """Bytes of every response when all are the same size, else ``None``."""
+
+    @abstractmethod
+    def __call__(self, indices: Sequence[int]) -> np.ndarray | Responses:
+        """Responses of the loaded samples ``indices``: an array with one row per sample
+        (``sample_nbytes`` each), or :class:`Responses`. Valid until the next call."""
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """What a pipeline factory is given for one slot.
+
+    - ``sessions``: this slot's session per graph role (``"model"`` for a one-graph model).
+    - ``dataset``: the loaded samples; ``dataset.gather``/``dataset.sample`` build feeds.
+    - ``batch_size``: the most samples one call will be given.
+    - ``outputs``: the main graph's outputs as observed on one sample (dynamic dims resolved
+      where the graph's outputs are batch-first).
+    - ``postprocess``: the model's postprocessor for these outputs (``None`` if it has none).
+    """
+
+    sessions: Mapping[str, Session]
+    dataset: Dataset
+    batch_size: int
+    outputs: Sequence[TensorSpec]
+    postprocess: Postprocessor | None
+
+
+PipelineFactory = Callable[[PipelineContext], Pipeline]
+
+
+class GatherRunPostprocess(Pipeline):
+    """The default: gather the batch's feeds, run the main graph once, postprocess.
+
+    Feed buffers are preallocated; a batch of one runs straight from the dataset's memory
+    unless a fixed-batch session needs padding rows.
+    """
+
+    def __init__(self, session: Session, dataset: Dataset, postprocess: Postprocessor, batch_size: int) -> None:
+        caps = session.capabilities
+        self.session = session
+        self.dataset = dataset
+        self.postprocess = postprocess
+        self.fixed = caps.fixed_batch
+        rows = caps.max_batch_size if caps.fixed_batch and caps.max_batch_size else batch_size
+        self._zero_copy_single = rows == 1 or not self.fixed
+        self._feeds = {
+            spec.name: np.zeros((rows, *spec.sample_shape), dtype=spec.dtype) for spec in dataset.inputs
+        }
+        self._views: dict[int, Mapping[str, np.ndarray]] = {}
+
+    @classmethod
+    def from_context(cls, context: PipelineContext) -> GatherRunPostprocess:
+        if context.postprocess is None:
+            raise ValueError("the default pipeline needs a postprocessor")
+        return cls(context.sessions[MAIN_GRAPH], context.dataset, context.postprocess, context.batch_size)
+
+    @property
+    def sample_nbytes(self) -> int | None:
+        return self.postprocess.sample_nbytes
+
+    def feeds_for(self, n: int) -> Mapping[str, np.ndarray]:
+        """The feed views for a batch of ``n``: all rows for a fixed-batch session."""
+        if self.fixed:
+            return self._feeds
+        views = self._views.get(n)
+        if views is None:
+            views = self._views[n] = {name: buf[:n] for name, buf in self._feeds.items()}
+        return views
+
+    def __call__(self, indices: Sequence[int]) -> np.ndarray | Responses:
+        n = len(indices)
+        if n == 1 and self._zero_copy_single:
+            feeds = self.dataset.sample(indices[0])
+        else:
+            self.dataset.gather(indices, self._feeds)
+            feeds = self.feeds_for(n)
+        return self.postprocess(self.session.run(feeds), indices)
