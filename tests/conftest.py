@@ -74,3 +74,22 @@ def only_run_dir(root: Path) -> Path:
 
 def read_result(root: Path) -> dict[str, Any]:
     return json.loads((only_run_dir(root) / "result.json").read_text())
+
+
+class CountingImread:
+    """cv2.imread that counts its calls (and fails on demand), for the image datasets' cache tests."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None, error: type[BaseException] = RuntimeError) -> None:
+        import cv2
+
+        self.calls = 0
+        self.real = cv2.imread
+        self.fail_at = fail_at
+        self.error = error
+        monkeypatch.setattr(cv2, "imread", self)
+
+    def __call__(self, *args: object, **kwargs: object) -> Any:
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise self.error("imread must not be called here")
+        return self.real(*args, **kwargs)

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import CountingImread
 from mlpi.core.backend import TensorSpec
 from mlpi.core.dataset import DataParams, DatasetRequest
 from mlpi.core.errors import DatasetError
@@ -68,23 +69,6 @@ def load_all(dataset: OpenImagesDataset) -> np.ndarray:
     out = {spec.name: np.full((dataset.count, *spec.sample_shape), np.nan, dtype=np.float32)}
     dataset.gather(indices, out)
     return out[spec.name]
-
-
-class CountingImread:
-    """cv2.imread that counts its calls (and fails on demand)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None, error: type[BaseException] = RuntimeError) -> None:
-        self.calls = 0
-        self.real = cv2.imread
-        self.fail_at = fail_at
-        self.error = error
-        monkeypatch.setattr(cv2, "imread", self)
-
-    def __call__(self, *args: object, **kwargs: object) -> np.ndarray | None:
-        self.calls += 1
-        if self.fail_at is not None and self.calls >= self.fail_at:
-            raise self.error("imread must not be called here")
-        return self.real(*args, **kwargs)
 
 
 def key_dirs(cache: Path) -> list[str]:

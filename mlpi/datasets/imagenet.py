@@ -38,30 +38,22 @@ keyed and built, so a quick ``--count 16`` run does not preprocess 50,000 images
 
 A cache is built in a temporary sibling folder and renamed to its key only once every image
 is written and flushed, so a crash or Ctrl-C mid-build leaves nothing a later run would use
-(a leftover ``.<key>.tmp-*`` folder is never read and may be deleted).
+(a leftover ``.<key>.tmp-*`` folder is never read and may be deleted). The mechanism is
+:mod:`mlpi.datasets.image_cache`, shared with the other image datasets.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import stat
-import sys
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlpi.core.backend import TensorSpec, format_shape
-from mlpi.core.cache import cache_root
 from mlpi.core.dataset import DataParams, Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
 from mlpi.core.errors import DatasetError
+from mlpi.datasets.image_cache import ImageCache
 
 #: Bump when the preprocessing code changes in a way that changes the cached pixels.
 PREPROCESS_VERSION = 1
@@ -82,8 +74,6 @@ SUPPORTED_PARAMS = {
     "scale": 1.0,
 }
 VAL_MAP = "val_map.txt"
-CACHE_FILE = "images.npy"
-META_FILE = "meta.json"
 
 
 def resized_size(height: int, width: int, out_height: int, out_width: int) -> tuple[int, int]:
@@ -179,15 +169,8 @@ class ImageNet(DatasetFactory):
             )
         n = len(names) if count is None else count
         names, labels = names[:n], labels[:n]
-        stats = _stat_images(folder, names)
-
-        import cv2
-
-        key = cache_key(height, width, cv2.__version__, names, stats)
-        cache_dir = cache_root() / "datasets" / "imagenet" / key
-        if not request.for_scoring and not _cache_ready(cache_dir, n, height, width):
-            build_cache(folder, names, height, width, cache_dir)
-        return ImageNetDataset(spec, layout, folder, labels, cache_dir / CACHE_FILE, key)
+        key, cache_file = image_cache(height, width).prepare(folder, names, build=not request.for_scoring)
+        return ImageNetDataset(spec, layout, folder, labels, cache_file, key)
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -280,158 +263,28 @@ def read_val_map(val_map: Path) -> tuple[list[str], np.ndarray]:
     return names, np.asarray(labels, dtype=np.int64)
 
 
-def _stat_images(folder: Path, names: Sequence[str]) -> list[os.stat_result]:
-    """``os.stat`` of every listed image (no decoding); a missing one is an error naming it."""
-    stats: list[os.stat_result] = []
-    missing: list[tuple[int, str]] = []
-    base = str(folder)
-    for number, name in enumerate(names, start=1):
-        try:
-            st = os.stat(os.path.join(base, name))
-        except OSError:
-            missing.append((number, name))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            missing.append((number, name))
-            continue
-        stats.append(st)
-    if missing:
-        number, name = missing[0]
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DatasetError(
-            f"image {name} (line {number} of {VAL_MAP}) is missing from {folder}{more}",
-            f"restore the missing image files, or remove their lines from {VAL_MAP}; a missing image is never skipped because that would shift every later label",
-        )
-    return stats
-
-
 # -- the cache -----------------------------------------------------------------------------
 
 
-def cache_key(height: int, width: int, cv2_version: str, names: Sequence[str], stats: Sequence[os.stat_result]) -> str:
-    """sha256 over everything that determines the cached crops."""
-    digest = hashlib.sha256()
-    params = {
-        "version": PREPROCESS_VERSION,
-        "height": height,
-        "width": width,
-        "resize_scale": RESIZE_SCALE,
-        "interpolation": "INTER_AREA",
-        "colour": "BGR2RGB",
-        "stored": "uint8 HWC RGB centre crops",
-        "opencv": cv2_version,
-        "count": len(names),
-    }
-    digest.update(json.dumps(params, sort_keys=True).encode())
-    for name, st in zip(names, stats):
-        digest.update(f"\n{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
-def _cache_ready(cache_dir: Path, count: int, height: int, width: int) -> bool:
-    """A finished cache of the expected shape: only complete caches ever get the key's name."""
-    try:
-        images = np.load(cache_dir / CACHE_FILE, mmap_mode="r")
-    except (OSError, ValueError):
-        return False
-    return images.dtype == np.uint8 and images.shape == (count, height, width, 3) and (cache_dir / META_FILE).is_file()
-
-
-def build_cache(folder: Path, names: Sequence[str], height: int, width: int, cache_dir: Path) -> None:
-    """Preprocess ``names`` into ``cache_dir`` in parallel; atomic: all or nothing."""
-    import cv2
-
-    count = len(names)
-    row_bytes = height * width * 3
-    parent = cache_dir.parent
-    if _cache_ready(cache_dir, count, height, width):  # another process just finished it
-        return
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(parent).free
-    except OSError as exc:
-        raise DatasetError(f"cannot create the cache folder {parent}: {exc}", "set MLPI_CACHE to a writable folder") from None
-    if free < count * row_bytes + (64 << 20):
-        raise DatasetError(
-            f"the preprocessed images need {count * row_bytes / 1e9:.1f} GB in {parent}, which has {free / 1e9:.1f} GB free",
-            "free some space there, or set MLPI_CACHE to a folder on a bigger disk",
-        )
-    if cache_dir.exists():  # an unusable leftover under the key's name (not one of our builds)
-        shutil.rmtree(cache_dir, ignore_errors=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=parent))
-    done = False
-    threads = cv2.getNumThreads()
-    workers = max(1, min(os.cpu_count() or 1, count))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-        header = np.lib.format.open_memmap(tmp / CACHE_FILE, mode="w+", dtype=np.uint8, shape=(count, height, width, 3))
-        offset = header.offset
-        del header
-        cv2.setNumThreads(1)  # parallel over images, not inside each resize
-
-        def one(index: int) -> np.ndarray:
-            file = folder / names[index]
-            problem = f"cannot decode image {file} (line {index + 1} of {VAL_MAP})"
-            fix = "replace it with a valid JPEG (check it opens in an image viewer), or remove its line from val_map.txt"
-            bgr = cv2.imread(str(file))
-            if bgr is None:
-                raise DatasetError(problem, fix)
-            try:
-                return np.ascontiguousarray(reference_crop(bgr, height, width))
-            except cv2.error as exc:
-                raise DatasetError(f"{problem}: {exc}", fix) from None
-
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        print(f"mlpi: preprocessing {count} images from {folder} into {cache_dir} (once)", file=sys.stderr, flush=True)
-        console = Console(stderr=True)
-        progress = Progress(
-            TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console
-        )
-        with open(tmp / CACHE_FILE, "r+b") as out, progress, ThreadPoolExecutor(max_workers=workers) as pool:
-            task = progress.add_task("preprocessing", total=count)
-            # A sliding window of work: bounded memory, and cheap to cancel on the first error.
-            window = 4 * workers
-            running: dict[Future[np.ndarray], int] = {}
-            submitted = 0
-            try:
-                while submitted < count or running:
-                    while submitted < count and len(running) < window:
-                        running[pool.submit(one, submitted)] = submitted
-                        submitted += 1
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in sorted(finished, key=running.__getitem__):
-                        index = running.pop(future)
-                        crop = future.result()  # raises the worker's DatasetError
-                        out.seek(offset + index * row_bytes)
-                        out.write(crop.data)
-                    progress.advance(task, len(finished))
-            finally:
-                for future in running:
-                    future.cancel()
-            out.flush()
-            os.fsync(out.fileno())
-        meta = {
-            "preprocess_version": PREPROCESS_VERSION,
-            "source": str(folder),
-            "count": count,
-            "shape": [count, height, width, 3],
-            "opencv": cv2.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            os.rename(tmp, cache_dir)
-            done = True
-        except OSError:
-            # Another process finished the same cache first: use theirs.
-            if not _cache_ready(cache_dir, count, height, width):
-                raise
-    except OSError as exc:
-        raise DatasetError(f"cannot write the preprocessed images to {parent}: {exc}", "check the disk, or set MLPI_CACHE to a writable folder") from None
-    finally:
-        cv2.setNumThreads(threads)
-        if not done:
-            shutil.rmtree(tmp, ignore_errors=True)
+def image_cache(height: int, width: int) -> ImageCache:
+    """The cache of this preprocessing at ``height x width``: uint8 RGB centre crops."""
+    return ImageCache(
+        dataset="imagenet",
+        params={
+            "version": PREPROCESS_VERSION,
+            "resize_scale": RESIZE_SCALE,
+            "interpolation": "INTER_AREA",
+            "colour": "BGR2RGB",
+            "stored": "uint8 HWC RGB centre crops",
+        },
+        height=height,
+        width=width,
+        dtype="uint8",
+        transform=lambda bgr: reference_crop(bgr, height, width),
+        where=lambda index: f"line {index + 1} of {VAL_MAP}",
+        missing_fix=(
+            f"restore the missing image files, or remove their lines from {VAL_MAP}; "
+            "a missing image is never skipped because that would shift every later label"
+        ),
+        decode_fix=f"replace it with a valid JPEG (check it opens in an image viewer), or remove its line from {VAL_MAP}",
+    )

@@ -47,17 +47,9 @@ image is touched and no cache is built.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import shutil
-import stat
-import sys
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +57,9 @@ from typing import Any
 import numpy as np
 
 from mlpi.core.backend import TensorSpec, format_shape
-from mlpi.core.cache import cache_root
 from mlpi.core.dataset import DataParams, Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
 from mlpi.core.errors import DatasetError
+from mlpi.datasets.image_cache import ImageCache
 
 NAME = "openimages"
 #: Bump when the preprocessing code changes in a way that changes the cached pixels.
@@ -75,8 +67,6 @@ PREPROCESS_VERSION = 1
 #: Where the annotations and the images live under ``--dataset-path``.
 ANNOTATIONS = "annotations/openimages-mlperf.json"
 IMAGES = "validation/data"
-CACHE_FILE = "images.npy"
-META_FILE = "meta.json"
 #: The preprocessing this dataset implements, as a model declares it in its DataParams.
 #: All of these (and ``image_size``, ``layout``) must be declared; nothing else may be.
 SUPPORTED_PARAMS: dict[str, Any] = {
@@ -229,15 +219,8 @@ class OpenImages(DatasetFactory):
             return OpenImagesDataset(None, layout, root, truth, None, None, performance_count)
 
         names = [image["file_name"] for image in images]
-        stats = _stat_images(data_dir, names)
-
-        import cv2
-
-        key = cache_key(height, width, cv2.__version__, names, stats)
-        cache_dir = cache_root() / "datasets" / NAME / key
-        if not _cache_ready(cache_dir, n, height, width):
-            build_cache(data_dir, names, height, width, cache_dir)
-        return OpenImagesDataset(spec, layout, root, truth, cache_dir / CACHE_FILE, key, performance_count)
+        key, cache_file = image_cache(height, width).prepare(data_dir, names)
+        return OpenImagesDataset(spec, layout, root, truth, cache_file, key, performance_count)
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -386,161 +369,34 @@ def read_annotations(file: Path) -> list[dict[str, Any]]:
     return images
 
 
-def _stat_images(folder: Path, names: Sequence[str]) -> list[os.stat_result]:
-    """``os.stat`` of every used image (no decoding); a missing one is an error naming it."""
-    stats: list[os.stat_result] = []
-    missing: list[tuple[int, str]] = []
-    base = str(folder)
-    for index, name in enumerate(names):
-        try:
-            st = os.stat(os.path.join(base, name))
-        except OSError:
-            missing.append((index, name))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            missing.append((index, name))
-            continue
-        stats.append(st)
-    if missing:
-        index, name = missing[0]
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DatasetError(
-            f"image {Path(folder) / name} (sample {index}, images[{index}] of {ANNOTATIONS}) is missing{more}",
-            "restore the missing image files (MLCommons' openimages download script fetches them); "
-            "a missing image is never skipped because that would shift every later sample",
-        )
-    return stats
-
-
 # -- the cache -----------------------------------------------------------------------------
 
 
-def cache_key(height: int, width: int, cv2_version: str, names: Sequence[str], stats: Sequence[os.stat_result]) -> str:
-    """sha256 over everything that determines the cached pixels."""
-    digest = hashlib.sha256()
-    params = {
-        "version": PREPROCESS_VERSION,
-        "height": height,
-        "width": width,
-        "resize": "stretch",
-        "interpolation": "INTER_LINEAR",
-        "steps": "imread BGR uint8 -> float32 -> BGR2RGB -> resize",
-        "stored": "float32 HWC RGB 0..255",
-        "opencv": cv2_version,
-        "count": len(names),
-    }
-    digest.update(json.dumps(params, sort_keys=True).encode())
-    for name, st in zip(names, stats):
-        digest.update(f"\n{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return digest.hexdigest()
+def image_cache(height: int, width: int) -> ImageCache:
+    """The cache of this preprocessing at ``height x width``: float32 RGB pixels (0..255).
 
-
-def _cache_ready(cache_dir: Path, count: int, height: int, width: int) -> bool:
-    """A finished cache of the expected shape: only complete caches ever get the key's name."""
-    try:
-        images = np.load(cache_dir / CACHE_FILE, mmap_mode="r")
-    except (OSError, ValueError):
-        return False
-    return images.dtype == np.float32 and images.shape == (count, height, width, 3) and (cache_dir / META_FILE).is_file()
-
-
-def build_cache(folder: Path, names: Sequence[str], height: int, width: int, cache_dir: Path) -> None:
-    """Preprocess ``names`` into ``cache_dir`` in parallel; atomic: all or nothing."""
-    import cv2
-
-    count = len(names)
-    row_bytes = height * width * 3 * 4
-    parent = cache_dir.parent
-    if _cache_ready(cache_dir, count, height, width):  # another process just finished it
-        return
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(parent).free
-    except OSError as exc:
-        raise DatasetError(f"cannot create the cache folder {parent}: {exc}", "set MLPI_CACHE to a writable folder") from None
-    if free < count * row_bytes + (64 << 20):
-        raise DatasetError(
-            f"the preprocessed images need {count * row_bytes / 1e9:.1f} GB in {parent} "
-            f"(float32, as the reference computes them), which has {free / 1e9:.1f} GB free",
-            "free some space there, set MLPI_CACHE to a folder on a bigger disk, or use fewer images with --count",
-        )
-    if cache_dir.exists():  # an unusable leftover under the key's name (not one of our builds)
-        shutil.rmtree(cache_dir, ignore_errors=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=parent))
-    done = False
-    threads = cv2.getNumThreads()
-    workers = max(1, min(os.cpu_count() or 1, count))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-        header = np.lib.format.open_memmap(tmp / CACHE_FILE, mode="w+", dtype=np.float32, shape=(count, height, width, 3))
-        offset = header.offset
-        del header
-        cv2.setNumThreads(1)  # parallel over images, not inside each resize
-
-        def one(index: int) -> np.ndarray:
-            file = folder / names[index]
-            problem = f"cannot decode image {file} (sample {index}, images[{index}] of {ANNOTATIONS})"
-            fix = "replace it with the valid JPEG (MLCommons' openimages download script fetches it again); it is never skipped"
-            bgr = cv2.imread(str(file))
-            if bgr is None:
-                raise DatasetError(problem, fix)
-            try:
-                return np.ascontiguousarray(resized_pixels(bgr, height, width))
-            except cv2.error as exc:
-                raise DatasetError(f"{problem}: {exc}", fix) from None
-
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        print(f"mlpi: preprocessing {count} images from {folder} into {cache_dir} (once)", file=sys.stderr, flush=True)
-        console = Console(stderr=True)
-        progress = Progress(
-            TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console
-        )
-        with open(tmp / CACHE_FILE, "r+b") as out, progress, ThreadPoolExecutor(max_workers=workers) as pool:
-            task = progress.add_task("preprocessing", total=count)
-            # A sliding window of work: bounded memory, and cheap to cancel on the first error.
-            window = 2 * workers
-            running: dict[Future[np.ndarray], int] = {}
-            submitted = 0
-            try:
-                while submitted < count or running:
-                    while submitted < count and len(running) < window:
-                        running[pool.submit(one, submitted)] = submitted
-                        submitted += 1
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in sorted(finished, key=running.__getitem__):
-                        index = running.pop(future)
-                        pixels = future.result()  # raises the worker's DatasetError
-                        out.seek(offset + index * row_bytes)
-                        out.write(pixels.data)
-                    progress.advance(task, len(finished))
-            finally:
-                for future in running:
-                    future.cancel()
-            out.flush()
-            os.fsync(out.fileno())
-        meta = {
-            "preprocess_version": PREPROCESS_VERSION,
-            "source": str(folder),
-            "count": count,
-            "shape": [count, height, width, 3],
-            "dtype": "float32",
-            "opencv": cv2.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            os.rename(tmp, cache_dir)
-            done = True
-        except OSError:
-            # Another process finished the same cache first: use theirs.
-            if not _cache_ready(cache_dir, count, height, width):
-                raise
-    except OSError as exc:
-        raise DatasetError(f"cannot write the preprocessed images to {parent}: {exc}", "check the disk, or set MLPI_CACHE to a writable folder") from None
-    finally:
-        cv2.setNumThreads(threads)
-        if not done:
-            shutil.rmtree(tmp, ignore_errors=True)
+    float32, not uint8: the reference converts to float32 before its resize, and OpenCV's
+    float bilinear resize gives fractional pixels, so a uint8 cache could not be bit-identical.
+    """
+    return ImageCache(
+        dataset=NAME,
+        params={
+            "version": PREPROCESS_VERSION,
+            "resize": "stretch",
+            "interpolation": "INTER_LINEAR",
+            "steps": "imread BGR uint8 -> float32 -> BGR2RGB -> resize",
+            "stored": "float32 HWC RGB 0..255",
+        },
+        height=height,
+        width=width,
+        dtype="float32",
+        transform=lambda bgr: resized_pixels(bgr, height, width),
+        where=lambda index: f"sample {index}, images[{index}] of {ANNOTATIONS}",
+        missing_fix=(
+            "restore the missing image files (MLCommons' openimages download script fetches them); "
+            "a missing image is never skipped because that would shift every later sample"
+        ),
+        decode_fix="replace it with the valid JPEG (MLCommons' openimages download script fetches it again); it is never skipped",
+        space_detail=" (float32, as the reference computes them)",
+        window_per_worker=2,
+    )
