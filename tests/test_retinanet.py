@@ -143,6 +143,9 @@ def test_accuracy_run_gives_the_map_known_by_construction_as_the_official_script
     assert scored.returncode == 0, scored.stderr
     assert scored.stdout.splitlines()[0] == "mAP=50.000%"
     assert not (test_dir / "accuracy.txt").exists()
+    from_log = run_cli(["score", str(test_dir / "mlperf_log_accuracy.json")], cwd=tmp_path)  # the run's plan, found from its log
+    assert from_log.returncode == 0, from_log.stderr
+    assert from_log.stdout.splitlines()[0] == "mAP=50.000%"
     written = run_cli(["score", "--model", "retinanet", "--dataset", "openimages", "--dataset-path", str(setup["data"]),
                        str(test_dir / "mlperf_log_accuracy.json"), "--write"], cwd=tmp_path)
     assert written.returncode == 0, written.stderr

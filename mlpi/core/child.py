@@ -63,7 +63,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     expect, calib_s = calibrate_expectations(setup, executors, scenario)
     settings, perf_count = write_settings(setup, scenario, mode, expect, calib_s, out, lg)
     sut_impl = make_sut(executors, scenario, plan, settings)
-    elapsed_s, busy_s = run_loadgen(sut_impl, setup.dataset, performance_count_limit(setup), settings, out, plan, lg)
+    elapsed_s, busy_s = run_loadgen(sut_impl, setup.dataset, len(setup.loaded), settings, out, plan, lg)
     for _, session in loaded.placed:
         session.close()
     accuracy = score_test(setup, outputs, out) if mode == "accuracy" else None
@@ -87,6 +87,8 @@ class TestSetup:
     def __init__(self, plan: Any, registry: Any, backend: Any, options: Any, spec: Any, artifact: Any, dataset: Any) -> None:
         self.plan, self.registry, self.backend, self.options = plan, registry, backend, options
         self.spec, self.artifact, self.dataset = spec, artifact, dataset
+        #: The samples LoadGen keeps loaded, also used for warm-up and calibration.
+        self.loaded = list(range(min(dataset.count, performance_count_limit(self))))
 
     def load_sessions(self, scenario: str) -> LoadedSessions:
         """Sessions on every unit (``--instances`` each in Offline/Server) and their slots."""
@@ -158,8 +160,8 @@ def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out
 
     spec, dataset, batch_size = setup.spec, setup.dataset, loaded.batch_size
     first = loaded.placed[0][1]
-    dataset.load(setup_indices(setup))
-    outputs = observed_outputs(first, dataset, setup_indices(setup)[0], batch_first=spec.outputs_batch_first)
+    dataset.load(setup.loaded)
+    outputs = observed_outputs(first, dataset, setup.loaded[0], batch_first=spec.outputs_batch_first)
     on_error = error_handler(setup.backend.name, scenario, out)
     executors = []
     for unit, session in loaded.slots:
@@ -174,11 +176,6 @@ def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out
             )
         )
     return executors, outputs
-
-
-def setup_indices(setup: TestSetup) -> list[int]:
-    """The samples loaded for warm-up and calibration (those LoadGen may keep loaded)."""
-    return list(range(min(setup.dataset.count, performance_count_limit(setup))))
 
 
 #: A model without MLPerf rules keeps at most this many bytes of samples loaded.
@@ -224,7 +221,7 @@ def calibrate_expectations(setup: TestSetup, executors: list[Any], scenario: str
     from mlpi.core.calibrate import calibrate
 
     plan = setup.plan
-    loaded = setup_indices(setup)
+    loaded = setup.loaded
     calib_s = 0.5 if plan.quick or (plan.duration_s is not None and plan.duration_s < 60) else 2.0
     expect = calibrate(executors, scenario, loaded, calib_s, plan.target_qps)
     print(f"mlpi: {scenario} expectations from {expect.source}: {expect}", flush=True)

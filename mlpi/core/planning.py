@@ -105,7 +105,7 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     layers.append(("--option", request.options))
     options = build_options(backend.Options, layers, backend.name)
 
-    model_ref, registered = _resolve_model(request, registry)
+    model_ref, spec, registered = _resolve_model(request, registry)
     if model_ref.random_weights and "accuracy" in modes:
         raise UsageError(
             f"accuracy mode needs the official {model_ref.name} weights; random weights are for performance only",
@@ -115,7 +115,6 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     for unit in device.units():
         backend.check(artifact, unit, options, request.precision)
     _check_batch_size(request.batch_size, model_ref.inputs)
-    spec = registry.model(request.model) if registered else ModelSpec.for_file(Path(model_ref.path))
     dataset = open_dataset(
         registry, spec, model_ref.inputs, request.dataset, request.dataset_path, request.dataset_count, request.seed
     )
@@ -246,7 +245,8 @@ def check_device_usable(name: str, device: Device, usable: list[Device]) -> None
             )
 
 
-def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, bool]:
+def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, ModelSpec, bool]:
+    """The model file and its spec (the registered model's, or one made from the file)."""
     spec: ModelSpec | None = None
     if request.model:
         spec = registry.model(request.model)
@@ -274,7 +274,7 @@ def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, b
         outputs=list(artifact.outputs),
         random_weights=random_weights,
     )
-    return ref, request.model is not None
+    return ref, spec, request.model is not None
 
 
 def random_weights_path(spec: ModelSpec, seed: int) -> Path:

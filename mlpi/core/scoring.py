@@ -87,16 +87,15 @@ def find_logs(target: Path) -> tuple[list[Path], dict[str, Any] | None]:
         logs = sorted(target.glob(f"*/accuracy/{ACCURACY_LOG}"))
         if not logs:
             raise UsageError(f"{target} holds no {ACCURACY_LOG}", "give the directory of a run made with --mode accuracy, or the log itself")
+    # A run keeps its logs in <run>/<Scenario>/<mode>/: its plan is at most three folders up.
     plan = None
-    for folder in (logs[0].parent, *logs[0].parents):
+    for folder in logs[0].parents[:3]:
         candidate = folder / "plan.json"
         if candidate.is_file():
             try:
                 plan = json.loads(candidate.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                 plan = None
-            break
-        if folder == target.parent:
             break
     return logs, plan if isinstance(plan, dict) else None
 

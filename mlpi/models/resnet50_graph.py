@@ -8,13 +8,13 @@ the convolutions, as inference graphs usually have it. Built with onnx + numpy o
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from mlpi.core.results import write_bytes_atomic
 
 #: Bump when the graph or the weights change, so cached copies are rebuilt.
 GRAPH_VERSION = 1
@@ -101,13 +101,5 @@ def build_resnet50(seed: int = 0) -> onnx.ModelProto:
 def write_resnet50(path: Path, seed: int = 0) -> Path:
     """Build the graph and write it atomically to ``path``."""
     model = build_resnet50(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, model.SerializeToString())
     return path

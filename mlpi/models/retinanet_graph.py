@@ -41,13 +41,13 @@ weights take ~150 MB; writing the file takes a few seconds.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from mlpi.core.results import write_bytes_atomic
 
 #: Bump when the graph or the weights change, so cached copies are rebuilt.
 GRAPH_VERSION = 1
@@ -408,13 +408,5 @@ def write_retinanet(path: Path, seed: int, *, width: float = 1.0, image_size: in
     """Build the graph and write it atomically to ``path``."""
     model = build_retinanet(seed, width=width, image_size=image_size)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, model.SerializeToString())
     return path
