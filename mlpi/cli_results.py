@@ -217,7 +217,8 @@ def sysinfo(as_json: bool, plugins_file: str | None) -> None:
     from mlpi.core.config import PluginsConfig
     from mlpi.core.sysinfo import MLPERF_FIELDS, runtime_distributions, system_info
 
-    info = system_info(runtime_distributions(PluginsConfig.load(plugins_file)))
+    config = PluginsConfig.load(plugins_file)
+    info = system_info(runtime_distributions(config), config=config)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

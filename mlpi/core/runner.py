@@ -85,7 +85,7 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
         ),
         submission_valid=not plan.quick and plan.duration_s is None,
         simulated=False,
-        system=system_info(backend.runtime_distributions()),
+        system=system_info(backend.runtime_distributions(), backends=[backend]),  # the devices this run could use
     )
     result_path = run_dir / RESULT_FILE
     write_json_atomic(result_path, result.to_json())
