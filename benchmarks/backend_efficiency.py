@@ -78,8 +78,8 @@ def torch_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
     import torch
 
     from mlpi.backends.torch_backend import TorchBackend, TorchOptions
-    from mlpi.core.device import Device
-    from mlpi.core.onnx_file import inspect_onnx
+    from mlpi.core.contract.device import Device
+    from mlpi.core.engine.onnx_file import inspect_onnx
 
     artifact = inspect_onnx(model)
     session = TorchBackend().load(artifact, Device("cpu"), TorchOptions(threads=threads), "fp32")
@@ -99,8 +99,12 @@ def deepsparse_loop(model: Path, batch: int, seconds: float, threads: int) -> fl
     import deepsparse
     import onnx
 
-    from mlpi.backends.deepsparse_backend import MAX_IR_VERSION, DeepSparseOptions, runnable_copy
-    from mlpi.core.onnx_file import inspect_onnx
+    from mlpi.backends.deepsparse_backend import (
+        MAX_IR_VERSION,
+        DeepSparseOptions,
+        runnable_copy,
+    )
+    from mlpi.core.engine.onnx_file import inspect_onnx
 
     artifact = inspect_onnx(model)
     ir_version = onnx.load(str(model), load_external_data=False).ir_version
@@ -152,10 +156,10 @@ def mlpi_offline(backend: str, model_args: list[str], batch: int, seconds: float
 
 def registered_file(name: str) -> tuple[Path, str]:
     """The file ``mlpi run --model NAME`` would use: official if downloaded, else random."""
-    from mlpi.core.artifacts import cached
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.planning import random_weights_path
-    from mlpi.core.plugins import Registry
+    from mlpi.core.engine.artifacts import cached
+    from mlpi.core.engine.planning import random_weights_path
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.registry import Registry
 
     spec = Registry(PluginsConfig.load(None)).model(name)
     official = cached(spec.artifact) if spec.artifact else None
@@ -172,8 +176,8 @@ def postprocess_share(name: str, model: Path, own_loop_samples_per_s: float, rep
     share of the time per sample of the runtime's own loop."""
     import onnxruntime as ort
 
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.plugins import Registry
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.registry import Registry
 
     spec = Registry(PluginsConfig.load(None)).model(name)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])

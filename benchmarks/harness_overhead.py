@@ -5,10 +5,13 @@ tiny single-output model signature (so data movement is negligible and what is m
 is the harness). The bare echo is the fastest Python SUT we know: it completes each query
 inside the issue callback, in chunks of 1024 samples, reusing its response objects.
 
-    python benchmarks/harness_overhead.py [--duration 5] [--server-qps 80000]
+    python benchmarks/harness_overhead.py [--duration 5] [--server-qps 80000] [--baseline REV]
 
 Prints per scenario: bare figure, mlpi figure, ratio (mlpi / bare for throughput,
-bare / mlpi for latency), and Server validity at the given QPS.
+bare / mlpi for latency), and Server validity at the given QPS. With ``--baseline REV``
+the same run also measures mlpi as of git revision REV (checked out into a temporary
+worktree) and prints this tree's figure over the baseline's: a change to the harness
+is judged against its own predecessor on the same machine, minutes apart.
 """
 
 from __future__ import annotations
@@ -83,15 +86,21 @@ def run_bare(scenario: str, work: Path, duration: float, server_qps: float, bare
     return detail(out / "mlperf_log_detail.txt")
 
 
-def run_mlpi(scenario: str, work: Path, model: Path, duration: float, server_qps: float, batch: int) -> dict[str, object]:
-    root = work / "mlpi" / scenario
+def run_mlpi(
+    scenario: str, work: Path, model: Path, duration: float, server_qps: float, batch: int, source: Path | None = None
+) -> dict[str, object]:
+    """One ``mlpi run --backend null`` test; ``source``: run the mlpi package found there."""
+    root = work / ("mlpi" if source is None else "baseline") / scenario
     command = [
         sys.executable, "-m", "mlpi", "run", "--backend", "null", "--model-path", str(model),
         "--scenario", scenario, "--duration", str(duration), "--output", str(root), "--batch-size", str(batch),
     ]
     if scenario == "Server":
         command += ["--target-qps", str(server_qps)]
-    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False, env=env)
     if proc.returncode not in (0, 3):  # 3: ran, but INVALID - still a figure to compare
         raise SystemExit(f"mlpi {scenario} run failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     (run_dir,) = [p for p in root.iterdir() if p.is_dir()]  # the results store file sits beside it
@@ -110,18 +119,24 @@ def main() -> int:
     parser.add_argument("--server-qps", type=float, default=80000.0, help="Server target QPS for both sides")
     parser.add_argument("--batch-size", type=int, default=64, help="mlpi batch size (Offline, Server)")
     parser.add_argument("--scenarios", default="Offline,SingleStream,Server")
+    parser.add_argument("--baseline", metavar="REV", help="also measure mlpi at this git revision (e.g. HEAD~3)")
     args = parser.parse_args()
 
     from mlpi.testing.tiny_models import argmax_model
 
     bare_expect = {"Offline": "1500000", "SingleStream": "0.004"}
     rows = []
+    against: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="mlpi-overhead-") as tmp:
         work = Path(tmp)
         model = argmax_model(work / "tiny.onnx")
+        baseline = checkout(args.baseline, work / "baseline-src") if args.baseline else None
         for scenario in args.scenarios.split(","):
             # mlpi first: the bare SUT then gets the same expected QPS / latency mlpi calibrated.
             mine = run_mlpi(scenario, work, model, args.duration, args.server_qps, args.batch_size)
+            if baseline is not None:
+                before = run_mlpi(scenario, work, model, args.duration, args.server_qps, args.batch_size, baseline)
+                against[scenario] = (figure(scenario, before), figure(scenario, mine))
             expect = dict(bare_expect)
             if "mlpi_expectation" in mine and scenario in expect:
                 expect[scenario] = str(mine["mlpi_expectation"])
@@ -134,7 +149,23 @@ def main() -> int:
     for scenario, b, m, ratio, bv, mv, bp, mp in rows:
         unit = "samples/s" if scenario in ("Offline", "Server") else "queries/s"
         print(f"{scenario:<13}{unit:<12}{b:>12,.0f}{m:>12,.0f}{ratio:>8.2f}  {bv}/{mv}  {bp}/{mp}")
+    if against:
+        print(f"\nmlpi at {args.baseline} (baseline) against this tree, same machine, same run:")
+        print(f"{'scenario':<13}{'baseline':>12}{'this tree':>12}{'ratio':>8}")
+        for scenario, (before, after) in against.items():
+            print(f"{scenario:<13}{before:>12,.0f}{after:>12,.0f}{after / before:>8.2f}")
     return 0
+
+
+def checkout(revision: str, into: Path) -> Path:
+    """A detached copy of this repository's ``revision`` (``git archive``: no worktree left behind)."""
+    repo = Path(__file__).resolve().parent.parent
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", revision], stdout=subprocess.PIPE, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
 
 
 if __name__ == "__main__":

@@ -20,9 +20,8 @@ A plugin may check ``mlpi.api.API_VERSION`` and refuse a major version it does n
 
 from __future__ import annotations
 
-from mlpi.core.accuracy import AccuracyResult, read_accuracy_log
-from mlpi.core.artifacts import Artifact
-from mlpi.core.backend import (
+from mlpi.core.contract.accuracy import AccuracyResult, read_accuracy_log
+from mlpi.core.contract.backend import (
     PRECISIONS,
     Backend,
     Capabilities,
@@ -34,13 +33,43 @@ from mlpi.core.backend import (
     fixed_batch_size,
     format_shape,
 )
-from mlpi.core.dataset import DataParams, Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
-from mlpi.core.device import Device
-from mlpi.core.errors import DatasetError, DeviceError, MlpiError, ModelError, PluginError, UsageError
-from mlpi.core.model import GraphSpec, ModelSpec
-from mlpi.core.pipeline import MAIN_GRAPH, GatherRunPostprocess, Pipeline, PipelineContext, PipelineFactory
-from mlpi.core.postprocess import ClassIdResponse, Postprocessor, RawOutputs, Responses
-from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY, SCENARIOS, QualityTarget, Rules
+from mlpi.core.contract.dataset import (
+    DataParams,
+    Dataset,
+    DatasetFactory,
+    DatasetRequest,
+    PreloadedDataset,
+)
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import (
+    DatasetError,
+    DeviceError,
+    MlpiError,
+    ModelError,
+    PluginError,
+    UsageError,
+)
+from mlpi.core.contract.model import GraphSpec, ModelSpec
+from mlpi.core.contract.pipeline import (
+    MAIN_GRAPH,
+    GatherRunPostprocess,
+    Pipeline,
+    PipelineContext,
+    PipelineFactory,
+)
+from mlpi.core.contract.postprocess import (
+    ClassIdResponse,
+    Postprocessor,
+    RawOutputs,
+    Responses,
+)
+from mlpi.core.contract.rules import (
+    MULTISTREAM_SAMPLES_PER_QUERY,
+    SCENARIOS,
+    QualityTarget,
+    Rules,
+)
+from mlpi.core.engine.artifacts import Artifact
 
 #: ``major.minor``: a major bump breaks plugins written for the previous one.
 #: 2.0: datasets get a DatasetRequest; models declare graphs, data parameters and rules;

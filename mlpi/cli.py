@@ -11,11 +11,13 @@ from typing import Any
 import click
 
 from mlpi import __version__
-from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MlpiError
+from mlpi.core.contract.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    MlpiError,
+)
 
-
-#: The model ``mlpi run`` measures when none is named.
-DEFAULT_MODEL = "resnet50"
 
 
 def _debug_requested(args: list[str]) -> bool:
@@ -96,12 +98,12 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
     With no model given, runs the embedded default: ResNet50 (official weights if
     downloaded, random otherwise) on synthetic data, Offline, a quick performance run.
     """
-    from mlpi.cli_output import RunPrinter
-    from mlpi.core.errors import UsageError
-    from mlpi.core.options import parse_assignments
-    from mlpi.core.plan import Plan
-    from mlpi.core.planning import RunRequest, build_plan, recheck_plan
-    from mlpi.core.runner import execute
+    from mlpi.cli_output import DEFAULT_MODEL, RunPrinter
+    from mlpi.core.contract.errors import UsageError
+    from mlpi.core.engine.plan import Plan
+    from mlpi.core.engine.planning import RunRequest, build_plan, recheck_plan
+    from mlpi.core.engine.runner import execute
+    from mlpi.core.plugins.options import parse_assignments
 
     printer = RunPrinter()
     if plan_file:
@@ -142,8 +144,8 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
 def backends(as_json: bool, plugins_file: str | None) -> None:
     """List backends: version, origin, devices usable here, status."""
     from mlpi.cli_output import print_backends
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.inventory import backend_inventory
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.inventory import backend_inventory
 
     rows = backend_inventory(PluginsConfig.load(plugins_file))
     if as_json:
@@ -158,8 +160,8 @@ def backends(as_json: bool, plugins_file: str | None) -> None:
 def models(as_json: bool, plugins_file: str | None) -> None:
     """List models: artifact, whether it is downloaded here, datasets that fit, rules."""
     from mlpi.cli_output import print_models
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.inventory import model_inventory
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.inventory import model_inventory
 
     rows = model_inventory(PluginsConfig.load(plugins_file))
     if as_json:
@@ -173,10 +175,10 @@ def models(as_json: bool, plugins_file: str | None) -> None:
 @click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
 def fetch(model: str, plugins_file: str | None) -> None:
     """Download a model's official file into the cache (resumes, verifies the checksum)."""
-    from mlpi.core.artifacts import fetch as fetch_artifact
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.errors import UsageError
-    from mlpi.core.plugins import Registry
+    from mlpi.core.contract.errors import UsageError
+    from mlpi.core.engine.artifacts import fetch as fetch_artifact
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.registry import Registry
 
     spec = Registry(PluginsConfig.load(plugins_file)).model(model)
     if spec.artifact is None:
@@ -199,9 +201,9 @@ def fetch(model: str, plugins_file: str | None) -> None:
 def score(target: Path, model: str | None, model_path: str | None, dataset: str | None, dataset_path: str | None,
           count: int | None, write: bool, force: bool, as_json: bool, plugins_file: str | None, debug: bool) -> int:
     """Re-score an accuracy log (a run directory or mlperf_log_accuracy.json) as MLPerf's script does."""
-    from mlpi.core.errors import EXIT_INVALID, EXIT_OK
-    from mlpi.core.scoring import ScoreRequest
-    from mlpi.core.scoring import score as score_logs
+    from mlpi.core.contract.errors import EXIT_INVALID, EXIT_OK
+    from mlpi.core.engine.scoring import ScoreRequest
+    from mlpi.core.engine.scoring import score as score_logs
 
     scored = score_logs(ScoreRequest(target, model, model_path, dataset, dataset_path, count, plugins_file, write, force))
     if as_json:
@@ -222,8 +224,8 @@ def score(target: Path, model: str | None, model_path: str | None, dataset: str 
 def datasets(as_json: bool, plugins_file: str | None) -> None:
     """List dataset plugins."""
     from mlpi.cli_output import print_plain_plugins
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.inventory import plugin_inventory
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.inventory import plugin_inventory
 
     rows = plugin_inventory(PluginsConfig.load(plugins_file), "datasets")
     if as_json:

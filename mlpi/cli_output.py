@@ -8,14 +8,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlpi.core.result_schema import TestResult
+from mlpi.core.results.schema import TestResult
+
+#: The model ``mlpi run`` and ``mlpi sweep`` measure when none is named.
+DEFAULT_MODEL = "resnet50"
 
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class RunPrinter:
-    """Reporter for :func:`mlpi.core.runner.execute` that prints to the terminal."""
+    """Reporter for :func:`mlpi.core.engine.runner.execute` that prints to the terminal."""
 
     def note(self, text: str) -> None:
         _err.print(f"mlpi: {text}")

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from mlpi.core.errors import MlpiError
-from mlpi.core.results import format_figure
+from mlpi.core.contract.errors import MlpiError
+from mlpi.core.results.rundir import format_figure
 
 _results_option = click.option(
     "--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
@@ -30,8 +30,8 @@ def _open_store(results_root: str, store_file: str | None, *, reading: bool = Tr
     """The store. For reading, it is first brought up to date with the run directories under
     the results root when it is that root's own store (or the root was named explicitly);
     reading never creates a store where there are no results."""
-    from mlpi.core.errors import UsageError
-    from mlpi.core.store import STORE_FILE, Store, store_path
+    from mlpi.core.contract.errors import UsageError
+    from mlpi.core.results.store import STORE_FILE, Store, store_path
 
     root = Path(results_root)
     path = store_path(root, store_file)
@@ -88,7 +88,7 @@ def results() -> None:
 def list_runs(since: str | None, until: str | None, as_json: bool, results_root: str, store_file: str | None,
               **lists: tuple[str, ...]) -> None:
     """List indexed runs, one line per test, oldest first."""
-    from mlpi.core.store import RunFilter, parse_date
+    from mlpi.core.results.store import RunFilter, parse_date
 
     selection = RunFilter(
         **{key: list(values) for key, values in lists.items()},
@@ -177,7 +177,7 @@ def import_runs(dirs: tuple[str, ...], results_root: str, store_file: str | None
     taken gets a -2 suffix. A run already in the store is skipped; a damaged result.json is
     reported and skipped, the rest are still imported, and the exit code is then 1.
     """
-    from mlpi.core.store import store_path
+    from mlpi.core.results.store import store_path
 
     root = Path(results_root)
     with _open_store(results_root, store_file, reading=False) as store:
@@ -214,8 +214,12 @@ def sysinfo(as_json: bool, plugins_file: str | None) -> None:
     What cannot be detected is left empty for you to fill; nothing is guessed.
     Set MLPI_SYSTEM_NAME to name the system in every run's result.
     """
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.sysinfo import MLPERF_FIELDS, runtime_distributions, system_info
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.results.sysinfo import (
+        MLPERF_FIELDS,
+        runtime_distributions,
+        system_info,
+    )
 
     config = PluginsConfig.load(plugins_file)
     info = system_info(runtime_distributions(config), config=config)
@@ -259,7 +263,7 @@ def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: 
     and metric; a baseline sharing none with the compared runs is refused. Warnings name
     rows that differ in precision, quick versus full-length settings, dataset or model file.
     """
-    from mlpi.core.compare import compare as build
+    from mlpi.core.results.compare import compare as build
 
     with _open_store(results_root, store_file) as store:
         comparison = build(store, list(selection), baseline, latest=latest)
@@ -336,7 +340,7 @@ def _accuracy(accuracy: dict[str, Any]) -> str:
     """``70.000% top-1``; ``0.86170 mean DICE``: a compare row's accuracy, in its own unit."""
     if accuracy.get("value") is None:
         return "-"
-    from mlpi.core.accuracy import format_value
+    from mlpi.core.contract.accuracy import format_value
 
     return f"{format_value(accuracy['value'], accuracy.get('unit', '%'))} {accuracy.get('metric') or ''}".strip()
 

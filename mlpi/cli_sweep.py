@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mlpi.core.errors import EXIT_INTERRUPTED, MlpiError, UsageError
+from mlpi.core.contract.errors import EXIT_INTERRUPTED, MlpiError, UsageError
 
 if TYPE_CHECKING:
-    from mlpi.core.result_schema import TestResult
+    from mlpi.core.results.schema import TestResult
 
 #: CLI parameter -> RunRequest field, for the settings every cell shares.
 _SHARED = {
@@ -93,7 +93,7 @@ def sweep(**params: Any) -> int:
 def _spec(params: dict[str, Any], given: set[str], printer: SweepPrinter) -> Any:
     """The matrix file (if any) with the flags given put over it; the embedded default model
     when none is named, as `mlpi run` does."""
-    from mlpi.cli import DEFAULT_MODEL
+    from mlpi.cli_output import DEFAULT_MODEL
     from mlpi.sweep.matrix import SweepSpec, spec_from_flags, spec_from_toml
 
     base = spec_from_toml(Path(params["matrix_file"])) if params["matrix_file"] else SweepSpec()
@@ -145,7 +145,14 @@ class SweepPrinter:
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -203,7 +210,7 @@ def _validity(test: dict[str, Any]) -> str:
 
 
 def _figure(test: dict[str, Any]) -> str:
-    from mlpi.core.results import format_figure
+    from mlpi.core.results.rundir import format_figure
 
     return format_figure(test.get("value"), test.get("unit"))
 

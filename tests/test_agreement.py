@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpi.core.config import PluginsConfig
-from mlpi.core.device import Device
-from mlpi.core.errors import MlpiError
-from mlpi.core.onnx_file import inspect_onnx
-from mlpi.core.options import build_options
-from mlpi.core.plugins import Registry
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import MlpiError
+from mlpi.core.engine.onnx_file import inspect_onnx
+from mlpi.core.plugins.config import PluginsConfig
+from mlpi.core.plugins.options import build_options
+from mlpi.core.plugins.registry import Registry
 from mlpi.models.resnet50_graph import write_resnet50
 
 REAL_BACKENDS = ("onnxruntime", "openvino", "pytorch")

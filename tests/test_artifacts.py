@@ -1,4 +1,4 @@
-"""mlpi.core.artifacts: downloads that resume, verify and land atomically.
+"""mlpi.core.engine.artifacts: downloads that resume, verify and land atomically.
 
 A real HTTP server on 127.0.0.1 serves the bodies; each route can be told to drop the
 connection mid-body, stall, ignore Range, answer an error status, or serve other bytes.
@@ -20,9 +20,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from mlpi.core import artifacts
-from mlpi.core.artifacts import Artifact, artifact_path, cached, fetch, verify
-from mlpi.core.errors import MlpiError
+from mlpi.core.contract.errors import MlpiError
+from mlpi.core.engine import artifacts
+from mlpi.core.engine.artifacts import Artifact, artifact_path, cached, fetch, verify
 
 BODY = os.urandom(2_000_000) + b"tail"  # ~2 MB: several read chunks, so resume is meaningful
 OTHER = os.urandom(len(BODY))

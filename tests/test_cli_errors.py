@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CliResult
 
-from mlpi.core.results import create_run_dir
+from mlpi.core.results.rundir import create_run_dir
 from mlpi.testing.tiny_models import argmax_model
 
 EXIT_FAILURE = 1

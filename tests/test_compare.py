@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from conftest import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import run_cli
-from mlpi.core.store import read_result
+from mlpi.core.results.store import read_result
 from mlpi.testing import tiny_models
 
 

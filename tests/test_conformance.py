@@ -21,13 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import CliResult
 
 from mlpi.backends.ort import OnnxRuntimeBackend
-from mlpi.core.backend import Session
-from mlpi.core.errors import EXIT_USAGE, UsageError
-from mlpi.testing.conformance import FAIL, PASS, SKIP, STANDARD_MODELS, check_names, run_checks
+from mlpi.core.contract.backend import Session
+from mlpi.core.contract.errors import EXIT_USAGE, UsageError
+from mlpi.testing.conformance import (
+    FAIL,
+    PASS,
+    SKIP,
+    STANDARD_MODELS,
+    check_names,
+    run_checks,
+)
 
 MODELS = [m.key for m in STANDARD_MODELS]
 EXAMPLE_DIST = "mlpi-numpy-backend"
@@ -38,8 +44,8 @@ import time
 import numpy as np
 
 from mlpi.backends.ort import OnnxRuntimeBackend
-from mlpi.core.backend import Session
-from mlpi.core.errors import ModelError
+from mlpi.core.contract.backend import Session
+from mlpi.core.contract.errors import ModelError
 
 
 class Wrapped(Session):
@@ -238,12 +244,12 @@ def test_example_plugin_other_option_and_unknown_operator(tmp_path):
     assert run_checks("numpy-ref", options={"conv_algorithm": "direct"}).failed == []
 
     import onnx
+    from mlpi_numpy_backend import NumpyOptions, NumpyReferenceBackend
     from onnx import TensorProto, helper
 
-    from mlpi.core.device import Device
-    from mlpi.core.errors import ModelError
-    from mlpi.core.onnx_file import inspect_onnx
-    from mlpi_numpy_backend import NumpyOptions, NumpyReferenceBackend
+    from mlpi.core.contract.device import Device
+    from mlpi.core.contract.errors import ModelError
+    from mlpi.core.engine.onnx_file import inspect_onnx
 
     graph = helper.make_graph(
         [helper.make_node("Tanh", ["x"], ["y"])], "tanh",

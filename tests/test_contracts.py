@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpi.core.accuracy import AccuracyResult
-from mlpi.core.backend import Capabilities, Session, TensorSpec
-from mlpi.core.dataset import DataParams, DatasetRequest
-from mlpi.core.errors import DatasetError
-from mlpi.core.executor import BatchExecutor
-from mlpi.core.pipeline import Pipeline, PipelineContext
-from mlpi.core.postprocess import Postprocessor, RawOutputs, Responses
-from mlpi.core.rules import QualityTarget, Rules
+from mlpi.core.contract.accuracy import AccuracyResult
+from mlpi.core.contract.backend import Capabilities, Session, TensorSpec
+from mlpi.core.contract.dataset import DataParams, DatasetRequest
+from mlpi.core.contract.errors import DatasetError
+from mlpi.core.contract.pipeline import Pipeline, PipelineContext
+from mlpi.core.contract.postprocess import Postprocessor, RawOutputs, Responses
+from mlpi.core.contract.rules import QualityTarget, Rules
+from mlpi.core.engine.executor import BatchExecutor
 from mlpi.datasets.synthetic import Synthetic
 
 
@@ -263,7 +263,7 @@ def test_models_lists_retinanet_with_its_rules(tmp_path: Path) -> None:
 
 
 def test_quick_runs_of_slow_models_are_cut_to_a_bounded_time() -> None:
-    from mlpi.core.scenario import QUICK_MIN_QUERY_FLOOR, quick_query_count
+    from mlpi.core.engine.scenario import QUICK_MIN_QUERY_FLOOR, quick_query_count
 
     assert quick_query_count(662, 10.0, 0.002) == 662  # a fast model keeps mlperf.conf's count
     assert quick_query_count(64, 10.0, 0.5) == 64
@@ -275,8 +275,8 @@ def test_quick_runs_of_slow_models_are_cut_to_a_bounded_time() -> None:
 def test_the_performance_sample_count_comes_from_the_rules_or_a_memory_bound() -> None:
     from types import SimpleNamespace
 
-    from mlpi.core.child import PRELOAD_BUDGET_BYTES, performance_count_limit
-    from mlpi.core.rules import NO_RULES
+    from mlpi.core.contract.rules import NO_RULES
+    from mlpi.core.engine.child import PRELOAD_BUDGET_BYTES, performance_count_limit
 
     images = SimpleNamespace(performance_count=50000, inputs=[TensorSpec("x", "float32", (None, 3, 224, 224))])
     ruled = SimpleNamespace(spec=SimpleNamespace(rules=Rules(performance_sample_count=1024)), dataset=images)

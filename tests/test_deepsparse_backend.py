@@ -18,19 +18,19 @@ deepsparse = pytest.importorskip("deepsparse")
 
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
+from conftest import only_run_dir, read_result, run_cli  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from conftest import only_run_dir, read_result, run_cli  # noqa: E402
 from mlpi.backends import deepsparse_backend as ds  # noqa: E402
 from mlpi.backends.deepsparse_backend import DeepSparseBackend, DeepSparseOptions  # noqa: E402
-from mlpi.core.backend import LoadContext  # noqa: E402
-from mlpi.core.dataset import DatasetRequest
-from mlpi.core.device import Device  # noqa: E402
-from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError  # noqa: E402
-from mlpi.core.onnx_file import inspect_onnx  # noqa: E402
-from mlpi.core.options import build_options  # noqa: E402
-from mlpi.core.postprocess import RawOutputs  # noqa: E402
-from mlpi.core.sut import BatchExecutor  # noqa: E402
+from mlpi.core.contract.backend import LoadContext  # noqa: E402
+from mlpi.core.contract.dataset import DatasetRequest
+from mlpi.core.contract.device import Device  # noqa: E402
+from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError  # noqa: E402
+from mlpi.core.contract.postprocess import RawOutputs  # noqa: E402
+from mlpi.core.engine.onnx_file import inspect_onnx  # noqa: E402
+from mlpi.core.engine.sut import BatchExecutor  # noqa: E402
+from mlpi.core.plugins.options import build_options  # noqa: E402
 from mlpi.datasets.synthetic import Synthetic  # noqa: E402
 from mlpi.testing import tiny_models  # noqa: E402
 
@@ -130,7 +130,7 @@ def test_a_cpu_deepsparse_cannot_use_is_one_device_error(tmp_path: Path) -> None
     # because this one has imported deepsparse already.
     script = (
         "from mlpi.backends.deepsparse_backend import DeepSparseBackend\n"
-        "from mlpi.core.errors import DeviceError\n"
+        "from mlpi.core.contract.errors import DeviceError\n"
         "backend = DeepSparseBackend()\n"
         "print('probe', backend.probe())\n"
         "try:\n"

@@ -13,13 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpi.core.accuracy import AccuracyResult, read_accuracy_log
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import Dataset, DatasetRequest
-from mlpi.core.errors import DatasetError, ModelError, PluginError, RunFailed
-from mlpi.core.postprocess import Responses
+from mlpi.core.contract.accuracy import AccuracyResult, read_accuracy_log
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.dataset import Dataset, DatasetRequest
+from mlpi.core.contract.errors import DatasetError, ModelError, PluginError, RunFailed
+from mlpi.core.contract.postprocess import Responses
 from mlpi.datasets.openimages import OpenImages
-from mlpi.models.detection import COCO_STATS, DetectionResponses, coco_map, decode_detections, score_coco
+from mlpi.models.detection import (
+    COCO_STATS,
+    DetectionResponses,
+    coco_map,
+    decode_detections,
+    score_coco,
+)
 from mlpi.testing.openimages_fixture import (
     EMPTY,
     KNOWN_MAP,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlpi.core.device import Device
-from mlpi.core.errors import UsageError
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import UsageError
 
 
 @pytest.mark.parametrize(

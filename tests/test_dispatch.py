@@ -11,20 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from mlpi.backends.qaic import QaicBackend, QaicOptions
-from mlpi.core.backend import LoadContext
-from mlpi.core.dataset import DatasetRequest
-from mlpi.core.device import Device
-from mlpi.core.dispatch import Dispatcher, device_stats
-from mlpi.core.errors import DeviceError, UsageError
-from mlpi.core.executor import BatchExecutor
-from mlpi.core.onnx_file import inspect_onnx
-from mlpi.core.postprocess import RawOutputs
-from mlpi.core.sut import OfflineSUT, ServerSUT
-from mlpi.datasets.synthetic import Synthetic
 from conftest import read_result, run_cli
 from test_sut import Recorder, Response, expected_bytes, query
+
+from mlpi.backends.qaic import QaicBackend, QaicOptions
+from mlpi.core.contract.backend import LoadContext
+from mlpi.core.contract.dataset import DatasetRequest
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, UsageError
+from mlpi.core.contract.postprocess import RawOutputs
+from mlpi.core.engine.dispatch import Dispatcher, device_stats
+from mlpi.core.engine.executor import BatchExecutor
+from mlpi.core.engine.onnx_file import inspect_onnx
+from mlpi.core.engine.sut import OfflineSUT, ServerSUT
+from mlpi.datasets.synthetic import Synthetic
 
 
 @pytest.fixture(scope="module")

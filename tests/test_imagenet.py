@@ -11,12 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import CountingImread, only_run_dir, run_cli
 from PIL import Image
 
-from conftest import CountingImread, only_run_dir, run_cli
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import DatasetRequest
-from mlpi.core.errors import DatasetError
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.dataset import DatasetRequest
+from mlpi.core.contract.errors import DatasetError
 from mlpi.datasets import imagenet
 from mlpi.datasets.imagenet import ImageNet, ImageNetDataset
 from mlpi.testing import tiny_models
@@ -161,8 +161,8 @@ def test_the_dataset_knows_no_models_performance_count(data: Path, cache: Path) 
 
 
 def test_a_model_declaring_other_preprocessing_is_refused(data: Path, cache: Path) -> None:
-    from mlpi.core.dataset import DataParams
-    from mlpi.core.errors import DatasetError
+    from mlpi.core.contract.dataset import DataParams
+    from mlpi.core.contract.errors import DatasetError
 
     params = DataParams.of(image_size=(224, 224), layout="NCHW", resize="stretch", interpolation="linear")
     with pytest.raises(DatasetError, match="cannot serve resize='stretch'"):
@@ -231,8 +231,8 @@ def test_process_killed_mid_build_leaves_no_usable_cache(data: Path, cache: Path
         f"""
         import os, sys, cv2
         from pathlib import Path
-        from mlpi.core.backend import TensorSpec
-        from mlpi.core.dataset import DatasetRequest
+        from mlpi.core.contract.backend import TensorSpec
+        from mlpi.core.contract.dataset import DatasetRequest
         from mlpi.datasets.imagenet import ImageNet
         real, calls = cv2.imread, []
         def imread(*args):

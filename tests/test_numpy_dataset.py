@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import only_run_dir, run_cli
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import DatasetRequest
-from mlpi.core.errors import DatasetError
+
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.dataset import DatasetRequest
+from mlpi.core.contract.errors import DatasetError
 from mlpi.datasets.numpy_files import NumpyFiles, file_stem
 from mlpi.testing import tiny_models
 

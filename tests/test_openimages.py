@@ -9,14 +9,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import CountingImread
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import DataParams, DatasetRequest
-from mlpi.core.errors import DatasetError
+
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.dataset import DataParams, DatasetRequest
+from mlpi.core.contract.errors import DatasetError
 from mlpi.datasets import openimages
 from mlpi.datasets.openimages import CocoGroundTruth, OpenImages, OpenImagesDataset
-from mlpi.testing.openimages_fixture import IMAGE_TABLE, OpenImagesFixture, draw_image, write_openimages
+from mlpi.testing.openimages_fixture import (
+    IMAGE_TABLE,
+    OpenImagesFixture,
+    draw_image,
+    write_openimages,
+)
 
 H, W = 40, 56  # small, non-square model input: fast tests, distinct height and width
 NCHW = [TensorSpec("images", "float32", (1, 3, H, W))]

@@ -22,13 +22,13 @@ import onnxruntime  # noqa: E402
 
 from mlpi.backends import ov as ov_backend  # noqa: E402
 from mlpi.backends.ov import OpenVinoBackend, OvOptions  # noqa: E402
-from mlpi.core.backend import ModelArtifact  # noqa: E402
-from mlpi.core.dataset import DatasetRequest
-from mlpi.core.device import Device  # noqa: E402
-from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError  # noqa: E402
-from mlpi.core.onnx_file import inspect_onnx  # noqa: E402
-from mlpi.core.postprocess import RawOutputs  # noqa: E402
-from mlpi.core.sut import BatchExecutor, OfflineSUT  # noqa: E402
+from mlpi.core.contract.backend import ModelArtifact  # noqa: E402
+from mlpi.core.contract.dataset import DatasetRequest
+from mlpi.core.contract.device import Device  # noqa: E402
+from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError  # noqa: E402
+from mlpi.core.contract.postprocess import RawOutputs  # noqa: E402
+from mlpi.core.engine.onnx_file import inspect_onnx  # noqa: E402
+from mlpi.core.engine.sut import BatchExecutor, OfflineSUT  # noqa: E402
 from mlpi.datasets.synthetic import Synthetic  # noqa: E402
 from mlpi.testing import tiny_models  # noqa: E402
 

@@ -15,9 +15,9 @@ import pytest
 
 from mlpi.backends._cuda import cuda_device_count
 from mlpi.backends.ort import OnnxRuntimeBackend, OrtOptions
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, ModelError, UsageError
-from mlpi.core.onnx_file import inspect_onnx
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, ModelError, UsageError
+from mlpi.core.engine.onnx_file import inspect_onnx
 
 
 def load(model: Path, device: str = "cpu", **options: object):

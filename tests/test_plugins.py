@@ -18,20 +18,19 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
-
 from conftest import CliResult
 
-import mlpi.core.config as config_module
-from mlpi.core.config import PluginsConfig
-from mlpi.core.errors import EXIT_INVALID, EXIT_USAGE, UsageError
-from mlpi.core.options import build_options
+import mlpi.core.plugins.config as config_module
+from mlpi.core.contract.errors import EXIT_INVALID, EXIT_USAGE, UsageError
+from mlpi.core.plugins.config import PluginsConfig
+from mlpi.core.plugins.options import build_options
 from mlpi.testing.tiny_models import argmax_model
 
 GOOD_MODULE = '''
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, Session
-from mlpi.core.device import Device
+from mlpi.core.contract.backend import Backend, Capabilities, Session
+from mlpi.core.contract.device import Device
 
 
 class Echo3Session(Session):

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import run_cli
+
 from mlpi.testing import tiny_models
 
 pytest.importorskip("matplotlib", reason="mlpi report needs matplotlib: pip install -e '.[report]'")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import only_run_dir, read_result, run_cli
-from mlpi.core.accuracy import read_accuracy_log, top1
-from mlpi.core.onnx_file import inspect_onnx
-from mlpi.core.postprocess import ClassIdResponse
+
+from mlpi.core.contract.accuracy import read_accuracy_log, top1
+from mlpi.core.contract.postprocess import ClassIdResponse
+from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.models.resnet50 import QUALITY_TARGET, resnet50
 from mlpi.models.resnet50_graph import write_resnet50
 

@@ -12,10 +12,16 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
-
 from conftest import run_cli
-from mlpi.core.errors import MlpiError, ResultError
-from mlpi.core.result_schema import (
+
+from mlpi.core.contract.errors import MlpiError, ResultError
+from mlpi.core.results.rundir import (
+    SCHEMA_VERSION,
+    format_figure,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from mlpi.core.results.schema import (
     AccuracyRecord,
     BackendInfo,
     ErrorRecord,
@@ -24,7 +30,6 @@ from mlpi.core.result_schema import (
     TestResult,
     load_result,
 )
-from mlpi.core.results import SCHEMA_VERSION, format_figure, write_bytes_atomic, write_json_atomic
 
 #: A result.json as mlpi wrote it before the schema had a version 2 (``git show
 #: 077b787:mlpi/core/runner.py``): a real resnet50 run, its system description trimmed.
@@ -179,10 +184,10 @@ def test_what_the_runner_writes_reads_back_unchanged() -> None:
 
 
 def test_the_accuracy_result_a_scorer_writes_is_read_whole() -> None:
-    from mlpi.core.accuracy import AccuracyResult
+    from mlpi.core.contract.accuracy import AccuracyResult
 
     if "lines" not in AccuracyResult.__dataclass_fields__:
-        pytest.skip("mlpi.core.accuracy still writes the version 1 record")
+        pytest.skip("mlpi.core.contract.accuracy still writes the version 1 record")
     written = AccuracyResult("mAP", 37.57, "%", ("mAP=37.570%",), target=37.175, details={"iou": 0.5}).to_json()
     record = AccuracyRecord.from_json(written)
     assert record.to_json() == written and record.passed is True and record.extra == {"iou": 0.5}
@@ -290,7 +295,7 @@ def test_atomic_writes_keep_the_umask_and_leave_nothing_behind(tmp_path: Path) -
 
 
 def collect(tmp_path: Path, outcome: dict[str, Any], mode: str = "accuracy") -> TestResult:
-    from mlpi.core import runner
+    from mlpi.core.engine import runner
 
     out = tmp_path / "Offline" / mode
     out.mkdir(parents=True)
@@ -322,7 +327,7 @@ def test_the_runner_never_writes_a_test_it_could_not_read_back(tmp_path: Path) -
 
 
 def test_a_sweep_keeps_each_tests_figure_and_markers(tmp_path: Path) -> None:
-    from mlpi.core.runner import RunOutcome
+    from mlpi.core.engine.runner import RunOutcome
     from mlpi.sweep.cellrun import summarize
 
     result = RunResult.from_json(copy.deepcopy(V1_RESULT))

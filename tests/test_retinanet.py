@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import only_run_dir, run_cli
+from onnx import TensorProto, helper, numpy_helper
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "mlcommons-inference"
 OFFICIAL = SHARED / "vision" / "classification_and_detection" / "tools" / "accuracy-openimages.py"

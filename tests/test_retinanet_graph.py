@@ -23,7 +23,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mlpi.core.errors import ModelError
+from mlpi.core.contract.errors import ModelError
 from mlpi.models import retinanet_graph as rg
 
 ort = pytest.importorskip("onnxruntime")

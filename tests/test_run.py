@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from mlpi.core.dataset import DatasetRequest
 import onnxruntime as ort
 import pytest
-
 from conftest import only_run_dir, read_result, run_cli
-from mlpi.core.onnx_file import inspect_onnx
+
+from mlpi.core.contract.dataset import DatasetRequest
+from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.datasets.synthetic import Synthetic
 
 SCENARIOS = ["Offline", "Server", "SingleStream", "MultiStream"]
@@ -301,9 +300,9 @@ def test_a_file_named_like_an_mlperf_model_is_not_given_its_rules(model_dir: Pat
 
 
 def test_batch_size_applies_to_offline_and_server_only():
-    from mlpi.core.backend import Capabilities
-    from mlpi.core.child import effective_batch_size
-    from mlpi.core.errors import ModelError
+    from mlpi.core.contract.backend import Capabilities
+    from mlpi.core.contract.errors import ModelError
+    from mlpi.core.engine.child import effective_batch_size
 
     # A session built for the run's batch (1 for SingleStream) must not fail on the --batch-size
     # meant for Offline and Server.

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import run_cli
-from mlpi.core.result_schema import RunResult
-from mlpi.core.store import STORE_FILE, Store, read_result, run_identity
+
+from mlpi.core.results.schema import RunResult
+from mlpi.core.results.store import STORE_FILE, Store, read_result, run_identity
 from mlpi.testing import tiny_models
 
 
@@ -271,7 +271,7 @@ def test_concurrent_writers_leave_an_intact_index(machine_a: dict[str, Path], tm
         sources.append(source)
     store = tmp_path / "shared.sqlite"
     script = (
-        "import sys; from pathlib import Path; from mlpi.core.store import Store\n"
+        "import sys; from pathlib import Path; from mlpi.core.results.store import Store\n"
         "for d in sys.argv[2:]:\n"
         "    with Store(Path(sys.argv[1])) as s: s.index_run(Path(d))\n"
     )

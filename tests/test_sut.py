@@ -8,15 +8,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from mlpi.core.dataset import DatasetRequest
 import pytest
 
 from mlpi.backends.ort import OnnxRuntimeBackend, OrtOptions
-from mlpi.core.device import Device
-from mlpi.core.onnx_file import inspect_onnx
-from mlpi.core.postprocess import RawOutputs
-from mlpi.core.sut import BatchExecutor, InlineSUT, OfflineSUT, ServerSUT
+from mlpi.core.contract.dataset import DatasetRequest
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.postprocess import RawOutputs
+from mlpi.core.engine.onnx_file import inspect_onnx
+from mlpi.core.engine.sut import BatchExecutor, InlineSUT, OfflineSUT, ServerSUT
 from mlpi.datasets.synthetic import Synthetic
 
 
@@ -149,7 +148,7 @@ def test_a_backend_failure_goes_to_the_error_handler(model_dir: Path) -> None:
 
 
 def test_raw_outputs_concatenate_every_output_per_sample() -> None:
-    from mlpi.core.backend import TensorSpec
+    from mlpi.core.contract.backend import TensorSpec
 
     specs = [TensorSpec("a", "float32", (None, 2)), TensorSpec("b", "int64", (None,)), TensorSpec("c", "uint8", (None, 3))]
     post = RawOutputs(specs, 4)
@@ -163,7 +162,7 @@ def test_raw_outputs_concatenate_every_output_per_sample() -> None:
 
 
 def test_single_output_is_answered_in_place() -> None:
-    from mlpi.core.backend import TensorSpec
+    from mlpi.core.contract.backend import TensorSpec
 
     post = RawOutputs([TensorSpec("y", "int64", (None,))], 4)
     y = np.array([3, 1, 2, 0], dtype=np.int64)
@@ -173,7 +172,7 @@ def test_single_output_is_answered_in_place() -> None:
 
 
 def test_preloaded_dataset_gathers_rows_of_a_partial_load() -> None:
-    from mlpi.core.backend import TensorSpec
+    from mlpi.core.contract.backend import TensorSpec
 
     dataset = Synthetic().open(DatasetRequest([TensorSpec("x", "float32", (None, 3))], path=None, count=10, seed=1))
     full = Synthetic().open(DatasetRequest([TensorSpec("x", "float32", (None, 3))], path=None, count=10, seed=1))

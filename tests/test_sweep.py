@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import run_cli
-from mlpi.core.errors import UsageError
+
+from mlpi.core.contract.errors import UsageError
 from mlpi.sweep.matrix import build_matrix, spec_from_flags, spec_from_toml
 from mlpi.sweep.ray_executor import adopt_run, pack_run
 
@@ -392,7 +392,7 @@ def test_a_run_brought_back_never_overwrites_one_of_the_same_name(tmp_path: Path
 
 
 def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlpi.core.errors import PluginError
+    from mlpi.core.contract.errors import PluginError
     from mlpi.sweep.ray_executor import RayExecutor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from mlpi.core.store import Store, store_path
+
+from mlpi.core.results.store import Store, store_path
 
 ray = pytest.importorskip("ray")
 
@@ -30,7 +30,7 @@ ACCEL = "mlpitestaccel"
 ACCEL_PLUGIN = textwrap.dedent(
     f"""
     from mlpi.backends.null import NullBackend
-    from mlpi.core.device import Device
+    from mlpi.core.contract.device import Device
 
     class AccelNull(NullBackend):
         name = "accelnull"

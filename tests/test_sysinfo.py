@@ -12,10 +12,16 @@ from pathlib import Path
 
 import onnxruntime
 import pytest
-
 from conftest import read_result, run_cli
-from mlpi.core.device import Device
-from mlpi.core.sysinfo import MLPERF_FIELDS, parse_cpuinfo, parse_meminfo, parse_nvidia_smi, system_info
+
+from mlpi.core.contract.device import Device
+from mlpi.core.results.sysinfo import (
+    MLPERF_FIELDS,
+    parse_cpuinfo,
+    parse_meminfo,
+    parse_nvidia_smi,
+    system_info,
+)
 from mlpi.testing import tiny_models
 
 TWO_SOCKETS = "\n\n".join(

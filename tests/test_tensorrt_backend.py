@@ -28,12 +28,23 @@ import pytest
 from mlpi.backends import tensorrt_backend
 from mlpi.backends._trt_calibrator import pad_rows
 from mlpi.backends._trt_cuda import Cuda, CudaError
-from mlpi.backends._trt_engine import engine_key, plan_profile, read_engine, write_engine
+from mlpi.backends._trt_engine import (
+    engine_key,
+    plan_profile,
+    read_engine,
+    write_engine,
+)
 from mlpi.backends.tensorrt_backend import TensorRTBackend, TrtOptions
-from mlpi.core.backend import LoadContext
-from mlpi.core.device import Device
-from mlpi.core.errors import DatasetError, DeviceError, ModelError, PluginError, UsageError
-from mlpi.core.onnx_file import inspect_onnx
+from mlpi.core.contract.backend import LoadContext
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import (
+    DatasetError,
+    DeviceError,
+    ModelError,
+    PluginError,
+    UsageError,
+)
+from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.testing import tiny_models
 from mlpi.testing.conformance import TOLERANCES, check_names, run_checks
 
@@ -585,7 +596,7 @@ def test_check_rejects_what_load_would_reject(fake: FakeGpu, models, options, de
 
 
 def test_options_come_from_the_command_line_like_any_backend(fake: FakeGpu):
-    from mlpi.core.options import build_options
+    from mlpi.core.plugins.options import build_options
 
     options = build_options(TrtOptions, [("--option", {"contexts": "4", "tf32": "true", "workspace_mib": "512"})], "tensorrt")
     assert (options.contexts, options.tf32, options.workspace_mib) == (4, True, 512)
@@ -661,7 +672,7 @@ def test_a_model_tensorrt_cannot_parse_is_a_model_error(fake: FakeGpu, models, t
     broken = tmp_path / "broken.onnx"
     data = models["matmul"].read_bytes()
     broken.write_bytes(data[: len(data) // 2])
-    from mlpi.core.backend import ModelArtifact
+    from mlpi.core.contract.backend import ModelArtifact
 
     artifact = ModelArtifact(broken, "0" * 64, inspect_onnx(models["matmul"]).inputs, inspect_onnx(models["matmul"]).outputs)
     with pytest.raises(ModelError, match="TensorRT's ONNX parser rejected"):

@@ -15,9 +15,9 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from mlpi.backends.torch_backend import TorchBackend, TorchOptions  # noqa: E402
-from mlpi.core.device import Device  # noqa: E402
-from mlpi.core.errors import ModelError, UsageError  # noqa: E402
-from mlpi.core.onnx_file import inspect_onnx  # noqa: E402
+from mlpi.core.contract.device import Device  # noqa: E402
+from mlpi.core.contract.errors import ModelError, UsageError  # noqa: E402
+from mlpi.core.engine.onnx_file import inspect_onnx  # noqa: E402
 from mlpi.testing import tiny_models  # noqa: E402
 from mlpi.testing.conformance import run_checks  # noqa: E402
 
@@ -178,7 +178,7 @@ def test_corrupt_file_is_a_model_error(models: dict[str, Path], tmp_path: Path) 
 def test_cuda_on_a_torch_without_it_is_a_device_error(models: dict[str, Path]) -> None:
     if HAS_CUDA:
         pytest.skip("this torch has CUDA")
-    from mlpi.core.errors import DeviceError
+    from mlpi.core.contract.errors import DeviceError
 
     with pytest.raises(DeviceError):
         TorchBackend().check(inspect_onnx(models["conv"]), Device("cuda", (0,)), TorchOptions(), None)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.backend import ModelArtifact, fixed_batch_size, format_shape
-from mlpi.core.errors import ModelError, UsageError
+from mlpi.core.contract.backend import ModelArtifact, fixed_batch_size, format_shape
+from mlpi.core.contract.errors import ModelError, UsageError
 
 #: Changes whenever the engine file layout or the key's meaning changes.
 FORMAT = 1
@@ -146,7 +146,7 @@ def write_engine(path: Path, payload: bytes) -> None:
 
 
 def cache_dir(sub: str = "") -> Path:
-    from mlpi.core.cache import cache_root
+    from mlpi.core.engine.cache import cache_root
 
     path = cache_root() / "tensorrt"
     return path / sub if sub else path

@@ -27,9 +27,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec, fixed_batch_size
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
+from mlpi.core.contract.backend import (
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    Session,
+    TensorSpec,
+    fixed_batch_size,
+)
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError
 
 #: Batch size compiled when neither the model file nor the run fixes one: past 8, CPU
 #: throughput per sample barely grows for the CNNs MLPerf runs, while every partial
@@ -231,7 +239,7 @@ def engine_batch_size(model: ModelArtifact, context: LoadContext) -> int:
 def runnable_copy(model: ModelArtifact) -> Path:
     """``model`` with its IR version lowered to what DeepSparse reads, from the cache when
     there (keyed by the file's sha256), else written there atomically."""
-    from mlpi.core.cache import cache_root
+    from mlpi.core.engine.cache import cache_root
 
     folder = cache_root() / "deepsparse"
     target = folder / f"{model.sha256}-ir{MAX_IR_VERSION}.onnx"

@@ -13,8 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session
-from mlpi.core.device import Device
+from mlpi.core.contract.backend import (
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    Session,
+)
+from mlpi.core.contract.device import Device
 
 
 @dataclass

@@ -19,7 +19,7 @@ read once here rather than on every call). ``forward`` runs the steps in graph o
 dictionary local to the call: it keeps no state between calls, so one module may be called
 from several threads at once.
 
-An operator it does not know raises :class:`~mlpi.core.errors.ModelError` naming every
+An operator it does not know raises :class:`~mlpi.core.contract.errors.ModelError` naming every
 unknown operator of the graph at once.
 """
 
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from mlpi.core.errors import ModelError
+from mlpi.core.contract.errors import ModelError
 
 Args = Sequence[Any]
 Step = Callable[[Args], Any]

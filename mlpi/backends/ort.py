@@ -16,9 +16,17 @@ from typing import Any, Literal
 import numpy as np
 
 from mlpi.backends._cuda import cuda_device_count, cuda_device_name, rocm_device_count
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec, fixed_batch_size
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
+from mlpi.core.contract.backend import (
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    Session,
+    TensorSpec,
+    fixed_batch_size,
+)
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError
 
 _DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 

@@ -21,9 +21,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec, fixed_batch_size
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
+from mlpi.core.contract.backend import (
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    Session,
+    TensorSpec,
+    fixed_batch_size,
+)
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError
 
 #: mlpi device kind -> OpenVINO plugin name.
 _PLUGINS = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
@@ -391,7 +399,7 @@ def _specs(ports: Sequence[Any], model_names: Sequence[str]) -> list[tuple[int, 
 
 
 def _cache_dir() -> Any:
-    from mlpi.core.cache import cache_root
+    from mlpi.core.engine.cache import cache_root
 
     path = cache_root() / "openvino"
     try:

@@ -40,9 +40,21 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, MlpiError, PluginError, UsageError, suggest
+from mlpi.core.contract.backend import (
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    Session,
+)
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import (
+    DeviceError,
+    MlpiError,
+    PluginError,
+    UsageError,
+    suggest,
+)
 
 #: Virtual cards the simulator exposes: qaic:0 to qaic:7.
 SIMULATED_CARDS = 8
@@ -217,8 +229,8 @@ class QaicBackend(Backend):
         UsageError listing the usable ones for a name that is not one of them.
         """
         if self._registry is None:
-            from mlpi.core.config import PluginsConfig
-            from mlpi.core.plugins import Registry
+            from mlpi.core.plugins.config import PluginsConfig
+            from mlpi.core.plugins.registry import Registry
 
             self._registry = Registry(PluginsConfig.load(None))
         registry = self._registry

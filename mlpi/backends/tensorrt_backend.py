@@ -47,9 +47,22 @@ from mlpi.backends._trt_engine import (
     read_engine,
     write_engine,
 )
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, TensorSpec
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, MlpiError, ModelError, PluginError, UsageError
+from mlpi.core.contract.backend import (
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    Session,
+    TensorSpec,
+)
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import (
+    DeviceError,
+    MlpiError,
+    ModelError,
+    PluginError,
+    UsageError,
+)
 
 _INSTALL_HINT = 'pip install "mlpi[tensorrt]"'
 _PRECISIONS = ("fp32", "fp16", "int8")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
-
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,9 +21,16 @@ from typing import Any
 import numpy as np
 
 from mlpi.backends._cuda import cuda_device_count, cuda_device_name, rocm_device_count
-from mlpi.core.backend import Backend, Capabilities, LoadContext, ModelArtifact, Session, fixed_batch_size
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, ModelError, PluginError, UsageError
+from mlpi.core.contract.backend import (
+    Backend,
+    Capabilities,
+    LoadContext,
+    ModelArtifact,
+    Session,
+    fixed_batch_size,
+)
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError
 
 _INSTALL_HINT = 'pip install "mlpi[pytorch]"'
 _PREFERRED_BATCH = 8

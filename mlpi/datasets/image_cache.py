@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.cache import cache_root
-from mlpi.core.errors import DatasetError
+from mlpi.core.contract.errors import DatasetError
+from mlpi.core.engine.cache import cache_root
 
 CACHE_FILE = "images.npy"
 META_FILE = "meta.json"
@@ -187,7 +187,14 @@ class ImageCache:
         """Decode and preprocess every image on ``workers`` threads, writing each row in place,
         with a progress bar on stderr."""
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         count, row_bytes = len(names), self.row_bytes
         print(f"mlpi: preprocessing {count} images from {folder} into {cache_dir} (once)", file=sys.stderr, flush=True)

@@ -50,9 +50,15 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import TensorSpec, format_shape
-from mlpi.core.dataset import DataParams, Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
-from mlpi.core.errors import DatasetError
+from mlpi.core.contract.backend import TensorSpec, format_shape
+from mlpi.core.contract.dataset import (
+    DataParams,
+    Dataset,
+    DatasetFactory,
+    DatasetRequest,
+    PreloadedDataset,
+)
+from mlpi.core.contract.errors import DatasetError
 from mlpi.datasets.image_cache import ImageCache
 
 #: Bump when the preprocessing code changes in a way that changes the cached pixels.

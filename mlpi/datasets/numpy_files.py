@@ -33,9 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import TensorSpec, format_shape
-from mlpi.core.dataset import Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
-from mlpi.core.errors import DatasetError
+from mlpi.core.contract.backend import TensorSpec, format_shape
+from mlpi.core.contract.dataset import (
+    Dataset,
+    DatasetFactory,
+    DatasetRequest,
+    PreloadedDataset,
+)
+from mlpi.core.contract.errors import DatasetError
 
 LABELS = "labels"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

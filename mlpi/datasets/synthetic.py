@@ -11,9 +11,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mlpi.core.backend import TensorSpec, format_shape
-from mlpi.core.dataset import Dataset, DatasetFactory, DatasetRequest, PreloadedDataset
-from mlpi.core.errors import DatasetError
+from mlpi.core.contract.backend import TensorSpec, format_shape
+from mlpi.core.contract.dataset import (
+    Dataset,
+    DatasetFactory,
+    DatasetRequest,
+    PreloadedDataset,
+)
+from mlpi.core.contract.errors import DatasetError
 
 #: Samples when --count is not given, bounded so the preloaded set stays under MAX_BYTES.
 DEFAULT_COUNT = 1024

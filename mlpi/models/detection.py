@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.accuracy import AccuracyResult
-from mlpi.core.backend import TensorSpec
-from mlpi.core.errors import DatasetError, ModelError, PluginError, RunFailed
-from mlpi.core.postprocess import Postprocessor, Responses
+from mlpi.core.contract.accuracy import AccuracyResult
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.errors import DatasetError, ModelError, PluginError, RunFailed
+from mlpi.core.contract.postprocess import Postprocessor, Responses
 
 #: float32 values per detection record: qsl_idx, ymin, xmin, ymax, xmax, score, label.
 RECORD = 7
@@ -213,7 +213,7 @@ def coco_map(responses: Mapping[int, bytes], dataset: Any, outputs: Sequence[Ten
     """COCO bbox mAP of detection responses, as ``accuracy-openimages.py`` computes it.
 
     ``responses``: ``{qsl_idx: bytes}`` with the first log entry per sample
-    (:func:`~mlpi.core.accuracy.read_accuracy_log`); ``dataset``: one whose
+    (:func:`~mlpi.core.contract.accuracy.read_accuracy_log`); ``dataset``: one whose
     ``ground_truth()`` is a :class:`~mlpi.datasets.openimages.CocoGroundTruth`.
     """
     from mlpi.datasets.openimages import CocoGroundTruth

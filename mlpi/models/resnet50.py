@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.accuracy import AccuracyResult, top1
-from mlpi.core.artifacts import Artifact
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import DataParams
-from mlpi.core.model import GraphSpec, ModelSpec
-from mlpi.core.postprocess import ClassIdResponse, Postprocessor
-from mlpi.core.rules import QualityTarget, Rules
+from mlpi.core.contract.accuracy import AccuracyResult, top1
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.dataset import DataParams
+from mlpi.core.contract.model import GraphSpec, ModelSpec
+from mlpi.core.contract.postprocess import ClassIdResponse, Postprocessor
+from mlpi.core.contract.rules import QualityTarget, Rules
+from mlpi.core.engine.artifacts import Artifact
 
 #: The FP32 reference top-1 (percent) the quality target is a fraction of.
 REFERENCE_TOP1 = 76.456

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mlpi.core.results import write_bytes_atomic
+from mlpi.core.results.rundir import write_bytes_atomic
 
 #: Bump when the graph or the weights change, so cached copies are rebuilt.
 GRAPH_VERSION = 1

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlpi.core.artifacts import Artifact
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import DataParams
-from mlpi.core.model import GraphSpec, ModelSpec
-from mlpi.core.rules import QualityTarget, Rules
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.dataset import DataParams
+from mlpi.core.contract.model import GraphSpec, ModelSpec
+from mlpi.core.contract.rules import QualityTarget, Rules
+from mlpi.core.engine.artifacts import Artifact
 from mlpi.models.detection import SCORE_THRESHOLD, DetectionResponses, coco_map
 
 IMAGE_SIZE = 800

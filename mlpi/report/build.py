@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mlpi import __version__
-from mlpi.core.errors import UsageError
-from mlpi.core.results import write_bytes_atomic
+from mlpi.core.contract.errors import UsageError
+from mlpi.core.results.rundir import write_bytes_atomic
 from mlpi.report import charts, html
 from mlpi.report.data import (
     PERCENTILES,

@@ -13,7 +13,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlpi.core.errors import PluginError
+from mlpi.core.contract.errors import PluginError
 from mlpi.report.data import PERCENTILES, Bar, Efficiency, RunRecord
 
 if TYPE_CHECKING:

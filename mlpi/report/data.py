@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import ResultError, UsageError
-from mlpi.core.result_schema import RunResult, TestResult, load_result
-from mlpi.core.results import RESULT_FILE
-from mlpi.core.store import latency_percentiles
+from mlpi.core.contract.errors import ResultError, UsageError
+from mlpi.core.results.rundir import RESULT_FILE
+from mlpi.core.results.schema import RunResult, TestResult, load_result
+from mlpi.core.results.store import latency_percentiles
 
 #: Scenarios whose headline figure is a throughput, in the order the report shows them.
 THROUGHPUT_SCENARIOS = ("Offline", "Server")
@@ -116,8 +116,8 @@ def load_runs(paths: list[Path]) -> Loaded:
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    """One run directory as the report shows it; :class:`~mlpi.core.errors.ResultError` when
-    its result.json cannot be read (see :func:`mlpi.core.result_schema.load_result`)."""
+    """One run directory as the report shows it; :class:`~mlpi.core.contract.errors.ResultError` when
+    its result.json cannot be read (see :func:`mlpi.core.results.schema.load_result`)."""
     return _run_record(run_dir, load_result(run_dir / RESULT_FILE))
 
 

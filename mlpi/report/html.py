@@ -10,9 +10,16 @@ import json
 from html import escape
 from typing import Any
 
+from mlpi.core.results.rundir import format_figure
 from mlpi.report.charts import Chart
-from mlpi.core.results import format_figure
-from mlpi.report.data import PERCENTILES, Bar, Efficiency, RunRecord, format_ms, validity
+from mlpi.report.data import (
+    PERCENTILES,
+    Bar,
+    Efficiency,
+    RunRecord,
+    format_ms,
+    validity,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d1d1f}

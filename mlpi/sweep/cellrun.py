@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlpi.core.errors import MlpiError
-from mlpi.core.result_schema import TestResult
-from mlpi.core.runner import RunOutcome
+from mlpi.core.contract.errors import MlpiError
+from mlpi.core.engine.runner import RunOutcome
+from mlpi.core.results.schema import TestResult
 
 _CELL_STATUS = {"ok": "done", "failed": "failed", "interrupted": "interrupted"}
-#: The fields of each :class:`~mlpi.core.result_schema.TestResult` a cell keeps in sweep.json.
+#: The fields of each :class:`~mlpi.core.results.schema.TestResult` a cell keeps in sweep.json.
 TEST_KEYS = ("scenario", "mode", "status", "metric", "value", "unit", "valid", "quick", "simulated")
 
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlpi.core.result_schema import TestResult
-from mlpi.core.runner import signals_interrupt
+from mlpi.core.engine.runner import signals_interrupt
+from mlpi.core.results.schema import TestResult
 from mlpi.sweep.matrix import SweepSpec, build_matrix
 from mlpi.sweep.state import CellRecord, SweepState
 

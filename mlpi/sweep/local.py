@@ -10,17 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import MlpiError
-from mlpi.core.plan import Plan
-from mlpi.core.planning import RunRequest, build_plan
-from mlpi.core.runner import execute
+from mlpi.core.contract.errors import MlpiError
+from mlpi.core.engine.plan import Plan
+from mlpi.core.engine.planning import RunRequest, build_plan
+from mlpi.core.engine.runner import execute
 from mlpi.sweep.cellrun import failure, interrupted, summarize
 from mlpi.sweep.driver import SweepReporter
 from mlpi.sweep.state import CellRecord, SweepState
 
 
 class LocalExecutor:
-    """Runs each cell with :func:`mlpi.core.runner.execute`, exactly as ``mlpi run`` would."""
+    """Runs each cell with :func:`mlpi.core.engine.runner.execute`, exactly as ``mlpi run`` would."""
 
     def __init__(self, *, debug: bool = False) -> None:
         self.debug = debug

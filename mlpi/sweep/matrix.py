@@ -35,12 +35,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.config import PluginsConfig
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, UsageError, suggest
-from mlpi.core.options import build_options, parse_assignments
-from mlpi.core.planning import RunRequest, parse_modes, parse_scenarios
-from mlpi.core.plugins import Registry
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, UsageError, suggest
+from mlpi.core.engine.planning import RunRequest, parse_modes, parse_scenarios
+from mlpi.core.plugins.config import PluginsConfig
+from mlpi.core.plugins.options import build_options, parse_assignments
+from mlpi.core.plugins.registry import Registry
 
 if sys.version_info >= (3, 11):
     import tomllib

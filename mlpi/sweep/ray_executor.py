@@ -30,11 +30,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, MlpiError, PluginError, RunFailed, UsageError
-from mlpi.core.result_schema import TestResult
-from mlpi.core.results import create_run_dir
-from mlpi.core.store import record_run
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import (
+    DeviceError,
+    MlpiError,
+    PluginError,
+    RunFailed,
+    UsageError,
+)
+from mlpi.core.results.rundir import create_run_dir
+from mlpi.core.results.schema import TestResult
+from mlpi.core.results.store import record_run
 from mlpi.sweep.cellrun import failure, interrupted, summarize
 from mlpi.sweep.driver import SweepReporter
 from mlpi.sweep.state import CellRecord, SweepState
@@ -173,8 +179,8 @@ class _Quiet:
 
 def run_cell(request: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
     """The Ray task: plan and run one cell on this node; its summary plus the packed run directory."""
-    from mlpi.core.planning import RunRequest, build_plan
-    from mlpi.core.runner import execute
+    from mlpi.core.engine.planning import RunRequest, build_plan
+    from mlpi.core.engine.runner import execute
 
     node = socket.gethostname()
     with tempfile.TemporaryDirectory(prefix="mlpi-cell-") as tmp:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import UsageError
-from mlpi.core.results import create_run_dir, write_json_atomic
+from mlpi.core.contract.errors import UsageError
+from mlpi.core.results.rundir import create_run_dir, write_json_atomic
 from mlpi.sweep.matrix import Cell
 
 STATE_VERSION = 1

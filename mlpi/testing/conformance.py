@@ -25,7 +25,7 @@ In a plugin's own test suite::
 :func:`run_checks` takes the CLI's arguments (``device``, ``precision``, ``options``
 as a dict, ``plugins_file``) and returns a :class:`ConformanceReport`; on failure pytest
 shows the failing checks (:class:`CheckResult`) with their reasons. ``backend`` may also be a
-:class:`~mlpi.core.backend.Backend` subclass, to check a backend before it is installed.
+:class:`~mlpi.core.contract.backend.Backend` subclass, to check a backend before it is installed.
 
 The checks (``M`` is one standard model: ``conv``, ``conv_strided``, ``matmul``,
 ``two_inputs``, ``mlp``, ``classifier`` with dynamic batch, ``matmul_fixed4`` with a fixed
@@ -49,7 +49,7 @@ batch of 4; :data:`STANDARD_MODELS` says what each one exercises):
 - ``outputs_kept[M]``: arrays returned by ``run()`` are not changed by a later call.
 - ``reload[M]``: ``close()`` then ``load()`` again works and gives the same answers.
 - ``corrupt_model[random]``, ``corrupt_model[truncated]``: loading random bytes or a truncated
-  model raises :class:`~mlpi.core.errors.ModelError` (any other exception fails, named).
+  model raises :class:`~mlpi.core.contract.errors.ModelError` (any other exception fails, named).
 
 A check that cannot run because one it depends on failed is skipped with that reason.
 """
@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.backend import (
+from mlpi.core.contract.backend import (
     PRECISIONS,
     Backend,
     Capabilities,
@@ -81,8 +81,17 @@ from mlpi.core.backend import (
     fixed_batch_size,
     format_shape,
 )
-from mlpi.core.device import Device
-from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, DeviceError, MlpiError, ModelError, UsageError
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DeviceError,
+    MlpiError,
+    ModelError,
+    UsageError,
+)
 from mlpi.testing import tiny_models
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -215,7 +224,7 @@ def run_checks(
 ) -> ConformanceReport:
     """Run every check on ``backend`` (an entry-point name or alias, or a Backend class).
 
-    Raises an :class:`~mlpi.core.errors.MlpiError` when the checks cannot start at all
+    Raises an :class:`~mlpi.core.contract.errors.MlpiError` when the checks cannot start at all
     (unknown backend, bad option or precision, device or runtime not usable here), like
     ``mlpi run`` would. ``on_start`` is called with the (empty) report once the backend is
     resolved, ``on_result`` with each result as soon as it is known.
@@ -346,14 +355,14 @@ class _Kit:
         options: Mapping[str, Any] | None,
         plugins_file: str | Path | None,
     ) -> _Kit:
-        from mlpi.core.options import build_options
-        from mlpi.core.planning import check_device_usable
+        from mlpi.core.engine.planning import check_device_usable
+        from mlpi.core.plugins.options import build_options
 
         kit = cls()
         layers: list[tuple[str, Mapping[str, Any]]] = []
         if isinstance(backend, str):
-            from mlpi.core.config import PluginsConfig
-            from mlpi.core.plugins import Registry
+            from mlpi.core.plugins.config import PluginsConfig
+            from mlpi.core.plugins.registry import Registry
 
             registry = Registry(PluginsConfig.load(plugins_file))
             info = registry.resolve("backends", backend)
@@ -430,7 +439,7 @@ class _Kit:
 
     def check_declarations(self) -> str:
         """The class attributes the core reads are there and usable."""
-        from mlpi.core.options import option_help
+        from mlpi.core.plugins.options import option_help
 
         cls = type(self.backend)
         problems = []
@@ -481,7 +490,7 @@ class _Kit:
             raise Fail(f"probe() returned {type(self.probed).__name__}, not a list of Device")
         wrong = [d for d in self.probed if not isinstance(d, Device)]
         if wrong:
-            raise Fail(f"probe() returned {wrong[0]!r}, not a mlpi.core.device.Device")
+            raise Fail(f"probe() returned {wrong[0]!r}, not a mlpi.core.contract.device.Device")
         kinds = tuple(getattr(self.backend, "device_kinds", ()))
         stray = [str(d) for d in self.probed if d.kind not in kinds]
         if stray:
@@ -493,7 +502,7 @@ class _Kit:
     def model(self, model: StandardModel) -> _Loaded:
         loaded = self.loaded.get(model.key)
         if loaded is None:
-            from mlpi.core.onnx_file import inspect_onnx
+            from mlpi.core.engine.onnx_file import inspect_onnx
 
             path = model.build(self.workdir / f"{model.key}.onnx")
             artifact = inspect_onnx(path)
@@ -559,7 +568,7 @@ class _Kit:
         loaded = self.model(model)
         caps = loaded.needs_session().capabilities
         if not isinstance(caps, Capabilities):
-            raise Fail(f"capabilities is {type(caps).__name__}, not mlpi.core.backend.Capabilities")
+            raise Fail(f"capabilities is {type(caps).__name__}, not mlpi.core.contract.backend.Capabilities")
         problems = []
         mbs = caps.max_batch_size
         if mbs is not None and (not isinstance(mbs, int) or isinstance(mbs, bool) or mbs < 1):
@@ -745,7 +754,7 @@ class _Kit:
 
     def check_corrupt(self, kind: str) -> str:
         """Loading a corrupt model file raises ModelError (nothing else)."""
-        from mlpi.core.onnx_file import sha256_of
+        from mlpi.core.engine.onnx_file import sha256_of
 
         good = self.model(STANDARD_MODELS[0])
         path = self.workdir / f"corrupt-{kind}.onnx"
@@ -769,9 +778,9 @@ class _Kit:
         except (UsageError, DeviceError) as exc:
             if good.load_problem == "declined":
                 raise Skip(f"the backend declines the standard models here too: {exc.message}") from None
-            raise Fail(f"raised {_describe(exc)}, not mlpi.core.errors.ModelError") from None
+            raise Fail(f"raised {_describe(exc)}, not mlpi.core.contract.errors.ModelError") from None
         except Exception as exc:  # noqa: BLE001 - the verdict
-            raise Fail(f"raised {_describe(exc)}, not mlpi.core.errors.ModelError") from None
+            raise Fail(f"raised {_describe(exc)}, not mlpi.core.contract.errors.ModelError") from None
         try:
             session.close()
         except Exception:  # noqa: BLE001 - the failure below is what matters
@@ -884,7 +893,7 @@ def _compare(
 
 
 def _is_corrupt(path: Path) -> bool:
-    from mlpi.core.onnx_file import inspect_onnx
+    from mlpi.core.engine.onnx_file import inspect_onnx
 
     try:
         inspect_onnx(path)
@@ -927,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
     def command(backend: str, device: str, precision: str | None, options: tuple[str, ...], plugins_file: str | None,
                 as_json: bool) -> int:
-        from mlpi.core.options import parse_assignments
+        from mlpi.core.plugins.options import parse_assignments
 
         width = max(map(len, check_names()))
 

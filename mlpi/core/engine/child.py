@@ -1,4 +1,4 @@
-"""One LoadGen test in its own process: ``python -m mlpi.core.child PLAN SCENARIO MODE DIR``.
+"""One LoadGen test in its own process: ``python -m mlpi.core.engine.child PLAN SCENARIO MODE DIR``.
 
 LoadGen applies mlperf.conf once per process, and a vendor runtime that crashes must not
 take the parent down, so every test runs here. The outcome (ok, or the error with its
@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import EXIT_FAILURE, MlpiError, ModelError, UsageError
+from mlpi.core.contract.errors import EXIT_FAILURE, MlpiError, ModelError, UsageError
 
 OUTCOME = "outcome.json"
 
@@ -52,9 +52,9 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     """Open, load, calibrate, run LoadGen, score: one test, in the order LoadGen needs."""
     import mlperf_loadgen as lg
 
-    from mlpi.core.dispatch import device_stats
-    from mlpi.core.plan import Plan
-    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+    from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
+    from mlpi.core.engine.dispatch import device_stats
+    from mlpi.core.engine.plan import Plan
 
     plan = Plan.read(plan_path)
     setup = open_test(plan)
@@ -92,8 +92,8 @@ class TestSetup:
 
     def load_sessions(self, scenario: str) -> LoadedSessions:
         """Sessions on every unit (``--instances`` each in Offline/Server) and their slots."""
-        from mlpi.core.backend import LoadContext
-        from mlpi.core.device import Device
+        from mlpi.core.contract.backend import LoadContext
+        from mlpi.core.contract.device import Device
 
         plan = self.plan
         device = Device.parse(plan.device)
@@ -134,11 +134,11 @@ class LoadedSessions:
 
 
 def open_test(plan: Any) -> TestSetup:
-    from mlpi.core.backend import ModelArtifact
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.options import build_options
-    from mlpi.core.planning import open_dataset, spec_of_plan
-    from mlpi.core.plugins import Registry
+    from mlpi.core.contract.backend import ModelArtifact
+    from mlpi.core.engine.planning import open_dataset, spec_of_plan
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.options import build_options
+    from mlpi.core.plugins.registry import Registry
 
     registry = Registry(PluginsConfig.load(plan.plugins_file))
     backend = registry.backend(plan.backend)
@@ -155,8 +155,8 @@ def open_test(plan: Any) -> TestSetup:
 
 def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out: Path, lg: Any) -> tuple[list[Any], list[Any]]:
     """One executor per slot, each with its own pipeline (the model's, or the default)."""
-    from mlpi.core.executor import BatchExecutor
-    from mlpi.core.pipeline import MAIN_GRAPH, PipelineContext
+    from mlpi.core.contract.pipeline import MAIN_GRAPH, PipelineContext
+    from mlpi.core.engine.executor import BatchExecutor
 
     spec, dataset, batch_size = setup.spec, setup.dataset, loaded.batch_size
     first = loaded.placed[0][1]
@@ -218,7 +218,7 @@ def error_handler(backend_name: str, scenario: str, out: Path) -> Any:
 
 
 def calibrate_expectations(setup: TestSetup, executors: list[Any], scenario: str) -> tuple[Any, float]:
-    from mlpi.core.calibrate import calibrate
+    from mlpi.core.engine.calibrate import calibrate
 
     plan = setup.plan
     loaded = setup.loaded
@@ -231,7 +231,7 @@ def calibrate_expectations(setup: TestSetup, executors: list[Any], scenario: str
 
 def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, calib_s: float, out: Path, lg: Any) -> tuple[Any, int | None]:
     """user.conf from the model's rules and the expectations; LoadGen's TestSettings from it."""
-    from mlpi.core.scenario import user_conf
+    from mlpi.core.engine.scenario import user_conf
 
     plan, spec = setup.plan, setup.spec
     conf_path = out / "user.conf"
@@ -251,8 +251,8 @@ def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, cali
 
 
 def make_sut(executors: list[Any], scenario: str, plan: Any, settings: Any) -> Any:
-    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
-    from mlpi.core.sut import InlineSUT, OfflineSUT, ServerSUT
+    from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
+    from mlpi.core.engine.sut import InlineSUT, OfflineSUT, ServerSUT
 
     if scenario in ("SingleStream", "MultiStream"):
         per_query = MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else 1
@@ -293,7 +293,7 @@ def run_loadgen(sut_impl: Any, dataset: Any, perf_count: int, settings: Any, out
 
 def score_test(setup: TestSetup, outputs: list[Any], out: Path) -> dict[str, Any] | None:
     """Score the accuracy log with the model's scorer; write accuracy.txt."""
-    from mlpi.core.accuracy import read_accuracy_log
+    from mlpi.core.contract.accuracy import read_accuracy_log
 
     spec, dataset = setup.spec, setup.dataset
     if spec.score is None:
@@ -306,7 +306,7 @@ def score_test(setup: TestSetup, outputs: list[Any], out: Path) -> dict[str, Any
             "run accuracy mode with a dataset that has ground truth (`mlpi models` lists them)",
         )
     result = score_responses(spec, read_accuracy_log(out / "mlperf_log_accuracy.json"), dataset, outputs)
-    from mlpi.core.results import write_bytes_atomic
+    from mlpi.core.results.rundir import write_bytes_atomic
 
     write_bytes_atomic(out / "accuracy.txt", (result.report + "\n").encode("utf-8"))
     print(f"mlpi: {result.report}", flush=True)
@@ -335,7 +335,7 @@ def performance_sample_count(rule: int | None, available: int) -> int | None:
 
 def planned_batch_size(requested: int | None, scenario: str) -> int | None:
     """The largest batch a scenario will send, as known before any session exists."""
-    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+    from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
 
     if scenario == "SingleStream":
         return 1
@@ -366,7 +366,7 @@ def calibration_batches(dataset: Any, limit: int = 500) -> Any:
 
 def effective_batch_size(requested: int | None, caps: Any, scenario: str) -> int:
     """The executor batch size for a scenario, checked against what the session accepts."""
-    from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+    from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
 
     # SingleStream and MultiStream fix their own batch; --batch-size is for Offline and Server
     # (a backend that builds for the run's batch may accept no more than that).
@@ -398,7 +398,7 @@ def observed_outputs(session: Any, dataset: Any, index: int, *, batch_first: boo
     the session's own output specs: its postprocessor knows how to read them."""
     import numpy as np
 
-    from mlpi.core.backend import TensorSpec
+    from mlpi.core.contract.backend import TensorSpec
 
     caps = session.capabilities
     rows = caps.max_batch_size if caps.fixed_batch and caps.max_batch_size else 1
@@ -438,7 +438,7 @@ def _error(exc: MlpiError) -> dict[str, Any]:
 
 
 def _write(out: Path, data: dict[str, Any]) -> None:
-    from mlpi.core.results import write_json_atomic
+    from mlpi.core.results.rundir import write_json_atomic
 
     write_json_atomic(out / OUTCOME, data)
 

@@ -2,13 +2,13 @@
 and sweep read.
 
 A run is a :class:`RunResult`; each LoadGen test in it a :class:`TestResult`; an accuracy
-test's score an :class:`AccuracyRecord` (what :meth:`mlpi.core.accuracy.AccuracyResult.to_json`
+test's score an :class:`AccuracyRecord` (what :meth:`mlpi.core.contract.accuracy.AccuracyResult.to_json`
 writes). Every class has ``to_json()`` and ``from_json()``; ``from_json`` checks every field's
-type and raises one :class:`~mlpi.core.errors.ResultError` naming the file and the field
+type and raises one :class:`~mlpi.core.contract.errors.ResultError` naming the file and the field
 (``tests[1].value is "fast", not a number``), so a damaged result.json is one ``error:``
 line, never a ``KeyError``. :func:`load_result` reads a file.
 
-Versions (``schema_version``, :data:`mlpi.core.results.SCHEMA_VERSION`):
+Versions (``schema_version``, :data:`mlpi.core.results.rundir.SCHEMA_VERSION`):
 
 - 1: accuracy records held ``metric``, ``value`` (always percent), ``good``, ``total``,
   ``report``, ``target``, ``passed``; the model had no ``rules``; tests of early runs lack
@@ -21,7 +21,7 @@ Version 1 files are read with the defaults version 2 implies (unit ``%``, higher
 lines ``[report]``); what a reader does not know (keys added by hand, the details a scorer
 writes) is kept in ``extra`` and written back, so reading and writing loses nothing. A
 file of a newer schema is refused. Reading a file gives the current schema:
-:meth:`RunResult.to_json` always writes :data:`~mlpi.core.results.SCHEMA_VERSION`, while
+:meth:`RunResult.to_json` always writes :data:`~mlpi.core.results.rundir.SCHEMA_VERSION`, while
 ``RunResult.schema_version`` says which version the file was.
 """
 
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from mlpi.core.errors import ResultError
-from mlpi.core.results import RESULT_FILE, SCHEMA_VERSION, format_figure
+from mlpi.core.contract.errors import ResultError
+from mlpi.core.results.rundir import RESULT_FILE, SCHEMA_VERSION, format_figure
 
 RUN_STATUSES = ("running", "ok", "failed", "interrupted")
 TEST_STATUSES = ("ok", "failed", "interrupted")
@@ -146,7 +146,7 @@ def _known(cls: type, extra: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class AccuracyRecord:
-    """An accuracy test's score, as :class:`mlpi.core.accuracy.AccuracyResult` writes it.
+    """An accuracy test's score, as :class:`mlpi.core.contract.accuracy.AccuracyResult` writes it.
 
     ``value`` and ``target`` are in ``unit`` (``"%"`` for top-1 or mAP, ``""`` for mean
     DICE...); ``higher_is_better`` is False for error rates; ``lines`` is what MLCommons'
@@ -165,7 +165,7 @@ class AccuracyRecord:
 
     def figure(self) -> str:
         """``37.570%`` or ``0.86170``: the value as mlpi prints it."""
-        from mlpi.core.accuracy import format_value
+        from mlpi.core.contract.accuracy import format_value
 
         return format_value(self.value, self.unit)
 
@@ -173,7 +173,7 @@ class AccuracyRecord:
         """``>= 75.695%`` (``<=`` where lower is better); None without a target."""
         if self.target is None:
             return None
-        from mlpi.core.accuracy import format_value
+        from mlpi.core.contract.accuracy import format_value
 
         return f"{'>=' if self.higher_is_better else '<='} {format_value(self.target, self.unit)}"
 
@@ -182,7 +182,7 @@ class AccuracyRecord:
         lower-is-better metric); None when it passes or has no target."""
         if self.passed is not False or self.target is None:
             return None
-        from mlpi.core.accuracy import format_value
+        from mlpi.core.contract.accuracy import format_value
 
         side = "below" if self.higher_is_better else "above"
         return f"{self.metric} {self.figure()} is {side} the target {format_value(self.target, self.unit)}"
@@ -343,7 +343,7 @@ class BackendInfo:
 @dataclass(frozen=True)
 class ModelInfo:
     """The model run: its name, file and hash; ``rules`` is its MLPerf rules as JSON
-    (:meth:`mlpi.core.rules.Rules.to_json`), None for a model outside MLPerf or a v1 file."""
+    (:meth:`mlpi.core.contract.rules.Rules.to_json`), None for a model outside MLPerf or a v1 file."""
 
     name: str
     path: str | None = None
@@ -418,7 +418,7 @@ class RunResult:
 
     ``status`` is ``running`` until the run ends ``ok``, ``failed`` or ``interrupted``.
     ``submission_valid`` is False for quick or shortened runs; ``simulated`` is True when any
-    test's timings came from a device model. ``system`` is :func:`mlpi.core.sysinfo.system_info`."""
+    test's timings came from a device model. ``system`` is :func:`mlpi.core.results.sysinfo.system_info`."""
 
     run_id: str
     backend: BackendInfo
@@ -494,7 +494,7 @@ class RunResult:
 
 def load_result(path: Path) -> RunResult:
     """Read and check a result.json (``path`` is the file, or the run directory holding it);
-    :class:`~mlpi.core.errors.ResultError` naming the file and what is wrong with it if it
+    :class:`~mlpi.core.contract.errors.ResultError` naming the file and what is wrong with it if it
     is missing, unreadable, not JSON or not shaped as mlpi writes it."""
     path = Path(path)
     if path.is_dir():

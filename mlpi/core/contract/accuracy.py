@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.core.errors import DatasetError, RunFailed
+from mlpi.core.contract.errors import DatasetError, RunFailed
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mlpi.core.backend import TensorSpec
+from mlpi.core.contract.backend import TensorSpec
 
 
 class Responses:

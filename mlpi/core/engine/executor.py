@@ -1,6 +1,6 @@
 """BatchExecutor: one slot — a pipeline with its session(s) — and its LoadGen responses.
 
-It runs one batch through the slot's :class:`~mlpi.core.pipeline.Pipeline` and completes it
+It runs one batch through the slot's :class:`~mlpi.core.contract.pipeline.Pipeline` and completes it
 with one ``QuerySamplesComplete``; every SUT and the dispatcher drive batches through it.
 Fixed-size responses are pointed at ``base + j * stride`` once per buffer; responses of any
 size get their pointer and length per batch. A backend failure inside a LoadGen callback
@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mlpi.core.backend import Session
-from mlpi.core.dataset import Dataset
-from mlpi.core.pipeline import GatherRunPostprocess, Pipeline
-from mlpi.core.postprocess import Postprocessor, Responses
+from mlpi.core.contract.backend import Session
+from mlpi.core.contract.dataset import Dataset
+from mlpi.core.contract.pipeline import GatherRunPostprocess, Pipeline
+from mlpi.core.contract.postprocess import Postprocessor, Responses
 
 ErrorHandler = Callable[[BaseException], None]
 

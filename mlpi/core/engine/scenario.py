@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
+from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
 
 #: How much higher than calibration Offline's expected QPS is set: LoadGen issues
 #: expected_qps * min_duration * 1.1 samples, and too few end the run early (INVALID).

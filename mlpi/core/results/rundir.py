@@ -6,7 +6,7 @@ Layout::
     <root>/<run-id>/<Scenario>/<mode>/   LoadGen logs, user.conf, outcome.json, harness.log
     <root>/<run-id>/result.json          schema-versioned summary of the whole run
 
-What result.json holds is defined once, in :mod:`mlpi.core.result_schema`.
+What result.json holds is defined once, in :mod:`mlpi.core.results.schema`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import UsageError
+from mlpi.core.contract.errors import UsageError
 
-#: Version of result.json's schema (:mod:`mlpi.core.result_schema`). 2: a test's accuracy
+#: Version of result.json's schema (:mod:`mlpi.core.results.schema`). 2: a test's accuracy
 #: record carries its unit, direction and the official lines; the model carries its rules.
 SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
@@ -88,7 +88,7 @@ def format_figure(value: Any, unit: Any) -> str:
 
     Performance units (``ms``, ``samples/s``) and sample counts have their own forms; any
     other unit is an accuracy metric's (``%``, ``""``...), printed by
-    :func:`mlpi.core.accuracy.format_value` as the run itself prints it."""
+    :func:`mlpi.core.contract.accuracy.format_value` as the run itself prints it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "-"
     if unit == "ms":
@@ -99,6 +99,6 @@ def format_figure(value: Any, unit: Any) -> str:
         return f"{value:,} samples" if isinstance(value, int) else f"{value:g} samples"
     if unit is None:
         return f"{value:g}"
-    from mlpi.core.accuracy import format_value  # numpy comes with it: only when printing one
+    from mlpi.core.contract.accuracy import format_value  # numpy comes with it: only when printing one
 
     return format_value(value, str(unit))

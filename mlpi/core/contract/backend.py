@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mlpi.core.device import Device
+from mlpi.core.contract.device import Device
 
 #: Precisions a backend may run; ``Session.precision`` reports the one that really runs.
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
@@ -177,7 +177,7 @@ class Backend(ABC):
 
     @abstractmethod
     def version(self) -> str:
-        """The runtime's version. Raises :class:`~mlpi.core.errors.PluginError` with the
+        """The runtime's version. Raises :class:`~mlpi.core.contract.errors.PluginError` with the
         install hint when the runtime is not installed."""
 
     @abstractmethod
@@ -193,8 +193,8 @@ class Backend(ABC):
 
         ``precision`` is what the user asked for, or ``None`` for the backend's default;
         ``context`` says what the run will send, for backends that build for it.
-        Raise :class:`~mlpi.core.errors.DeviceError` when the device cannot be used and
-        :class:`~mlpi.core.errors.ModelError` when the runtime rejects the model.
+        Raise :class:`~mlpi.core.contract.errors.DeviceError` when the device cannot be used and
+        :class:`~mlpi.core.contract.errors.ModelError` when the runtime rejects the model.
         """
 
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mlpi.core.backend import TensorSpec
-from mlpi.core.errors import DatasetError
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.errors import DatasetError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import UsageError, suggest
+from mlpi.core.contract.errors import UsageError, suggest
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -12,7 +12,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
-from mlpi.core.errors import UsageError, suggest
+from mlpi.core.contract.errors import UsageError, suggest
 
 
 def option_help(options_cls: type) -> dict[str, str]:

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from mlpi import __version__
-from mlpi.core.cache import cache_root
-from mlpi.core.errors import MlpiError
-from mlpi.core.results import write_json_atomic
+from mlpi.core.contract.errors import MlpiError
+from mlpi.core.engine.cache import cache_root
+from mlpi.core.results.rundir import write_json_atomic
 
 __all__ = ["Artifact", "artifact_path", "cached", "fetch", "verify", "NETWORK_HINT"]
 

@@ -2,8 +2,8 @@
 
 A model plugin registers a :class:`ModelSpec` (or a zero-argument callable returning one)
 under ``mlpi.models``. It declares its graphs by role with their signatures, its artifact,
-what its data must look like (:class:`~mlpi.core.dataset.DataParams`), its
-:class:`~mlpi.core.rules.Rules`, how responses are made (a postprocessor, or a whole
+what its data must look like (:class:`~mlpi.core.contract.dataset.DataParams`), its
+:class:`~mlpi.core.contract.rules.Rules`, how responses are made (a postprocessor, or a whole
 pipeline) and how they are scored. A model given only as a file (``--model-path any.onnx``)
 gets a spec made from the file itself: no rules (LoadGen's generic settings apply), raw
 outputs as responses, and top-1 scoring when the dataset has labels.
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlpi.core.backend import TensorSpec
-from mlpi.core.dataset import DataParams
-from mlpi.core.pipeline import MAIN_GRAPH, PipelineFactory
-from mlpi.core.postprocess import Postprocessor, RawOutputs
-from mlpi.core.rules import NO_RULES, Rules
+from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.dataset import DataParams
+from mlpi.core.contract.pipeline import MAIN_GRAPH, PipelineFactory
+from mlpi.core.contract.postprocess import Postprocessor, RawOutputs
+from mlpi.core.contract.rules import NO_RULES, Rules
 
 if TYPE_CHECKING:
-    from mlpi.core.accuracy import AccuracyResult
-    from mlpi.core.artifacts import Artifact
-    from mlpi.core.dataset import Dataset
+    from mlpi.core.contract.accuracy import AccuracyResult
+    from mlpi.core.contract.dataset import Dataset
+    from mlpi.core.engine.artifacts import Artifact
 
 #: ``score(responses_by_sample_index, dataset, outputs) -> AccuracyResult``: reads the
 #: ground truth from ``dataset.ground_truth()``; the core adds the target from the rules.
@@ -36,7 +36,7 @@ PostprocessFactory = Callable[[Sequence[TensorSpec], int], Postprocessor]
 
 
 def _score_raw(responses: Mapping[int, bytes], dataset: Dataset, outputs: Sequence[TensorSpec]) -> AccuracyResult:
-    from mlpi.core.accuracy import raw_top1
+    from mlpi.core.contract.accuracy import raw_top1
 
     return raw_top1(responses, dataset.labels(), outputs[0])
 
@@ -61,7 +61,7 @@ class ModelSpec:
     - ``postprocess``: ``postprocess(outputs, max_batch)`` builds a response writer for the
       main session's outputs (``RawOutputs``: every output's bytes).
     - ``pipeline``: a factory of the model's own inference step, or ``None`` for the
-      default gather -> run -> postprocess (see :mod:`mlpi.core.pipeline`).
+      default gather -> run -> postprocess (see :mod:`mlpi.core.contract.pipeline`).
     - ``outputs_batch_first``: whether every output has the batch as its first dimension
       (checked on the first sample); a model whose graph answers one sample's detections
       as ``[N, 4]`` says False and reads them in its postprocessor.

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.accuracy import AccuracyResult, read_accuracy_log
-from mlpi.core.errors import UsageError
-from mlpi.core.results import write_bytes_atomic
+from mlpi.core.contract.accuracy import AccuracyResult, read_accuracy_log
+from mlpi.core.contract.errors import UsageError
+from mlpi.core.results.rundir import write_bytes_atomic
 
 ACCURACY_LOG = "mlperf_log_accuracy.json"
 ACCURACY_TXT = "accuracy.txt"
@@ -42,10 +42,10 @@ class Scored:
 
 def score(request: ScoreRequest) -> list[Scored]:
     """Score every accuracy log ``request.target`` names; write accuracy.txt when asked."""
-    from mlpi.core.child import score_responses
-    from mlpi.core.config import PluginsConfig
-    from mlpi.core.planning import open_dataset
-    from mlpi.core.plugins import Registry
+    from mlpi.core.engine.child import score_responses
+    from mlpi.core.engine.planning import open_dataset
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.registry import Registry
 
     logs, plan = find_logs(request.target)
     registry = Registry(PluginsConfig.load(request.plugins_file or (plan or {}).get("plugins_file")))
@@ -101,8 +101,8 @@ def find_logs(target: Path) -> tuple[list[Path], dict[str, Any] | None]:
 
 
 def _model(registry: Any, request: ScoreRequest, plan: dict[str, Any] | None) -> tuple[Any, list[Any], list[Any]]:
-    from mlpi.core.backend import TensorSpec
-    from mlpi.core.model import ModelSpec
+    from mlpi.core.contract.backend import TensorSpec
+    from mlpi.core.contract.model import ModelSpec
 
     plan_model = (plan or {}).get("model") or {}
     registered = (plan or {}).get("extra", {}).get("registered_model")
@@ -118,7 +118,7 @@ def _model(registry: Any, request: ScoreRequest, plan: dict[str, Any] | None) ->
         outputs = [TensorSpec.from_json(t) for t in plan_model["outputs"]]
         inputs = [TensorSpec.from_json(t) for t in plan_model["inputs"]]
     except (KeyError, TypeError):
-        from mlpi.core.onnx_file import inspect_onnx
+        from mlpi.core.engine.onnx_file import inspect_onnx
 
         artifact = inspect_onnx(Path(path))
         outputs, inputs = list(artifact.outputs), list(artifact.inputs)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.backend import TensorSpec
+from mlpi.core.contract.backend import TensorSpec
 
 PLAN_VERSION = 1
 
@@ -85,7 +85,7 @@ class Plan:
 
     @classmethod
     def read(cls, path: Path) -> Plan:
-        from mlpi.core.errors import UsageError
+        from mlpi.core.contract.errors import UsageError
 
         try:
             return cls.from_json(json.loads(path.read_text(encoding="utf-8")))

@@ -12,9 +12,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from mlpi.core.rules import MULTISTREAM_SAMPLES_PER_QUERY
-from mlpi.core.scenario import Expectations
-from mlpi.core.sut import BatchExecutor
+from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
+from mlpi.core.engine.scenario import Expectations
+from mlpi.core.engine.sut import BatchExecutor
 
 #: Server's target QPS, when the user gives none, as a fraction of calibrated throughput.
 SERVER_TARGET_FRACTION = 0.4

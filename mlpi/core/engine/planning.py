@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.artifacts import cached
-from mlpi.core.backend import ModelArtifact, fixed_batch_size
-from mlpi.core.cache import cache_root
-from mlpi.core.config import PluginsConfig
-from mlpi.core.dataset import DatasetRequest
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, ModelError, UsageError, suggest
-from mlpi.core.model import ModelSpec
-from mlpi.core.onnx_file import inspect_onnx
-from mlpi.core.options import build_options, options_to_json
-from mlpi.core.plan import ModelRef, Plan
-from mlpi.core.plugins import Registry
-from mlpi.core.rules import MODES, SCENARIOS
+from mlpi.core.contract.backend import ModelArtifact, fixed_batch_size
+from mlpi.core.contract.dataset import DatasetRequest
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, ModelError, UsageError, suggest
+from mlpi.core.contract.model import ModelSpec
+from mlpi.core.contract.rules import MODES, SCENARIOS
+from mlpi.core.engine.artifacts import cached
+from mlpi.core.engine.cache import cache_root
+from mlpi.core.engine.onnx_file import inspect_onnx
+from mlpi.core.engine.plan import ModelRef, Plan
+from mlpi.core.plugins.config import PluginsConfig
+from mlpi.core.plugins.options import build_options, options_to_json
+from mlpi.core.plugins.registry import Registry
 
 
 @dataclass

@@ -31,10 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.errors import MlpiError, ResultError, UsageError
-from mlpi.core.result_schema import RunResult, TestResult, load_result
-from mlpi.core.results import RESULT_FILE, create_run_dir
-from mlpi.core.scenario import DetailLog, latency_percentiles_ms
+from mlpi.core.contract.errors import MlpiError, ResultError, UsageError
+from mlpi.core.results.schema import RunResult, TestResult, load_result
+from mlpi.core.results.rundir import RESULT_FILE, create_run_dir
+from mlpi.core.engine.scenario import DetailLog, latency_percentiles_ms
 
 #: Version of the tables below; a store written by a newer mlpi is refused, never altered.
 STORE_SCHEMA_VERSION = 1

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlpi.core.backend import Backend
-from mlpi.core.config import PluginsConfig
-from mlpi.core.device import Device
-from mlpi.core.errors import DeviceError, MlpiError
-from mlpi.core.options import option_help
-from mlpi.core.plugins import PluginInfo, Registry
-from mlpi.core.sysinfo import cpu_model_name
+from mlpi.core.contract.backend import Backend
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, MlpiError
+from mlpi.core.plugins.config import PluginsConfig
+from mlpi.core.plugins.options import option_help
+from mlpi.core.plugins.registry import PluginInfo, Registry
+from mlpi.core.results.sysinfo import cpu_model_name
 
 
 def backend_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
@@ -111,9 +111,9 @@ def _base_row(info: PluginInfo) -> dict[str, Any]:
 
 def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
     """One row per model plugin: its artifact, what is cached here, which datasets fit."""
-    from mlpi.core.artifacts import cached
-    from mlpi.core.model import load_spec
-    from mlpi.core.planning import random_weights_path
+    from mlpi.core.contract.model import load_spec
+    from mlpi.core.engine.artifacts import cached
+    from mlpi.core.engine.planning import random_weights_path
 
     registry = Registry(config)
     installed = set(registry.names("datasets"))

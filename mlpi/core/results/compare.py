@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlpi.core.errors import UsageError, suggest
-from mlpi.core.result_schema import TestResult
-from mlpi.core.store import RunFilter, RunRecord, Store, parse_date
+from mlpi.core.contract.errors import UsageError, suggest
+from mlpi.core.results.schema import TestResult
+from mlpi.core.results.store import RunFilter, RunRecord, Store, parse_date
 
 #: ``KEY=VALUE`` filter keys, and the RunFilter list each fills.
 FILTER_KEYS = {

@@ -1,9 +1,9 @@
 """Run a checked :class:`Plan`: each LoadGen test in its own child process.
 
 ``execute`` makes the run directory and drives the children, writing ``result.json``
-(a :class:`~mlpi.core.result_schema.RunResult`) after every test so nothing already
+(a :class:`~mlpi.core.results.schema.RunResult`) after every test so nothing already
 measured is ever lost; a crash or Ctrl-C is recorded as such. Planning and checks live in
-:mod:`mlpi.core.planning`.
+:mod:`mlpi.core.engine.planning`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,33 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlpi.core.accuracy import read_accuracy_log
-from mlpi.core.child import OUTCOME
-from mlpi.core.config import PluginsConfig
-from mlpi.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, MlpiError, ResultError, RunFailed
-from mlpi.core.plan import Plan
-from mlpi.core.plugins import Registry
-from mlpi.core.result_schema import (
+from mlpi.core.contract.accuracy import read_accuracy_log
+from mlpi.core.contract.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    MlpiError,
+    ResultError,
+    RunFailed,
+)
+from mlpi.core.engine.child import OUTCOME
+from mlpi.core.engine.plan import Plan
+from mlpi.core.engine.scenario import (
+    DetailLog,
+    latency_percentiles_ms,
+    performance_metric,
+)
+from mlpi.core.plugins.config import PluginsConfig
+from mlpi.core.plugins.registry import Registry
+from mlpi.core.results.rundir import (
+    RESULT_FILE,
+    create_run_dir,
+    run_stem,
+    test_dir,
+    write_json_atomic,
+)
+from mlpi.core.results.schema import (
     AccuracyRecord,
     BackendInfo,
     DatasetInfo,
@@ -37,10 +57,8 @@ from mlpi.core.result_schema import (
     RunSettings,
     TestResult,
 )
-from mlpi.core.results import RESULT_FILE, create_run_dir, run_stem, test_dir, write_json_atomic
-from mlpi.core.scenario import DetailLog, latency_percentiles_ms, performance_metric
-from mlpi.core.store import record_run
-from mlpi.core.sysinfo import system_info
+from mlpi.core.results.store import record_run
+from mlpi.core.results.sysinfo import system_info
 
 
 class Reporter(Protocol):
@@ -144,7 +162,7 @@ def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool)
     """Run one test's child process to its end; its exit code (KeyboardInterrupt on Ctrl-C,
     SIGTERM or SIGHUP, after stopping the child)."""
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "mlpi.core.child", str(plan_path), scenario, mode, str(out)]
+    command = [sys.executable, "-m", "mlpi.core.engine.child", str(plan_path), scenario, mode, str(out)]
     with (out / "harness.log").open("wb") as log:
         child = subprocess.Popen(
             command, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT,

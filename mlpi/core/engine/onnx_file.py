@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from mlpi.core.backend import ModelArtifact, TensorSpec
-from mlpi.core.errors import ModelError
+from mlpi.core.contract.backend import ModelArtifact, TensorSpec
+from mlpi.core.contract.errors import ModelError
 
 _HINT = "pass --model-path with an .onnx file (exported with torch.onnx.export, tf2onnx, ...)"
 

@@ -3,11 +3,11 @@
 - :class:`InlineSUT` (SingleStream, MultiStream): the whole batch in the issue callback.
 - :class:`OfflineSUT`: the one big query cut into batches. With one slot the issue thread
   runs them itself; with several (instances, in-flight batches, device units) the
-  :class:`~mlpi.core.dispatch.Dispatcher` hands each to the least-loaded unit.
+  :class:`~mlpi.core.engine.dispatch.Dispatcher` hands each to the least-loaded unit.
 - :class:`ServerSUT`: dynamic batching: a batch leaves when it is full or when its oldest
   sample has waited ``timeout_s``, whichever comes first, as soon as a slot is free.
 
-Batches run through :class:`~mlpi.core.executor.BatchExecutor`; a backend failure inside
+Batches run through :class:`~mlpi.core.engine.executor.BatchExecutor`; a backend failure inside
 a callback goes to its ``on_error``, which ends the test process with the error recorded.
 """
 
@@ -17,8 +17,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from mlpi.core.dispatch import Dispatcher
-from mlpi.core.executor import BatchExecutor, ErrorHandler
+from mlpi.core.engine.dispatch import Dispatcher
+from mlpi.core.engine.executor import BatchExecutor, ErrorHandler
 
 __all__ = ["BatchExecutor", "ErrorHandler", "InlineSUT", "OfflineSUT", "ServerSUT"]
 

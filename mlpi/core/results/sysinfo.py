@@ -32,11 +32,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlpi.core.config import PluginsConfig
-from mlpi.core.device import Device
+from mlpi.core.plugins.config import PluginsConfig
+from mlpi.core.contract.device import Device
 
 if TYPE_CHECKING:
-    from mlpi.core.backend import Backend
+    from mlpi.core.contract.backend import Backend
 
 #: Environment variable naming the system, for ``system_name`` (never guessed).
 SYSTEM_NAME_ENV = "MLPI_SYSTEM_NAME"
@@ -218,8 +218,8 @@ def nvidia_accelerators(timeout_s: float = 10.0) -> list[Accelerator]:
 def installed_backends(config: PluginsConfig | None = None) -> list[Backend]:
     """One instance of every enabled, importable backend plugin; none when the
     configuration cannot be read (a system description never fails on it)."""
-    from mlpi.core.backend import Backend
-    from mlpi.core.plugins import Registry
+    from mlpi.core.contract.backend import Backend
+    from mlpi.core.plugins.registry import Registry
 
     try:
         plugins = Registry(config if config is not None else PluginsConfig.load(None)).plugins("backends")

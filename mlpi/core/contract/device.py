@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mlpi.core.errors import UsageError
+from mlpi.core.contract.errors import UsageError
 
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 

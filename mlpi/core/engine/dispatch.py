@@ -3,7 +3,7 @@
 A run on ``cuda:0,1`` or ``qaic:0-3`` opens sessions on every listed unit (``--instances``
 per unit), and each session may keep several batches in flight
 (``Capabilities.max_in_flight``). Every such in-flight place is a *slot*: one
-:class:`~mlpi.core.sut.BatchExecutor` (its own buffers) and one thread that runs its batches.
+:class:`~mlpi.core.engine.sut.BatchExecutor` (its own buffers) and one thread that runs its batches.
 The dispatcher hands each batch to a free slot of the unit with the lowest load — batches
 in flight over slots, ties to the unit that has had the fewest samples — so a fast unit
 takes more work and a slow or saturated one is never queued behind. Busy time is the wall
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlpi.core.executor import BatchExecutor
+from mlpi.core.engine.executor import BatchExecutor
 
 
 @dataclass(eq=False)

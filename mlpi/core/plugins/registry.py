@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from mlpi.core.backend import Backend
-from mlpi.core.config import GROUPS, PluginsConfig
-from mlpi.core.errors import PluginError, UsageError, suggest
+from mlpi.core.contract.backend import Backend
+from mlpi.core.contract.errors import PluginError, UsageError, suggest
+from mlpi.core.plugins.config import GROUPS, PluginsConfig
 
 OWN_DISTRIBUTION = "mlpi"
 
@@ -111,7 +111,7 @@ class Registry:
         if not (isinstance(cls, type) and issubclass(cls, Backend)):
             raise PluginError(
                 f"backend plugin '{info.name}' ({info.origin}) is not a mlpi Backend class",
-                f"its entry point '{info.target}' must name a subclass of mlpi.core.backend.Backend",
+                f"its entry point '{info.target}' must name a subclass of mlpi.core.contract.backend.Backend",
             )
         return cls()
 
@@ -122,7 +122,7 @@ class Registry:
     def model(self, name: str) -> Any:
         """The ModelSpec of the model plugin named ``name``; a factory that fails or returns
         something else is reported as the plugin's fault."""
-        from mlpi.core.model import load_spec
+        from mlpi.core.contract.model import load_spec
 
         info = self.resolve("models", name)
         try:
@@ -175,8 +175,8 @@ def _discover(group: str, config: PluginsConfig) -> dict[str, PluginInfo]:
 def wrong_type(group: str, obj: Any) -> str | None:
     """Why ``obj`` cannot be a plugin of ``group`` (``None`` when it can): a plugin of the
     wrong type is shown as broken, like one that fails to import."""
-    from mlpi.core.dataset import DatasetFactory
-    from mlpi.core.model import ModelSpec
+    from mlpi.core.contract.dataset import DatasetFactory
+    from mlpi.core.contract.model import ModelSpec
 
     if group == "backends":
         ok, want = isinstance(obj, type) and issubclass(obj, Backend), "a subclass of mlpi.api.Backend"

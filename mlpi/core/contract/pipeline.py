@@ -6,7 +6,7 @@ run -> postprocess, with the zero-copy paths ResNet50's speed depends on. A mode
 whose inference is more than one run (a decode loop over several graphs, a sample cut into
 windows or rows) gives its own factory in ``ModelSpec.pipeline``; it is handed this slot's
 sessions by graph role, the dataset and the batch size, and returns responses of any size
-(:class:`~mlpi.core.postprocess.Responses`) for the samples it was given.
+(:class:`~mlpi.core.contract.postprocess.Responses`) for the samples it was given.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlpi.core.backend import Session, TensorSpec
-from mlpi.core.dataset import Dataset
-from mlpi.core.postprocess import Postprocessor, Responses
+from mlpi.core.contract.backend import Session, TensorSpec
+from mlpi.core.contract.dataset import Dataset
+from mlpi.core.contract.postprocess import Postprocessor, Responses
 
 #: The graph role of a model that has one graph.
 MAIN_GRAPH = "model"
