@@ -1,8 +1,10 @@
 """Backend efficiency: mlpi Offline throughput versus the runtime's own tight loop.
 
-Same model, same session options, same batch size, same invocation. The tight loop feeds
-one preloaded batch to ``InferenceSession.run`` as fast as it can; mlpi runs a full LoadGen
-Offline test (gathering each batch from the preloaded samples, postprocessing, completing).
+Same model, same session options, same batch size, same data, same invocation. The tight
+loop feeds preloaded batches of the samples mlpi's run uses (``--dataset synthetic``, seed 0:
+for a detector, the data decides how much NMS work there is) to ``InferenceSession.run`` as
+fast as it can; mlpi runs a full LoadGen Offline test (gathering each batch from the
+preloaded samples, postprocessing, completing).
 
     python benchmarks/backend_efficiency.py --backend all --model resnet50 [--batch-size 8] [--duration 10]
     python benchmarks/backend_efficiency.py --backend onnxruntime --model retinanet --duration 30   # batch 1, as the file
@@ -34,23 +36,53 @@ from pathlib import Path
 import numpy as np
 
 
-def tight_loop(backend: str, model: Path, batch: int, seconds: float, threads: int) -> float:
-    """The runtime's own fastest loop on one preloaded batch, with the knobs mlpi uses."""
+Feeds = dict[str, np.ndarray]
+
+
+def tight_loop(backend: str, model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
+    """The runtime's own fastest loop over preloaded batches, with the knobs mlpi uses."""
     loops = {"onnxruntime": ort_loop, "openvino": openvino_loop, "pytorch": torch_loop, "deepsparse": deepsparse_loop}
-    return loops[backend](model, batch, seconds, threads)
+    return loops[backend](model, batches, seconds, threads)
 
 
-def _timed(step: object, batch: int, seconds: float) -> float:
-    for _ in range(3):
-        step()  # type: ignore[operator]
-    done, start = 0, time.perf_counter()
+def run_batches(model_name: str | None, model: Path, batch: int, count: int = 8) -> list[Feeds]:
+    """``count`` batches of the samples ``mlpi run --dataset synthetic`` (seed 0) feeds."""
+    from mlpi.core.contract.model import ModelSpec
+    from mlpi.core.engine.onnx_file import inspect_onnx
+    from mlpi.core.engine.planning import open_dataset
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.registry import Registry
+
+    registry = Registry(PluginsConfig.load(None))
+    spec = registry.model(model_name) if model_name else ModelSpec.for_file(model)
+    inputs = list(inspect_onnx(model).inputs)
+    dataset = open_dataset(registry, spec, inputs, "synthetic", None, batch * count, seed=0)
+    indices = list(range(dataset.count))
+    dataset.load(indices)
+    batches = []
+    for start in range(0, len(indices) - batch + 1, batch):
+        feeds = {s.name: np.zeros((batch, *s.sample_shape), dtype=s.dtype) for s in dataset.inputs}
+        dataset.gather(indices[start : start + batch], feeds)
+        batches.append(feeds)
+    return batches
+
+
+def _timed(step: object, batches: list[object], batch: int, seconds: float) -> float:
+    for k in range(3):
+        step(batches[k % len(batches)])  # type: ignore[operator]
+    done, k, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        step()  # type: ignore[operator]
+        step(batches[k % len(batches)])  # type: ignore[operator]
         done += batch
+        k += 1
     return done / (time.perf_counter() - start)
 
 
-def openvino_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+def _rows(batches: list[Feeds]) -> int:
+    return len(next(iter(batches[0].values())))
+
+
+def openvino_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
     """OpenVINO's recommended throughput pattern: an AsyncInferQueue kept full, f32."""
     import openvino as ov
 
@@ -59,21 +91,21 @@ def openvino_loop(model: Path, batch: int, seconds: float, threads: int) -> floa
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(core.read_model(str(model)), "CPU", config)
-    shape = [batch, *[d.get_length() for d in compiled.inputs[0].get_partial_shape()[1:]]]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    batch = _rows(batches)
     queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    for _ in range(3):
-        queue.start_async({0: x})
+    for k in range(3):
+        queue.start_async(batches[k % len(batches)])
     queue.wait_all()
-    done, start = 0, time.perf_counter()
+    done, k, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        queue.start_async({0: x})
+        queue.start_async(batches[k % len(batches)])
         done += batch
+        k += 1
     queue.wait_all()
     return done / (time.perf_counter() - start)
 
 
-def torch_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+def torch_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
     """The converted torch module called directly under inference_mode."""
     import torch
 
@@ -83,19 +115,19 @@ def torch_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
 
     artifact = inspect_onnx(model)
     session = TorchBackend().load(artifact, Device("cpu"), TorchOptions(threads=threads), "fp32")
-    spec = artifact.inputs[0]
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, *spec.sample_shape)).astype(np.float32))
+    names = [spec.name for spec in artifact.inputs]
+    tensors = [[torch.from_numpy(feeds[name]) for name in names] for feeds in batches]
 
-    def step() -> None:
+    def step(args: list[object]) -> None:
         with torch.inference_mode():
-            session.module(x)
+            session.module(*args)
 
-    return _timed(step, batch, seconds)
+    return _timed(step, tensors, _rows(batches), seconds)
 
 
-def deepsparse_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+def deepsparse_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
     """The engine compiled as mlpi compiles it (batch, cores, default scheduler), called
-    on one preloaded full batch."""
+    on preloaded full batches."""
     import deepsparse
     import onnx
 
@@ -110,32 +142,24 @@ def deepsparse_loop(model: Path, batch: int, seconds: float, threads: int) -> fl
     ir_version = onnx.load(str(model), load_external_data=False).ir_version
     path = runnable_copy(artifact) if ir_version > MAX_IR_VERSION else model
     defaults = DeepSparseOptions()
+    batch = _rows(batches)
     engine = deepsparse.compile_model(
         str(path), batch_size=batch, num_cores=threads or None, num_streams=defaults.num_streams or None,
         scheduler=defaults.scheduler,
     )
-    rng = np.random.default_rng(0)
-    inputs = [rng.standard_normal((batch, *spec.sample_shape)).astype(spec.dtype) for spec in artifact.inputs]
-    return _timed(lambda: engine.run(inputs, val_inp=False), batch, seconds)
+    inputs = [[feeds[spec.name] for spec in artifact.inputs] for feeds in batches]
+    return _timed(lambda args: engine.run(args, val_inp=False), inputs, batch, seconds)
 
 
-def ort_loop(model: Path, batch: int, seconds: float, threads: int) -> float:
+def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
-    spec = session.get_inputs()[0]
-    feeds = {spec.name: np.random.default_rng(0).standard_normal((batch, *spec.shape[1:])).astype(np.float32)}
     names = [o.name for o in session.get_outputs()]
-    for _ in range(3):
-        session.run(names, feeds)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(names, feeds)
-        done += batch
-    return done / (time.perf_counter() - start)
+    return _timed(lambda feeds: session.run(names, feeds), batches, _rows(batches), seconds)
 
 
 THREAD_OPTION = {
@@ -171,7 +195,7 @@ def registered_file(name: str) -> tuple[Path, str]:
     return path, "random"
 
 
-def postprocess_share(name: str, model: Path, own_loop_samples_per_s: float, repeats: int = 200) -> tuple[float, float]:
+def postprocess_share(name: str, model: Path, feeds: Feeds, own_loop_samples_per_s: float, repeats: int = 200) -> tuple[float, float]:
     """Seconds per sample of the model's postprocessor on the graph's real outputs, and its
     share of the time per sample of the runtime's own loop."""
     import onnxruntime as ort
@@ -181,8 +205,6 @@ def postprocess_share(name: str, model: Path, own_loop_samples_per_s: float, rep
 
     spec = Registry(PluginsConfig.load(None)).model(name)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    feeds = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
-             for i in session.get_inputs()}
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(names, feeds)))
     post = spec.postprocess(list(spec.outputs), 1)
@@ -212,7 +234,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="mlpi-efficiency-") as tmp:
         work = Path(tmp)
+        model_name: str | None = None
         if args.model in ("resnet50", "retinanet"):
+            model_name = args.model
             model, weights = registered_file(args.model)
             model_args = ["--model", args.model, "--weights", weights]
             label = f"{args.model} ({weights} weights)"
@@ -223,13 +247,14 @@ def main() -> int:
             model_args = ["--model-path", str(model)]
             label = f"conv {args.size}x{args.size}x{args.width}"
         backends = ["onnxruntime", "openvino", "pytorch"] if args.backend == "all" else [args.backend]
+        batches = run_batches(model_name, model, args.batch_size)
         rows = []
         for number, backend in enumerate(backends):
-            loop = tight_loop(backend, model, args.batch_size, args.duration, args.threads)
+            loop = tight_loop(backend, model, batches, args.duration, args.threads)
             mine, valid = mlpi_offline(backend, model_args, args.batch_size, args.duration, args.threads,
                                        work / f"results-{number}")
             rows.append((backend, loop, mine, valid))
-        share = postprocess_share(args.model, model, rows[0][1]) if args.model == "retinanet" else None
+        share = postprocess_share(args.model, model, batches[0], rows[0][1]) if args.model == "retinanet" else None
     print(f"model: {label}, batch {args.batch_size}, {args.duration}s per side, fp32, threads {args.threads or 'default'}")
     print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity")
     for backend, loop, mine, valid in rows:

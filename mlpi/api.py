@@ -8,7 +8,8 @@ and changes only with a version bump; the rest of the core is free to change.
 - **Models** (``mlpi.models``): register a :class:`ModelSpec` (or a function returning one)
   with its graphs (:class:`GraphSpec`), :class:`Artifact`, :class:`DataParams`,
   :class:`Rules` and :class:`QualityTarget`, a :class:`Postprocessor` (fixed-size rows or
-  :class:`Responses` of any size) or a whole :class:`Pipeline`, and a scorer returning an
+  :class:`Responses` of any size) or a whole :class:`Pipeline` (over several graphs, or
+  handing batches to :class:`Pieces` that run on every unit), and a scorer returning an
   :class:`AccuracyResult`.
 - **Datasets** (``mlpi.datasets``): subclass :class:`DatasetFactory`, whose ``open`` gets a
   :class:`DatasetRequest` and returns a :class:`Dataset` (most subclass
@@ -53,6 +54,8 @@ from mlpi.core.contract.model import GraphSpec, ModelSpec
 from mlpi.core.contract.pipeline import (
     MAIN_GRAPH,
     GatherRunPostprocess,
+    PieceConsumer,
+    Pieces,
     Pipeline,
     PipelineContext,
     PipelineFactory,
@@ -69,15 +72,19 @@ from mlpi.core.contract.rules import (
     QualityTarget,
     Rules,
 )
-from mlpi.core.engine.artifacts import Artifact
+from mlpi.core.engine.artifacts import ARTIFACT_FORMATS, Artifact
+from mlpi.core.results.rundir import write_bytes_atomic, write_json_atomic
 
 #: ``major.minor``: a major bump breaks plugins written for the previous one.
 #: 2.0: datasets get a DatasetRequest; models declare graphs, data parameters and rules;
 #: postprocessors get sample indices and may answer Responses; pipelines; typed accuracy.
-API_VERSION = "2.0"
+#: 2.1: several graphs per model, pieces (PipelineContext.pieces, ModelSpec.pieces and
+#: sample_inputs), artifacts of several files with a format and a convert step.
+API_VERSION = "2.1"
 
 __all__ = [
     "API_VERSION",
+    "ARTIFACT_FORMATS",
     "MAIN_GRAPH",
     "MULTISTREAM_SAMPLES_PER_QUERY",
     "PRECISIONS",
@@ -102,6 +109,8 @@ __all__ = [
     "ModelError",
     "ModelSpec",
     "NoOptions",
+    "PieceConsumer",
+    "Pieces",
     "Pipeline",
     "PipelineContext",
     "PipelineFactory",
@@ -118,4 +127,6 @@ __all__ = [
     "fixed_batch_size",
     "format_shape",
     "read_accuracy_log",
+    "write_bytes_atomic",
+    "write_json_atomic",
 ]

@@ -174,16 +174,24 @@ def models(as_json: bool, plugins_file: str | None) -> None:
 @click.argument("model")
 @click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
 def fetch(model: str, plugins_file: str | None) -> None:
-    """Download a model's official file into the cache (resumes, verifies the checksum)."""
+    """Download a model's official file(s) into the cache (resumes, verifies every checksum;
+    a checkpoint is converted into the model's graphs once)."""
     from mlpi.core.contract.errors import UsageError
     from mlpi.core.engine.artifacts import fetch as fetch_artifact
+    from mlpi.core.engine.planning import official_graphs
     from mlpi.core.plugins.config import PluginsConfig
     from mlpi.core.plugins.registry import Registry
 
     spec = Registry(PluginsConfig.load(plugins_file)).model(model)
     if spec.artifact is None:
         raise UsageError(f"model {spec.name} has no downloadable file", "pass --model-path FILE to mlpi run")
-    click.echo(str(fetch_artifact(spec.artifact)))
+    fetched = fetch_artifact(spec.artifact)
+    graphs = official_graphs(spec, fetched)
+    if list(graphs.values()) == [fetched]:
+        click.echo(str(fetched))
+    else:
+        for role, path in graphs.items():
+            click.echo(f"{role}: {path}")
 
 
 @main.command()

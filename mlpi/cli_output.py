@@ -81,7 +81,8 @@ class RunPrinter:
 
 def _device_line(unit: dict[str, Any]) -> str:
     busy = unit.get("busy_fraction")
-    return f"{unit['device']} {unit['samples']:,} samples in {unit['batches']:,} batches" + (
+    rows, batches = ("rows", "pieces") if unit.get("work") == "pieces" else ("samples", "batches")
+    return f"{unit['device']} {unit['samples']:,} {rows} in {unit['batches']:,} {batches}" + (
         f", busy {busy:.0%}" if busy is not None else ""
     )
 

@@ -15,6 +15,27 @@ import pytest
 
 from mlpi.testing import tiny_models
 
+#: Where CI asks for the ids of the tests that skipped (one per line), so that a second
+#: environment with every runtime installed runs exactly those and nothing twice.
+SKIPPED_FILE_ENV = "MLPI_SKIPPED_FILE"
+_skipped: list[str] = []
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a whole module skipped (pytest.importorskip at its top)
+        _skipped.append(report.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and report.when in ("setup", "call"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    target = os.environ.get(SKIPPED_FILE_ENV)
+    if target:
+        Path(target).write_text("".join(f"{nodeid}\n" for nodeid in dict.fromkeys(_skipped)), encoding="utf-8")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mlpi.backends._trt_cuda import Cuda
-from mlpi.backends._trt_engine import write_atomically
+from mlpi.core.results.rundir import write_bytes_atomic
 
 
 def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -100,7 +100,7 @@ def make_calibrator(
             if write_to is None:
                 return
             try:
-                write_atomically(write_to, bytes(memoryview(cache)))
+                write_bytes_atomic(write_to, bytes(memoryview(cache)))
                 self.cache_written = write_to
             except BaseException as exc:  # noqa: BLE001 - TensorRT swallows it; the caller raises it
                 self.error = self.error or exc

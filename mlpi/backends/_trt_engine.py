@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 
 from mlpi.core.contract.backend import ModelArtifact, fixed_batch_size, format_shape
 from mlpi.core.contract.errors import ModelError, UsageError
+from mlpi.core.results.rundir import write_bytes_atomic
 
 #: Changes whenever the engine file layout or the key's meaning changes.
 FORMAT = 1
@@ -122,27 +121,9 @@ def read_engine(path: Path) -> tuple[bytes | None, str]:
     return payload, ""
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-
-
 def write_engine(path: Path, payload: bytes) -> None:
     header = _HEADER.pack(_MAGIC, hashlib.sha256(payload).digest(), len(payload))
-    write_atomically(path, header + payload)
+    write_bytes_atomic(path, header + payload)
 
 
 def cache_dir(sub: str = "") -> Path:

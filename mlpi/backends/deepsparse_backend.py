@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from mlpi.core.contract.backend import (
 )
 from mlpi.core.contract.device import Device
 from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError
+from mlpi.core.results.rundir import write_bytes_atomic
 
 #: Batch size compiled when neither the model file nor the run fixes one: past 8, CPU
 #: throughput per sample barely grows for the CNNs MLPerf runs, while every partial
@@ -259,15 +259,9 @@ def runnable_copy(model: ModelArtifact) -> Path:
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types
         raise ModelError(f"cannot read {model.path} to convert it for DeepSparse: {exc}", _MODEL_HINT) from None
     proto.ir_version = MAX_IR_VERSION
-    handle, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(proto.SerializeToString())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, target)
+        write_bytes_atomic(target, proto.SerializeToString())
     except (OSError, ValueError) as exc:
-        Path(temp).unlink(missing_ok=True)
         raise ModelError(
             f"cannot write an IR {MAX_IR_VERSION} copy of {model.path} to {folder}: {exc}",
             f"free space in {folder} (or set MLPI_CACHE), or export the model with IR version {MAX_IR_VERSION}",

@@ -53,15 +53,25 @@ class GraphSpec:
 class ModelSpec:
     """A model's identity, artifact, data, rules, inference step and scoring.
 
-    - ``graphs``: role -> :class:`GraphSpec` (``"model"`` for a one-graph model).
-    - ``artifact``: where the official file comes from and its checksum.
+    - ``graphs``: role -> :class:`GraphSpec` (``"model"`` for a one-graph model). The first
+      role is the graph the dataset feeds; every role is loaded as a session on every unit.
+    - ``artifact``: where the official file(s) come from and their checksums.
+    - ``convert``: for an artifact that is not the graphs themselves (a framework
+      checkpoint), ``convert(fetched_file, folder) -> {role: onnx_path}`` writes them once;
+      the result is cached under the artifact's checksum.
     - ``data``: what the dataset must produce for it.
+    - ``sample_inputs``: what one LoadGen sample holds, where that is not the main graph's
+      inputs (a whole volume cut into windows, a group of rows, raw audio); the dataset is
+      asked for these, and the pipeline makes the graphs' feeds from them.
     - ``rules``: quality target, latency bounds, sample counts, required scenarios, round.
     - ``datasets``: names of datasets that fit; the first is the default for accuracy.
     - ``postprocess``: ``postprocess(outputs, max_batch)`` builds a response writer for the
       main session's outputs (``RawOutputs``: every output's bytes).
     - ``pipeline``: a factory of the model's own inference step, or ``None`` for the
-      default gather -> run -> postprocess (see :mod:`mlpi.core.contract.pipeline`).
+      default gather -> run -> postprocess (see :mod:`mlpi.core.contract.pipeline`); a model
+      with several graphs needs its own.
+    - ``pieces``: the pipeline hands its batches to ``PipelineContext.pieces`` (one sample
+      spread over every unit and slot) instead of running sessions itself.
     - ``outputs_batch_first``: whether every output has the batch as its first dimension
       (checked on the first sample); a model whose graph answers one sample's detections
       as ``[N, 4]`` says False and reads them in its postprocessor.
@@ -69,7 +79,9 @@ class ModelSpec:
       An accuracy run of a model with a scorer needs a dataset with ground truth, unless
       ``scoring_optional`` (a model given only as a file: top-1 when the data has labels).
     - ``build_random``: ``build_random(path, seed)`` writes a graph with the same signature
-      and seeded random weights, for performance-only runs without the download.
+      and seeded random weights, for performance-only runs without the download, and
+      returns its path; a model with several graphs is given a folder and returns
+      ``{role: path}``.
     """
 
     name: str
@@ -77,19 +89,42 @@ class ModelSpec:
     graphs: Mapping[str, GraphSpec] = field(default_factory=lambda: {MAIN_GRAPH: GraphSpec()})
     artifact: Artifact | None = None
     data: DataParams = field(default_factory=DataParams)
+    sample_inputs: tuple[TensorSpec, ...] | None = None
     rules: Rules = NO_RULES
     datasets: tuple[str, ...] = ("synthetic",)
     postprocess: PostprocessFactory = field(default=RawOutputs)
     pipeline: PipelineFactory | None = None
+    pieces: bool = False
     outputs_batch_first: bool = True
     score: AccuracyScorer | None = _score_raw
     scoring_optional: bool = False
-    build_random: Callable[[Path, int], Path] | None = None
+    build_random: Callable[[Path, int], Path | Mapping[str, Path]] | None = None
+    convert: Callable[[Path, Path], Mapping[str, Path]] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.graphs:
+            raise ValueError(f"model {self.name} declares no graph")
+        if self.pipeline is None and (len(self.graphs) > 1 or self.pieces or self.sample_inputs is not None):
+            raise ValueError(
+                f"model {self.name} has several graphs, pieces or samples of its own, so it needs its own pipeline"
+            )
+        if self.artifact is not None and self.convert is None:
+            if self.artifact.format == "checkpoint" or len(self.graphs) > 1:
+                raise ValueError(f"model {self.name}'s artifact is not its graph: it needs a convert function")
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The graph roles, the one the dataset feeds first."""
+        return tuple(self.graphs)
+
+    @property
+    def main_role(self) -> str:
+        return next(iter(self.graphs))
 
     @property
     def main_graph(self) -> GraphSpec:
-        return self.graphs.get(MAIN_GRAPH) or next(iter(self.graphs.values()))
+        return self.graphs[self.main_role]
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:

@@ -7,6 +7,12 @@ whose inference is more than one run (a decode loop over several graphs, a sampl
 windows or rows) gives its own factory in ``ModelSpec.pipeline``; it is handed this slot's
 sessions by graph role, the dataset and the batch size, and returns responses of any size
 (:class:`~mlpi.core.contract.postprocess.Responses`) for the samples it was given.
+
+A model whose one sample is many batches (3D-UNet's windows, DLRM's rows) sets
+``ModelSpec.pieces``: its pipeline then gets no sessions of its own but
+:class:`Pieces`, which runs the batches it hands over on every device unit and slot of the
+run (the core's workers, see :mod:`mlpi.core.engine.pieces`), so one sample is spread over
+all of them.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class PipelineContext:
     - ``outputs``: the main graph's outputs as observed on one sample (dynamic dims resolved
       where the graph's outputs are batch-first).
     - ``postprocess``: the model's postprocessor for these outputs (``None`` if it has none).
+    - ``pieces``: for a model that sets ``ModelSpec.pieces``, where its batches run (its
+      ``sessions`` are then empty); ``None`` otherwise.
+    - ``main_role``: the graph the dataset feeds (the first the model declares).
     """
 
     sessions: Mapping[str, Session]
@@ -56,9 +65,40 @@ class PipelineContext:
     batch_size: int
     outputs: Sequence[TensorSpec]
     postprocess: Postprocessor | None
+    pieces: Pieces | None = None
+    main_role: str = MAIN_GRAPH
 
 
 PipelineFactory = Callable[[PipelineContext], Pipeline]
+#: ``consume(piece_number, outputs)``: called in the worker that ran the piece.
+PieceConsumer = Callable[[int, Mapping[str, np.ndarray]], None]
+
+
+class Pieces(ABC):
+    """Batches of one or more samples' work, run anywhere the run has a slot.
+
+    - ``batch_size``: the most rows one piece should have (``--batch-size``, else what
+      the sessions prefer).
+    - ``workers``: how many pieces can run at once (slots over every unit): a sample cut
+      into at least this many pieces keeps every unit busy.
+    - ``roles``: the graphs a piece may run.
+    """
+
+    batch_size: int
+    workers: int
+    roles: tuple[str, ...]
+
+    @abstractmethod
+    def run(
+        self, feeds: Sequence[Mapping[str, np.ndarray]], role: str = MAIN_GRAPH, consume: PieceConsumer | None = None
+    ) -> list[Mapping[str, np.ndarray]] | None:
+        """Run every piece (one feed dict each, batch-first, for graph ``role``); wait for all.
+
+        Without ``consume`` the outputs come back in order, copied (a session may reuse its
+        output buffers). With it, ``consume(k, outputs)`` is called in the worker that ran
+        piece ``k`` while the outputs are valid: no copy, but calls may come from several
+        threads at once. The first piece that fails raises here.
+        """
 
 
 class GatherRunPostprocess(Pipeline):
@@ -85,7 +125,7 @@ class GatherRunPostprocess(Pipeline):
     def from_context(cls, context: PipelineContext) -> GatherRunPostprocess:
         if context.postprocess is None:
             raise ValueError("the default pipeline needs a postprocessor")
-        return cls(context.sessions[MAIN_GRAPH], context.dataset, context.postprocess, context.batch_size)
+        return cls(context.sessions[context.main_role], context.dataset, context.postprocess, context.batch_size)
 
     @property
     def sample_nbytes(self) -> int | None:

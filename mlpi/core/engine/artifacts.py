@@ -43,7 +43,7 @@ from mlpi.core.contract.errors import MlpiError
 from mlpi.core.engine.cache import cache_root
 from mlpi.core.results.rundir import write_json_atomic
 
-__all__ = ["Artifact", "artifact_path", "cached", "fetch", "verify", "NETWORK_HINT"]
+__all__ = ["NETWORK_HINT", "Artifact", "artifact_path", "cached", "fetch", "verify"]
 
 NETWORK_HINT = (
     "without network, pass --model-path FILE with a copy of the model, "
@@ -60,14 +60,24 @@ _RETRY_DELAY_S = 1.0  # first back-off; doubles per retry, capped at _RETRY_DELA
 _RETRY_DELAY_MAX_S = 10.0
 
 
+#: What an artifact's main file is: an ONNX graph; an ONNX graph whose weights are its
+#: companion files (external data); a framework checkpoint the model's ``convert`` turns
+#: into ONNX graphs.
+ARTIFACT_FORMATS = ("onnx", "onnx-external-data", "checkpoint")
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """A file mlpi can download: where from, what it must hash to.
+    """A model's downloadable file(s): where from, what each must hash to, what they are.
 
-    - ``name``: the cache sub-folder (``resnet50``); ``filename``: the file's name in it.
+    - ``name``: the cache sub-folder (``resnet50``); ``filename``: the main file's name in it.
     - ``checksum``: ``"md5:<32 hex>"`` or ``"sha256:<64 hex>"`` (normalized to lower case).
     - ``size``: bytes, when known: sizes the progress bar, and a file of another size is
       never trusted.
+    - ``format``: one of :data:`ARTIFACT_FORMATS`.
+    - ``companions``: further files fetched into the same folder (external-data files,
+      checkpoint shards, a vocabulary), each an ``Artifact`` with its own checksum. The
+      artifact is cached only when every file is.
     """
 
     name: str
@@ -75,8 +85,31 @@ class Artifact:
     url: str
     checksum: str
     size: int | None = None
+    format: str = "onnx"
+    companions: tuple[Artifact, ...] = ()
+
+    @property
+    def files(self) -> tuple[Artifact, ...]:
+        """Every file to fetch: the companions, then the main file."""
+        return (*self.companions, self)
+
+    @property
+    def fingerprint(self) -> str:
+        """One digest over every file's name and checksum: keys what is derived from them."""
+        digest = hashlib.sha256()
+        for file in sorted(self.files, key=lambda f: f.filename):
+            digest.update(f"{file.filename}:{file.checksum}\n".encode())
+        return digest.hexdigest()
 
     def __post_init__(self) -> None:
+        if self.format not in ARTIFACT_FORMATS:
+            raise ValueError(f"artifact format must be one of {', '.join(ARTIFACT_FORMATS)}, got {self.format!r}")
+        object.__setattr__(self, "companions", tuple(self.companions))
+        for companion in self.companions:
+            if not isinstance(companion, Artifact) or companion.name != self.name or companion.companions:
+                raise ValueError("an artifact's companions are plain Artifacts in the same cache folder (same name)")
+        if len({f.filename for f in self.files}) != len(self.files):
+            raise ValueError("an artifact's files need distinct file names")
         for field_name in ("name", "filename"):
             value = getattr(self, field_name)
             if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value:
@@ -96,11 +129,17 @@ def artifact_path(artifact: Artifact) -> Path:
 
 
 def cached(artifact: Artifact) -> Path | None:
-    """The artifact's path if a complete, verified copy is there, else ``None``.
+    """The main file's path if a complete, verified copy of every file is there, else ``None``.
 
-    Cheap: it trusts the ``.verified`` sidecar written after the file was hashed, as long as
+    Cheap: it trusts the ``.verified`` sidecar written after a file was hashed, as long as
     the sidecar names this checksum and the file still has the size and mtime recorded in it.
     """
+    if any(_cached_file(companion) is None for companion in artifact.companions):
+        return None
+    return _cached_file(artifact)
+
+
+def _cached_file(artifact: Artifact) -> Path | None:
     path = artifact_path(artifact)
     try:
         stat = path.stat()
@@ -130,15 +169,22 @@ def verify(path: Path, checksum: str) -> bool:
 
 
 def fetch(artifact: Artifact, *, progress: bool = True, timeout: float = 30.0, retries: int = 3) -> Path:
-    """Download ``artifact`` into the cache (unless it is already there) and return its path.
+    """Download every file of ``artifact`` into the cache (those not already there) and
+    return the main file's path.
 
     ``timeout`` bounds each network wait (connect, each read); a connection that drops or
     stalls mid-download is resumed up to ``retries`` times. Raises :class:`MlpiError` when
-    the file cannot be downloaded (the ``.part`` is kept for a later resume), when it does
+    a file cannot be downloaded (the ``.part`` is kept for a later resume), when it does
     not match its checksum (the ``.part`` is deleted), or when the cache cannot be written.
     """
+    for companion in artifact.companions:
+        _fetch_file(companion, progress=progress, timeout=timeout, retries=retries)
+    return _fetch_file(artifact, progress=progress, timeout=timeout, retries=retries)
+
+
+def _fetch_file(artifact: Artifact, *, progress: bool, timeout: float, retries: int) -> Path:
     final = artifact_path(artifact)
-    hit = cached(artifact)
+    hit = _cached_file(artifact)
     if hit is not None:
         return hit
     try:
@@ -146,7 +192,7 @@ def fetch(artifact: Artifact, *, progress: bool = True, timeout: float = 30.0, r
     except OSError as exc:
         raise MlpiError(f"cannot create cache folder {final.parent}: {_strerror(exc)}", DISK_HINT) from None
     with _locked(final, quiet=not progress):
-        hit = cached(artifact)  # another process may have fetched it while we waited
+        hit = _cached_file(artifact)  # another process may have fetched it while we waited
         if hit is not None:
             return hit
         if _adopt(artifact, final):

@@ -61,62 +61,81 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     loaded = setup.load_sessions(scenario)
     executors, outputs = build_executors(setup, loaded, scenario, out, lg)
     expect, calib_s = calibrate_expectations(setup, executors, scenario)
+    if loaded.pieces is not None:
+        loaded.pieces.reset_stats()
     settings, perf_count = write_settings(setup, scenario, mode, expect, calib_s, out, lg)
     sut_impl = make_sut(executors, scenario, plan, settings)
     elapsed_s, busy_s = run_loadgen(sut_impl, setup.dataset, len(setup.loaded), settings, out, plan, lg)
-    for _, session in loaded.placed:
-        session.close()
+    devices = (
+        device_stats(executors, busy_s, elapsed_s) if loaded.pieces is None else loaded.pieces.stats(elapsed_s)
+    )
+    loaded.close()
     accuracy = score_test(setup, outputs, out) if mode == "accuracy" else None
     return {
         "accuracy": accuracy,
         "performance_sample_count": perf_count,
         "batch_size": loaded.batch_size,
         "sessions": len(loaded.placed),
-        "precision": loaded.placed[0][1].precision,
+        "precision": loaded.main(0).precision,
         "samples_per_query": MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else None,
         "expectations": expect.__dict__,
         "slots": len(executors),
         "simulated": loaded.simulated,
-        "devices": device_stats(executors, busy_s, elapsed_s),
+        "devices": devices,
     }
 
 
 class TestSetup:
     """The plan's plugins, resolved in this process: backend, options, model spec, dataset."""
 
-    def __init__(self, plan: Any, registry: Any, backend: Any, options: Any, spec: Any, artifact: Any, dataset: Any) -> None:
+    def __init__(self, plan: Any, registry: Any, backend: Any, options: Any, spec: Any, artifacts: Any, dataset: Any) -> None:
         self.plan, self.registry, self.backend, self.options = plan, registry, backend, options
-        self.spec, self.artifact, self.dataset = spec, artifact, dataset
+        #: The graphs to load, by role, the one the dataset feeds first.
+        self.spec, self.artifacts, self.dataset = spec, artifacts, dataset
         #: The samples LoadGen keeps loaded, also used for warm-up and calibration.
         self.loaded = list(range(min(dataset.count, performance_count_limit(self))))
 
     def load_sessions(self, scenario: str) -> LoadedSessions:
-        """Sessions on every unit (``--instances`` each in Offline/Server) and their slots."""
+        """Every graph on every unit (``--instances`` each in Offline/Server), and the slots
+        they give: batches in flight for the SUT, or piece workers for a model with pieces."""
         from mlpi.core.contract.backend import LoadContext
         from mlpi.core.contract.device import Device
 
         plan = self.plan
         device = Device.parse(plan.device)
-        # SingleStream and MultiStream keep one query in flight: further instances would sit idle.
-        instances = plan.instances if scenario in ("Offline", "Server") else 1
+        pieces = self.spec.pieces
+        # SingleStream and MultiStream keep one query in flight: further instances would sit
+        # idle, unless the sample is spread over them in pieces.
+        instances = plan.instances if scenario in ("Offline", "Server") or pieces else 1
         context = LoadContext(
-            batch_size=planned_batch_size(plan.batch_size, scenario), calibration=calibration_batches(self.dataset)
+            batch_size=plan.batch_size if pieces else planned_batch_size(plan.batch_size, scenario),
+            # int8 calibration feeds the main graph: only where samples are its inputs.
+            calibration=calibration_batches(self.dataset) if self.spec.sample_inputs is None else None,
         )
         placed = [
-            (str(unit), self.backend.load(self.artifact, unit, self.options, plan.precision, context))
+            (str(unit), {role: self.backend.load(artifact, unit, self.options, plan.precision, context)
+                         for role, artifact in self.artifacts.items()})
             for unit in device.units()
             for _ in range(instances)
         ]
-        batch_size = effective_batch_size(plan.batch_size, placed[0][1].capabilities, scenario)
-        # Offline and Server keep up to max_in_flight batches in flight per session, one slot each.
+        main_caps = placed[0][1][self.spec.main_role].capabilities
+        # Offline and Server keep up to max_in_flight batches in flight per session, one slot
+        # each; pieces always do, whatever the scenario.
+        spread = scenario in ("Offline", "Server") or pieces
         slots = [
-            (unit, session)
-            for unit, session in placed
-            for _ in range(session.capabilities.max_in_flight if scenario in ("Offline", "Server") else 1)
+            (unit, sessions)
+            for unit, sessions in placed
+            for _ in range(min(s.capabilities.max_in_flight for s in sessions.values()) if spread else 1)
         ]
-        loaded = LoadedSessions(placed, slots, batch_size)
+        if pieces:
+            loaded = LoadedSessions.with_pieces(placed, slots, self.spec.main_role, scenario, plan.batch_size)
+        else:
+            batch_size = effective_batch_size(plan.batch_size, main_caps, scenario)
+            loaded = LoadedSessions(placed, slots, batch_size, self.spec.main_role)
         print(
-            f"mlpi: {len(placed)} {self.backend.name} session(s) on {device}, {len(slots)} slot(s), batch size {batch_size}"
+            f"mlpi: {len(placed)} {self.backend.name} session(s) on {device}"
+            + (f" ({len(self.artifacts)} graphs each)" if len(self.artifacts) > 1 else "")
+            + f", {len(slots)} slot(s){' for pieces' if pieces else ''}, batch size {loaded.batch_size}"
             + (" (simulated device)" if loaded.simulated else ""),
             flush=True,
         )
@@ -124,17 +143,47 @@ class TestSetup:
 
 
 class LoadedSessions:
-    """Sessions by device unit, the slots they give, and the batch size they run at."""
+    """Sessions by device unit (a dict by graph role each), the slots they give, the batch
+    size they run at; for a model with pieces, the piece workers serving every slot."""
 
-    def __init__(self, placed: list[tuple[str, Any]], slots: list[tuple[str, Any]], batch_size: int) -> None:
+    def __init__(self, placed: list[tuple[str, dict[str, Any]]], slots: list[tuple[str, dict[str, Any]]],
+                 batch_size: int, main_role: str, pieces: Any = None) -> None:
         self.placed = placed
         self.slots = slots
         self.batch_size = batch_size
-        self.simulated = any(session.simulated for _, session in placed)
+        self.main_role = main_role
+        self.pieces = pieces
+        self.simulated = any(session.simulated for _, sessions in placed for session in sessions.values())
+
+    @classmethod
+    def with_pieces(cls, placed: list[tuple[str, dict[str, Any]]], slots: list[tuple[str, dict[str, Any]]],
+                    main_role: str, scenario: str, requested: int | None) -> LoadedSessions:
+        """Piece workers on every slot; the SUT's own slots then hold no sessions: one for
+        SingleStream/MultiStream, one per worker in Offline/Server (samples in flight at once)."""
+        from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
+        from mlpi.core.engine.pieces import PieceDispatcher
+
+        caps = placed[0][1][main_role].capabilities
+        piece_batch = effective_batch_size(requested, caps, "Offline")
+        dispatcher = PieceDispatcher(slots, piece_batch)
+        dispatcher.start()
+        sample_batch = MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else 1
+        sample_slots = [("", {})] * (len(slots) if scenario in ("Offline", "Server") else 1)
+        return cls(placed, sample_slots, sample_batch, main_role, dispatcher)
+
+    def main(self, k: int) -> Any:
+        """The main graph's session of placement ``k``."""
+        return self.placed[k][1][self.main_role]
+
+    def close(self) -> None:
+        if self.pieces is not None:
+            self.pieces.stop()
+        for _, sessions in self.placed:
+            for session in sessions.values():
+                session.close()
 
 
 def open_test(plan: Any) -> TestSetup:
-    from mlpi.core.contract.backend import ModelArtifact
     from mlpi.core.engine.planning import open_dataset, spec_of_plan
     from mlpi.core.plugins.config import PluginsConfig
     from mlpi.core.plugins.options import build_options
@@ -143,36 +192,38 @@ def open_test(plan: Any) -> TestSetup:
     registry = Registry(PluginsConfig.load(plan.plugins_file))
     backend = registry.backend(plan.backend)
     options = build_options(backend.Options, [("plan", plan.backend_options)], backend.name)
-    artifact = ModelArtifact(
-        Path(plan.model.path), plan.model.sha256, tuple(plan.model.inputs), tuple(plan.model.outputs)
-    )
+    artifacts = plan.model.artifacts()
     spec = spec_of_plan(registry, plan)
     dataset = open_dataset(
-        registry, spec, artifact.inputs, plan.dataset, plan.dataset_path, plan.dataset_count, plan.seed
+        registry, spec, plan.model.inputs, plan.dataset, plan.dataset_path, plan.dataset_count, plan.seed
     )
-    return TestSetup(plan, registry, backend, options, spec, artifact, dataset)
+    return TestSetup(plan, registry, backend, options, spec, artifacts, dataset)
 
 
 def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out: Path, lg: Any) -> tuple[list[Any], list[Any]]:
     """One executor per slot, each with its own pipeline (the model's, or the default)."""
-    from mlpi.core.contract.pipeline import MAIN_GRAPH, PipelineContext
+    from mlpi.core.contract.pipeline import PipelineContext
     from mlpi.core.engine.executor import BatchExecutor
 
     spec, dataset, batch_size = setup.spec, setup.dataset, loaded.batch_size
-    first = loaded.placed[0][1]
     dataset.load(setup.loaded)
-    outputs = observed_outputs(first, dataset, setup.loaded[0], batch_first=spec.outputs_batch_first)
+    if spec.sample_inputs is None:
+        outputs = observed_outputs(loaded.main(0), dataset, setup.loaded[0], batch_first=spec.outputs_batch_first)
+    else:  # samples are not the graph's feeds: its pipeline knows its outputs
+        outputs = list(loaded.main(0).outputs)
     on_error = error_handler(setup.backend.name, scenario, out)
     executors = []
-    for unit, session in loaded.slots:
+    for unit, sessions in loaded.slots:
         postprocess = spec.postprocess(outputs, batch_size)
         pipeline = None
         if spec.pipeline is not None:
-            pipeline = spec.pipeline(PipelineContext({MAIN_GRAPH: session}, dataset, batch_size, outputs, postprocess))
+            pipeline = spec.pipeline(
+                PipelineContext(sessions, dataset, batch_size, outputs, postprocess, loaded.pieces, spec.main_role)
+            )
         executors.append(
             BatchExecutor(
-                session, dataset, postprocess, batch_size, lg.QuerySamplesComplete, lg.QuerySampleResponse,
-                on_error, device=unit, pipeline=pipeline,
+                sessions.get(spec.main_role), dataset, postprocess, batch_size, lg.QuerySamplesComplete,
+                lg.QuerySampleResponse, on_error, device=unit, pipeline=pipeline,
             )
         )
     return executors, outputs

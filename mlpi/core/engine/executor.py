@@ -26,12 +26,12 @@ class BatchExecutor:
 
     Give ``session``, ``dataset`` and ``postprocess`` for the default gather -> run ->
     postprocess pipeline, or ``pipeline`` for a model's own (``session`` is then the slot's
-    main session, kept for reporting).
+    main session, kept for reporting, or ``None`` where the pipeline runs in pieces).
     """
 
     def __init__(
         self,
-        session: Session,
+        session: Session | None,
         dataset: Dataset,
         postprocess: Postprocessor | None,
         batch_size: int,
@@ -47,8 +47,8 @@ class BatchExecutor:
         self.dataset = dataset
         self.batch_size = batch_size
         if pipeline is None:
-            if postprocess is None:
-                raise ValueError("BatchExecutor needs a postprocessor or a pipeline")
+            if postprocess is None or session is None:
+                raise ValueError("BatchExecutor needs a session and a postprocessor, or a pipeline")
             pipeline = GatherRunPostprocess(session, dataset, postprocess, batch_size)
         self.pipeline = pipeline
         stride = pipeline.sample_nbytes

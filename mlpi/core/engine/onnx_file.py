@@ -1,4 +1,10 @@
-"""Read an ONNX file's signature without running it, so a plan can be checked up front."""
+"""Read an ONNX file's signature without running it, so a plan can be checked up front.
+
+A model whose weights live in external-data files (``model.onnx`` + ``model.onnx.data``,
+as exporters write graphs over 2 GB) is hashed over every one of those files, so a cache
+keyed by the model's hash (compiled engines, converted copies) can never serve an engine
+built from weights that have since changed.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +52,46 @@ def inspect_onnx(path: Path) -> ModelArtifact:
     initializers = {init.name for init in graph.initializer}
     inputs = tuple(_spec(value) for value in graph.input if value.name not in initializers)
     outputs = tuple(_spec(value) for value in graph.output)
-    return ModelArtifact(path=path.resolve(), sha256=sha256_of(path), inputs=inputs, outputs=outputs)
+    digest = model_digest(path, external_data_files(proto, path))
+    return ModelArtifact(path=path.resolve(), sha256=digest, inputs=inputs, outputs=outputs)
+
+
+def external_data_files(proto: object, path: Path) -> dict[str, Path]:
+    """The files a model's external-data tensors name, each checked to exist inside the
+    model's folder (a location like ``../../etc/passwd`` or ``/dev/zero`` is refused)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    folder = path.resolve().parent
+    files: dict[str, Path] = {}
+    for tensor in _get_all_tensors(proto):
+        if not uses_external_data(tensor):
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelError(
+                f"{path} names external data {location!r} outside its folder",
+                "keep a model's external-data files next to its .onnx file, named relative to it",
+            )
+        if not target.is_file():
+            raise ModelError(
+                f"{path} keeps its weights in {location}, which is missing",
+                f"copy {location} next to {path.name} (external-data files travel with their model)",
+            )
+        files[location] = target
+    return dict(sorted(files.items()))
+
+
+def model_digest(path: Path, external: dict[str, Path]) -> str:
+    """sha256 of the model file; with external data (location -> file), of every file's
+    name and digest."""
+    main = sha256_of(path)
+    if not external:
+        return main
+    digest = hashlib.sha256(f"{path.name}:{main}\n".encode())
+    for location, file in external.items():
+        digest.update(f"{location}:{sha256_of(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def _spec(value: object) -> TensorSpec:

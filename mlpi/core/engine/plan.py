@@ -6,18 +6,50 @@ timing, writes it as ``plan.json``, and each test's child process reads it back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.backend import ModelArtifact, TensorSpec
+from mlpi.core.contract.pipeline import MAIN_GRAPH
 
 PLAN_VERSION = 1
 
 
 @dataclass
+class GraphRef:
+    """One graph file of a model with several: its path, hash and signature."""
+
+    path: str
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def artifact(self) -> ModelArtifact:
+        return ModelArtifact(Path(self.path), self.sha256, tuple(self.inputs), tuple(self.outputs))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "sha256": self.sha256,
+            "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GraphRef:
+        return cls(
+            data["path"], data["sha256"],
+            [TensorSpec.from_json(s) for s in data["inputs"]], [TensorSpec.from_json(s) for s in data["outputs"]],
+        )
+
+
+@dataclass
 class ModelRef:
+    """The model a plan runs. ``path``, ``inputs`` and ``outputs`` are its main graph's
+    (the one the dataset feeds). A model with several graphs lists every one in ``graphs``
+    by role, and its ``sha256`` covers all of them; a one-graph model's is its file's."""
+
     name: str
     path: str
     sha256: str
@@ -25,11 +57,20 @@ class ModelRef:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     random_weights: bool = False
+    graphs: dict[str, GraphRef] = field(default_factory=dict)
+    main_role: str = MAIN_GRAPH
+
+    def artifacts(self) -> dict[str, ModelArtifact]:
+        """Every graph to load, by role, the main one first."""
+        if self.graphs:
+            return {role: graph.artifact() for role, graph in self.graphs.items()}
+        return {self.main_role: ModelArtifact(Path(self.path), self.sha256, tuple(self.inputs), tuple(self.outputs))}
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["inputs"] = [s.to_json() for s in self.inputs]
         data["outputs"] = [s.to_json() for s in self.outputs]
+        data["graphs"] = {role: graph.to_json() for role, graph in self.graphs.items()}
         return data
 
     @classmethod
@@ -37,7 +78,16 @@ class ModelRef:
         data = dict(data)
         data["inputs"] = [TensorSpec.from_json(s) for s in data["inputs"]]
         data["outputs"] = [TensorSpec.from_json(s) for s in data["outputs"]]
+        data["graphs"] = {role: GraphRef.from_json(g) for role, g in (data.get("graphs") or {}).items()}
         return cls(**data)
+
+
+def combined_digest(graphs: dict[str, GraphRef]) -> str:
+    """One hash over every graph of a model: role and file hash, in role order."""
+    digest = hashlib.sha256()
+    for role, graph in graphs.items():
+        digest.update(f"{role}:{graph.sha256}\n".encode())
+    return digest.hexdigest()
 
 
 @dataclass

@@ -6,23 +6,28 @@ error that names the fix; ``recheck_plan`` checks a saved plan against this mach
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.contract.backend import ModelArtifact, fixed_batch_size
+from mlpi.core.contract.backend import fixed_batch_size
 from mlpi.core.contract.dataset import DatasetRequest
 from mlpi.core.contract.device import Device
 from mlpi.core.contract.errors import DeviceError, ModelError, UsageError, suggest
 from mlpi.core.contract.model import ModelSpec
+from mlpi.core.contract.pipeline import MAIN_GRAPH
 from mlpi.core.contract.rules import MODES, SCENARIOS
 from mlpi.core.engine.artifacts import cached
 from mlpi.core.engine.cache import cache_root
 from mlpi.core.engine.onnx_file import inspect_onnx
-from mlpi.core.engine.plan import ModelRef, Plan
+from mlpi.core.engine.plan import GraphRef, ModelRef, Plan, combined_digest
 from mlpi.core.plugins.config import PluginsConfig
 from mlpi.core.plugins.options import build_options, options_to_json
 from mlpi.core.plugins.registry import Registry
+from mlpi.core.results.rundir import write_json_atomic
 
 
 @dataclass
@@ -111,9 +116,9 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
             f"accuracy mode needs the official {model_ref.name} weights; random weights are for performance only",
             f"run `mlpi fetch {model_ref.name}`, or pass --model-path FILE, or use --mode performance",
         )
-    artifact = ModelArtifact(Path(model_ref.path), model_ref.sha256, tuple(model_ref.inputs), tuple(model_ref.outputs))
-    for unit in device.units():
-        backend.check(artifact, unit, options, request.precision)
+    for artifact in model_ref.artifacts().values():
+        for unit in device.units():
+            backend.check(artifact, unit, options, request.precision)
     _check_batch_size(request.batch_size, model_ref.inputs)
     dataset = open_dataset(
         registry, spec, model_ref.inputs, request.dataset, request.dataset_path, request.dataset_count, request.seed
@@ -158,12 +163,13 @@ def recheck_plan(plan: Plan) -> Plan:
     backend.version()
     _check_device(backend, Device.parse(plan.device))
     build_options(backend.Options, [("plan.json", plan.backend_options)], backend.name)
-    artifact = inspect_onnx(Path(plan.model.path))
-    if artifact.sha256 != plan.model.sha256:
-        raise ModelError(
-            f"{plan.model.path} changed since the plan was made (sha256 {artifact.sha256[:12]}..., plan has {plan.model.sha256[:12]}...)",
-            "restore the original file, or start a new run without --plan",
-        )
+    for graph in plan.model.artifacts().values():
+        artifact = inspect_onnx(graph.path)
+        if artifact.sha256 != graph.sha256:
+            raise ModelError(
+                f"{graph.path} changed since the plan was made (sha256 {artifact.sha256[:12]}..., plan has {graph.sha256[:12]}...)",
+                "restore the original file, or start a new run without --plan",
+            )
     open_dataset(registry, spec_of_plan(registry, plan), plan.model.inputs, plan.dataset, plan.dataset_path,
                  plan.dataset_count, plan.seed)
     return plan
@@ -180,7 +186,10 @@ def open_dataset(
     registry: Registry, spec: ModelSpec, inputs: Any, name: str, path: str | None, count: int | None, seed: int = 0,
     *, for_scoring: bool = False,
 ) -> Any:
-    """Dataset ``name`` opened for ``spec``: its inputs, data parameters and sample count."""
+    """Dataset ``name`` opened for ``spec``: its inputs (the model's own sample inputs where
+    it declares them, else the main graph's), data parameters and sample count."""
+    if spec.sample_inputs is not None:
+        inputs = list(spec.sample_inputs)
     factory = registry.dataset(name)
     if factory.needs_path and not path:
         raise UsageError(f"dataset '{name}' needs --dataset-path", "point it at the dataset's folder")
@@ -246,7 +255,7 @@ def check_device_usable(name: str, device: Device, usable: list[Device]) -> None
 
 
 def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, ModelSpec, bool]:
-    """The model file and its spec (the registered model's, or one made from the file)."""
+    """The model's graph file(s) and its spec (the registered model's, or one made from the file)."""
     spec: ModelSpec | None = None
     if request.model:
         spec = registry.model(request.model)
@@ -256,34 +265,63 @@ def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, M
     if request.model_path:
         if request.weights == "random":
             raise UsageError("--weights random and --model-path both choose the model file", "drop one of them")
-        path = Path(request.model_path).expanduser()
+        files = _graph_files_at(Path(request.model_path).expanduser(), spec)
     elif spec is None:
         raise UsageError("no model given", "pass --model NAME (see `mlpi models`) or --model-path FILE.onnx")
     else:
-        path, random_weights = _registered_model_file(spec, request.weights, request.seed)
-    artifact = inspect_onnx(path)
+        files, random_weights = _registered_model_files(spec, request.weights, request.seed)
+    graphs = {role: inspect_onnx(path) for role, path in files.items()}
     if spec is not None:
-        _check_signature(spec, artifact, path)
-    spec = spec or ModelSpec.for_file(path)
+        for role, artifact in graphs.items():
+            _check_signature(spec, role, artifact, artifact.path)
+    main_role, main = next(iter(graphs.items()))
+    spec = spec or ModelSpec.for_file(main.path)
+    refs = (
+        {role: GraphRef(str(a.path), a.sha256, list(a.inputs), list(a.outputs)) for role, a in graphs.items()}
+        if len(graphs) > 1 else {}
+    )
     ref = ModelRef(
         name=spec.name,
-        path=str(artifact.path),
-        sha256=artifact.sha256,
+        path=str(main.path),
+        sha256=combined_digest(refs) if refs else main.sha256,
         rules_key=spec.rules_key,
-        inputs=list(artifact.inputs),
-        outputs=list(artifact.outputs),
+        inputs=list(main.inputs),
+        outputs=list(main.outputs),
         random_weights=random_weights,
+        graphs=refs,
+        main_role=main_role,
     )
     return ref, spec, request.model is not None
 
 
+def _graph_files_at(path: Path, spec: ModelSpec | None) -> dict[str, Path]:
+    """``--model-path``: the file of a one-graph model, or the folder holding ``<role>.onnx``
+    for each graph of a model with several."""
+    if spec is None or len(spec.graphs) == 1:
+        return {spec.main_role if spec else MAIN_GRAPH: path}
+    if not path.is_dir():
+        raise ModelError(
+            f"{spec.name} has {len(spec.graphs)} graphs ({', '.join(spec.roles)}), so --model-path must be a folder",
+            f"pass a folder holding {', '.join(r + '.onnx' for r in spec.roles)}",
+        )
+    missing = [role for role in spec.roles if not (path / f"{role}.onnx").is_file()]
+    if missing:
+        raise ModelError(
+            f"{path} has no {', '.join(r + '.onnx' for r in missing)} for model {spec.name}",
+            f"put every graph of {spec.name} there: {', '.join(r + '.onnx' for r in spec.roles)}",
+        )
+    return {role: path / f"{role}.onnx" for role in spec.roles}
+
+
 def random_weights_path(spec: ModelSpec, seed: int) -> Path:
+    """Where a model's seeded random graph is kept (a folder for a model with several)."""
     version = spec.extra.get("random_graph_version", 1)
-    return cache_root() / "models" / spec.name / f"{spec.name}-random-seed{seed}-v{version}.onnx"
+    suffix = ".onnx" if len(spec.graphs) == 1 else ""
+    return cache_root() / "models" / spec.name / f"{spec.name}-random-seed{seed}-v{version}{suffix}"
 
 
-def _registered_model_file(spec: ModelSpec, weights: str | None, seed: int) -> tuple[Path, bool]:
-    """The official file when asked for (or cached), else seeded random weights, built once."""
+def _registered_model_files(spec: ModelSpec, weights: str | None, seed: int) -> tuple[dict[str, Path], bool]:
+    """The official graphs when asked for (or cached), else seeded random ones, built once."""
     official = cached(spec.artifact) if spec.artifact is not None else None
     if weights == "official" or (weights is None and official is not None):
         if official is None:
@@ -291,29 +329,88 @@ def _registered_model_file(spec: ModelSpec, weights: str | None, seed: int) -> t
                 f"the official {spec.name} model is not downloaded",
                 f"run `mlpi fetch {spec.name}`, pass --model-path FILE, or use --weights random for a performance-only run",
             )
-        return official, False
+        return official_graphs(spec, official), False
     if spec.build_random is None:
         raise ModelError(f"model {spec.name} has no random-weights form", f"run `mlpi fetch {spec.name}` or pass --model-path FILE")
     path = random_weights_path(spec, seed)
-    if not path.exists():
-        try:
-            spec.build_random(path, seed)
-        except OSError as exc:
-            raise ModelError(
-                f"cannot write the random-weights model to {path}: {exc.strerror or exc}",
-                "set MLPI_CACHE to a writable folder with about 100 MB free",
-            ) from None
-    return path, True
+    if len(spec.graphs) == 1:
+        if not path.exists():
+            _write_model(spec, f"the random-weights model to {path}", lambda: spec.build_random(path, seed))  # type: ignore[misc]
+        return {spec.main_role: path}, True
+    graphs = {role: path / f"{role}.onnx" for role in spec.roles}
+    if not all(file.is_file() for file in graphs.values()):
+        built = _write_model(spec, f"the random-weights graphs to {path}", lambda: _build_in(path, spec, seed))
+        graphs = {role: Path(built[role]) for role in spec.roles}
+    return graphs, True
 
 
-def _check_signature(spec: ModelSpec, artifact: Any, path: Path) -> None:
-    """A file given for a registered model must have that model's inputs and outputs."""
-    for kind, want, have in (("input", spec.inputs, artifact.inputs), ("output", spec.outputs, artifact.outputs)):
+def official_graphs(spec: ModelSpec, fetched: Path) -> dict[str, Path]:
+    """The official artifact's graphs by role: the file itself, or what ``spec.convert``
+    made of it, converted once and kept under the artifact's fingerprint."""
+    if spec.convert is None:
+        return {spec.main_role: fetched}
+    assert spec.artifact is not None
+    folder = fetched.parent / f"converted-{spec.artifact.fingerprint[:16]}"
+    index = folder / "graphs.json"
+    try:
+        made = json.loads(index.read_text(encoding="utf-8"))
+        graphs = {role: folder / made[role] for role in spec.roles}
+        if all(file.is_file() for file in graphs.values()):
+            return graphs
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    print(f"mlpi: converting {fetched.name} into {', '.join(spec.roles)} (once)", file=sys.stderr)
+    converted = _write_model(spec, f"the converted graphs to {folder}", lambda: _convert_in(folder, spec, fetched))
+    write_json_atomic(index, {role: Path(converted[role]).relative_to(folder).as_posix() for role in spec.roles})
+    return {role: Path(converted[role]) for role in spec.roles}
+
+
+def _build_in(folder: Path, spec: ModelSpec, seed: int) -> Any:
+    folder.mkdir(parents=True, exist_ok=True)
+    return _check_roles(spec, spec.build_random(folder, seed), folder)  # type: ignore[misc]
+
+
+def _convert_in(folder: Path, spec: ModelSpec, fetched: Path) -> Any:
+    folder.mkdir(parents=True, exist_ok=True)
+    return _check_roles(spec, spec.convert(fetched, folder), folder)  # type: ignore[misc]
+
+
+def _check_roles(spec: ModelSpec, made: Any, folder: Path) -> dict[str, Path]:
+    """What a model's builder or converter returned must name one file per role, in ``folder``."""
+    if not isinstance(made, Mapping) or set(made) != set(spec.roles):
+        raise ModelError(
+            f"model {spec.name}'s plugin wrote graphs {sorted(made) if isinstance(made, Mapping) else made!r}, "
+            f"not one per role ({', '.join(spec.roles)})",
+            "report this to the model plugin's authors",
+        )
+    files = {role: Path(made[role]) for role in spec.roles}
+    outside = [role for role, file in files.items() if not file.resolve().is_relative_to(folder.resolve())]
+    if outside:
+        raise ModelError(f"model {spec.name}'s plugin wrote {', '.join(outside)} outside {folder}",
+                         "report this to the model plugin's authors")
+    return files
+
+
+def _write_model(spec: ModelSpec, what: str, write: Any) -> Any:
+    try:
+        return write()
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write {what}: {exc.strerror or exc}",
+            "set MLPI_CACHE to a writable folder with enough free space",
+        ) from None
+
+
+def _check_signature(spec: ModelSpec, role: str, artifact: Any, path: Path) -> None:
+    """A file given for a registered model must have that graph's inputs and outputs."""
+    graph = spec.graphs[role]
+    label = spec.name if len(spec.graphs) == 1 else f"{spec.name} {role}"
+    for kind, want, have in (("input", graph.inputs, artifact.inputs), ("output", graph.outputs, artifact.outputs)):
         have_names = {t.name for t in have}
         missing = [t.name for t in want if t.name not in have_names]
         if missing:
             raise ModelError(
-                f"{path} is not a {spec.name} model: it has no {kind} {', '.join(missing)} "
+                f"{path} is not a {label} model: it has no {kind} {', '.join(missing)} "
                 f"(it has {', '.join(sorted(have_names)) or 'none'})",
-                f"pass the {spec.name} ONNX file, or drop --model to run the file as a custom model",
+                f"pass the {label} ONNX file, or drop --model to run the file as a custom model",
             )
