@@ -148,5 +148,5 @@ def rules_line(row: dict[str, Any]) -> str:
     for category, scenarios in (row.get("required_scenarios") or {}).items():
         parts.append(f"{category}: {', '.join(scenarios)}")
     if row.get("round"):
-        parts.append(f"round {row['round']}")
+        parts.append(f"retired after round {row['round']}" if row.get("retired") else f"round {row['round']}")
     return "; ".join(parts)

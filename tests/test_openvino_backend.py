@@ -143,6 +143,15 @@ def test_fixed_batch_model_reports_its_batch(models: dict[str, Path]) -> None:
     assert_same(dict(session.run(feeds)), onnxruntime_outputs(models["matmul_b4"], feeds))
 
 
+def test_a_batch_that_cannot_be_split_gets_a_slot_per_request(models: dict[str, Path]) -> None:
+    """A fixed-batch model keeps one request busy per call: the core must keep one batch in
+    flight per request, or a two-stream CPU runs at half its speed (RetinaNet, batch 1)."""
+    fixed = load(models["matmul_b4"], num_requests=3)
+    assert fixed.capabilities.max_in_flight == 3 and fixed.capabilities.concurrent
+    dynamic = load(models["matmul"], num_requests=3)  # one call spreads its rows over the requests
+    assert dynamic.capabilities.max_in_flight == 1
+
+
 # -- numbers ---------------------------------------------------------------------------------
 
 

@@ -203,3 +203,44 @@ def test_cuda_session_matches_cpu(models: dict[str, Path]) -> None:
                 assert isinstance(got[key], np.ndarray) and got[key].dtype == expected.dtype
                 np.testing.assert_allclose(got[key], expected, rtol=1e-3, atol=1e-4)
         gpu.close()
+
+
+def _single_node(path: Path, node: object, inputs: list[tuple[str, int, list[int]]], opset: int = 13) -> Path:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [node], "one", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+GATHER_SCATTER_CASES = {
+    "gathernd_batch_dims_1": (("GatherND", ["d", "i"], {"batch_dims": 1}), [("i", [2, 3, 1])],
+                              np.array([[[0], [4], [-1]], [[2], [2], [1]]]), None, 13),
+    "gathernd_pairs": (("GatherND", ["d", "i"], {}), [("i", [3, 2])], np.array([[0, 1], [1, 4], [1, -2]]), None, 13),
+    "scatternd_points": (("ScatterND", ["d", "i", "u"], {}), [("i", [3, 3]), ("u", [3])],
+                         np.array([[0, 1, 2], [1, 4, 0], [1, -2, 3]]), (3,), 13),
+    "scatternd_add_slices": (("ScatterND", ["d", "i", "u"], {"reduction": "add"}), [("i", [3, 1]), ("u", [3, 5, 4])],
+                             np.array([[0], [1], [0]]), (3, 5, 4), 16),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GATHER_SCATTER_CASES))
+def test_gathernd_and_scatternd_match_onnxruntime(case: str, tmp_path: Path) -> None:
+    """The SSD graphs' top-detection gather and dense scatter (negative indices, batch_dims, add)."""
+    from onnx import TensorProto, helper
+
+    (op, names, attrs), extra, index, update_shape, opset = GATHER_SCATTER_CASES[case]
+    inputs = [("d", TensorProto.FLOAT, [2, 5, 4])]
+    inputs += [(n, TensorProto.INT64 if n == "i" else TensorProto.FLOAT, s) for n, s in extra]
+    model = _single_node(tmp_path / f"{case}.onnx", helper.make_node(op, names, ["y"], **attrs), inputs, opset)
+    rng = np.random.default_rng(0)
+    feeds = {"d": rng.standard_normal((2, 5, 4)).astype(np.float32), "i": index.astype(np.int64)}
+    if update_shape is not None:
+        feeds["u"] = rng.standard_normal(update_shape).astype(np.float32)
+    got = load(model).run(feeds)
+    np.testing.assert_array_equal(np.asarray(got["y"]), reference(model, feeds)["y"])

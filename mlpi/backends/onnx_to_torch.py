@@ -579,6 +579,47 @@ def _mod(n: _Node) -> Step:
     return run
 
 
+def _nd_index(idx: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """The last axis of ONNX ND indices as one index tensor per data axis, negatives wrapped."""
+    bounds = torch.tensor(list(shape), dtype=idx.dtype, device=idx.device)
+    idx = torch.where(idx < 0, idx + bounds, idx)
+    return tuple(idx.unbind(-1))
+
+
+def _gathernd(n: _Node) -> Step:
+    batch_dims = int(n.attr("batch_dims", 0))
+
+    def run(a: Args) -> torch.Tensor:
+        data, idx = a[0], a[1].to(torch.int64)
+        b, k = batch_dims, int(idx.shape[-1])
+        batch_shape = tuple(data.shape[:b])
+        count = int(np.prod(batch_shape, dtype=np.int64)) if b else 1
+        flat = data.reshape(count, *data.shape[b:])
+        rows = idx.reshape(count, -1, k)
+        batch = torch.arange(count, device=data.device).reshape(count, 1).expand(count, rows.shape[1])
+        picked = flat[(batch, *_nd_index(rows, flat.shape[1 : 1 + k]))]
+        return picked.reshape(*batch_shape, *idx.shape[b:-1], *flat.shape[1 + k :])
+
+    return run
+
+
+def _scatternd(n: _Node) -> Step:
+    reduction = n.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise ModelError(f"ScatterND node '{n.proto.name}' uses reduction '{reduction}', which this converter lacks")
+
+    def run(a: Args) -> torch.Tensor:
+        data, idx, updates = a[0], a[1].to(torch.int64), a[2]
+        k = int(idx.shape[-1])
+        rows = idx.reshape(-1, k)
+        out = data.clone()
+        out.index_put_(_nd_index(rows, data.shape[:k]), updates.reshape(rows.shape[0], *data.shape[k:]).to(data.dtype),
+                       accumulate=reduction == "add")
+        return out
+
+    return run
+
+
 def _nonzero(n: _Node) -> Step:
     def run(a: Args) -> torch.Tensor:
         x = a[0]
@@ -847,6 +888,8 @@ BUILDERS: dict[str, Callable[[_Node], Step]] = {
     "Dropout": _dropout,
     "Mod": _mod,
     "NonZero": _nonzero,
+    "GatherND": _gathernd,
+    "ScatterND": _scatternd,
     "TopK": _topk,
     "Resize": _resize,
     "NonMaxSuppression": _nms,

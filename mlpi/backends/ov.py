@@ -128,8 +128,12 @@ class OpenVinoSession(Session):
             # rows a request make that small next to a real model's per-row time, and one
             # batch is spread over every request, so every stream gets work.
             preferred = max(8, 4 * self.num_requests)
+        # A batch that cannot be split over the requests (a fixed batch, outputs that are not
+        # batch-first) keeps one request busy; the core's dispatcher then keeps a batch in
+        # flight on every request instead, so every stream still gets work.
         self.capabilities = Capabilities(
-            max_batch_size=max_batch, fixed_batch=fixed, concurrent=True, preferred_batch_size=preferred
+            max_batch_size=max_batch, fixed_batch=fixed, concurrent=True, preferred_batch_size=preferred,
+            max_in_flight=1 if self._splittable else self.num_requests,
         )
 
     @property

@@ -7,6 +7,11 @@
   ``bbox`` ``[x, y, w, h]``, ``area``, ``iscrowd``; ``categories``);
 - ``DIR/validation/data/<file_name>``: the JPEGs.
 
+The COCO-format machinery here (:class:`CocoFormatDetection`: annotation checks, the cache,
+the finish a model declares) also serves ``coco`` (:mod:`mlpi.datasets.coco`), whose files
+sit elsewhere (:class:`Layout`) and whose SSD models ask for uint8 pixels or ImageNet
+mean/std after the same float32 resize (:class:`Finish`).
+
 Sample ``i`` is ``images[i]`` in file order, the mapping MLPerf's ``accuracy-openimages.py``
 uses (``cocoGt.dataset["images"][qsl_idx]``). ``--count N`` takes the first N images. A
 missing or undecodable image is an error naming the file, never a skipped sample: skipping
@@ -82,13 +87,50 @@ SUPPORTED_PARAMS: dict[str, Any] = {
     "scale": 1.0 / 255.0,
 }
 REQUIRED_PARAMS = ("image_size", "layout", "resize", "interpolation", "scale", "channel_order")
+#: ``dtype='uint8'`` instead of ``scale`` (SSD-MobileNet); ``mean`` and ``std`` after the scale.
+OPTIONAL_PARAMS = ("dtype", "mean", "std")
 LAYOUTS = ("NCHW", "NHWC")
 #: The reference divides by this (``img /= 255.``), in float32.
 DIVISOR = np.float32(255.0)
-_FORMAT_HINT = (
-    f"--dataset-path must hold {ANNOTATIONS} (COCO format, as MLCommons' openimages download script writes it) "
-    f"and the JPEGs under {IMAGES}/"
-)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a COCO-format detection data set keeps its files, and what writes them."""
+
+    name: str
+    annotations: str
+    images: str
+    source: str
+
+    @property
+    def format_hint(self) -> str:
+        return (
+            f"--dataset-path must hold {self.annotations} (COCO format, as {self.source} writes it) "
+            f"and the JPEGs under {self.images}/"
+        )
+
+
+OPENIMAGES = Layout(NAME, ANNOTATIONS, IMAGES, "MLCommons' openimages download script")
+
+
+@dataclass(frozen=True)
+class Finish:
+    """What follows the cached resize, at load time, as the model's DataParams declare it:
+    uint8 pixels (``np.asarray(img, dtype=np.uint8)``: SSD-MobileNet), or float32 ``/ 255``
+    with an optional ``(x - mean) / std`` (RetinaNet: none; SSD-ResNet34: ImageNet's)."""
+
+    layout: str
+    uint8: bool = False
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @property
+    def dtype(self) -> str:
+        return "uint8" if self.uint8 else "float32"
+
+
+_FORMAT_HINT = OPENIMAGES.format_hint
 
 
 @dataclass(frozen=True)
@@ -122,16 +164,26 @@ def resized_pixels(bgr: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def model_input(pixels: np.ndarray, layout: str, out: np.ndarray | None = None) -> np.ndarray:
-    """float32 resized pixels ``[n, H, W, 3]`` -> the model's float32 input in ``layout``.
+def model_input(pixels: np.ndarray, layout: str | Finish, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 resized pixels ``[n, H, W, 3]`` -> the model's input in its layout and type.
 
-    One pass: the float32 division by 255 (the reference's ``img /= 255.``) writes straight
-    into the (transposed) output.
+    float32 (``layout`` a string, or a :class:`Finish`): the division by 255 (the reference's
+    ``img /= 255.`` or ``img / 255.``, the same float32 division) writes straight into the
+    (transposed) output, then ``- mean`` and ``/ std`` in float32 where declared. uint8: the
+    float pixels truncated, as ``np.asarray(img, dtype=np.uint8)`` does.
     """
-    source = pixels.transpose(0, 3, 1, 2) if layout == "NCHW" else pixels
+    finish = layout if isinstance(layout, Finish) else Finish(layout)
+    source = pixels.transpose(0, 3, 1, 2) if finish.layout == "NCHW" else pixels
     if out is None:
-        out = np.empty(source.shape, dtype=np.float32)
+        out = np.empty(source.shape, dtype=finish.dtype)
+    if finish.uint8:
+        np.copyto(out, source, casting="unsafe")
+        return out
     np.divide(source, DIVISOR, out=out)
+    if finish.mean is not None and finish.std is not None:
+        shape = (1, 3, 1, 1) if finish.layout == "NCHW" else (1, 1, 1, 3)
+        np.subtract(out, np.asarray(finish.mean, dtype=np.float32).reshape(shape), out=out)
+        np.divide(out, np.asarray(finish.std, dtype=np.float32).reshape(shape), out=out)
     return out
 
 
@@ -141,15 +193,18 @@ class OpenImagesDataset(PreloadedDataset):
     def __init__(
         self,
         spec: TensorSpec | None,
-        layout: str,
+        layout: str | Finish,
         root: Path,
         truth: CocoGroundTruth,
         cache_file: Path | None,
         key: str | None,
         performance_count: int,
+        kind: str = NAME,
     ) -> None:
         super().__init__([] if spec is None else [spec])
-        self.layout = layout
+        self.finish = layout if isinstance(layout, Finish) else Finish(layout)
+        self.layout = self.finish.layout
+        self.kind = kind
         self.root = root
         self.cache_file = cache_file
         self.cache_key = key
@@ -168,16 +223,16 @@ class OpenImagesDataset(PreloadedDataset):
     def read(self, indices: np.ndarray) -> Mapping[str, np.ndarray]:
         if self.cache_file is None or not self.inputs:
             raise DatasetError(
-                "this openimages dataset was opened for scoring only: it has no preprocessed images",
+                f"this {self.kind} dataset was opened for scoring only: it has no preprocessed images",
                 "open it without for_scoring to feed a model",
             )
         if self._images is None:
             self._images = np.load(self.cache_file, mmap_mode="r")
         rows = np.asarray(indices, dtype=np.int64)
         spec = self.inputs[0]
-        out = np.empty((len(rows), *spec.sample_shape), dtype=np.float32)  # type: ignore[misc]
+        out = np.empty((len(rows), *spec.sample_shape), dtype=self.finish.dtype)  # type: ignore[misc]
         for j, row in enumerate(rows):  # row by row from the page cache: no second full copy
-            model_input(self._images[row : row + 1], self.layout, out=out[j : j + 1])
+            model_input(self._images[row : row + 1], self.finish, out=out[j : j + 1])
         return {spec.name: out}
 
     def ground_truth(self) -> CocoGroundTruth:
@@ -185,7 +240,7 @@ class OpenImagesDataset(PreloadedDataset):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": NAME,
+            "kind": self.kind,
             "path": str(self.root),
             "count": self.count,
             "annotations": str(self._truth.annotation_file),
@@ -193,21 +248,24 @@ class OpenImagesDataset(PreloadedDataset):
         }
 
 
-class OpenImages(DatasetFactory):
-    name = NAME
+class CocoFormatDetection(DatasetFactory):
+    """A COCO-format detection data set (annotations JSON + JPEGs) at ``files``'s places,
+    preprocessed as MLPerf's detector references do, cached."""
+
+    files: Layout = OPENIMAGES
     needs_path = True
-    description = "MLPerf OpenImages validation (COCO-format annotations + JPEGs), RetinaNet preprocessing, cached"
 
     def open(self, request: DatasetRequest) -> Dataset:
+        files = self.files
         spec: TensorSpec | None = None
-        layout, height, width = "NCHW", 0, 0
+        finish, height, width = Finish("NCHW"), 0, 0
         if not request.for_scoring:
             # The model's declared preprocessing and its input are checked before any file.
-            height, width, layout = check_params(request.params)
-            spec = image_input(request.inputs, height, width, layout)
-        root = _folder(request.path)
-        annotation_file = root / ANNOTATIONS
-        images = read_annotations(annotation_file)
+            height, width, finish = check_params(request.params, files.name)
+            spec = image_input(request.inputs, height, width, finish, files.name)
+        root = _folder(request.path, files)
+        annotation_file = root / files.annotations
+        images = read_annotations(annotation_file, files)
         count = request.count
         if count is not None and count < 1:
             raise DatasetError(f"--count {count} leaves no samples", "pass --count 1 or more")
@@ -218,26 +276,33 @@ class OpenImages(DatasetFactory):
             )
         n = len(images) if count is None else count
         images = images[:n]
-        data_dir = root / IMAGES
+        data_dir = root / files.images
         truth = CocoGroundTruth(annotation_file, images, data_dir)
         performance_count = n if request.performance_count is None else max(1, min(n, int(request.performance_count)))
         if request.for_scoring:
-            return OpenImagesDataset(None, layout, root, truth, None, None, performance_count)
+            return OpenImagesDataset(None, finish, root, truth, None, None, performance_count, files.name)
 
         names = [image["file_name"] for image in images]
-        key, cache_file = image_cache(height, width).prepare(data_dir, names)
-        return OpenImagesDataset(spec, layout, root, truth, cache_file, key, performance_count)
+        key, cache_file = image_cache(height, width, files).prepare(data_dir, names)
+        return OpenImagesDataset(spec, finish, root, truth, cache_file, key, performance_count, files.name)
+
+
+class OpenImages(CocoFormatDetection):
+    name = NAME
+    files = OPENIMAGES
+    description = "MLPerf OpenImages validation (COCO-format annotations + JPEGs), RetinaNet preprocessing, cached"
 
 
 # -- checks --------------------------------------------------------------------------------
 
 
-def check_params(params: DataParams) -> tuple[int, int, str]:
-    """``(height, width, layout)`` from the model's DataParams; a DatasetError naming the
+def check_params(params: DataParams, name: str = NAME) -> tuple[int, int, Finish]:
+    """``(height, width, finish)`` from the model's DataParams; a DatasetError naming the
     parameter when one is missing or asks for preprocessing this dataset does not implement."""
     supported = (
-        "openimages implements MLPerf's RetinaNet preprocessing: image_size=(H, W), layout='NCHW' or 'NHWC', "
-        "resize='stretch', interpolation='linear', scale=1/255, channel_order='RGB', no mean or std"
+        f"{name} implements MLPerf's detector preprocessing: image_size=(H, W), layout='NCHW' or 'NHWC', "
+        "resize='stretch', interpolation='linear', channel_order='RGB', then either scale=1/255 "
+        "(with mean=(r, g, b) and std=(r, g, b), or neither) or dtype='uint8'"
     )
     hint = "use a dataset that fits this model (`mlpi models` lists them), or declare these data parameters in the model plugin"
     for key, want in SUPPORTED_PARAMS.items():
@@ -249,16 +314,29 @@ def check_params(params: DataParams) -> tuple[int, int, str]:
         else:
             ok = isinstance(value, str) and value == want
         if not ok:
-            raise DatasetError(f"dataset '{NAME}' cannot serve {key}={value!r} ({supported})", hint)
-    unknown = sorted(set(params.values) - set(REQUIRED_PARAMS))
+            raise DatasetError(f"dataset '{name}' cannot serve {key}={value!r} ({supported})", hint)
+    unknown = sorted(set(params.values) - set(REQUIRED_PARAMS) - set(OPTIONAL_PARAMS))
     if unknown:
         raise DatasetError(
-            f"dataset '{NAME}' cannot serve the data parameter{'s' if len(unknown) > 1 else ''} "
+            f"dataset '{name}' cannot serve the data parameter{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(f'{k}={params.get(k)!r}' for k in unknown)} the model declares ({supported})",
             hint,
         )
+    uint8 = params.get("dtype", "float32") == "uint8"
+    if params.get("dtype", "float32") not in ("float32", "uint8"):
+        raise DatasetError(f"dataset '{name}' cannot serve dtype={params.get('dtype')!r} ({supported})", hint)
+    if uint8 and any(k in params for k in ("scale", "mean", "std")):
+        raise DatasetError(f"dataset '{name}' cannot serve uint8 pixels with scale, mean or std ({supported})", hint)
+    if ("mean" in params) != ("std" in params):
+        given, missing = ("mean", "std") if "mean" in params else ("std", "mean")
+        raise DatasetError(
+            f"dataset '{name}' cannot serve {given}={params.get(given)!r} without {missing} ({supported})", hint
+        )
+    mean, std = (_triple(params.get(k), k, name, hint) if k in params else None for k in ("mean", "std"))
     for key in REQUIRED_PARAMS:
-        params.require(key, NAME)
+        if key == "scale" and uint8:
+            continue
+        params.require(key, name)
     size = params.get("image_size")
     try:
         if not isinstance(size, (list, tuple)):
@@ -267,25 +345,35 @@ def check_params(params: DataParams) -> tuple[int, int, str]:
         if height < 1 or width < 1 or any(isinstance(v, bool) or int(v) != v for v in size):
             raise ValueError
     except (TypeError, ValueError):
-        raise DatasetError(f"dataset '{NAME}' cannot serve image_size={size!r}: it needs (height, width), two positive integers", hint) from None
+        raise DatasetError(f"dataset '{name}' cannot serve image_size={size!r}: it needs (height, width), two positive integers", hint) from None
     layout = params.get("layout")
     if layout not in LAYOUTS:
-        raise DatasetError(f"dataset '{NAME}' cannot serve layout={layout!r} ({supported})", hint)
-    return height, width, layout
+        raise DatasetError(f"dataset '{name}' cannot serve layout={layout!r} ({supported})", hint)
+    return height, width, Finish(layout, uint8, mean, std)
 
 
-def image_input(inputs: Sequence[TensorSpec], height: int, width: int, layout: str) -> TensorSpec:
-    """The model's single float32 image input as a concrete spec of the declared size."""
+def _triple(value: Any, key: str, name: str, hint: str) -> tuple[float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_is_number(v) for v in value):
+        raise DatasetError(f"dataset '{name}' cannot serve {key}={value!r}: it needs three numbers (r, g, b)", hint)
+    if key == "std" and any(float(v) <= 0 for v in value):
+        raise DatasetError(f"dataset '{name}' cannot serve {key}={value!r}: every value must be positive", hint)
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def image_input(inputs: Sequence[TensorSpec], height: int, width: int, layout: str | Finish, name: str = NAME) -> TensorSpec:
+    """The model's single image input (float32 or uint8) as a concrete spec of the declared size."""
+    finish = layout if isinstance(layout, Finish) else Finish(layout)
+    layout, dtype = finish.layout, finish.dtype
     shapes = ", ".join(f"'{s.name}' {s.dtype} {format_shape(s.shape)}" for s in inputs) or "none"
     want = "[N,3,H,W]" if layout == "NCHW" else "[N,H,W,3]"
-    hint = f"openimages feeds a model with one float32 image input shaped {want} ({layout}, as it declares)"
+    hint = f"{name} feeds a model with one {dtype} image input shaped {want} ({layout}, as it declares)"
     if len(inputs) != 1:
-        raise DatasetError(f"openimages feeds one image input, but the model has {len(inputs)} inputs: {shapes}", hint)
+        raise DatasetError(f"{name} feeds one image input, but the model has {len(inputs)} inputs: {shapes}", hint)
     spec = inputs[0]
     shape = tuple(spec.shape)
     channel_axis = 1 if layout == "NCHW" else 3
-    if spec.dtype != "float32" or len(shape) != 4 or shape[channel_axis] not in (3, None):
-        raise DatasetError(f"openimages feeds one float32 {layout} image {want}, but the model's input is {shapes}", hint)
+    if spec.dtype != dtype or len(shape) != 4 or shape[channel_axis] not in (3, None):
+        raise DatasetError(f"{name} feeds one {dtype} {layout} image {want}, but the model's input is {shapes}", hint)
     spatial = shape[2:4] if layout == "NCHW" else shape[1:3]
     if any(d is not None and d != v for d, v in zip(spatial, (height, width))):
         raise DatasetError(
@@ -293,16 +381,16 @@ def image_input(inputs: Sequence[TensorSpec], height: int, width: int, layout: s
             "fix the model plugin's data parameters so that they match its input",
         )
     sample = (3, height, width) if layout == "NCHW" else (height, width, 3)
-    return TensorSpec(spec.name, "float32", (shape[0], *sample))
+    return TensorSpec(spec.name, dtype, (shape[0], *sample))
 
 
-def _folder(path: Path | None) -> Path:
+def _folder(path: Path | None, files: Layout = OPENIMAGES) -> Path:
     if path is None:
-        raise DatasetError(f"{NAME} needs --dataset-path", _FORMAT_HINT)
+        raise DatasetError(f"{files.name} needs --dataset-path", files.format_hint)
     if not path.exists():
-        raise DatasetError(f"{path} does not exist", _FORMAT_HINT)
+        raise DatasetError(f"{path} does not exist", files.format_hint)
     if not path.is_dir():
-        raise DatasetError(f"{path} is not a folder: openimages reads a folder", _FORMAT_HINT)
+        raise DatasetError(f"{path} is not a folder: {files.name} reads a folder", files.format_hint)
     return path.resolve()
 
 
@@ -314,12 +402,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def read_annotations(file: Path) -> list[dict[str, Any]]:
+def read_annotations(file: Path, files: Layout = OPENIMAGES) -> list[dict[str, Any]]:
     """The image records of a COCO-format annotation file, in file order, after checking
     everything the dataset and pycocotools rely on; one DatasetError naming the first fault."""
-    hint = "regenerate it with MLCommons' openimages download script (it writes COCO format), or fix the entry named"
+    hint = f"regenerate it with {files.source} (it writes COCO format), or fix the entry named"
     if not file.is_file():
-        raise DatasetError(f"the annotation file {file} is missing", _FORMAT_HINT)
+        raise DatasetError(f"the annotation file {file} is missing", files.format_hint)
     try:
         with open(file, encoding="utf-8") as f:
             data = json.load(f)
@@ -378,14 +466,14 @@ def read_annotations(file: Path) -> list[dict[str, Any]]:
 # -- the cache -----------------------------------------------------------------------------
 
 
-def image_cache(height: int, width: int) -> ImageCache:
+def image_cache(height: int, width: int, files: Layout = OPENIMAGES) -> ImageCache:
     """The cache of this preprocessing at ``height x width``: float32 RGB pixels (0..255).
 
     float32, not uint8: the reference converts to float32 before its resize, and OpenCV's
     float bilinear resize gives fractional pixels, so a uint8 cache could not be bit-identical.
     """
     return ImageCache(
-        dataset=NAME,
+        dataset=files.name,
         params={
             "version": PREPROCESS_VERSION,
             "resize": "stretch",
@@ -397,12 +485,12 @@ def image_cache(height: int, width: int) -> ImageCache:
         width=width,
         dtype="float32",
         transform=lambda bgr: resized_pixels(bgr, height, width),
-        where=lambda index: f"sample {index}, images[{index}] of {ANNOTATIONS}",
+        where=lambda index: f"sample {index}, images[{index}] of {files.annotations}",
         missing_fix=(
-            "restore the missing image files (MLCommons' openimages download script fetches them); "
+            f"restore the missing image files ({files.source} fetches them); "
             "a missing image is never skipped because that would shift every later sample"
         ),
-        decode_fix="replace it with the valid JPEG (MLCommons' openimages download script fetches it again); it is never skipped",
+        decode_fix=f"replace it with the valid JPEG ({files.source} fetches it again); it is never skipped",
         space_detail=" (float32, as the reference computes them)",
         window_per_worker=2,
     )

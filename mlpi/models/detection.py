@@ -209,8 +209,11 @@ def _scalar_dtype() -> np.dtype:
     return np.asarray(np.float32(1) * 1).dtype
 
 
-def coco_map(responses: Mapping[int, bytes], dataset: Any, outputs: Sequence[TensorSpec] = ()) -> AccuracyResult:
-    """COCO bbox mAP of detection responses, as ``accuracy-openimages.py`` computes it.
+def coco_map(
+    responses: Mapping[int, bytes], dataset: Any, outputs: Sequence[TensorSpec] = (), *, use_inv_map: bool = False
+) -> AccuracyResult:
+    """COCO bbox mAP of detection responses, as ``accuracy-openimages.py`` and
+    ``accuracy-coco.py`` (``--use-inv-map`` with ``use_inv_map``) compute it.
 
     ``responses``: ``{qsl_idx: bytes}`` with the first log entry per sample
     (:func:`~mlpi.core.contract.accuracy.read_accuracy_log`); ``dataset``: one whose
@@ -222,14 +225,19 @@ def coco_map(responses: Mapping[int, bytes], dataset: Any, outputs: Sequence[Ten
     if truth is None:
         raise DatasetError(
             "this dataset has no COCO ground truth, so mAP cannot be scored",
-            "score with --dataset openimages --dataset-path <the OpenImages folder the run used>",
+            "score with the detection dataset the run used (openimages or coco) and its --dataset-path",
         )
     if not isinstance(truth, CocoGroundTruth):
         raise DatasetError(
             f"the dataset's ground truth is {type(truth).__name__}, not COCO annotations: mAP cannot be scored with it",
-            "score detections with a detection dataset: --dataset openimages",
+            "score detections with a detection dataset: --dataset openimages or --dataset coco",
         )
-    return score_coco(responses, truth.annotation_file)
+    return score_coco(responses, truth.annotation_file, use_inv_map=use_inv_map)
+
+
+def coco_map_inv(responses: Mapping[int, bytes], dataset: Any, outputs: Sequence[TensorSpec] = ()) -> AccuracyResult:
+    """:func:`coco_map` of a model whose labels count COCO's categories from 1 (``--use-inv-map``)."""
+    return coco_map(responses, dataset, outputs, use_inv_map=True)
 
 
 def _import_pycocotools() -> tuple[Any, Any]:

@@ -161,12 +161,13 @@ class _Builder:
         return f"{name}/W", f"{name}/B"
 
     def conv(self, x: str, out_ch: int, k: int, stride: int = 1, groups: int = 1, relu: bool = True,
-             gain: float = 1.0, weights: tuple[str, str] | None = None, tag: str = "backbone") -> str:
+             gain: float = 1.0, weights: tuple[str, str] | None = None, tag: str = "backbone",
+             pad: int | None = None) -> str:
         in_ch, h, w = self.shapes[x]
         name = self.name("conv")
         if weights is None:
             weights = self.conv_weights(name, out_ch, in_ch, k, groups, gain)
-        pad = k // 2
+        pad = k // 2 if pad is None else pad
         out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         self.macs[tag] = self.macs.get(tag, 0) + out_ch * out_h * out_w * (in_ch // groups) * k * k
         y = self.node("Conv", [x, *weights], [name], kernel_shape=[k, k], strides=[stride, stride],

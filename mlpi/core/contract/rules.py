@@ -75,6 +75,8 @@ class Rules:
     - ``server_latency_ms`` / ``multistream_latency_ms``: the latency bounds (``None``: generic).
     - ``equal_issue``: whether samples must be issued equally often (variable-cost samples).
     - ``required_scenarios``: per category (edge, datacenter), the scenarios a submission needs.
+    - ``retired``: the benchmark left MLPerf after ``round``; today's LoadGen no longer holds
+      its rules, so mlpi writes them into each test's user.conf itself.
     """
 
     loadgen_key: str | None = None
@@ -87,6 +89,7 @@ class Rules:
     dataset_size: int | None = None
     equal_issue: bool = False
     required_scenarios: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    retired: bool = False
 
     @property
     def official(self) -> bool:
@@ -109,6 +112,7 @@ class Rules:
             "dataset_size": self.dataset_size,
             "equal_issue": self.equal_issue,
             "required_scenarios": {k: list(v) for k, v in self.required_scenarios.items()},
+            "retired": self.retired,
         }
 
 

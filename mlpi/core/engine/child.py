@@ -290,7 +290,7 @@ def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, cali
     model_key = loadgen_model_key(spec.rules.loadgen_key, plan.model.name)
     conf_path.write_text(
         user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count,
-                  short_calibration=calib_s < 1),
+                  short_calibration=calib_s < 1, rules=spec.rules if spec.rules.retired else None),
         encoding="utf-8",
     )
     settings = lg.TestSettings()

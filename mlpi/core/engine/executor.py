@@ -77,23 +77,17 @@ class BatchExecutor:
 
     def execute(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         """Run one batch (``len(ids) <= batch_size``) and complete it in one call."""
-        n = len(ids)
         try:
             response = self.pipeline(indices)
-            if type(response) is Responses:
-                self._point_ragged(response, n)
+            if response is not self._last_response:
+                self._repoint(response, len(ids))
         except BaseException as exc:  # noqa: BLE001 - reported, LoadGen cannot take it
             self._on_error(exc)
             return
+        n = len(ids)
+        if n > self._rows_set:
+            self._point(n)
         responses = self._responses
-        if type(response) is not Responses:
-            if response is not self._last_response:
-                self._last_response = response
-                base = response.ctypes.data  # type: ignore[union-attr]
-                if base != self._base:
-                    self._base, self._rows_set = base, 0
-            if n > self._rows_set:
-                self._point(n)
         if n == 1:
             responses[0].id = ids[0]
             self._complete(self._one)
@@ -102,6 +96,19 @@ class BatchExecutor:
                 response_slot.id = qid
             self._complete(responses if n == len(responses) else responses[:n])
         self.sizes[n] += 1
+
+    def _repoint(self, response: np.ndarray | Responses, n: int) -> None:
+        """A response the pointers do not yet follow: fixed rows get their buffer's base (the
+        rows are pointed lazily by :meth:`_point`); responses of any size get every pointer
+        and length now, and are never taken as pointed already (a postprocessor may reuse
+        its Responses object with new offsets)."""
+        if type(response) is Responses:
+            self._point_ragged(response, n)
+            return
+        self._last_response = response
+        base = response.ctypes.data  # type: ignore[union-attr]
+        if base != self._base:
+            self._base, self._rows_set = base, 0
 
     def _point(self, n: int) -> None:
         base, stride = self._base, self._stride
@@ -119,8 +126,8 @@ class BatchExecutor:
             slot = self._responses[j]
             slot.data = base + offsets[j]
             slot.size = offsets[j + 1] - offsets[j]
-        # The fixed-size pointers are gone: point them again on the next fixed response.
-        self._last_response, self._base, self._rows_set = None, -1, 0
+        # Every pointer is set for this batch; the next response, of either kind, re-points.
+        self._last_response, self._base, self._rows_set = None, -1, n
 
     def execute_chunked(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         """Run a query of any size as consecutive batches."""

@@ -63,10 +63,17 @@ def user_conf(
     min_duration_s: float | None,
     performance_sample_count: int | None,
     short_calibration: bool = False,
+    rules: Any = None,
 ) -> str:
-    """The user.conf lines for one test (``min_duration_s=None`` keeps the official one)."""
+    """The user.conf lines for one test (``min_duration_s=None`` keeps the official one).
+
+    ``rules``: a retired model's :class:`~mlpi.core.contract.rules.Rules`, whose values
+    today's LoadGen no longer holds; they are written here (later lines win over them).
+    """
     key = f"{model_key}.{scenario}"
     lines = [f"# written by mlpi; expectations from {expect.source}"]
+    if rules is not None:
+        lines += retired_rule_lines(model_key, scenario, rules)
     if scenario == "Offline":
         margin = OFFLINE_QPS_MARGIN_SHORT if short_calibration else OFFLINE_QPS_MARGIN
         lines.append(f"{key}.target_qps = {expect.throughput_qps * margin:.6f}")
@@ -90,6 +97,19 @@ def user_conf(
     if performance_sample_count is not None:
         lines.append(f"{key}.performance_sample_count_override = {performance_sample_count}")
     return "\n".join(lines) + "\n"
+
+
+def retired_rule_lines(model_key: str, scenario: str, rules: Any) -> list[str]:
+    """A retired model's mlperf.conf lines for one scenario, from its last round's rules."""
+    key = f"{model_key}.{scenario}"
+    lines = [f"# {model_key}'s rules from round {rules.round} (retired: not in this LoadGen's mlperf.conf)"]
+    if rules.performance_sample_count:
+        lines.append(f"{key}.performance_sample_count_override = {rules.performance_sample_count}")
+    if scenario == "Server" and rules.server_latency_ms:
+        lines.append(f"{key}.target_latency = {rules.server_latency_ms:g}")
+    if scenario == "Offline" and rules.offline_min_samples:
+        lines.append(f"{key}.min_query_count = {rules.offline_min_samples}")
+    return lines
 
 
 @dataclass

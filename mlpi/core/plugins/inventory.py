@@ -149,6 +149,7 @@ def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
             quality_target=spec.quality_target,
             quality=None if spec.rules.quality is None else spec.rules.quality.describe(),
             round=spec.rules.round or None,
+            retired=spec.rules.retired,
             server_latency_ms=spec.rules.server_latency_ms,
             multistream_latency_ms=spec.rules.multistream_latency_ms,
             performance_sample_count=spec.rules.performance_sample_count,
