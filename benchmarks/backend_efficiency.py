@@ -16,11 +16,11 @@ Own loops: ONNX Runtime ``InferenceSession.run``; OpenVINO an ``AsyncInferQueue`
 DeepSparse its compiled engine called on one full batch. ``--backend all`` covers the backends
 of the main environment; DeepSparse (onnx<1.15) runs from its own, so it is asked for by name.
 
-``--model resnet50`` / ``--model retinanet`` use the official file when ``mlpi fetch`` has
-downloaded it, else the seeded random-weights graph (same layers, same work). RetinaNet's
-file fixes the batch at 1, so both sides run batch 1; for it the script also times the
-model's postprocessor on the graph's real outputs and reports its share of the time per
-sample.
+A registered model (``resnet50``, ``retinanet``, ``ssd-mobilenet``, ``ssd-resnet34``) uses
+the official file when ``mlpi fetch`` has downloaded it, else the seeded random-weights graph
+(same layers, same work). A file that fixes its batch (RetinaNet's and SSD-ResNet34's: 1)
+runs at that batch on both sides; for the detectors the script also times the model's
+postprocessor on the graph's real outputs and reports its share of the time per sample.
 """
 
 from __future__ import annotations
@@ -162,6 +162,10 @@ def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) ->
     return _timed(lambda feeds: session.run(names, feeds), batches, _rows(batches), seconds)
 
 
+#: Registered models this script measures; the detectors also get their postprocessing timed.
+REGISTERED = ("resnet50", "retinanet", "ssd-mobilenet", "ssd-resnet34")
+DETECTORS = ("retinanet", "ssd-mobilenet", "ssd-resnet34")
+
 THREAD_OPTION = {
     "onnxruntime": "intra_op_threads", "openvino": "num_threads", "pytorch": "threads", "deepsparse": "num_cores",
 }
@@ -219,7 +223,7 @@ def postprocess_share(name: str, model: Path, feeds: Feeds, own_loop_samples_per
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "pytorch", "deepsparse", "all"])
-    parser.add_argument("--model", default="resnet50", choices=["resnet50", "retinanet", "conv"])
+    parser.add_argument("--model", default="resnet50", choices=[*REGISTERED, "conv"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument(
@@ -235,13 +239,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mlpi-efficiency-") as tmp:
         work = Path(tmp)
         model_name: str | None = None
-        if args.model in ("resnet50", "retinanet"):
+        if args.model in REGISTERED:
+            from mlpi.core.contract.backend import fixed_batch_size
+            from mlpi.core.engine.onnx_file import inspect_onnx
+
             model_name = args.model
             model, weights = registered_file(args.model)
             model_args = ["--model", args.model, "--weights", weights]
             label = f"{args.model} ({weights} weights)"
-            if args.model == "retinanet":
-                args.batch_size = 1  # the file's batch
+            args.batch_size = fixed_batch_size(inspect_onnx(model).inputs) or args.batch_size  # a file's fixed batch
         else:
             model = conv_model(work / "conv.onnx", size=args.size, width=args.width)
             model_args = ["--model-path", str(model)]
@@ -254,7 +260,7 @@ def main() -> int:
             mine, valid = mlpi_offline(backend, model_args, args.batch_size, args.duration, args.threads,
                                        work / f"results-{number}")
             rows.append((backend, loop, mine, valid))
-        share = postprocess_share(args.model, model, batches[0], rows[0][1]) if args.model == "retinanet" else None
+        share = postprocess_share(args.model, model, batches[0], rows[0][1]) if args.model in DETECTORS else None
     print(f"model: {label}, batch {args.batch_size}, {args.duration}s per side, fp32, threads {args.threads or 'default'}")
     print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity")
     for backend, loop, mine, valid in rows:

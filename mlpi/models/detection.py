@@ -225,7 +225,7 @@ def coco_map(
     if truth is None:
         raise DatasetError(
             "this dataset has no COCO ground truth, so mAP cannot be scored",
-            "score with the detection dataset the run used (openimages or coco) and its --dataset-path",
+            "score with the detection dataset the run used: --dataset openimages or --dataset coco, with its --dataset-path",
         )
     if not isinstance(truth, CocoGroundTruth):
         raise DatasetError(
