@@ -72,8 +72,12 @@ RESNET34_EXTRAS = ((256, 512, 3, 1), (256, 512, 2, 1), (128, 256, 2, 1), (128, 2
 _MOBILENET_CONF_GAIN = 0.6
 _RESNET34_CONF_GAIN = 4.0
 
-_f32 = lambda v: np.asarray(v, dtype=np.float32)  # noqa: E731
-_i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+def _f32(value: object) -> np.ndarray:
+    return np.asarray(value, dtype=np.float32)
+
+
+def _i64(value: object) -> np.ndarray:
+    return np.asarray(value, dtype=np.int64)
 
 
 def _grid_anchors(sizes: tuple[int, ...], counts: tuple[int, ...], xy_order: bool) -> np.ndarray:
