@@ -272,6 +272,19 @@ def test_quick_runs_of_slow_models_are_cut_to_a_bounded_time() -> None:
     assert quick_query_count(662, 10.0, 160.0) == QUICK_MIN_QUERY_FLOOR  # never below the floor
 
 
+def test_a_quick_server_test_of_a_slow_model_is_cut_too() -> None:
+    """Server queries arrive 1 / target_qps apart: 64 of them at 0.12 QPS took 9 minutes."""
+    from mlpi.core.engine.scenario import QUICK_MIN_QUERY_COUNT, Expectations, user_conf
+
+    def count(server_qps: float) -> int:
+        expect = Expectations(0.3, 0.0, 0.0, server_qps, "calibration")
+        text = user_conf("ssd-resnet34", "Server", expect, min_duration_s=10.0, performance_sample_count=None)
+        return int(next(line for line in text.splitlines() if ".min_query_count" in line).split("=")[1])
+
+    assert count(0.12) < QUICK_MIN_QUERY_COUNT and count(0.12) / 0.12 <= 6 * 10.0 + 8 / 0.12
+    assert count(1000.0) == QUICK_MIN_QUERY_COUNT  # a fast model keeps the full count
+
+
 def test_the_performance_sample_count_comes_from_the_rules_or_a_memory_bound() -> None:
     from types import SimpleNamespace
 

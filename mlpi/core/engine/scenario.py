@@ -89,6 +89,9 @@ def user_conf(
             queries = 1
         elif scenario == "MultiStream":
             queries = quick_query_count(QUICK_MIN_QUERY_COUNT_MULTISTREAM, min_duration_s, expect.multistream_latency_s)
+        elif scenario == "Server":  # queries arrive 1 / target_qps apart: that is what they cost in time
+            interval = 1.0 / expect.server_target_qps if expect.server_target_qps > 0 else 0.0
+            queries = quick_query_count(QUICK_MIN_QUERY_COUNT, min_duration_s, interval)
         else:
             queries = quick_query_count(QUICK_MIN_QUERY_COUNT, min_duration_s, expect.latency_s)
         lines.append(f"{key}.min_query_count = {queries}")
