@@ -77,14 +77,14 @@ class BatchExecutor:
 
     def execute(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         """Run one batch (``len(ids) <= batch_size``) and complete it in one call."""
+        n = len(ids)
         try:
             response = self.pipeline(indices)
             if response is not self._last_response:
-                self._repoint(response, len(ids))
+                self._repoint(response, n)
         except BaseException as exc:  # noqa: BLE001 - reported, LoadGen cannot take it
             self._on_error(exc)
             return
-        n = len(ids)
         if n > self._rows_set:
             self._point(n)
         responses = self._responses

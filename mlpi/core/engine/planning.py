@@ -339,7 +339,7 @@ def _registered_model_files(spec: ModelSpec, weights: str | None, seed: int) -> 
         return {spec.main_role: path}, True
     graphs = {role: path / f"{role}.onnx" for role in spec.roles}
     if not all(file.is_file() for file in graphs.values()):
-        built = _write_model(spec, f"the random-weights graphs to {path}", lambda: _build_in(path, spec, seed))
+        built = _write_model(spec, f"the random-weights graphs to {path}", lambda: _made_in(path, spec, lambda f: spec.build_random(f, seed)))  # type: ignore[misc]
         graphs = {role: Path(built[role]) for role in spec.roles}
     return graphs, True
 
@@ -360,19 +360,16 @@ def official_graphs(spec: ModelSpec, fetched: Path) -> dict[str, Path]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     print(f"mlpi: converting {fetched.name} into {', '.join(spec.roles)} (once)", file=sys.stderr)
-    converted = _write_model(spec, f"the converted graphs to {folder}", lambda: _convert_in(folder, spec, fetched))
+    converted = _write_model(spec, f"the converted graphs to {folder}", lambda: _made_in(folder, spec, lambda f: spec.convert(fetched, f)))  # type: ignore[misc]
     write_json_atomic(index, {role: Path(converted[role]).relative_to(folder).as_posix() for role in spec.roles})
     return {role: Path(converted[role]) for role in spec.roles}
 
 
-def _build_in(folder: Path, spec: ModelSpec, seed: int) -> Any:
+def _made_in(folder: Path, spec: ModelSpec, make: Any) -> dict[str, Path]:
+    """``make(folder)`` (a random-weights builder or a converter) in a fresh ``folder``; what
+    it returns must name one graph file per role there."""
     folder.mkdir(parents=True, exist_ok=True)
-    return _check_roles(spec, spec.build_random(folder, seed), folder)  # type: ignore[misc]
-
-
-def _convert_in(folder: Path, spec: ModelSpec, fetched: Path) -> Any:
-    folder.mkdir(parents=True, exist_ok=True)
-    return _check_roles(spec, spec.convert(fetched, folder), folder)  # type: ignore[misc]
+    return _check_roles(spec, make(folder), folder)
 
 
 def _check_roles(spec: ModelSpec, made: Any, folder: Path) -> dict[str, Path]:
