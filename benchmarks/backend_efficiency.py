@@ -10,13 +10,15 @@ preloaded samples, postprocessing, completing).
     python benchmarks/backend_efficiency.py --backend onnxruntime --model retinanet --duration 30   # batch 1, as the file
     python benchmarks/backend_efficiency.py --backend openvino --model conv [--size 64 --width 64]
     python benchmarks/backend_efficiency.py --backend deepsparse --model conv   # in DeepSparse's own environment
+    python benchmarks/backend_efficiency.py --backend onnxruntime --model bert-99 --batch-size 4 --duration 60
 
 Own loops: ONNX Runtime ``InferenceSession.run``; OpenVINO an ``AsyncInferQueue`` kept full
 (its recommended throughput pattern); PyTorch the converted module under ``inference_mode``;
 DeepSparse its compiled engine called on one full batch. ``--backend all`` covers the backends
 of the main environment; DeepSparse (onnx<1.15) runs from its own, so it is asked for by name.
 
-A registered model (``resnet50``, ``retinanet``, ``ssd-mobilenet``, ``ssd-resnet34``) uses
+A registered model (``resnet50``, ``retinanet``, ``ssd-mobilenet``, ``ssd-resnet34``,
+``bert-99``: synthetic token ids in the vocabulary, a full mask) uses
 the official file when ``mlpi fetch`` has downloaded it, else the seeded random-weights graph
 (same layers, same work). A file that fixes its batch (RetinaNet's and SSD-ResNet34's: 1)
 runs at that batch on both sides; for the detectors the script also times the model's
@@ -163,7 +165,7 @@ def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) ->
 
 
 #: Registered models this script measures; the detectors also get their postprocessing timed.
-REGISTERED = ("resnet50", "retinanet", "ssd-mobilenet", "ssd-resnet34")
+REGISTERED = ("resnet50", "retinanet", "ssd-mobilenet", "ssd-resnet34", "bert-99", "bert-99.9")
 DETECTORS = ("retinanet", "ssd-mobilenet", "ssd-resnet34")
 
 THREAD_OPTION = {

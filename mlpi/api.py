@@ -80,7 +80,10 @@ from mlpi.core.results.rundir import write_bytes_atomic, write_json_atomic
 #: postprocessors get sample indices and may answer Responses; pipelines; typed accuracy.
 #: 2.1: several graphs per model, pieces (PipelineContext.pieces, ModelSpec.pieces and
 #: sample_inputs), artifacts of several files with a format and a convert step.
-API_VERSION = "2.1"
+#: 2.2: GraphSpec.aliases (other names a file may give a tensor), ModelSpec.repeated_responses
+#: (which response of a sample logged twice is scored), DataParams' value_ranges for
+#: synthetic data, read_accuracy_log(path, keep).
+API_VERSION = "2.2"
 
 __all__ = [
     "API_VERSION",

@@ -395,3 +395,19 @@ def test_openvino_passes_the_conformance_kit() -> None:
     report = run_checks("openvino")
     assert report.failed == [], report.summary()
     assert len(report.passed) > 50
+
+
+def test_a_bfloat16_output_is_refused_not_returned_as_float16_bits(tmp_path: Path) -> None:
+    """OpenVINO's Python API returns a bf16 output as float16 holding the raw bits ([1, 2.5,
+    -3, 100] read back as [1.875, 2.06, -2.125, 3.39]): a silent wrong answer, so refused."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BFLOAT16)
+    graph = helper.make_graph([node], "to_bf16", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "bf16.onnx"))
+    with pytest.raises(ModelError, match="'y' is bfloat16"):
+        load(tmp_path / "bf16.onnx", precision=None)

@@ -244,3 +244,83 @@ def test_gathernd_and_scatternd_match_onnxruntime(case: str, tmp_path: Path) -> 
         feeds["u"] = rng.standard_normal(update_shape).astype(np.float32)
     got = load(model).run(feeds)
     np.testing.assert_array_equal(np.asarray(got["y"]), reference(model, feeds)["y"])
+
+
+SPLIT_CASES = {
+    "equal_opset11": ({"axis": -1}, None, 3, 11),
+    "sizes_attr_opset11": ({"axis": 1, "split": [1, 3, 2]}, None, 3, 11),
+    "sizes_input_opset13": ({"axis": 2}, [2, 4], 2, 13),
+    "equal_opset13": ({"axis": 0}, None, 2, 13),
+    "num_outputs_uneven_opset18": ({"axis": 1, "num_outputs": 4}, None, 4, 18),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_CASES))
+def test_split_matches_onnxruntime(case: str, tmp_path: Path) -> None:
+    """Split as BERT's SQuAD head uses it (start and end logits), and its other forms."""
+    attrs, sizes, parts, opset = SPLIT_CASES[case]
+    inputs = ["x"] if sizes is None else ["x", "sizes"]
+    outputs = [f"y{k}" for k in range(parts)]
+    node = helper.make_node("Split", inputs, outputs, **attrs)
+    initializers = [] if sizes is None else [helper.make_tensor("sizes", TensorProto.INT64, [len(sizes)], sizes)]
+    graph = helper.make_graph([node], "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 6])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "split.onnx"))
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 6, 6)).astype(np.float32)}
+    got, want = load(tmp_path / "split.onnx").run(feeds), reference(tmp_path / "split.onnx", feeds)
+    assert set(got) == set(want) == set(outputs)
+    for name in outputs:
+        np.testing.assert_array_equal(np.asarray(got[name]), want[name])
+
+
+def test_a_narrow_bert_matches_onnxruntime(tmp_path: Path) -> None:
+    """BERT's operators (Gather, Erf, Softmax, the opset-11 LayerNorm, Split...) end to end."""
+    from mlpi.models.bert_graph import BertConfig, write_bert
+
+    path = write_bert(tmp_path / "bert.onnx", 3, BertConfig(layers=2, hidden=64, heads=4, intermediate=128))
+    rng = np.random.default_rng(1)
+    feeds = {"input_ids": rng.integers(0, 30522, (2, 384)), "input_mask": np.ones((2, 384), np.int64),
+             "segment_ids": rng.integers(0, 2, (2, 384))}
+    feeds["input_mask"][1, 200:] = 0
+    got, want = load(path).run(feeds), reference(path, feeds)
+    for name, expected in want.items():
+        np.testing.assert_allclose(np.asarray(got[name]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_intermediates_are_freed_after_their_last_use(tmp_path: Path) -> None:
+    """A deep model's activations are dropped as soon as no later node reads them (BERT-large
+    at batch 8 took 24 GB when every activation lived until the end)."""
+    from mlpi.backends.onnx_to_torch import convert
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    module = convert(model)
+    assert module._release == [("x",), (), ("a", "b"), ("c",)]
+    import torch
+
+    assert module(torch.tensor([1.0, -2.0]))[0].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 18])
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax"])
+def test_reduce_axes_match_onnxruntime_at_every_opset(op: str, opset: int, tmp_path: Path) -> None:
+    """ReduceSum takes its axes as an input from opset 13, the others from 18: summing over
+    every axis instead was a silent wrong answer."""
+    axes_as_input = opset >= (13 if op == "ReduceSum" else 18)
+    node = helper.make_node(op, ["x", "axes"] if axes_as_input else ["x"], ["y"], keepdims=0,
+                            **({} if axes_as_input else {"axes": [1, -1]}))
+    initializers = [helper.make_tensor("axes", TensorProto.INT64, [2], [1, -1])] if axes_as_input else []
+    graph = helper.make_graph([node], "reduce", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "reduce.onnx"))
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)}
+    got, want = load(tmp_path / "reduce.onnx").run(feeds), reference(tmp_path / "reduce.onnx", feeds)
+    assert np.asarray(got["y"]).shape == want["y"].shape == (2,)
+    np.testing.assert_allclose(np.asarray(got["y"]), want["y"], rtol=1e-5, atol=1e-6)

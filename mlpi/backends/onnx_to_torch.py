@@ -455,9 +455,12 @@ def _unsqueeze(n: _Node) -> Step:
     return run
 
 
-def _reduce(kind: str) -> Callable[[_Node], Step]:
+def _reduce(kind: str, axes_input_from: int = 18) -> Callable[[_Node], Step]:
+    """A Reduce op; its axes move from an attribute to input 1 at ``axes_input_from``
+    (ReduceSum at opset 13, the others at 18)."""
+
     def build(n: _Node) -> Step:
-        axes_of = _axes(n, 18)
+        axes_of = _axes(n, axes_input_from)
         keep = bool(n.attr("keepdims", 1))
         noop = bool(n.attr("noop_with_empty_axes", 0))
 
@@ -683,6 +686,36 @@ def _topk(n: _Node) -> Step:
     return run
 
 
+def _split(n: _Node) -> Step:
+    """Split along ``axis`` into the given sizes, else into equal parts (opset 18's
+    ``num_outputs``: parts of ceil(size / n), the last one smaller)."""
+    axis = int(n.attr("axis", 0))
+    parts = len(n.proto.output)
+    sizes_of = (lambda a: n.attr("split")) if n.opset < 13 else n.ints_input(1)
+
+    def run(a: Args) -> tuple[torch.Tensor, ...]:
+        x = a[0]
+        dim = axis + x.dim() if axis < 0 else axis
+        if not 0 <= dim < x.dim():
+            raise ModelError(f"Split node '{n.proto.name}' has axis {axis} for a rank-{x.dim()} input")
+        sizes = sizes_of(a)
+        length = x.shape[dim]
+        if sizes:
+            sizes = [int(v) for v in sizes]
+            if len(sizes) != parts or sum(sizes) != length or min(sizes) < 0:
+                raise ModelError(f"Split node '{n.proto.name}' splits {length} elements into {sizes} for {parts} outputs")
+        elif n.opset >= 18 and n.attr("num_outputs") is not None:
+            chunk = -(-length // parts)
+            sizes = [min(chunk, max(length - k * chunk, 0)) for k in range(parts)]
+        else:
+            if length % parts:
+                raise ModelError(f"Split node '{n.proto.name}' cannot split {length} elements into {parts} equal parts")
+            sizes = [length // parts] * parts
+        return tuple(torch.split(x, sizes, dim=dim))
+
+    return run
+
+
 _COORDINATE_MODES = ("half_pixel", "asymmetric", "pytorch_half_pixel", "tf_half_pixel_for_nn", "align_corners")
 _NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
@@ -875,7 +908,7 @@ BUILDERS: dict[str, Callable[[_Node], Step]] = {
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
     "ReduceMean": _reduce("mean"),
-    "ReduceSum": _reduce("sum"),
+    "ReduceSum": _reduce("sum", 13),
     "ReduceMax": _reduce("max"),
     "ReduceMin": _reduce("min"),
     "Gather": _gather,
@@ -891,6 +924,7 @@ BUILDERS: dict[str, Callable[[_Node], Step]] = {
     "GatherND": _gathernd,
     "ScatterND": _scatternd,
     "TopK": _topk,
+    "Split": _split,
     "Resize": _resize,
     "NonMaxSuppression": _nms,
 }
@@ -985,18 +1019,36 @@ class OnnxModule(torch.nn.Module):
         if missing:
             raise ModelError(f"graph output '{missing[0]}' is produced by no node")
         self._steps = steps
+        self._release = _last_uses(steps, set(self.output_names) | set(self._const_attr))
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs))
         for name, attr in self._const_attr.items():
             env[name] = getattr(self, attr)
-        for fn, ins, outs, _ in self._steps:
+        for (fn, ins, outs, _), done in zip(self._steps, self._release):
             result = fn([env[i] if i else None for i in ins])
             if isinstance(result, tuple):
                 env.update(zip(outs, result))
             else:
                 env[outs[0]] = result
+            for name in done:  # an intermediate no later step reads: freed now, not at the end
+                env.pop(name, None)
         return tuple(env[o] for o in self.output_names)
+
+
+def _last_uses(steps: list[tuple[Step, list[str], list[str], str]], keep: set[str]) -> list[tuple[str, ...]]:
+    """For each step, the values (inputs read or outputs made) no later step reads and
+    ``keep`` does not hold: a 24-layer BERT would otherwise keep every activation alive."""
+    last: dict[str, int] = {}
+    for k, (_, ins, outs, _) in enumerate(steps):
+        for name in (*ins, *outs):
+            if name:
+                last[name] = k
+    release: list[list[str]] = [[] for _ in steps]
+    for name, k in last.items():
+        if name not in keep:
+            release[k].append(name)
+    return [tuple(names) for names in release]
 
 
 def convert(model: onnx.ModelProto, float_dtype: torch.dtype = torch.float32) -> OnnxModule:

@@ -282,6 +282,7 @@ class OpenVinoBackend(Backend):
             ov_model = core.read_model(str(model.path))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError
             raise ModelError(f"OpenVINO could not read {model.path}: {_first_line(exc)}", _MODEL_HINT) from None
+        _refuse_unfaithful_outputs(ov_model, model)
         try:
             compiled = core.compile_model(ov_model, plugin, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError
@@ -382,6 +383,19 @@ def _read_properties(compiled: Any) -> dict[str, Any]:
             value = str(value)
         out[key] = value
     return out
+
+
+def _refuse_unfaithful_outputs(ov_model: Any, model: ModelArtifact) -> None:
+    """OpenVINO hands a bfloat16 output to Python as a float16 array holding the raw bf16
+    bits (1.0, 2.5, -3, 100 read back as 1.875, 2.06, -2.125, 3.39): refuse it rather than
+    return wrong values."""
+    for k, port in enumerate(ov_model.outputs):
+        if port.get_element_type().get_type_name() == "bf16":
+            name = port.get_any_name() if port.get_names() else f"output {k}"
+            raise ModelError(
+                f"{model.path.name}: output '{name}' is bfloat16, which OpenVINO's Python API cannot return as its values",
+                "run this model on the onnxruntime backend, or export it with float32 outputs (compute can stay bf16)",
+            )
 
 
 def _specs(ports: Sequence[Any], model_names: Sequence[str]) -> list[tuple[int, TensorSpec]]:

@@ -2,7 +2,9 @@
 
 For performance runs of any model without its real data. Sample ``i`` is the same on
 every run with the same seed. Floats are standard normal, integers uniform in [0, 100),
-booleans fair coins.
+booleans fair coins. A model whose integer inputs index a table (token ids, segment ids,
+embedding rows) declares each one's range in its DataParams, ``value_ranges={name: (low,
+high)}`` (uniform in [low, high)), so synthetic data never indexes past a table's end.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ from mlpi.core.contract.dataset import (
 )
 from mlpi.core.contract.errors import DatasetError
 
+#: Integers of an input whose model declares no range for it: uniform in [0, 100).
+INT_RANGE = (0, 100)
 #: Samples when --count is not given, bounded so the preloaded set stays under MAX_BYTES.
 DEFAULT_COUNT = 1024
 MAX_BYTES = 1 << 30
 
 
 class SyntheticDataset(PreloadedDataset):
-    def __init__(self, inputs: Sequence[TensorSpec], count: int, seed: int) -> None:
+    def __init__(self, inputs: Sequence[TensorSpec], count: int, seed: int,
+                 ranges: Mapping[str, tuple[int, int]] | None = None) -> None:
         super().__init__(inputs)
         self._count = count
         self._seed = seed
+        self._ranges = dict(ranges or {})
 
     @property
     def count(self) -> int:
@@ -42,7 +48,7 @@ class SyntheticDataset(PreloadedDataset):
             array = np.empty((len(indices), *shape), dtype=spec.dtype)
             for row, index in enumerate(indices):
                 rng = np.random.default_rng((self._seed, k, int(index)))
-                array[row] = _random(rng, shape, np.dtype(spec.dtype))
+                array[row] = _random(rng, shape, np.dtype(spec.dtype), self._ranges.get(spec.name, INT_RANGE))
             out[spec.name] = array
         return out
 
@@ -74,14 +80,25 @@ class Synthetic(DatasetFactory):
             count = max(1, min(DEFAULT_COUNT, MAX_BYTES // max(sample_bytes, 1)))
         if count < 1:
             raise DatasetError(f"--count {count} leaves no samples", "pass --count 1 or more")
-        return SyntheticDataset(concrete, count, seed)
+        return SyntheticDataset(concrete, count, seed, _ranges(request.params.get("value_ranges") or {}))
 
 
-def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _ranges(declared: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, int]]:
+    ranges = {}
+    for name, bounds in declared.items():
+        low, high = (int(b) for b in bounds)
+        if high <= low:
+            raise DatasetError(f"the model declares an empty value range [{low}, {high}) for input '{name}'",
+                               "report this to the model plugin's authors")
+        ranges[name] = (low, high)
+    return ranges
+
+
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, bounds: tuple[int, int]) -> np.ndarray:
     if dtype.kind == "f":
         return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
     if dtype.kind in "iu":
-        return rng.integers(0, 100, size=shape).astype(dtype)
+        return rng.integers(bounds[0], bounds[1], size=shape).astype(dtype)
     if dtype.kind == "b":
         return rng.random(shape) < 0.5
     raise DatasetError(f"synthetic data cannot make values of type {dtype}", "use a dataset with real inputs")

@@ -1,8 +1,9 @@
 """Accuracy from LoadGen's ``mlperf_log_accuracy.json``, computed the way MLPerf's scripts do.
 
-The official scripts read every entry, keep the first one per ``qsl_idx`` (LoadGen may
-send a sample twice) and decode ``data`` with ``np.frombuffer(bytes.fromhex(...), dtype)``.
-:func:`read_accuracy_log` gives exactly that mapping; each model's scorer turns it into an
+The official scripts read every entry, keep one per ``qsl_idx`` (LoadGen may send a sample
+twice: most scripts keep the first, BERT's the last) and decode ``data`` with
+``np.frombuffer(bytes.fromhex(...), dtype)``. :func:`read_accuracy_log` gives exactly that
+mapping; each model's scorer turns it into an
 :class:`AccuracyResult` in its own metric (top-1 %, mAP %, F1, mean DICE, AUC, WER...).
 """
 
@@ -80,8 +81,13 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.3f}%" if unit == "%" else f"{value:.5f}{(' ' + unit) if unit else ''}"
 
 
-def read_accuracy_log(path: Path) -> dict[int, bytes]:
-    """``{qsl_idx: response bytes}``, first entry per sample, as the official scripts keep."""
+#: Which response of a sample logged more than once a model's official script scores.
+REPEATED_RESPONSES = ("first", "last")
+
+
+def read_accuracy_log(path: Path, keep: str = "first") -> dict[int, bytes]:
+    """``{qsl_idx: response bytes}``, the ``keep`` (first or last) entry per sample, as the
+    model's official script keeps."""
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -94,7 +100,7 @@ def read_accuracy_log(path: Path) -> dict[int, bytes]:
     for number, entry in enumerate(entries):
         try:
             index = int(entry["qsl_idx"])
-            if index not in responses:
+            if keep == "last" or index not in responses:
                 responses[index] = bytes.fromhex(entry["data"])
         except (KeyError, TypeError, ValueError) as exc:
             raise RunFailed(

@@ -32,7 +32,9 @@ class DataParams:
     Keys in common use (a dataset documents which it reads): ``image_size`` ``(h, w)``,
     ``layout`` (``"NCHW"``/``"NHWC"``), ``channel_order`` (``"RGB"``/``"BGR"``), ``mean``,
     ``std``, ``scale``, ``interpolation``, ``seq_len``, ``doc_stride``, ``max_query_len``,
-    ``vocab`` (an artifact name), ``sample_rate``. A model outside MLPerf's list has none.
+    ``vocab`` (the vocabulary artifact's fields), ``sample_rate``, ``value_ranges`` (``{input:
+    (low, high)}``: the integers an input may hold, for synthetic data). A model outside
+    MLPerf's list has none.
     """
 
     values: Mapping[str, Any] = field(default_factory=dict)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlpi.core.contract.accuracy import REPEATED_RESPONSES
 from mlpi.core.contract.backend import TensorSpec
 from mlpi.core.contract.dataset import DataParams
 from mlpi.core.contract.pipeline import MAIN_GRAPH, PipelineFactory
@@ -43,10 +44,20 @@ def _score_raw(responses: Mapping[int, bytes], dataset: Dataset, outputs: Sequen
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """The signature one graph of a model must have."""
+    """The signature one graph of a model must have.
+
+    ``aliases``: other names a file may give an input or output (the int8 BERT calls
+    ``input_mask`` ``attention_mask``); a file with an alias in place of a name still
+    has the signature, and the run feeds and reads the file's own names.
+    """
 
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def names_for(self, name: str) -> tuple[str, ...]:
+        """``name`` and the other names a file may give it."""
+        return (name, *self.aliases.get(name, ()))
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,9 @@ class ModelSpec:
     - ``outputs_batch_first``: whether every output has the batch as its first dimension
       (checked on the first sample); a model whose graph answers one sample's detections
       as ``[N, 4]`` says False and reads them in its postprocessor.
-    - ``score``: computes accuracy from the accuracy log's responses (None: not scored).
+    - ``score``: computes accuracy from the accuracy log's responses (None: not scored);
+      ``repeated_responses``: which response of a sample logged twice it is given ("first",
+      or "last" where the model's official script keeps the last, as BERT's does).
       An accuracy run of a model with a scorer needs a dataset with ground truth, unless
       ``scoring_optional`` (a model given only as a file: top-1 when the data has labels).
     - ``build_random``: ``build_random(path, seed)`` writes a graph with the same signature
@@ -97,6 +110,7 @@ class ModelSpec:
     pieces: bool = False
     outputs_batch_first: bool = True
     score: AccuracyScorer | None = _score_raw
+    repeated_responses: str = "first"
     scoring_optional: bool = False
     build_random: Callable[[Path, int], Path | Mapping[str, Path]] | None = None
     convert: Callable[[Path, Path], Mapping[str, Path]] | None = None
@@ -109,9 +123,10 @@ class ModelSpec:
             raise ValueError(
                 f"model {self.name} has several graphs, pieces or samples of its own, so it needs its own pipeline"
             )
-        if self.artifact is not None and self.convert is None:
-            if self.artifact.format == "checkpoint" or len(self.graphs) > 1:
-                raise ValueError(f"model {self.name}'s artifact is not its graph: it needs a convert function")
+        if self.repeated_responses not in REPEATED_RESPONSES:
+            raise ValueError(f"model {self.name}: repeated_responses must be one of {', '.join(REPEATED_RESPONSES)}")
+        if self.artifact is not None and self.convert is None and (self.artifact.format == "checkpoint" or len(self.graphs) > 1):
+            raise ValueError(f"model {self.name}'s artifact is not its graph: it needs a convert function")
 
     @property
     def roles(self) -> tuple[str, ...]:

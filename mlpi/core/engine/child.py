@@ -356,7 +356,7 @@ def score_test(setup: TestSetup, outputs: list[Any], out: Path) -> dict[str, Any
             f"dataset '{setup.plan.dataset}' has no ground truth, so {spec.name}'s accuracy cannot be scored",
             "run accuracy mode with a dataset that has ground truth (`mlpi models` lists them)",
         )
-    result = score_responses(spec, read_accuracy_log(out / "mlperf_log_accuracy.json"), dataset, outputs)
+    result = score_responses(spec, read_accuracy_log(out / "mlperf_log_accuracy.json", spec.repeated_responses), dataset, outputs)
     from mlpi.core.results.rundir import write_bytes_atomic
 
     write_bytes_atomic(out / "accuracy.txt", (result.report + "\n").encode("utf-8"))

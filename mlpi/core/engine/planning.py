@@ -316,8 +316,9 @@ def _graph_files_at(path: Path, spec: ModelSpec | None) -> dict[str, Path]:
 def random_weights_path(spec: ModelSpec, seed: int) -> Path:
     """Where a model's seeded random graph is kept (a folder for a model with several)."""
     version = spec.extra.get("random_graph_version", 1)
+    name = spec.extra.get("random_graph_name", spec.name)  # models differing only in their rules share one
     suffix = ".onnx" if len(spec.graphs) == 1 else ""
-    return cache_root() / "models" / spec.name / f"{spec.name}-random-seed{seed}-v{version}{suffix}"
+    return cache_root() / "models" / name / f"{name}-random-seed{seed}-v{version}{suffix}"
 
 
 def _registered_model_files(spec: ModelSpec, weights: str | None, seed: int) -> tuple[dict[str, Path], bool]:
@@ -404,7 +405,7 @@ def _check_signature(spec: ModelSpec, role: str, artifact: Any, path: Path) -> N
     label = spec.name if len(spec.graphs) == 1 else f"{spec.name} {role}"
     for kind, want, have in (("input", graph.inputs, artifact.inputs), ("output", graph.outputs, artifact.outputs)):
         have_names = {t.name for t in have}
-        missing = [t.name for t in want if t.name not in have_names]
+        missing = [t.name for t in want if have_names.isdisjoint(graph.names_for(t.name))]
         if missing:
             raise ModelError(
                 f"{path} is not a {label} model: it has no {kind} {', '.join(missing)} "

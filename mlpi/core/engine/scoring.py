@@ -62,7 +62,7 @@ def score(request: ScoreRequest) -> list[Scored]:
         raise UsageError(f"dataset '{dataset_name}' has no ground truth to score against", f"pass a dataset that has one: {', '.join(spec.datasets)}")
     scored = []
     for log in logs:
-        responses = read_accuracy_log(log)
+        responses = read_accuracy_log(log, spec.repeated_responses)
         if responses and max(responses) >= dataset.count:
             raise UsageError(
                 f"{log} names sample {max(responses)}, but dataset '{dataset_name}' has {dataset.count} samples",
