@@ -307,8 +307,10 @@ def test_unknown_backend_is_a_usage_error(kit):
 def test_bad_option_and_precision_are_usage_errors():
     with pytest.raises(UsageError, match="bogus"):
         run_checks("onnxruntime", options={"bogus": "1"})
-    with pytest.raises(UsageError, match="int8"):
-        run_checks("onnxruntime", precision="int8")
+    with pytest.raises(UsageError, match="int4"):
+        run_checks("onnxruntime", precision="int4")
+    with pytest.raises(UsageError, match="cannot run precision 'int8'"):
+        run_checks("null", precision="int8")
 
 
 # --------------------------------------------------------------------------- broken backends (in process)

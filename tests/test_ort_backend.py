@@ -109,3 +109,44 @@ def test_cuda_session_really_runs_on_cuda(model_dir: Path) -> None:
     cpu = load(model_dir / "matmul.onnx")
     x = {"x": np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)}
     assert np.allclose(session.run(x)["logits"], cpu.run(x)["logits"], atol=1e-4)
+
+
+def test_int8_quantizes_once_runs_close_to_fp32_and_says_int8(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """--precision int8: the MatMul weights become int8 (MatMulInteger after a run-time
+    DynamicQuantizeLinear), made once into the cache; the answers stay close to fp32's."""
+    import onnx
+
+    from mlpi.models.bert_graph import BertConfig, write_bert
+
+    path = write_bert(tmp_path / "bert.onnx", 5, BertConfig(layers=2, hidden=64, heads=4, intermediate=128))
+    artifact = inspect_onnx(path)
+    backend = OnnxRuntimeBackend()
+    backend.check(artifact, Device("cpu"), OrtOptions(), "int8")
+    int8 = backend.load(artifact, Device("cpu"), OrtOptions(), "int8")
+    fp32 = backend.load(artifact, Device("cpu"), OrtOptions(), None)
+    assert int8.precision == "int8" and fp32.precision == "fp32"
+    assert "quantizing bert.onnx to int8" in capfd.readouterr().err
+    from mlpi.backends.ort import dynamic_int8
+
+    ops = {node.op_type for node in onnx.load(str(dynamic_int8(artifact))).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 30522, (2, 384)), "input_mask": np.ones((2, 384), np.int64),
+             "segment_ids": rng.integers(0, 2, (2, 384))}
+    got, want = int8.run(feeds), fp32.run(feeds)
+    for name, expected in want.items():
+        assert not np.array_equal(got[name], expected)  # really another computation
+        np.testing.assert_allclose(got[name], expected, atol=0.05 * float(np.abs(expected).max()) + 1e-3)
+    backend.load(artifact, Device("cpu"), OrtOptions(), "int8")
+    assert "quantizing" not in capfd.readouterr().err  # from the cache the second time
+
+
+def test_int8_is_refused_off_the_cpu_provider_and_for_a_non_fp32_model(model_dir: Path) -> None:
+    artifact = inspect_onnx(model_dir / "matmul.onnx")
+    with pytest.raises(UsageError, match="CPU execution provider"):
+        OnnxRuntimeBackend().check(artifact, Device("cpu"), OrtOptions(provider="openvino"), "int8")
+    from mlpi.core.contract.backend import ModelArtifact, TensorSpec
+
+    half = ModelArtifact(artifact.path, artifact.sha256, (TensorSpec("x", "float16", (None, 4)),), artifact.outputs)
+    with pytest.raises(UsageError, match="fp16"):
+        OnnxRuntimeBackend().check(half, Device("cpu"), OrtOptions(), "int8")

@@ -208,9 +208,15 @@ def test_features_are_cached_and_never_stale(fixture_dir: Path, tmp_path: Path, 
     from mlpi.core.engine.cache import cache_root
 
     for npz in (cache_root() / "datasets" / "squad").glob("*/features.npz"):
-        npz.write_bytes(b"not a zip")
+        npz.write_bytes(npz.read_bytes()[:200])  # a truncated zip
     rebuilt = open_squad(folder).ground_truth().features
     assert np.array_equal(rebuilt.input_ids, changed.input_ids)
+    # Another Python's Unicode tables may tokenize differently: another key.
+    monkeypatch.setattr(squad_module, "build_features", no_build)
+    open_squad(folder)
+    monkeypatch.setattr(squad_module.unicodedata, "unidata_version", "99.0.0")
+    with pytest.raises(AssertionError, match="built again"):
+        open_squad(folder)
 
 
 def test_input_names_of_the_int8_model_are_fed(fixture_dir: Path) -> None:
@@ -268,11 +274,12 @@ def test_score_prints_what_accuracy_squad_prints_on_a_log_with_known_answers(fix
     assert official_line(log, fixture_dir / "dev-v1.1.json", fixture_dir / "vocab.txt", tmp_path) == ours
 
 
-@pytest.mark.parametrize("logits", ["normal", "ties"])
+@pytest.mark.parametrize("logits", ["normal", "ties", "nan-inf"])
 def test_score_equals_accuracy_squad_on_random_logits(fixture_dir: Path, tmp_path: Path, logits: str) -> None:
-    """Random logits over every feature (and, in "ties", only three values, so that the n-best
-    order, the span ranking and the choice between windows all meet equal scores): the
-    same line as MLCommons' script, character for character."""
+    """Random logits over every feature (in "ties" only three values, so that the n-best
+    order, the span ranking and the choice between windows all meet equal scores; in
+    "nan-inf" some NaN and infinite logits): the same predictions and the same line as
+    MLCommons' script, character for character."""
     reason = reference_missing()
     if reason:
         pytest.skip(reason)
@@ -280,10 +287,12 @@ def test_score_equals_accuracy_squad_on_random_logits(fixture_dir: Path, tmp_pat
     rng = np.random.default_rng(7)
     entries = []
     for f in range(dataset.count):
-        if logits == "normal":
-            values = rng.standard_normal((384, 2)).astype(np.float32) * 4
-        else:
+        if logits == "ties":
             values = rng.integers(0, 3, size=(384, 2)).astype(np.float32)
+        else:
+            values = rng.standard_normal((384, 2)).astype(np.float32) * 4
+        if logits == "nan-inf":  # NaN ranks where Python's sort leaves it; inf + -inf is NaN
+            values[rng.integers(0, 384, 40), rng.integers(0, 2, 40)] = rng.choice([np.nan, np.inf, -np.inf], 40)
         entries.append((f, values.tobytes()))
     log = write_log(tmp_path / "mlperf_log_accuracy.json", entries)
     proc = run_cli(["score", "--model", "bert-99", "--dataset", "squad", "--dataset-path", str(fixture_dir), str(log)],
@@ -466,3 +475,27 @@ def test_questions_without_answers_run_but_are_not_scored(fixture_dir: Path, tmp
     proc = run_cli(["run", "--model", "bert-99", "--model-path", str(fixture_dir / "known.onnx"), "--dataset", "squad",
                     "--dataset-path", str(folder), "--mode", "accuracy", "--output", str(tmp_path / "r")], cwd=tmp_path)
     _one_error(proc, "no ground truth")
+
+
+def test_a_context_with_no_pieces_gets_no_feature_and_the_answer_empty(fixture_dir: Path, tmp_path: Path) -> None:
+    """A context of nothing but a zero-width space makes no window (the reference makes no
+    feature either, and predicts "empty"): no crash, the other questions unchanged."""
+    folder = tmp_path / "data"
+    shutil.copytree(fixture_dir, folder)
+    document = json.loads((folder / "dev-v1.1.json").read_text(encoding="utf-8"))
+    document["data"].insert(1, {"title": "blank", "paragraphs": [{"context": "\u200b", "qas": [
+        {"id": "blank", "question": "Anything?", "answers": [{"text": "empty", "answer_start": 0}]}]}]})
+    (folder / "dev-v1.1.json").write_text(json.dumps(document), encoding="utf-8")
+    dataset = open_squad(folder)
+    assert dataset.count == open_squad(fixture_dir).count
+    from mlpi.models.squad_f1 import predict
+
+    assert predict({}, dataset.ground_truth())["blank"] == "empty"
+
+
+def test_without_lower_case_text_is_composed_first_as_the_reference_tokenizer_does() -> None:
+    from mlpi.datasets.squad_features import basic_tokens, pre_tokens
+
+    assert pre_tokens("Cafe\u0301!", lower_case=False) == ["Caf\u00e9", "!"]
+    assert basic_tokens("Cafe\u0301!", lower_case=False) == ["Cafe\u0301", "!"]  # get_final_text's tokenizer: no NFC
+    assert pre_tokens("Cafe\u0301!") == basic_tokens("Cafe\u0301!") == ["cafe", "!"]

@@ -4,13 +4,22 @@
 (CUDA) or ``-o provider=openvino`` (CPU) picks those instead. onnxruntime-gpu falls back
 to the CPU silently when a provider cannot start, so after creating the session the
 provider that really runs is checked and a fallback is an error, never a CPU run.
+
+``--precision int8`` (CPU): the fp32 model's MatMul/Gemm weights quantized to int8 and its
+activations quantized at run time (``quantize_dynamic``), made once into the cache; results
+record int8. Otherwise onnxruntime runs the model's own precision, which ``--precision``
+must name.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -107,7 +116,7 @@ class OrtSession(Session):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     device_kinds = ("cpu", "cuda", "rocm")
-    precisions = ("fp32", "fp16", "bf16")
+    precisions = ("fp32", "fp16", "bf16", "int8")
     Options = OrtOptions
     install_hint = 'pip install "mlpi[onnxruntime]" (or "mlpi[onnxruntime-gpu]" for CUDA)'
 
@@ -145,9 +154,18 @@ class OnnxRuntimeBackend(Backend):
         return devices
 
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
-        self._providers(device, options)
         runs = _model_precision(model.inputs)
-        if precision is not None and precision != runs:
+        if precision == "int8":
+            if device.kind != "cpu" or options.provider != "default":
+                raise UsageError(
+                    "onnxruntime's int8 is dynamic quantization, which runs on its CPU execution provider only",
+                    "use --device cpu without -o provider, or drop --precision int8",
+                )
+            if runs != "fp32":
+                raise UsageError(f"onnxruntime quantizes fp32 models to int8, and this one is {runs}",
+                                 "pass the fp32 model, or drop --precision int8")
+        self._providers(device, options)
+        if precision is not None and precision not in ("int8", runs):
             raise UsageError(
                 f"onnxruntime runs the model's own precision ({runs}), not {precision}",
                 f"drop --precision, or pass a model exported in {precision}",
@@ -203,8 +221,9 @@ class OnnxRuntimeBackend(Backend):
             ort.ExecutionMode.ORT_PARALLEL if options.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
         )
         so.log_severity_level = 3
+        path = dynamic_int8(model) if precision == "int8" else model.path
         try:
-            session = ort.InferenceSession(str(model.path), sess_options=so, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
@@ -217,7 +236,41 @@ class OnnxRuntimeBackend(Backend):
                 f"onnxruntime did not start {wanted} on {device}; it fell back to {active[0] if active else 'nothing'}",
                 "check the driver, CUDA/cuDNN (or ROCm) versions this onnxruntime build needs, or use --device cpu",
             )
-        return OrtSession(session, wanted)
+        ort_session = OrtSession(session, wanted)
+        if precision == "int8":
+            ort_session.precision = "int8"
+        return ort_session
+
+
+def dynamic_int8(model: ModelArtifact) -> Path:
+    """``model`` with its MatMul/Gemm weights quantized to int8 and its activations quantized
+    at run time (onnxruntime's ``quantize_dynamic``, QInt8 weights): made once, kept in the
+    cache under the model's sha256, written to a temporary file and renamed into place."""
+    from mlpi.core.engine.cache import cache_root
+
+    target = cache_root() / "onnxruntime" / "int8" / f"{model.sha256[:32]}.onnx"
+    if target.is_file():
+        return target
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    print(f"mlpi: quantizing {model.path.name} to int8 for onnxruntime (once, into {target.parent})", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.stem}.{os.getpid()}.partial.onnx")
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its advice to pre-process the model first goes to the root logger
+    try:
+        quantize_dynamic(str(model.path), str(partial), weight_type=QuantType.QInt8)
+        os.replace(partial, target)
+    except Exception as exc:  # noqa: BLE001 - the quantizer raises whatever its passes raise
+        raise ModelError(
+            f"onnxruntime could not quantize {model.path.name} to int8: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+            "drop --precision int8, or pass a model quantized ahead of time",
+        ) from None
+    finally:
+        quiet.setLevel(level)
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def _model_precision(inputs: Any) -> str:

@@ -19,8 +19,8 @@ its vocabulary artifact) and ``feeds`` (for each of ``input_ids``, ``input_mask`
 Cache: building features tokenizes every paragraph and question (seconds for the dev
 set), so it is done once into ``cache_root()/datasets/squad/<key>/``. The key is a sha256
 over the SQuAD file's bytes, the vocabulary's bytes, the feature parameters, the
-``tokenizers`` version and :data:`FEATURES_VERSION`: a changed input can never meet an old
-cache. A cache is written in a temporary sibling folder and renamed into place complete.
+``tokenizers`` version, Python's Unicode version and :data:`FEATURES_VERSION`: a changed
+input can never meet an old cache, and a damaged one is rebuilt. A cache is written in a temporary sibling folder and renamed into place complete.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,8 +243,10 @@ def _cache_key(data_file: Path, vocab_file: Path, params: FeatureParams) -> str:
     digest = hashlib.sha256()
     for file in (data_file, vocab_file):
         digest.update(hashlib.sha256(file.read_bytes()).digest())
+    # the basic tokenization judges characters by this Python's Unicode tables
     digest.update(json.dumps({"params": params.to_json(), "version": FEATURES_VERSION,
-                              "tokenizers": tokenizers.__version__}, sort_keys=True).encode())
+                              "tokenizers": tokenizers.__version__, "unicode": unicodedata.unidata_version,
+                              "python": list(sys.version_info[:2])}, sort_keys=True).encode())
     return digest.hexdigest()[:32]
 
 
@@ -256,7 +259,7 @@ def _read_cache(folder: Path) -> Features | None:
             arrays = {name: data[name] for name in _ARRAYS}
         pieces = json.loads((folder / "pieces.json").read_text(encoding="utf-8"))
         features = Features(**arrays, pieces=pieces["pieces"], piece_word=pieces["piece_word"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001 - a damaged cache (a bad zip, a short file...) is rebuilt, never trusted
         return None
     if len({len(arrays[name]) for name in _ARRAYS}) != 1:
         return None

@@ -192,8 +192,12 @@ _ASCII_PIECE = re.compile(r"[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~]+")
 
 def basic_tokens(text: str, lower_case: bool = True, *, by_character: bool = False) -> list[str]:
     """BERT's basic tokenization of ``text`` (a special token is kept whole only when it is
-    a whole word, as ``BasicTokenizer`` keeps its ``never_split``)."""
+    a whole word, as ``BasicTokenizer`` keeps its ``never_split``). ``by_character``: as the
+    reference's ``BertTokenizer`` does it for the features (NFC first, lower case character
+    by character); otherwise as ``get_final_text``'s ``BasicTokenizer`` does."""
     out: list[str] = []
+    if by_character and not lower_case and not text.isascii():
+        text = unicodedata.normalize("NFC", text)  # the reference tokenizer's first step (lower-casing's NFD undoes it)
     if text.isascii():  # the common case, the same rules in a few regular expressions
         for word in _ASCII_CONTROL.sub("", text).split():
             if word in SPECIAL_TOKENS:
@@ -385,6 +389,8 @@ def build_features(squad: Squad, tokenizer: WordPieceTokenizer, params: FeatureP
                 "use max_query_len at most seq_len - 4",
             )
         n = len(pieces[example.paragraph])
+        if n == 0:  # a context with no pieces: no window, so no feature (the reference's "empty")
+            continue
         spans = doc_spans(n, window, params.doc_stride)
         best = max_context(spans, n)
         qids = np.asarray([tokenizer.ids.get(t, unk_id) for t in query], dtype=np.int32)

@@ -10,7 +10,9 @@ end logit, ties kept in the order they were found; ``get_final_text``) and
 reference answers, averaged over every question in file order; the printed line).
 
 Only the best span's text is needed: the reference's n-best list and its de-duplication
-never change its first entry. Our own code, proven equal to the scripts' output line on
+never change its first entry. A run over the first N features (``--count``) is scored over
+the questions those features cover; the reference script, given such a log, would count
+every other question of the file as answered "empty". Our own code, proven equal to the scripts' output line on
 known-answer logs (``tests/test_squad.py``).
 """
 
@@ -84,36 +86,67 @@ def predict(responses: Mapping[int, bytes], truth: SquadTruth) -> dict[str, str]
     predictions: dict[str, str] = {}
     for number in covered:
         example = truth.squad.examples[number]
-        best: tuple[float, int, int, int] | None = None  # score, feature, start, end
-        for f in by_example.get(number, ()):
-            data = responses.get(f)
-            if data is None:
-                continue
-            candidate = _best_span(f, *logits_of(data), truth)
-            if candidate is not None and (best is None or candidate[0] > best[0]):
-                best = candidate
+        logits = [(f, *logits_of(responses[f])) for f in by_example.get(number, ()) if f in responses]
+        if all(np.isfinite(start).all() and np.isfinite(end).all() for _, start, end in logits):
+            best = _best_of(logits, truth)
+        else:  # NaN or infinity: the reference's own sorts, whose order such values decide
+            best = _best_as_sorted(logits, truth)
         predictions[example.qas_id] = NO_ANSWER if best is None else _answer_text(truth, number, *best[1:])
     return predictions
 
 
-def _best_span(f: int, start: np.ndarray, end: np.ndarray, truth: SquadTruth) -> tuple[float, int, int, int] | None:
-    """The highest-scoring valid span of feature ``f`` (the first found among equals)."""
+def _best_of(logits: list[tuple[int, np.ndarray, np.ndarray]], truth: SquadTruth) -> tuple[float, int, int, int] | None:
+    """The best valid span over the question's windows; between equal scores, the first
+    window's (with finite logits, what one stable sort of every candidate gives)."""
+    best: tuple[float, int, int, int] | None = None  # score, feature, start, end
+    for f, start, end in logits:
+        candidate = _best_span(f, start, end, truth)
+        if candidate is not None and (best is None or candidate[0] > best[0]):
+            best = candidate
+    return best
+
+
+def _valid(truth: SquadTruth, f: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which (start, end) pairs the reference keeps: both in the window's context, the start
+    where the window gives it its most context, not backwards, at most 30 pieces."""
     features = truth.features
     first = int(features.query_length[f]) + 2
     last = first + int(features.span_length[f]) - 1
-    starts = _best_indexes(start)
-    ends = _best_indexes(end)
     s = starts[:, None]
     e = ends[None, :]
     valid = (s >= first) & (s <= last) & (e >= first) & (e <= last) & (e >= s) & (e - s + 1 <= MAX_ANSWER_PIECES)
-    valid &= features.max_context[f][np.clip(starts, 0, SEQ_LEN - 1)][:, None]
-    candidates = np.flatnonzero(valid)  # row-major: the reference's loop order
+    return valid & features.max_context[f][starts][:, None]
+
+
+def _best_span(f: int, start: np.ndarray, end: np.ndarray, truth: SquadTruth) -> tuple[float, int, int, int] | None:
+    """The highest-scoring valid span of feature ``f`` (the first found among equals)."""
+    starts = _best_indexes(start)
+    ends = _best_indexes(end)
+    candidates = np.flatnonzero(_valid(truth, f, starts, ends))  # row-major: the reference's loop order
     if not len(candidates):
         return None
     scores = (start[starts][:, None] + end[ends][None, :]).reshape(-1)[candidates]
     k = int(candidates[int(np.argmax(scores))])  # the first of equals, as a stable sort keeps it
     i, j = divmod(k, len(ends))
     return float(start[starts[i]] + end[ends[j]]), f, int(starts[i]), int(ends[j])
+
+
+def _best_as_sorted(logits: list[tuple[int, np.ndarray, np.ndarray]], truth: SquadTruth) -> tuple[float, int, int, int] | None:
+    """:func:`_best_of` done as the reference does it, with Python's sorts: where a logit is
+    NaN their order is not a ranking, so only the same sorts give the same answer."""
+    candidates: list[tuple[float, int, int, int]] = []
+    for f, start, end in logits:
+        starts_list, ends_list = start.tolist(), end.tolist()
+        starts = np.asarray([i for i, _ in sorted(enumerate(starts_list), key=lambda x: x[1], reverse=True)[:N_BEST]])
+        ends = np.asarray([i for i, _ in sorted(enumerate(ends_list), key=lambda x: x[1], reverse=True)[:N_BEST]])
+        valid = _valid(truth, f, starts, ends)
+        for i, s in enumerate(starts.tolist()):
+            for j, e in enumerate(ends.tolist()):
+                if valid[i, j]:
+                    candidates.append((starts_list[s] + ends_list[e], f, s, e))
+    if not candidates:
+        return None
+    return sorted(candidates, key=lambda c: c[0], reverse=True)[0]  # noqa: FURB192 - with NaN, max() picks differently
 
 
 def _answer_text(truth: SquadTruth, number: int, f: int, start: int, end: int) -> str:
@@ -184,14 +217,12 @@ def evaluate(truth: SquadTruth, predictions: Mapping[str, str]) -> AccuracyResul
     total = 0
     matched: Any = 0
     overlap: Any = 0
-    unanswered = 0
     for example in truth.squad.examples:
         if example.qas_id not in covered:
             continue
         total += 1
         prediction = predictions.get(example.qas_id)
-        if prediction is None:
-            unanswered += 1
+        if prediction is None:  # evaluate_v1.1.py: "Unanswered question ... will receive score 0."
             continue
         if not example.answers:  # evaluate_v1.1.py fails on it too (max of nothing)
             raise DatasetError(f"question {example.qas_id} has no reference answer", "score with SQuAD v1.1's dev set")
@@ -202,5 +233,5 @@ def evaluate(truth: SquadTruth, predictions: Mapping[str, str]) -> AccuracyResul
     line = json.dumps({"exact_match": em, "f1": f1_percent})
     return AccuracyResult(
         "F1", f1_percent, "%", (line,),
-        details={"exact_match": em, "questions": total, "unanswered": unanswered, "features": truth.count},
+        details={"exact_match": em, "questions": total, "features": truth.count},
     )

@@ -88,6 +88,8 @@ REPEATED_RESPONSES = ("first", "last")
 def read_accuracy_log(path: Path, keep: str = "first") -> dict[int, bytes]:
     """``{qsl_idx: response bytes}``, the ``keep`` (first or last) entry per sample, as the
     model's official script keeps."""
+    if keep not in REPEATED_RESPONSES:
+        raise ValueError(f"keep must be one of {', '.join(REPEATED_RESPONSES)}, not {keep!r}")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
