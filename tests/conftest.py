@@ -87,6 +87,17 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
     )
 
 
+def one_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The single ``error:`` line of a failed run (no traceback), holding every one of ``words``."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
 def only_run_dir(root: Path) -> Path:
     runs = [p for p in root.iterdir() if p.is_dir()]
     assert len(runs) == 1, runs

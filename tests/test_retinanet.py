@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import only_run_dir, run_cli
+from conftest import one_error, only_run_dir, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "mlcommons-inference"
@@ -180,23 +180,13 @@ def test_score_matches_the_official_script_on_a_log_it_did_not_write(setup: dict
     assert official_line(log, setup["data"], tmp_path) == ours
 
 
-def _one_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    return errors[0]
-
-
 def test_a_missing_image_is_one_error_naming_it(setup: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "broken"
     shutil.copytree(setup["data"], data)
     (data / "validation" / "data" / "img03.jpg").unlink()
     proc = run_cli(["run", "--model", "retinanet", "--model-path", str(setup["model"]), "--dataset", "openimages",
                     "--dataset-path", str(data), "--mode", "accuracy", "--quick", "--output", str(tmp_path / "r")], cwd=tmp_path)
-    _one_error(proc, "img03.jpg")
+    one_error(proc, "img03.jpg")
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
@@ -206,7 +196,7 @@ def test_a_bad_annotation_file_is_one_error_naming_it(setup: dict[str, Path], tm
     (data / "annotations" / "openimages-mlperf.json").write_text('{"images": [', encoding="utf-8")
     proc = run_cli(["run", "--model", "retinanet", "--model-path", str(setup["model"]), "--dataset", "openimages",
                     "--dataset-path", str(data), "--mode", "accuracy", "--quick", "--output", str(tmp_path / "r")], cwd=tmp_path)
-    _one_error(proc, "openimages-mlperf.json")
+    one_error(proc, "openimages-mlperf.json")
 
 
 def test_a_dataset_that_does_not_fit_the_model_is_refused_while_planning(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -215,19 +205,19 @@ def test_a_dataset_that_does_not_fit_the_model_is_refused_while_planning(setup: 
     (folder / "val_map.txt").write_text("a.jpg 1\n", encoding="utf-8")
     proc = run_cli(["run", "--model", "retinanet", "--model-path", str(setup["model"]), "--dataset", "imagenet",
                     "--dataset-path", str(folder), "--quick", "--output", str(tmp_path / "r")], cwd=tmp_path)
-    _one_error(proc, "imagenet", "resize")
+    one_error(proc, "imagenet", "resize")
 
 
 def test_an_accuracy_run_without_ground_truth_is_refused(setup: dict[str, Path], tmp_path: Path) -> None:
     proc = run_cli(["run", "--model", "retinanet", "--model-path", str(setup["model"]), "--dataset", "synthetic",
                     "--mode", "accuracy", "--quick", "--output", str(tmp_path / "r")], cwd=tmp_path)
-    _one_error(proc, "no ground truth")
+    one_error(proc, "no ground truth")
 
 
 def test_score_errors_are_one_line(setup: dict[str, Path], tmp_path: Path) -> None:
-    _one_error(run_cli(["score", str(tmp_path / "nope.json")], cwd=tmp_path), "does not exist")
+    one_error(run_cli(["score", str(tmp_path / "nope.json")], cwd=tmp_path), "does not exist")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json", encoding="utf-8")
-    _one_error(run_cli(["score", "--model", "retinanet", "--dataset", "openimages", "--dataset-path", str(setup["data"]), str(bad)],
+    one_error(run_cli(["score", "--model", "retinanet", "--dataset", "openimages", "--dataset-path", str(setup["data"]), str(bad)],
                        cwd=tmp_path), "bad.json")
-    _one_error(run_cli(["score", str(bad)], cwd=tmp_path), "no model given")
+    one_error(run_cli(["score", str(bad)], cwd=tmp_path), "no model given")

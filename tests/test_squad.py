@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import only_run_dir, run_cli
+from conftest import one_error, only_run_dir, run_cli
 
 from mlpi.core.contract.dataset import DatasetRequest
 from mlpi.core.contract.errors import DatasetError
 from mlpi.datasets.squad import Squad11, SquadDataset
 from mlpi.datasets.squad_features import read_vocab
 from mlpi.models.bert import ARTIFACT, DATA, INPUTS, StartEndLogits, bert_99, bert_99_9
+from mlpi.testing.openimages_fixture import write_accuracy_log
 from mlpi.testing.squad_fixture import (
     KNOWN_SPAN_SCORES,
     known_answer_graph,
@@ -85,22 +86,6 @@ def official_line(log: Path, data: Path, vocab: Path, work: Path) -> str:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
-
-
-def write_log(path: Path, entries: list[tuple[int, bytes]]) -> Path:
-    path.write_text(json.dumps([{"seq_id": k, "qsl_idx": i, "data": d.hex().upper()} for k, (i, d) in enumerate(entries)]),
-                    encoding="utf-8")
-    return path
-
-
-def _one_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    return errors[0]
 
 
 # -- features ------------------------------------------------------------------------------
@@ -261,7 +246,7 @@ def test_score_prints_what_accuracy_squad_prints_on_a_log_with_known_answers(fix
     entries.append((q0, span_logits(start, end)[:200].tobytes()))  # 200 positions: padded to 384 with -10000
     start, end = _span(dataset, q1, "bravo", "omega")  # "bravo omega": F1 2/3 against the first answer
     entries.append((q1, span_logits(start, end).tobytes()))
-    log = write_log(tmp_path / "mlperf_log_accuracy.json", entries)
+    log = write_accuracy_log(tmp_path / "mlperf_log_accuracy.json", entries)
     proc = run_cli(["score", "--model", "bert-99", "--dataset", "squad", "--dataset-path", str(fixture_dir), str(log)],
                    cwd=tmp_path)
     assert proc.returncode in (0, 3), proc.stderr
@@ -294,7 +279,7 @@ def test_score_equals_accuracy_squad_on_random_logits(fixture_dir: Path, tmp_pat
         if logits == "nan-inf":  # NaN ranks where Python's sort leaves it; inf + -inf is NaN
             values[rng.integers(0, 384, 40), rng.integers(0, 2, 40)] = rng.choice([np.nan, np.inf, -np.inf], 40)
         entries.append((f, values.tobytes()))
-    log = write_log(tmp_path / "mlperf_log_accuracy.json", entries)
+    log = write_accuracy_log(tmp_path / "mlperf_log_accuracy.json", entries)
     proc = run_cli(["score", "--model", "bert-99", "--dataset", "squad", "--dataset-path", str(fixture_dir), str(log)],
                    cwd=tmp_path)
     assert proc.returncode in (0, 3), proc.stderr
@@ -437,14 +422,14 @@ def test_bad_squad_data_is_one_error_line(fixture_dir: Path, tmp_path: Path, cas
     out = tmp_path / "r"
     proc = run_cli(["run", "--model", "bert-99", "--model-path", str(fixture_dir / "known.onnx"), "--dataset", "squad",
                     "--dataset-path", str(folder), "--mode", "accuracy", "--output", str(out)], cwd=tmp_path)
-    _one_error(proc, words)
+    one_error(proc, words)
     assert not out.exists() or not any(out.iterdir())
 
 
 def test_squad_is_refused_without_its_file(tmp_path: Path, fixture_dir: Path) -> None:
     proc = run_cli(["run", "--model", "bert-99", "--model-path", str(fixture_dir / "known.onnx"), "--dataset", "squad",
                     "--dataset-path", str(tmp_path), "--mode", "accuracy", "--output", str(tmp_path / "r")], cwd=tmp_path)
-    _one_error(proc, "dev-v1.1.json")
+    one_error(proc, "dev-v1.1.json")
 
 
 def test_count_takes_the_first_features_and_scores_their_questions(fixture_dir: Path) -> None:
@@ -474,7 +459,7 @@ def test_questions_without_answers_run_but_are_not_scored(fixture_dir: Path, tmp
     assert dataset.count == open_squad(fixture_dir).count and dataset.ground_truth() is None
     proc = run_cli(["run", "--model", "bert-99", "--model-path", str(fixture_dir / "known.onnx"), "--dataset", "squad",
                     "--dataset-path", str(folder), "--mode", "accuracy", "--output", str(tmp_path / "r")], cwd=tmp_path)
-    _one_error(proc, "no ground truth")
+    one_error(proc, "no ground truth")
 
 
 def test_a_context_with_no_pieces_gets_no_feature_and_the_answer_empty(fixture_dir: Path, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from mlpi.core.contract.dataset import (
     PreloadedDataset,
 )
 from mlpi.core.contract.errors import DatasetError
-from mlpi.core.engine.artifacts import Artifact, cached
+from mlpi.core.engine.artifacts import Artifact, cached, verify
 from mlpi.core.engine.cache import cache_root
 from mlpi.datasets.squad_features import (
     FeatureParams,
@@ -206,7 +206,7 @@ def _vocab_file(data_file: Path, params: DataParams) -> tuple[Path, bool]:
     artifact = Artifact(**declared) if isinstance(declared, Mapping) else None
     beside = data_file.parent / (artifact.filename if artifact else VOCAB_FILE)
     if beside.is_file():
-        return beside, artifact is not None and _matches(beside, artifact.checksum)
+        return beside, artifact is not None and verify(beside, artifact.checksum)
     fetched = cached(artifact) if artifact is not None else None
     if fetched is not None:
         return fetched, True
@@ -214,11 +214,6 @@ def _vocab_file(data_file: Path, params: DataParams) -> tuple[Path, bool]:
         f"no vocabulary: there is no {beside.name} beside {data_file}, and the model's is not downloaded",
         f"put the model's {beside.name} in {data_file.parent}, or run `mlpi fetch` for the model",
     )
-
-
-def _matches(path: Path, checksum: str) -> bool:
-    algorithm, _, digest = checksum.partition(":")
-    return hashlib.new(algorithm, path.read_bytes()).hexdigest() == digest
 
 
 def load_features(data_file: Path, vocab_file: Path, squad: Squad, params: FeatureParams, vocab_size: int | None) -> Features:

@@ -51,8 +51,6 @@ graph the two agree exactly.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -353,20 +351,10 @@ def write_bert(path: Path, seed: int, config: BertConfig = BertConfig()) -> Path
     """Write the graph to ``path`` atomically (a temporary file in the same folder, flushed
     and renamed into place), streaming the weights: the bytes are
     ``build_bert(seed, config).SerializeToString()``, without ever holding them all."""
+    from mlpi.core.results.rundir import write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _stream(handle, seed, config)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda handle: _stream(handle, seed, config))
     return path
 
 

@@ -15,8 +15,9 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mlpi.core.contract.errors import UsageError
 
@@ -26,17 +27,18 @@ SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
 
 
-def write_bytes_atomic(path: Path, content: bytes) -> None:
-    """Write ``content`` next to ``path``, flush it to disk and rename it into place, so a
-    reader sees the old file or the new one, never half of one. The file gets the usual
-    permissions (0666 less the umask), as ``open()`` would give it."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(handle)`` into a file next to ``path``, flushed to disk and renamed into place,
+    so a reader sees the old file or the new one, never half of one (``write`` may stream
+    more than fits in memory). The file gets the usual permissions (0666 less the umask),
+    as ``open()`` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -44,6 +46,11 @@ def write_bytes_atomic(path: Path, content: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_bytes_atomic(path: Path, content: bytes) -> None:
+    """``content`` written with :func:`write_atomic`."""
+    write_atomic(path, lambda handle: handle.write(content))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
