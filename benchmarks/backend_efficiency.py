@@ -20,7 +20,9 @@ DeepSparse its compiled engine called on one full batch. ``--backend all`` cover
 of the main environment; DeepSparse (onnx<1.15) runs from its own, so it is asked for by name.
 
 A registered model (``resnet50``, ``retinanet``, ``ssd-mobilenet``, ``ssd-resnet34``,
-``bert-99``: synthetic token ids in the vocabulary, a full mask) uses
+``bert-99``: synthetic token ids in the vocabulary, a full mask; ``3d-unet-99``: synthetic
+volumes are one 128³ window each, so both sides run the same windows, and mlpi's side also
+blends and arg-maxes each one) uses
 the official file when ``mlpi fetch`` has downloaded it, else the seeded random-weights graph
 (same layers, same work). A file that fixes its batch (RetinaNet's and SSD-ResNet34's: 1)
 runs at that batch on both sides; for the detectors the script also times the model's
@@ -173,7 +175,7 @@ def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) ->
 
 
 #: Registered models this script measures; the detectors also get their postprocessing timed.
-REGISTERED = ("resnet50", "retinanet", "ssd-mobilenet", "ssd-resnet34", "bert-99", "bert-99.9")
+REGISTERED = ("resnet50", "retinanet", "ssd-mobilenet", "ssd-resnet34", "bert-99", "bert-99.9", "3d-unet-99")
 DETECTORS = ("retinanet", "ssd-mobilenet", "ssd-resnet34")
 
 THREAD_OPTION = {

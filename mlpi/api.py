@@ -83,7 +83,10 @@ from mlpi.core.results.rundir import write_bytes_atomic, write_json_atomic
 #: 2.2: GraphSpec.aliases (other names a file may give a tensor), ModelSpec.repeated_responses
 #: (which response of a sample logged twice is scored), DataParams' value_ranges for
 #: synthetic data, read_accuracy_log(path, keep).
-API_VERSION = "2.2"
+#: 2.3: ModelSpec.samples_in_flight; Pieces.run reads feeds[k] in the worker (a lazy sequence
+#: may build each piece there); DataParams' sample_shapes for synthetic data of a dynamic
+#: size; read_accuracy_log returns a Mapping that decodes LoadGen's logs on access.
+API_VERSION = "2.3"
 
 __all__ = [
     "API_VERSION",

@@ -324,3 +324,48 @@ def test_reduce_axes_match_onnxruntime_at_every_opset(op: str, opset: int, tmp_p
     got, want = load(tmp_path / "reduce.onnx").run(feeds), reference(tmp_path / "reduce.onnx", feeds)
     assert np.asarray(got["y"]).shape == want["y"].shape == (2,)
     np.testing.assert_allclose(np.asarray(got["y"]), want["y"], rtol=1e-5, atol=1e-6)
+
+
+CONV_TRANSPOSE_CASES = {
+    "3d_stride2_as_3d_unet": ({"strides": [2, 2, 2], "kernel_shape": [2, 2, 2]}, (2, 4, 3, 4, 5), (4, 3, 2, 2, 2)),
+    "2d_asymmetric_pads_output_padding": ({"strides": [2, 3], "pads": [1, 0, 0, 2], "output_padding": [1, 1]},
+                                          (1, 3, 5, 4), (3, 2, 3, 4)),
+    "2d_dilated_grouped": ({"strides": [1, 2], "dilations": [2, 1], "group": 2, "pads": [1, 1, 1, 1]}, (2, 4, 6, 5), (4, 1, 3, 3)),
+    "1d_valid": ({"strides": [3], "auto_pad": "VALID"}, (2, 2, 7), (2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_TRANSPOSE_CASES))
+def test_conv_transpose_matches_onnxruntime(case: str, tmp_path: Path) -> None:
+    """3D-UNet's up-sampling, and the attributes a ConvTranspose may carry besides."""
+    from onnx import numpy_helper
+
+    attrs, x_shape, w_shape = CONV_TRANSPOSE_CASES[case]
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal(w_shape).astype(np.float32)
+    bias = rng.standard_normal(w_shape[1] * attrs.get("group", 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "W", "B"], ["y"], **attrs)], "ct",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "ct.onnx"))
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    got, want = np.asarray(load(tmp_path / "ct.onnx").run(feeds)["y"]), reference(tmp_path / "ct.onnx", feeds)["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_narrow_3d_unet_matches_onnxruntime(tmp_path: Path) -> None:
+    """3D-UNet's operators (Conv3d, InstanceNormalization, ConvTranspose3d, Concat) end to end:
+    the same class on all but a few voxels (instance norm sums 2M voxels in another order)."""
+    from mlpi.models.unet3d_graph import NARROW, write_unet3d
+
+    path = write_unet3d(tmp_path / "unet.onnx", 0, NARROW)
+    feeds = {"input": np.random.default_rng(3).standard_normal((1, 1, 128, 128, 128)).astype(np.float32)}
+    got, want = np.asarray(load(path).run(feeds)["output"]), reference(path, feeds)["output"]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() > 0.999

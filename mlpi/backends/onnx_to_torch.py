@@ -242,6 +242,41 @@ def _conv(n: _Node) -> Step:
     return run
 
 
+def _conv_transpose(n: _Node) -> Step:
+    """ConvTranspose with explicit or VALID pads (asymmetric pads: computed unpadded, then cut)."""
+    static_w = n._consts.get(n.proto.input[1])
+    kernel = n.attr("kernel_shape") or (list(static_w.shape[2:]) if static_w is not None else None)
+    if kernel is None:
+        raise ModelError(f"ConvTranspose node '{n.proto.name}' has neither kernel_shape nor a constant weight")
+    dims = len(kernel)
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}.get(dims)
+    if conv is None:
+        raise ModelError(f"ConvTranspose node '{n.proto.name}' is {dims}-d; only 1-d to 3-d are supported")
+    auto = n.attr("auto_pad", "NOTSET")
+    if n.attr("output_shape") is not None or auto not in ("NOTSET", "", "VALID"):
+        raise ModelError(f"ConvTranspose node '{n.proto.name}' sets output_shape or auto_pad={auto}, which is not supported")
+    strides = list(n.attr("strides", [1] * dims))
+    dilations = list(n.attr("dilations", [1] * dims))
+    output_padding = list(n.attr("output_padding", [0] * dims))
+    group = int(n.attr("group", 1))
+    pads = [0] * (2 * dims) if auto == "VALID" else list(n.attr("pads", [0] * (2 * dims)))
+    begins, ends = pads[:dims], pads[dims:]
+
+    def run(a: Args) -> torch.Tensor:
+        bias = a[2] if len(a) > 2 else None
+        if begins == ends:
+            return conv(a[0], a[1], bias, strides, begins, output_padding, group, dilations)
+        y = conv(a[0], a[1], bias, strides, 0, output_padding, group, dilations)
+        return y[(slice(None), slice(None), *(slice(b, y.shape[2 + d] - e) for d, (b, e) in enumerate(zip(begins, ends))))]
+
+    return run
+
+
+def _instance_norm(n: _Node) -> Step:
+    eps = float(n.attr("epsilon", 1e-5))
+    return lambda a: F.instance_norm(a[0], weight=a[1], bias=a[2], eps=eps)
+
+
 def _pool(kind: str) -> Callable[[_Node], Step]:
     def build(n: _Node) -> Step:
         if len(n.proto.output) > 1 and n.proto.output[1]:
@@ -890,6 +925,8 @@ BUILDERS: dict[str, Callable[[_Node], Step]] = {
     "Max": _variadic(torch.maximum),
     "Min": _variadic(torch.minimum),
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "InstanceNormalization": _instance_norm,
     "MaxPool": _pool("max"),
     "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool("avg"),

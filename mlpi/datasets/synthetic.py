@@ -2,7 +2,8 @@
 
 For performance runs of any model without its real data. Sample ``i`` is the same on
 every run with the same seed. Floats are standard normal, integers uniform in [0, 100),
-booleans fair coins. A model whose integer inputs index a table (token ids, segment ids,
+booleans fair coins. An input whose sample size is dynamic (a whole CT volume) gets
+the shape its model declares for it, ``sample_shapes={name: shape}``. A model whose integer inputs index a table (token ids, segment ids,
 embedding rows) declares each one's range in its DataParams, ``value_ranges={name: (low,
 high)}`` (uniform in [low, high)), so synthetic data never indexes past a table's end.
 """
@@ -64,12 +65,10 @@ class Synthetic(DatasetFactory):
     def open(self, request: DatasetRequest) -> Dataset:
         inputs, count, seed = request.inputs, request.count, request.seed
         concrete: list[TensorSpec] = []
+        declared = request.params.get("sample_shapes") or {}
         for spec in inputs:
             if any(d is None for d in spec.sample_shape):
-                raise DatasetError(
-                    f"input '{spec.name}' has shape {format_shape(spec.shape)}: synthetic data cannot choose a size for the dynamic dimensions",
-                    "export the model with fixed sizes for every dimension but the batch",
-                )
+                spec = _declared_shape(spec, declared.get(spec.name))
             try:
                 np.dtype(spec.dtype)
             except TypeError:
@@ -81,6 +80,25 @@ class Synthetic(DatasetFactory):
         if count < 1:
             raise DatasetError(f"--count {count} leaves no samples", "pass --count 1 or more")
         return SyntheticDataset(concrete, count, seed, _ranges(request.params.get("value_ranges") or {}))
+
+
+def _declared_shape(spec: TensorSpec, shape: Sequence[int] | None) -> TensorSpec:
+    """``spec`` with the sample shape its model declares for synthetic data (``sample_shapes``)."""
+    if shape is None:
+        raise DatasetError(
+            f"input '{spec.name}' has shape {format_shape(spec.shape)}: synthetic data cannot choose a size for the dynamic dimensions",
+            "export the model with fixed sizes for every dimension but the batch",
+        )
+    sample = tuple(int(d) for d in shape)
+    fits = len(sample) == len(spec.sample_shape) and all(
+        d > 0 and (want is None or want == d) for d, want in zip(sample, spec.sample_shape)
+    )
+    if not fits:
+        raise DatasetError(
+            f"the model declares synthetic samples of shape {list(sample)} for input '{spec.name}', which does not fit {format_shape(spec.shape)}",
+            "report this to the model plugin's authors",
+        )
+    return TensorSpec(spec.name, spec.dtype, (spec.shape[0], *sample))
 
 
 def _ranges(declared: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, int]]:

@@ -10,7 +10,10 @@ mapping; each model's scorer turns it into an
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import mmap
+import os
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -85,11 +88,24 @@ def format_value(value: float, unit: str) -> str:
 REPEATED_RESPONSES = ("first", "last")
 
 
-def read_accuracy_log(path: Path, keep: str = "first") -> dict[int, bytes]:
+def read_accuracy_log(path: Path, keep: str = "first") -> Mapping[int, bytes]:
     """``{qsl_idx: response bytes}``, the ``keep`` (first or last) entry per sample, as the
-    model's official script keeps."""
+    model's official script keeps.
+
+    A log in LoadGen's own layout is indexed, not parsed: responses are decoded from the
+    mapped file when a scorer asks for them, so a log of 43 whole 3D-UNet volumes (GBs of
+    hex) is never held in memory, let alone twice. Any other JSON is parsed whole.
+    """
     if keep not in REPEATED_RESPONSES:
         raise ValueError(f"keep must be one of {', '.join(REPEATED_RESPONSES)}, not {keep!r}")
+    try:
+        indexed = _IndexedLog.open(path, keep)
+    except FileNotFoundError:
+        raise RunFailed(f"there is no accuracy log at {path}", "give a run directory or mlperf_log_accuracy.json of an accuracy run") from None
+    except (OSError, ValueError):
+        indexed = None
+    if indexed is not None:
+        return indexed
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -110,6 +126,58 @@ def read_accuracy_log(path: Path, keep: str = "first") -> dict[int, bytes]:
                 "give the mlperf_log_accuracy.json LoadGen wrote, unedited",
             ) from None
     return responses
+
+
+#: One record as LoadGen writes it, and what follows it (``,`` or the closing ``]``).
+_RECORD = re.compile(
+    rb'\s*\{\s*"seq_id"\s*:\s*\d+\s*,\s*"qsl_idx"\s*:\s*(\d+)\s*,\s*"data"\s*:\s*"([0-9A-Fa-f]*)"\s*\}\s*([,\]])'
+)
+_OPEN = re.compile(rb"\s*\[")
+_EMPTY = re.compile(rb"\s*\[\s*\]\s*\Z")
+_END = re.compile(rb"\s*\Z")
+
+
+class _IndexedLog(Mapping[int, bytes]):
+    """The kept record's hex span per sample in a memory-mapped log; decoded on access."""
+
+    def __init__(self, mapped: mmap.mmap | bytes, spans: dict[int, tuple[int, int]]) -> None:
+        self._mapped = mapped
+        self._spans = spans
+
+    @classmethod
+    def open(cls, path: Path, keep: str) -> _IndexedLog | None:
+        """The index, or None when the file is not in LoadGen's layout (parse it as JSON)."""
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            mapped: mmap.mmap | bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        if _EMPTY.match(mapped):
+            return cls(mapped, {})
+        start = _OPEN.match(mapped)
+        if start is None:
+            return None
+        spans: dict[int, tuple[int, int]] = {}
+        position = start.end()
+        while True:
+            record = _RECORD.match(mapped, position)
+            if record is None:
+                return None
+            index = int(record.group(1))
+            if keep == "last" or index not in spans:
+                spans[index] = record.span(2)
+            position = record.end()
+            if record.group(3) == b"]":
+                break
+        return cls(mapped, spans) if _END.match(mapped, position) else None
+
+    def __getitem__(self, index: int) -> bytes:
+        start, end = self._spans[index]
+        return bytes.fromhex(self._mapped[start:end].decode("ascii"))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
 
 
 def top1(responses: Mapping[int, bytes], labels: np.ndarray | None, dtype: str) -> AccuracyResult:

@@ -33,8 +33,9 @@ class DataParams:
     ``layout`` (``"NCHW"``/``"NHWC"``), ``channel_order`` (``"RGB"``/``"BGR"``), ``mean``,
     ``std``, ``scale``, ``interpolation``, ``seq_len``, ``doc_stride``, ``max_query_len``,
     ``vocab`` (the vocabulary artifact's fields), ``sample_rate``, ``value_ranges`` (``{input:
-    (low, high)}``: the integers an input may hold, for synthetic data). A model outside
-    MLPerf's list has none.
+    (low, high)}``: the integers an input may hold, for synthetic data), ``sample_shapes``
+    (``{input: shape}``: the sample shape synthetic data gives an input whose size is
+    dynamic). A model outside MLPerf's list has none.
     """
 
     values: Mapping[str, Any] = field(default_factory=dict)

@@ -83,6 +83,9 @@ class ModelSpec:
       with several graphs needs its own.
     - ``pieces``: the pipeline hands its batches to ``PipelineContext.pieces`` (one sample
       spread over every unit and slot) instead of running sessions itself.
+      ``samples_in_flight``: with pieces, the most samples Offline and Server work on at once
+      (``None``: one per piece worker). A sample that is already enough pieces for every
+      worker and holds hundreds of MB while in flight (a 3D-UNet volume) sets a small number.
     - ``outputs_batch_first``: whether every output has the batch as its first dimension
       (checked on the first sample); a model whose graph answers one sample's detections
       as ``[N, 4]`` says False and reads them in its postprocessor.
@@ -108,6 +111,7 @@ class ModelSpec:
     postprocess: PostprocessFactory = field(default=RawOutputs)
     pipeline: PipelineFactory | None = None
     pieces: bool = False
+    samples_in_flight: int | None = None
     outputs_batch_first: bool = True
     score: AccuracyScorer | None = _score_raw
     repeated_responses: str = "first"
@@ -123,6 +127,8 @@ class ModelSpec:
             raise ValueError(
                 f"model {self.name} has several graphs, pieces or samples of its own, so it needs its own pipeline"
             )
+        if self.samples_in_flight is not None and (not self.pieces or self.samples_in_flight < 1):
+            raise ValueError(f"model {self.name}: samples_in_flight needs pieces and must be at least 1")
         if self.repeated_responses not in REPEATED_RESPONSES:
             raise ValueError(f"model {self.name}: repeated_responses must be one of {', '.join(REPEATED_RESPONSES)}")
         if self.artifact is not None and self.convert is None and (self.artifact.format == "checkpoint" or len(self.graphs) > 1):

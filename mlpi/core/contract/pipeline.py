@@ -94,6 +94,10 @@ class Pieces(ABC):
     ) -> list[Mapping[str, np.ndarray]] | None:
         """Run every piece (one feed dict each, batch-first, for graph ``role``); wait for all.
 
+        ``feeds[k]`` is read in the worker that runs piece ``k``: a lazy sequence may build
+        each piece there (3D-UNet copies its windows out of the volume so), which spreads
+        the copying over the workers and holds only the pieces in flight in memory.
+
         Without ``consume`` the outputs come back in order, copied (a session may reuse its
         output buffers). With it, ``consume(k, outputs)`` is called in the worker that ran
         piece ``k`` while the outputs are valid: no copy, but calls may come from several

@@ -49,7 +49,7 @@ class QualityTarget:
     def describe(self) -> str:
         sign = ">=" if self.higher_is_better else "<="
         unit = "" if self.unit in ("", None) else self.unit
-        return f"{self.metric} {sign} {self.fraction * 100:g}% of {self.reference:g}{unit} ({self.value:.4f}{unit})"
+        return f"{self.metric} {sign} {self.fraction * 100:g}% of {self.reference:g}{unit} ({self.value:.6g}{unit})"
 
     def met_by(self, value: float) -> bool:
         return value >= self.value if self.higher_is_better else value <= self.value

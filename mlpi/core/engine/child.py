@@ -128,7 +128,8 @@ class TestSetup:
             for _ in range(min(s.capabilities.max_in_flight for s in sessions.values()) if spread else 1)
         ]
         if pieces:
-            loaded = LoadedSessions.with_pieces(placed, slots, self.spec.main_role, scenario, plan.batch_size)
+            loaded = LoadedSessions.with_pieces(placed, slots, self.spec.main_role, scenario, plan.batch_size,
+                                                self.spec.samples_in_flight)
         else:
             batch_size = effective_batch_size(plan.batch_size, main_caps, scenario)
             loaded = LoadedSessions(placed, slots, batch_size, self.spec.main_role)
@@ -157,9 +158,11 @@ class LoadedSessions:
 
     @classmethod
     def with_pieces(cls, placed: list[tuple[str, dict[str, Any]]], slots: list[tuple[str, dict[str, Any]]],
-                    main_role: str, scenario: str, requested: int | None) -> LoadedSessions:
+                    main_role: str, scenario: str, requested: int | None,
+                    samples_in_flight: int | None = None) -> LoadedSessions:
         """Piece workers on every slot; the SUT's own slots then hold no sessions: one for
-        SingleStream/MultiStream, one per worker in Offline/Server (samples in flight at once)."""
+        SingleStream/MultiStream; in Offline/Server one per worker (samples in flight at once),
+        at most ``samples_in_flight`` where the model bounds them."""
         from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
         from mlpi.core.engine.pieces import PieceDispatcher
 
@@ -168,7 +171,8 @@ class LoadedSessions:
         dispatcher = PieceDispatcher(slots, piece_batch)
         dispatcher.start()
         sample_batch = MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else 1
-        sample_slots = [("", {})] * (len(slots) if scenario in ("Offline", "Server") else 1)
+        in_flight = min(len(slots), samples_in_flight or len(slots)) if scenario in ("Offline", "Server") else 1
+        sample_slots = [("", {})] * in_flight
         return cls(placed, sample_slots, sample_batch, main_role, dispatcher)
 
     def main(self, k: int) -> Any:
@@ -290,7 +294,8 @@ def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, cali
     model_key = loadgen_model_key(spec.rules.loadgen_key, plan.model.name)
     conf_path.write_text(
         user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count,
-                  short_calibration=calib_s < 1, rules=spec.rules if spec.rules.retired else None),
+                  short_calibration=calib_s < 1, rules=spec.rules if spec.rules.retired else None,
+                  equal_issue=spec.rules.equal_issue),
         encoding="utf-8",
     )
     settings = lg.TestSettings()

@@ -73,7 +73,7 @@ class PieceDispatcher(Pieces):
         self.batch_size = batch_size
         self.workers = len(workers)
         self.roles = tuple(workers[0][1])
-        self._queue: queue.SimpleQueue[tuple[_Job, int, Feeds] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[_Job, int, Sequence[Feeds]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._units: dict[str, _Unit] = {}
         self._workers = list(workers)
@@ -104,8 +104,8 @@ class PieceDispatcher(Pieces):
         if not feeds:
             return None if consume is not None else []
         job = _Job(role, consume, len(feeds), [None] * len(feeds))
-        for k, piece in enumerate(feeds):
-            self._queue.put((job, k, piece))
+        for k in range(len(feeds)):
+            self._queue.put((job, k, feeds))  # feeds[k] is read in the worker: it may be built there
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -116,10 +116,12 @@ class PieceDispatcher(Pieces):
             item = self._queue.get()
             if item is None:
                 return
-            job, k, feeds = item
-            rows = _rows(feeds)
+            job, k, pieces = item
+            rows = 0
             self._begin(unit)
             try:
+                feeds = pieces[k]
+                rows = _rows(feeds)
                 outputs = _run_padded(sessions[job.role], feeds, rows)
                 if job.consume is not None:
                     job.consume(k, outputs)
@@ -143,7 +145,8 @@ class PieceDispatcher(Pieces):
             unit.in_flight -= 1
             if unit.in_flight == 0:
                 unit.busy_s += time.monotonic() - unit.busy_since
-            unit.sizes[rows] = unit.sizes.get(rows, 0) + 1
+            if rows:  # 0: the piece failed before it had rows
+                unit.sizes[rows] = unit.sizes.get(rows, 0) + 1
 
     def stats(self, elapsed_s: float | None) -> list[dict[str, Any]]:
         """Per unit, as :func:`~mlpi.core.engine.dispatch.device_stats` gives them, counting

@@ -64,11 +64,16 @@ def user_conf(
     performance_sample_count: int | None,
     short_calibration: bool = False,
     rules: Any = None,
+    equal_issue: bool = False,
 ) -> str:
     """The user.conf lines for one test (``min_duration_s=None`` keeps the official one).
 
     ``rules``: a retired model's :class:`~mlpi.core.contract.rules.Rules`, whose values
     today's LoadGen no longer holds; they are written here (later lines win over them).
+    ``equal_issue``: the model's samples are issued equally often (mlperf.conf's
+    ``sample_concatenate_permutation``), which rounds every test up to a multiple of the
+    performance sample count; a shortened test turns it off, or 3D-UNet's quick run would
+    still be 43 whole volumes per scenario.
     """
     key = f"{model_key}.{scenario}"
     lines = [f"# written by mlpi; expectations from {expect.source}"]
@@ -95,6 +100,8 @@ def user_conf(
         else:
             queries = quick_query_count(QUICK_MIN_QUERY_COUNT, min_duration_s, expect.latency_s)
         lines.append(f"{key}.min_query_count = {queries}")
+        if equal_issue:
+            lines.append(f"{key}.sample_concatenate_permutation = 0")
         if scenario == "MultiStream":
             lines.append(f"{key}.samples_per_query = {MULTISTREAM_SAMPLES_PER_QUERY}")
     if performance_sample_count is not None:
