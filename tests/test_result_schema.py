@@ -210,6 +210,7 @@ def test_figures_are_printed_in_their_unit() -> None:
     assert format_figure(70.0, "%") == "70.000%"
     assert format_figure(0.8617, "") == "0.86170"
     assert format_figure(1234.5, "samples/s") == "1,234.5 samples/s"
+    assert format_figure(0.0345678, "samples/s") == "0.0346 samples/s" and format_figure(0.0, "samples/s") == "0.0 samples/s"
     assert format_figure(1.5, "ms") == "1.500 ms"
     assert format_figure(20, "samples") == "20 samples" and format_figure(89137319, "samples") == "89,137,319 samples"
     assert format_figure(None, "ms") == "-" and format_figure(True, "%") == "-"

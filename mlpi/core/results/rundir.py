@@ -100,8 +100,8 @@ def format_figure(value: Any, unit: Any) -> str:
         return "-"
     if unit == "ms":
         return f"{value:.3f} ms"
-    if unit == "samples/s":
-        return f"{value:,.1f} samples/s"
+    if unit == "samples/s":  # below 1 (3D-UNet on a CPU), three significant digits: never "0.0"
+        return f"{value:,.1f} samples/s" if abs(value) >= 1 or value == 0 else f"{value:.3g} samples/s"
     if unit == "samples":
         return f"{value:,} samples" if isinstance(value, int) else f"{value:g} samples"
     if unit is None:
