@@ -385,3 +385,23 @@ def test_parameters_come_from_the_model(preprocessed: tuple[Path, dict]) -> None
         kits19.Kits19().open(DatasetRequest(inputs=[TensorSpec("input", "float32", (None, 3, 224, 224))],
                                             params=DataParams(PARAMS), path=folder))
     _one_line_error(excinfo, "'input'")
+
+
+def test_a_pickle_building_an_object_array_over_its_own_bytes_is_refused(tmp_path: Path) -> None:
+    """numpy.ndarray(shape, "O", buffer=...) would read the file's bytes as object pointers:
+    the class cannot be called, and no dtype or array of Python objects is built."""
+    class ObjectsOverBytes:
+        def __reduce__(self) -> tuple:
+            return (np.ndarray, ((2,), np.dtype("O"), b"\x00" * 16))
+
+    class ObjectDtype:
+        def __reduce__(self) -> tuple:
+            return (np.dtype, ("O",))
+
+    for name, payload in (("call", ObjectsOverBytes()), ("dtype", ObjectDtype()),
+                          ("array", np.array([1, "x"], dtype=object))):
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(pickle.dumps({"file_list": ["case_00000"], "cases": {"case_00000": {"reshaped_affine": payload}}}))
+        with pytest.raises(DatasetError) as excinfo:
+            kits19.read_pickle(path)
+        assert "refusing to load it" in _one_line_error(excinfo, str(path))

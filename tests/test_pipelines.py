@@ -203,7 +203,25 @@ def test_piece_dispatcher_keeps_order_copies_pads_and_raises() -> None:
         with pytest.raises(KeyError):
             dispatcher.run(pieces[:1], role="joint")
         stats = {unit["device"]: unit for unit in dispatcher.stats(1.0)}
-        assert sum(unit["batches"] for unit in stats.values()) == 30 + 5 + 10 + 3
+        # the failed call ran its pieces up to the failing one (7), and maybe the two after it
+        assert 30 + 5 + 8 + 3 <= sum(unit["batches"] for unit in stats.values()) <= 30 + 5 + 10 + 3
+    finally:
+        dispatcher.stop()
+
+
+def test_pieces_after_a_failed_one_are_not_run() -> None:
+    """One worker: piece 2 fails, so pieces 3 to 9 of that call never run (a 3D-UNet case's
+    later windows would otherwise all run, and wait, for nothing)."""
+    session = SlowDouble(fail_on=2.0)
+    dispatcher = PieceDispatcher([("u:0", {"model": session})], batch_size=4)
+    dispatcher.start()
+    try:
+        pieces = [{"x": np.full((1, 4), k, dtype=np.float32)} for k in range(10)]
+        with pytest.raises(RuntimeError, match="bad piece"):
+            dispatcher.run(pieces)
+        assert session.rows_seen == [1, 1, 1]
+        session.fail_on = None
+        assert len(dispatcher.run(pieces) or []) == 10, "the next call runs all of its pieces"
     finally:
         dispatcher.stop()
 

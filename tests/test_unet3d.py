@@ -184,8 +184,13 @@ def test_accuracy_log_is_indexed_and_decoded_lazily(tmp_path: Path) -> None:
 
     cut = tmp_path / "cut.json"
     cut.write_text(loadgen.read_text()[:200])  # a test that died mid-log
-    with pytest.raises(RunFailed, match="cannot read the accuracy log"):
+    with pytest.raises(RunFailed, match="cannot read the accuracy log .*cut short"):
         read_accuracy_log(cut)
+    odd = tmp_path / "odd.json"
+    odd.write_text('[\n{ "seq_id" : 0, "qsl_idx" : 3, "data" : "ABC" }\n]\n')
+    with pytest.raises(RunFailed, match="entry 0 of .* is not a LoadGen accuracy record"):
+        read_accuracy_log(odd)
+    assert 0 in read_accuracy_log(loadgen) and 7 not in read_accuracy_log(loadgen)
 
 
 def test_models_declare_mlperfs_rules_and_artifact() -> None:
@@ -352,3 +357,22 @@ def test_a_missing_case_file_is_one_error_line(tmp_path: Path) -> None:
     proc = run_cli(["run", "--model", "3d-unet-99", "--model-path", str(graph), "--dataset", "kits19", "--dataset-path",
                     str(data), "--mode", "accuracy", "--output", str(tmp_path / "r")], cwd=tmp_path)
     one_error(proc, "case_00011.pkl", "missing")
+
+
+def test_a_call_that_fails_leaves_nothing_the_next_call_reuses() -> None:
+    """A batch whose second volume is too small fails before any window runs; the first
+    volume's weight map was never summed, and the next call must not take it as known."""
+    pytest.importorskip("scipy", reason=SCIPY)
+    rng = np.random.default_rng(5)
+    volumes = [rng.standard_normal((192, 128, 128)).astype(np.float32), np.zeros((100, 128, 128), np.float32)]
+    dispatcher = PieceDispatcher([("u:0", {"model": NonlinearLogits(0)})], batch_size=2)
+    dispatcher.start()
+    try:
+        pipeline = unet3d.SlidingWindows(PipelineContext({}, Volumes(volumes), 1, [], None, dispatcher))  # type: ignore[arg-type]
+        with pytest.raises(ModelError, match="smaller than the 128"):
+            pipeline([0, 1])
+        single = NonlinearLogits(9)
+        expected = reference_segmentation(volumes[0], lambda w: np.array(single.run({"input": w})["output"]))
+        assert pipeline([0]).sample(0) == expected.tobytes()
+    finally:
+        dispatcher.stop()

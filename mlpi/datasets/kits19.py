@@ -290,7 +290,13 @@ def reshaped_affine(affine: np.ndarray, params: PreprocessParams) -> np.ndarray:
 
 def _pickle_globals() -> dict[tuple[str, str], Any]:
     """Everything a KiTS19 preprocessed pickle may name: numpy's array, dtype and scalar
-    rebuilders under numpy 1's and numpy 2's module names, and latin-1 bytes (protocols 0-2)."""
+    rebuilders under numpy 1's and numpy 2's module names, and latin-1 bytes (protocols 0-2).
+
+    Each is wrapped so that it builds plain-number data only: an array or dtype of Python
+    objects would let the file's own bytes be read as object pointers. ``numpy.ndarray`` is
+    a marker that ``_reconstruct`` accepts and nothing can call (``ndarray(shape, "O",
+    buffer=...)`` is exactly such an array).
+    """
     try:
         from numpy._core import multiarray, numeric
     except ImportError:  # numpy 1
@@ -301,14 +307,62 @@ def _pickle_globals() -> dict[tuple[str, str], Any]:
             raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}")
         return text.encode("latin1")
 
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    def dtype(*args: Any, **kwargs: Any) -> np.dtype:
+        return _plain(np.dtype(*args, **kwargs))
+
+    def reconstruct(subtype: Any, shape: Any, of: Any) -> np.ndarray:
+        if subtype is not _NDARRAY:
+            raise _Refused(f"an array of class {subtype!r}")
+        return multiarray._reconstruct(np.ndarray, shape, _plain(np.dtype(of)))
+
+    def scalar(of: Any, *data: Any) -> Any:
+        return multiarray.scalar(_plain(of), *data)
+
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): dtype,
                                          ("_codecs", "encode"): latin1}
     for core in ("numpy.core", "numpy._core"):
-        table[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        table[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        table[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        table[(f"{core}.multiarray", "scalar")] = scalar
         if hasattr(numeric, "_frombuffer"):
-            table[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+            frombuffer = numeric._frombuffer
+            table[(f"{core}.numeric", "_frombuffer")] = (
+                lambda buf, of, shape, order, _f=frombuffer: _f(buf, _plain(of), shape, order))
     return table
+
+
+class _NdarrayMarker:
+    """What ``numpy.ndarray`` unpickles to: ``_reconstruct``'s first argument, never callable."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise _Refused("a direct call of numpy.ndarray (an array over the file's own bytes)")
+
+
+_NDARRAY = _NdarrayMarker()
+
+
+def _plain(of: Any) -> np.dtype:
+    """``of`` if it is a dtype of numbers, never one holding Python objects."""
+    if not isinstance(of, np.dtype) or of.hasobject:
+        raise _Refused(f"an array of Python objects ({of!r})")
+    return of
+
+
+def _only_plain_arrays(value: Any) -> Any:
+    """``value`` unless it holds an array or dtype of Python objects anywhere (checked again
+    after loading: a dtype's state is set after it is built)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (np.ndarray, np.generic)):
+            _plain(item.dtype)
+        elif isinstance(item, np.dtype):
+            _plain(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return value
 
 
 class _Refused(pickle.UnpicklingError):
@@ -337,7 +391,7 @@ def read_pickle(path: Path) -> Any:
     DatasetError naming the file when it is unreadable or names anything else."""
     try:
         with open(path, "rb") as f:
-            return SafeUnpickler(f).load()
+            return _only_plain_arrays(SafeUnpickler(f).load())
     except _Refused as exc:
         raise DatasetError(
             f"{path} refers to {exc.what}, which a KiTS19 preprocessed file never holds: "

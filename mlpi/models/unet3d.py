@@ -162,8 +162,11 @@ class _Slabs:
         return futures
 
     def run(self, work: Callable[[int, int, int], None], channels: int, start: int, stop: int) -> None:
-        for future in self.submit(work, channels, start, stop):
-            future.result()
+        """``submit`` and wait for every task (none left writing when one fails)."""
+        errors = [future.exception() for future in self.submit(work, channels, start, stop)]
+        for error in errors:
+            if error is not None:
+                raise error
 
 
 def _done() -> Future[None]:
@@ -380,11 +383,12 @@ class SlidingWindows(Pipeline):
 
     def _weight_map(self, case_no: int, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
         """The weight map for a case of ``shape`` at this place in the call, and whether it is
-        already summed (the last volume here had the same shape)."""
+        already summed (the last volume here had the same shape). A new map is recorded with
+        no shape, which nothing matches, until ``_prepare`` has summed it."""
         if case_no < len(self._weights) and self._weights[case_no][0] == shape:
             return self._weights[case_no][1], True
         weights = np.empty(shape, np.float32)
-        entry = (shape, weights)
+        entry = ((), weights)
         if case_no < len(self._weights):
             self._weights[case_no] = entry
         else:
@@ -395,16 +399,14 @@ class SlidingWindows(Pipeline):
         """Zero the sums; sum a new weight map as the reference's ``norm_map``: the patch over
         the windows, in their order. Then let blending start."""
         try:
-            for case in cases:
+            for case_no, case in enumerate(cases):
                 self.slabs.run(lambda c, a, b, r=case.result: r[c, a:b].fill(0), CLASSES, 0, case.result.shape[1])
                 if not case.weights_known:
                     case.weights.fill(0)
                     for z, y, x in case.windows:
                         case.weights[z : z + ROI, y : y + ROI, x : x + ROI] += self.patch
+                    self._weights[case_no] = (case.result.shape[1:], case.weights)  # summed: reusable
         except BaseException as exc:  # noqa: BLE001 - raised in the pipeline's thread
-            for case in cases:
-                case.weights_known = False
-            self._weights.clear()  # a map left half summed must never be reused
             failed.append(exc)
         finally:
             ready.set()

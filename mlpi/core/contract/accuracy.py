@@ -100,6 +100,9 @@ def read_accuracy_log(path: Path, keep: str = "first") -> Mapping[int, bytes]:
         raise ValueError(f"keep must be one of {', '.join(REPEATED_RESPONSES)}, not {keep!r}")
     try:
         indexed = _IndexedLog.open(path, keep)
+    except _CutShort:
+        raise RunFailed(f"cannot read the accuracy log {path}: it ends before its closing bracket (cut short)",
+                        "the accuracy test did not finish; see harness.log") from None
     except FileNotFoundError:
         raise RunFailed(f"there is no accuracy log at {path}", "give a run directory or mlperf_log_accuracy.json of an accuracy run") from None
     except (OSError, ValueError):
@@ -137,6 +140,10 @@ _EMPTY = re.compile(rb"\s*\[\s*\]\s*\Z")
 _END = re.compile(rb"\s*\Z")
 
 
+class _CutShort(Exception):
+    """The log does not end with ``]``: no JSON parser could read it, so none is run on it."""
+
+
 class _IndexedLog(Mapping[int, bytes]):
     """The kept record's hex span per sample in a memory-mapped log; decoded on access."""
 
@@ -150,6 +157,8 @@ class _IndexedLog(Mapping[int, bytes]):
         with path.open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             mapped: mmap.mmap | bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        if size and not mapped[max(0, size - 4096) :].rstrip().endswith(b"]"):
+            raise _CutShort()
         if _EMPTY.match(mapped):
             return cls(mapped, {})
         start = _OPEN.match(mapped)
@@ -162,6 +171,8 @@ class _IndexedLog(Mapping[int, bytes]):
             if record is None:
                 return None
             index = int(record.group(1))
+            if (record.end(2) - record.start(2)) % 2:
+                return None  # odd hex: the JSON path names the record
             if keep == "last" or index not in spans:
                 spans[index] = record.span(2)
             position = record.end()
@@ -172,6 +183,9 @@ class _IndexedLog(Mapping[int, bytes]):
     def __getitem__(self, index: int) -> bytes:
         start, end = self._spans[index]
         return bytes.fromhex(self._mapped[start:end].decode("ascii"))
+
+    def __contains__(self, index: object) -> bool:
+        return index in self._spans
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._spans)

@@ -101,7 +101,8 @@ class Pieces(ABC):
         Without ``consume`` the outputs come back in order, copied (a session may reuse its
         output buffers). With it, ``consume(k, outputs)`` is called in the worker that ran
         piece ``k`` while the outputs are valid: no copy, but calls may come from several
-        threads at once. The first piece that fails raises here.
+        threads at once. The first piece that fails raises here; the pieces not yet started
+        are not run.
         """
 
 

@@ -117,6 +117,9 @@ class PieceDispatcher(Pieces):
             if item is None:
                 return
             job, k, pieces = item
+            if job.error is not None:  # a piece of this call failed: the call fails, run no more of it
+                job.finish()
+                continue
             rows = 0
             self._begin(unit)
             try:
