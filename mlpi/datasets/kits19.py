@@ -56,9 +56,7 @@ import math
 import os
 import pickle
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,7 +73,7 @@ from mlpi.core.contract.dataset import (
     DatasetRequest,
 )
 from mlpi.core.contract.errors import DatasetError
-from mlpi.core.engine.cache import cache_root
+from mlpi.core.engine.cache import cache_root, staged_folder
 
 NAME = "kits19"
 #: Bumped whenever the cached volumes' meaning or layout changes.
@@ -829,29 +827,17 @@ def _build_cache(folder: Path, root: Path, cases: Sequence[str], labelled: bool,
                  params: PreprocessParams) -> list[dict[str, Any]]:
     print(f"mlpi: preprocessing {len(cases)} KiTS19 cases from {root} into {folder} (once)", file=sys.stderr, flush=True)
     began = time.perf_counter()
+    entries = []
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    except OSError as exc:
-        raise _cache_error(folder, exc) from None
-    try:
-        entries = []
-        for k, case in enumerate(cases, 1):
-            print(f"mlpi: preprocessing kits19 case {k}/{len(cases)} ({case})", file=sys.stderr, flush=True)
-            entries.append(_preprocess_into(staging, root, case, labelled, params))
-        try:
+        # a cache another process finished meanwhile is kept
+        with staged_folder(folder, lambda: _read_cache(folder, cases, labelled) is not None) as staging:
+            for k, case in enumerate(cases, 1):
+                print(f"mlpi: preprocessing kits19 case {k}/{len(cases)} ({case})", file=sys.stderr, flush=True)
+                entries.append(_preprocess_into(staging, root, case, labelled, params))
             (staging / CACHE_INDEX).write_text(json.dumps({"version": PREPROCESS_VERSION, "params": params.to_json(),
                                                            "cases": entries}, indent=1), encoding="utf-8")
-            if folder.exists():
-                if _read_cache(folder, cases, labelled) is not None:  # built meanwhile by another process
-                    return entries
-                shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
-        except OSError as exc:
-            raise _cache_error(folder, exc) from None
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise _cache_error(folder, exc) from None
     print(f"mlpi: {len(cases)} KiTS19 cases preprocessed in {time.perf_counter() - began:.0f} s",
           file=sys.stderr, flush=True)
     return entries

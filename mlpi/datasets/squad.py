@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -49,7 +47,7 @@ from mlpi.core.contract.dataset import (
 )
 from mlpi.core.contract.errors import DatasetError
 from mlpi.core.engine.artifacts import Artifact, cached, verify
-from mlpi.core.engine.cache import cache_root
+from mlpi.core.engine.cache import cache_root, staged_folder
 from mlpi.datasets.squad_features import (
     FeatureParams,
     Features,
@@ -263,18 +261,10 @@ def _read_cache(folder: Path) -> Features | None:
 
 def _write_cache(folder: Path, features: Features) -> None:
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
+        with staged_folder(folder) as staging:
             np.savez(staging / "features.npz", **{name: getattr(features, name) for name in _ARRAYS})
             (staging / "pieces.json").write_text(
                 json.dumps({"pieces": features.pieces, "piece_word": features.piece_word}), encoding="utf-8"
             )
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:  # a read-only cache costs a rebuild next time, not this run
         print(f"mlpi: warning: cannot cache the features in {folder}: {exc.strerror or exc}", file=sys.stderr)
