@@ -85,7 +85,8 @@ from mlpi.core.results.rundir import write_bytes_atomic, write_json_atomic
 #: synthetic data, read_accuracy_log(path, keep).
 #: 2.3: ModelSpec.samples_in_flight; Pieces.run reads feeds[k] in the worker (a lazy sequence
 #: may build each piece there); DataParams' sample_shapes for synthetic data of a dynamic
-#: size; read_accuracy_log returns a Mapping that decodes LoadGen's logs on access.
+#: size; read_accuracy_log returns a Mapping that decodes LoadGen's logs on access;
+#: DatasetRequest.performance_count_of(count).
 API_VERSION = "2.3"
 
 __all__ = [

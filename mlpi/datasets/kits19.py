@@ -575,10 +575,6 @@ def _count(total: int, count: int | None, where: Path) -> int:
     return count
 
 
-def _performance_count(count: int, request: DatasetRequest) -> int:
-    return count if request.performance_count is None else max(1, min(count, int(request.performance_count)))
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
@@ -644,7 +640,7 @@ def _open_preprocessed(folder: Path, params: PreprocessParams, inputs: list[Tens
 
     truth = Kits19Truth(cases, shapes, read_label, lambda i: affines[i].copy())
     description = {"form": "preprocessed", "path": str(folder), "cases": list(cases), **params.to_json()}
-    return Kits19Dataset(inputs, cases, shapes, read_image, truth, _performance_count(count, request), description)
+    return Kits19Dataset(inputs, cases, shapes, read_image, truth, request.performance_count_of(count), description)
 
 
 def _aux_shape(value: Any) -> tuple[int, int, int] | None:
@@ -746,7 +742,7 @@ def _open_raw(root: Path, params: PreprocessParams, inputs: list[TensorSpec], re
         return _read_cached(folder / f"{cases[i]}.label.npy", shapes[i], np.uint8)
 
     truth = Kits19Truth(cases, shapes, read_label, lambda i: affines[i].copy()) if labelled else None
-    return Kits19Dataset(inputs, cases, shapes, read_image, truth, _performance_count(count, request), description)  # type: ignore[arg-type]
+    return Kits19Dataset(inputs, cases, shapes, read_image, truth, request.performance_count_of(count), description)  # type: ignore[arg-type]
 
 
 def _raw_for_scoring(root: Path, cases: list[str], labelled: bool, params: PreprocessParams, inputs: list[TensorSpec],
@@ -771,7 +767,7 @@ def _raw_for_scoring(root: Path, cases: list[str], labelled: bool, params: Prepr
         raise DatasetError("kits19 was opened for scoring only: its images are not read", "open it for a run")
 
     truth = Kits19Truth(cases, shapes, read_label, lambda i: reshaped_affine(headers[i][1], params)) if labelled else None
-    return Kits19Dataset(inputs, cases, shapes, read_image, truth, _performance_count(len(cases), request), description)
+    return Kits19Dataset(inputs, cases, shapes, read_image, truth, request.performance_count_of(len(cases)), description)
 
 
 def _cache_key(root: Path, cases: Sequence[str], labelled: bool, params: PreprocessParams) -> str:

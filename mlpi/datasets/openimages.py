@@ -278,7 +278,7 @@ class CocoFormatDetection(DatasetFactory):
         images = images[:n]
         data_dir = root / files.images
         truth = CocoGroundTruth(annotation_file, images, data_dir)
-        performance_count = n if request.performance_count is None else max(1, min(n, int(request.performance_count)))
+        performance_count = request.performance_count_of(n)
         if request.for_scoring:
             return OpenImagesDataset(None, finish, root, truth, None, None, performance_count, files.name)
 

@@ -141,7 +141,7 @@ class Squad11(DatasetFactory):
                 )
             count = request.count
         truth = SquadTruth(squad, features, count, params.lower_case)
-        performance = count if request.performance_count is None else max(1, min(count, int(request.performance_count)))
+        performance = request.performance_count_of(count)
         description = {
             "kind": NAME, "file": str(data_file), "questions": len(squad.examples), "features": features.count,
             "vocab": str(vocab_file), "official_vocab": official_vocab, **params.to_json(),

@@ -83,6 +83,11 @@ class DatasetRequest:
     performance_count: int | None = None
     for_scoring: bool = False
 
+    def performance_count_of(self, count: int) -> int:
+        """The performance sample count of ``count`` samples: the model's, bounded by what
+        there is (at least 1); all ``count`` where the model gives none."""
+        return count if self.performance_count is None else max(1, min(count, int(self.performance_count)))
+
 
 class Dataset(ABC):
     """A sample library: ``count`` samples, of which LoadGen keeps ``performance_count`` loaded."""
