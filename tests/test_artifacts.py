@@ -22,7 +22,15 @@ import pytest
 
 from mlpi.core.contract.errors import MlpiError
 from mlpi.core.engine import artifacts
-from mlpi.core.engine.artifacts import Artifact, artifact_path, cached, fetch, verify
+from mlpi.core.engine.artifacts import (
+    Artifact,
+    artifact_path,
+    cached,
+    fetch,
+    recorded_checksum,
+    recorded_fingerprint,
+    verify,
+)
 
 BODY = os.urandom(2_000_000) + b"tail"  # ~2 MB: several read chunks, so resume is meaningful
 OTHER = os.urandom(len(BODY))
@@ -505,3 +513,214 @@ def test_concurrent_fetches_download_once(server: FakeServer) -> None:
     assert results == [artifact_path(artifact)] * 2
     assert artifact_path(artifact).read_bytes() == BODY
     assert len(server.requests_for("/m.onnx")) == 1
+
+
+# -- no published checksum: trust on first use, recorded and shown --------------------------------
+
+
+def unpublished(url: str, *, size: int | None = None, name: str = "m", filename: str = "model.onnx") -> Artifact:
+    return Artifact(name=name, filename=filename, url=url, checksum=None, size=size)
+
+
+def first_use_line(filename: str, data: bytes) -> str:
+    return (
+        f"mlpi: {filename} has no published checksum; recorded {sha256(data)} (compare it with another download)\n"
+    )
+
+
+@pytest.fixture
+def digests(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file the artifacts module hashes, in order."""
+    seen: list[Path] = []
+    real = artifacts._digest
+
+    def spy(path: Path, algorithm: str) -> str:
+        seen.append(Path(path))
+        return real(path, algorithm)
+
+    monkeypatch.setattr(artifacts, "_digest", spy)
+    return seen
+
+
+@pytest.fixture(params=["http", "file"])
+def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Make a URL serving given bytes, over a local HTTP server or as a file:// URL."""
+    if request.param == "file":
+        def make(body: bytes) -> str:
+            source = tmp_path / "mirror" / "model.onnx"
+            source.parent.mkdir(exist_ok=True)
+            source.write_bytes(body)
+            return source.as_uri()
+
+        yield make
+        return
+    fake = request.getfixturevalue("server")
+
+    def serve(body: bytes) -> str:
+        return fake.add("/m.onnx", Route(body))
+
+    yield serve
+
+
+def test_unpublished_checksum_is_recorded_and_shown(
+    source_url: Any, cache: Path, capsys: pytest.CaptureFixture[str], digests: list[Path]
+) -> None:
+    artifact = unpublished(source_url(BODY), size=len(BODY))
+    assert artifact.checksum is None
+    assert recorded_checksum(artifact) is None and recorded_fingerprint(artifact) is None
+    path = fetch(artifact, progress=False)
+    assert path.read_bytes() == BODY
+    assert capsys.readouterr().err == first_use_line("model.onnx", BODY)
+    record = json.loads(sidecar_of(artifact).read_text())
+    assert record["checksum"] == sha256(BODY) and record["published"] is False
+    assert record["size"] == len(BODY) and record["mtime_ns"] == path.stat().st_mtime_ns
+    assert cached(artifact) == path and not part_of(artifact).exists()
+    assert recorded_checksum(artifact) == sha256(BODY)
+    assert len(digests) == 1, "hashed once, as a published checksum would be"
+
+    # the second fetch (and every lookup) trusts the sidecar: no hashing, no line, no request
+    assert fetch(artifact, progress=False) == path
+    assert cached(artifact) == path and recorded_checksum(artifact) == sha256(BODY)
+    assert len(digests) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_second_fetch_of_unpublished_makes_no_request(server: FakeServer, digests: list[Path]) -> None:
+    artifact = unpublished(server.add("/m.onnx", Route(BODY)))
+    first = fetch(artifact, progress=False)
+    server.routes["/m.onnx"] = Route(b"", status=500)
+    assert fetch(artifact, progress=False) == first
+    assert len(server.requests_for("/m.onnx")) == 1 and len(digests) == 1
+
+
+def test_unpublished_resumed_download_records_the_whole_files_hash(
+    server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    step = 300_000
+    url = server.add("/m.onnx", Route(BODY, drop_after=step, drop_every=True))
+    artifact = unpublished(url)
+    with pytest.raises(MlpiError):
+        fetch(artifact, progress=False, retries=1)
+    assert part_of(artifact).read_bytes() == BODY[: 2 * step]
+    assert recorded_checksum(artifact) is None
+    assert capsys.readouterr().err == ""  # nothing recorded for a part
+
+    server.routes["/m.onnx"] = Route(BODY)
+    assert fetch(artifact, progress=False).read_bytes() == BODY
+    assert server.requests_for("/m.onnx")[-1]["range"] == f"bytes={2 * step}-"
+    assert recorded_checksum(artifact) == sha256(BODY)
+    assert capsys.readouterr().err == first_use_line("model.onnx", BODY)
+
+
+def test_unpublished_still_checks_a_declared_size(server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = unpublished(server.add("/m.onnx", Route(BODY)), size=len(BODY) + 1)
+    with pytest.raises(MlpiError) as info:
+        fetch(artifact, progress=False)
+    assert f"is {len(BODY)} bytes, not the {len(BODY) + 1} declared" in info.value.message
+    assert info.value.hint == artifacts.CORRUPT_HINT
+    assert not artifact_path(artifact).exists() and not part_of(artifact).exists()
+    assert not sidecar_of(artifact).exists() and capsys.readouterr().err == ""
+
+    right = unpublished(server.add("/m.onnx", Route(BODY)), size=len(BODY))
+    fetch(right, progress=False)
+    assert cached(right) is not None
+    assert cached(unpublished(right.url, size=len(BODY) - 1)) is None
+
+
+def test_unpublished_sidecar_must_be_a_first_use_sha256(server: FakeServer) -> None:
+    url = server.add("/m.onnx", Route(BODY))
+    artifact = unpublished(url)
+    path = fetch(artifact, progress=False)
+    record = json.loads(sidecar_of(artifact).read_text())
+    for bad in ({"published": True}, {"checksum": md5(BODY)}, {"checksum": "sha256:xyz"}, {"published": None}):
+        sidecar_of(artifact).write_text(json.dumps({**record, **bad}))
+        assert cached(artifact) is None and recorded_checksum(artifact) is None
+    # a file fetched under a published checksum is cached for that artifact, not the unpublished one
+    published = art(url)
+    sidecar_of(artifact).unlink()
+    assert fetch(published, progress=False) == path and cached(published) == path
+    assert cached(artifact) is None
+    assert json.loads(sidecar_of(artifact).read_text())["published"] is True
+    # ...and an unpublished first-use record whose hash is the published one is trusted for it
+    sidecar_of(artifact).write_text(json.dumps(record))
+    assert cached(artifact) == path == cached(published)
+
+
+def test_unpublished_file_without_sidecar_is_adopted_and_shown(
+    server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artifact = unpublished(server.add("/m.onnx", Route(BODY)), size=len(BODY))
+    final = artifact_path(artifact)
+    final.parent.mkdir(parents=True)
+    final.write_bytes(OTHER)  # a copy put there by hand: nothing to check it against but its size
+    assert cached(artifact) is None
+    assert fetch(artifact, progress=False) == final
+    assert server.requests_for("/m.onnx") == []
+    assert recorded_checksum(artifact) == sha256(OTHER)
+    assert capsys.readouterr().err == first_use_line("model.onnx", OTHER)
+
+    wrong_size = unpublished(server.add("/w.onnx", Route(BODY)), size=len(BODY), name="w")
+    artifact_path(wrong_size).parent.mkdir(parents=True)
+    artifact_path(wrong_size).write_bytes(BODY[:10])
+    assert fetch(wrong_size, progress=False).read_bytes() == BODY  # replaced by a download
+    assert len(server.requests_for("/w.onnx")) == 1
+
+
+def test_unpublished_file_touched_is_kept_and_changed_is_fetched_again(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], digests: list[Path]
+) -> None:
+    artifact = unpublished(server.add("/m.onnx", Route(BODY)))
+    path = fetch(artifact, progress=False)
+    capsys.readouterr()
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # same bytes, touched
+    assert cached(artifact) is None
+    assert fetch(artifact, progress=False) == path
+    assert len(server.requests_for("/m.onnx")) == 1 and len(digests) == 2  # re-hashed, not re-downloaded
+    assert recorded_checksum(artifact) == sha256(BODY) and capsys.readouterr().err == ""
+
+    path.write_bytes(OTHER)  # changed since its hash was recorded: not trusted, fetched again
+    assert cached(artifact) is None
+    assert fetch(artifact, progress=False).read_bytes() == BODY
+    assert len(server.requests_for("/m.onnx")) == 2
+    assert recorded_checksum(artifact) == sha256(BODY)
+    assert capsys.readouterr().err == first_use_line("model.onnx", BODY)
+
+
+def test_unpublished_companions_and_fingerprint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "ckpt.pt").write_bytes(BODY)
+    (mirror / "vocab.txt").write_bytes(b"a\nb\n")
+    vocab = unpublished((mirror / "vocab.txt").as_uri(), filename="vocab.txt", name="c")
+    main = Artifact("c", "ckpt.pt", (mirror / "ckpt.pt").as_uri(), None, format="checkpoint", companions=(vocab,))
+    assert recorded_fingerprint(main) is None
+    path = fetch(main, progress=False)
+    assert capsys.readouterr().err == first_use_line("vocab.txt", b"a\nb\n") + first_use_line("ckpt.pt", BODY)
+    assert cached(main) == path
+    assert recorded_checksum(vocab) == sha256(b"a\nb\n") and recorded_checksum(main) == sha256(BODY)
+    fingerprint = recorded_fingerprint(main)
+    # the same digest as Artifact.fingerprint of an artifact publishing these very checksums
+    published_vocab = Artifact("c", "vocab.txt", vocab.url, sha256(b"a\nb\n"))
+    published = Artifact("c", "ckpt.pt", main.url, sha256(BODY), format="checkpoint", companions=(published_vocab,))
+    assert fingerprint == published.fingerprint == recorded_fingerprint(published)
+    assert main.fingerprint != fingerprint  # the static one cannot know the files
+    artifact_path(vocab).unlink()
+    assert cached(main) is None and recorded_fingerprint(main) is None
+
+
+def test_fingerprint_of_published_checksums_is_unchanged() -> None:
+    """Converted graphs already in caches are kept under this digest: it must not move."""
+    vocab = Artifact("c", "vocab.txt", "https://example.com/v", md5(b"v"))
+    main = Artifact("c", "ckpt.pt", "https://example.com/c", sha256(b"c"), format="checkpoint", companions=(vocab,))
+    digest = hashlib.sha256()
+    for filename, checksum in sorted([("ckpt.pt", sha256(b"c")), ("vocab.txt", md5(b"v"))]):
+        digest.update(f"{filename}:{checksum}\n".encode())
+    assert main.fingerprint == digest.hexdigest() == recorded_fingerprint(main)  # no cache needed
+
+
+def test_verify_has_nothing_to_check_without_a_checksum(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.bin"
+    sample.write_bytes(BODY)
+    with pytest.raises(ValueError):
+        verify(sample, None)  # type: ignore[arg-type]

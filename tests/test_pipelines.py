@@ -321,3 +321,111 @@ def test_artifact_of_several_files_and_a_checkpoint_converted_once(tmp_path: Pat
         ModelSpec(name="two", graphs={"a": GraphSpec(), "b": GraphSpec()})
     with pytest.raises(ValueError, match="same cache folder"):
         Artifact("x", "a.onnx", (mirror / "ckpt.bin").as_uri(), sha(mirror / "ckpt.bin"), companions=(vocab,))
+
+
+def test_checkpoint_without_published_checksum_is_converted_under_its_recorded_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    from mlpi.core.engine.artifacts import recorded_checksum, recorded_fingerprint
+
+    monkeypatch.setenv("MLPI_CACHE", str(tmp_path / "cache"))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "ckpt.pt").write_bytes(b"epoch-100" * 100)
+    (mirror / "vocab.txt").write_bytes(b"a\nb\n")
+    vocab = Artifact("tofu-demo", "vocab.txt", (mirror / "vocab.txt").as_uri(), None)
+    artifact = Artifact("tofu-demo", "ckpt.pt", (mirror / "ckpt.pt").as_uri(), None,
+                        format="checkpoint", companions=(vocab,))
+    calls: list[bytes] = []
+
+    def convert(checkpoint: Path, folder: Path) -> dict[str, Path]:
+        calls.append(checkpoint.read_bytes())
+        return write_loop_graphs(folder, seed=len(calls))
+
+    spec = ModelSpec(
+        name="tofu-demo",
+        graphs={"encoder": GraphSpec(), "step": GraphSpec()},
+        artifact=artifact,
+        convert=convert,
+        pipeline=lambda context: None,  # type: ignore[arg-type,return-value]
+    )
+    with pytest.raises(ModelError, match="not downloaded"):
+        official_graphs(spec, tmp_path / "cache" / "models" / "tofu-demo" / "ckpt.pt")
+
+    fetched = fetch(artifact, progress=False)
+    first_hash = "sha256:" + hashlib.sha256(b"epoch-100" * 100).hexdigest()
+    assert recorded_checksum(artifact) == first_hash
+    assert f"mlpi: ckpt.pt has no published checksum; recorded {first_hash} (compare it with another download)" \
+        in capsys.readouterr().err
+    first = official_graphs(spec, fetched)
+    assert official_graphs(spec, fetched) == first and len(calls) == 1, "converted once, then reused"
+    folder = first["encoder"].parent
+    assert folder.name == f"converted-{recorded_fingerprint(artifact)[:16]}"  # type: ignore[index]
+    assert folder.name != f"converted-{artifact.fingerprint[:16]}"
+
+    # Upstream serves another file; a re-download records its hash and converts it afresh.
+    (mirror / "ckpt.pt").write_bytes(b"epoch-101" * 100)
+    fetched.unlink()
+    assert cached(artifact) is None
+    assert fetch(artifact, progress=False) == fetched
+    assert recorded_checksum(artifact) == "sha256:" + hashlib.sha256(b"epoch-101" * 100).hexdigest()
+    second = official_graphs(spec, fetched)
+    assert second["encoder"].parent != folder and len(calls) == 2 and calls[-1] == b"epoch-101" * 100
+    assert inspect_onnx(second["encoder"]).sha256 != inspect_onnx(first["encoder"]).sha256
+    assert official_graphs(spec, fetched) == second and len(calls) == 2
+
+
+TOFU_PLUGIN = '''
+import os
+from pathlib import Path
+
+from mlpi.core.engine.artifacts import Artifact
+from mlpi.testing.pipeline_models import loop_demo, write_loop_graphs
+
+
+def tofu_demo():
+    spec = loop_demo()
+    mirror = Path(os.environ["TOFU_MIRROR"])
+    artifact = Artifact("tofu-demo", "ckpt.pt", (mirror / "ckpt.pt").as_uri(), None, format="checkpoint")
+    return type(spec)(name="tofu-demo", graphs=spec.graphs, pipeline=spec.pipeline, score=None, artifact=artifact,
+                      convert=lambda checkpoint, folder: write_loop_graphs(folder, seed=len(checkpoint.read_bytes())))
+'''
+
+
+def test_fetch_and_run_a_checkpoint_without_published_checksum(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import hashlib
+
+    site = tmp_path / "site"
+    dist = site / "tofu_models-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tofu-models\nVersion: 0.1\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text("[mlpi.models]\ntofu-demo = tofu_models:tofu_demo\n", encoding="utf-8")
+    (site / "tofu_models.py").write_text(TOFU_PLUGIN, encoding="utf-8")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "ckpt.pt").write_bytes(b"epoch-100" * 100)
+    env = {"PYTHONPATH": str(site), "TOFU_MIRROR": str(mirror), "MLPI_CACHE": str(tmp_path / "cache")}
+
+    fetched = run_cli(["fetch", "tofu-demo"], tmp_path, env)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    recorded = "sha256:" + hashlib.sha256(b"epoch-100" * 100).hexdigest()
+    line = f"mlpi: ckpt.pt has no published checksum; recorded {recorded} (compare it with another download)"
+    assert fetched.stderr.count(line) == 1, fetched.stderr
+    graphs = dict(row.split(": ", 1) for row in fetched.stdout.splitlines())
+    assert sorted(graphs) == ["encoder", "step"]
+
+    result = run_cli(["run", "--model", "tofu-demo", "--count", "8", "-s", "SingleStream", "--duration", "1",
+                      "--output", str(tmp_path / "out")], tmp_path, env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no published checksum" not in result.stderr  # recorded once, by the fetch
+    model = read_result(tmp_path / "out")["model"]
+    assert model["path"] == graphs["encoder"] and model["weights"] == "given"
+    plan = json.loads((only_run_dir(tmp_path / "out") / "plan.json").read_text())
+    assert {role: g["path"] for role, g in plan["model"]["graphs"].items()} == graphs
+    assert {role: g["sha256"] for role, g in plan["model"]["graphs"].items()} == {
+        role: inspect_onnx(Path(path)).sha256 for role, path in graphs.items()
+    }
+    assert len(model["sha256"]) == 64 and model["sha256"] == plan["model"]["sha256"]

@@ -11,10 +11,17 @@ servers that may change what they serve. So :func:`fetch`:
 - **verifies**: the whole file is hashed against the artifact's ``md5:`` or ``sha256:``
   checksum before it is used. A mismatch deletes the ``.part`` (resuming a corrupt file
   can never succeed) and fails loudly with both checksums.
+- **trusts on first use, recorded and shown**, a file with no published checksum
+  (``checksum=None``: RNN-T's and DLRM-v2's checkpoints, which no MLCommons script checks):
+  its sha256 is computed once it is complete, recorded in the sidecar as not published,
+  and printed to stderr so it can be compared with another download. Only a size given
+  in ``Artifact.size`` can be checked. :func:`recorded_checksum` reads the recorded hash
+  back, and :func:`recorded_fingerprint` keys what is derived from such files on it.
 - **is atomic**: only a verified file is renamed into place (``os.replace``), so the final
   path holds either nothing or a complete, verified file, whatever happens mid-download.
-  A small ``<filename>.verified`` sidecar then records the checksum with the file's size
-  and mtime, so :func:`cached` trusts the file later without re-hashing it on every run.
+  A small ``<filename>.verified`` sidecar then records the checksum (``"published"``:
+  whether it is the artifact's or one computed on first use) with the file's size and
+  mtime, so :func:`cached` trusts the file later without re-hashing it on every run.
 
 Concurrent fetches of the same artifact (two ``mlpi`` processes with a cold cache)
 serialize on a ``<filename>.lock`` file where ``fcntl`` exists; the second one finds the
@@ -33,7 +40,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +50,16 @@ from mlpi.core.contract.errors import MlpiError
 from mlpi.core.engine.cache import cache_root
 from mlpi.core.results.rundir import write_json_atomic
 
-__all__ = ["NETWORK_HINT", "Artifact", "artifact_path", "cached", "fetch", "verify"]
+__all__ = [
+    "NETWORK_HINT",
+    "Artifact",
+    "artifact_path",
+    "cached",
+    "fetch",
+    "recorded_checksum",
+    "recorded_fingerprint",
+    "verify",
+]
 
 NETWORK_HINT = (
     "without network, pass --model-path FILE with a copy of the model, "
@@ -71,19 +87,21 @@ class Artifact:
     """A model's downloadable file(s): where from, what each must hash to, what they are.
 
     - ``name``: the cache sub-folder (``resnet50``); ``filename``: the main file's name in it.
-    - ``checksum``: ``"md5:<32 hex>"`` or ``"sha256:<64 hex>"`` (normalized to lower case).
+    - ``checksum``: ``"md5:<32 hex>"`` or ``"sha256:<64 hex>"`` (normalized to lower case);
+      ``None`` for a file with no published checksum: :func:`fetch` then trusts the first
+      download, records its sha256 (:func:`recorded_checksum`) and prints it.
     - ``size``: bytes, when known: sizes the progress bar, and a file of another size is
-      never trusted.
+      never trusted (the only check a file without a checksum gets).
     - ``format``: one of :data:`ARTIFACT_FORMATS`.
     - ``companions``: further files fetched into the same folder (external-data files,
-      checkpoint shards, a vocabulary), each an ``Artifact`` with its own checksum. The
-      artifact is cached only when every file is.
+      checkpoint shards, a vocabulary), each an ``Artifact`` with its own checksum (or
+      ``None``). The artifact is cached only when every file is.
     """
 
     name: str
     filename: str
     url: str
-    checksum: str
+    checksum: str | None
     size: int | None = None
     format: str = "onnx"
     companions: tuple[Artifact, ...] = ()
@@ -95,11 +113,11 @@ class Artifact:
 
     @property
     def fingerprint(self) -> str:
-        """One digest over every file's name and checksum: keys what is derived from them."""
-        digest = hashlib.sha256()
-        for file in sorted(self.files, key=lambda f: f.filename):
-            digest.update(f"{file.filename}:{file.checksum}\n".encode())
-        return digest.hexdigest()
+        """One digest over every file's name and published checksum: keys what is derived
+        from them. It cannot know the content of a file without a published checksum; key
+        on :func:`recorded_fingerprint` instead, which is this same digest when every
+        checksum is published."""
+        return _fingerprint((file.filename, file.checksum or "unpublished") for file in self.files)
 
     def __post_init__(self) -> None:
         if self.format not in ARTIFACT_FORMATS:
@@ -114,8 +132,9 @@ class Artifact:
             value = getattr(self, field_name)
             if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value:
                 raise ValueError(f"artifact {field_name} must be a plain file name, got {value!r}")
-        algorithm, digest = _parse_checksum(self.checksum)
-        object.__setattr__(self, "checksum", f"{algorithm}:{digest}")
+        if self.checksum is not None:
+            algorithm, digest = _parse_checksum(self.checksum)
+            object.__setattr__(self, "checksum", f"{algorithm}:{digest}")
         scheme = urllib.parse.urlsplit(self.url).scheme.lower() if isinstance(self.url, str) else ""
         if scheme not in _SCHEMES:
             raise ValueError(f"artifact url must be http://, https:// or file://, got {self.url!r}")
@@ -132,37 +151,80 @@ def cached(artifact: Artifact) -> Path | None:
     """The main file's path if a complete, verified copy of every file is there, else ``None``.
 
     Cheap: it trusts the ``.verified`` sidecar written after a file was hashed, as long as
-    the sidecar names this checksum and the file still has the size and mtime recorded in it.
+    the sidecar names this checksum (for a file without a published one: a sha256 recorded
+    on first use) and the file still has the size and mtime recorded in it.
     """
     if any(_cached_file(companion) is None for companion in artifact.companions):
         return None
     return _cached_file(artifact)
 
 
+def recorded_checksum(artifact: Artifact) -> str | None:
+    """The checksum the cache vouches for the artifact's (main) file, ``None`` if it is not
+    cached: the published checksum, or for a file without one the ``sha256:<hex>`` recorded
+    when it was first fetched. Reads the sidecar only; hashes nothing."""
+    entry = _cache_entry(artifact)
+    return entry[1] if entry is not None else None
+
+
+def recorded_fingerprint(artifact: Artifact) -> str | None:
+    """:attr:`Artifact.fingerprint` over what is in the cache: a file without a published
+    checksum counts with its recorded sha256, so a re-download that changes it changes the
+    fingerprint. ``None`` when such a file is not cached. Equal to ``artifact.fingerprint``
+    (and reads nothing) when every checksum is published."""
+    if all(file.checksum is not None for file in artifact.files):
+        return artifact.fingerprint
+    checksums = []
+    for file in artifact.files:
+        checksum = file.checksum if file.checksum is not None else recorded_checksum(file)
+        if checksum is None:
+            return None
+        checksums.append((file.filename, checksum))
+    return _fingerprint(checksums)
+
+
+def _fingerprint(checksums: Iterable[tuple[str, str]]) -> str:
+    digest = hashlib.sha256()
+    for filename, checksum in sorted(checksums):
+        digest.update(f"{filename}:{checksum}\n".encode())
+    return digest.hexdigest()
+
+
 def _cached_file(artifact: Artifact) -> Path | None:
+    entry = _cache_entry(artifact)
+    return entry[0] if entry is not None else None
+
+
+def _cache_entry(artifact: Artifact) -> tuple[Path, str] | None:
+    """The file's path and the checksum its sidecar vouches for, if the sidecar still fits it."""
     path = artifact_path(artifact)
     try:
         stat = path.stat()
-        record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except OSError:
         return None
-    if not isinstance(record, dict) or not path.is_file():
+    record = _read_sidecar(path)
+    if record is None or not path.is_file():
         return None
     if artifact.size is not None and stat.st_size != artifact.size:
         return None
-    if (
-        record.get("checksum") != artifact.checksum
-        or record.get("size") != stat.st_size
-        or record.get("mtime_ns") != stat.st_mtime_ns
-    ):
+    if record.get("size") != stat.st_size or record.get("mtime_ns") != stat.st_mtime_ns:
         return None
-    return path
+    checksum = record.get("checksum")
+    if artifact.checksum is None:
+        checksum = _first_use_checksum(record)
+        if checksum is None:
+            return None
+    elif checksum != artifact.checksum:
+        return None
+    return path, checksum
 
 
 def verify(path: Path, checksum: str) -> bool:
     """Whether ``path`` hashes to ``checksum`` (``md5:...`` or ``sha256:...``), read in chunks.
 
-    Raises ``ValueError`` for a malformed checksum and ``OSError`` if the file cannot be read.
+    Raises ``ValueError`` for a malformed checksum (``None`` included: a file without a
+    published checksum has nothing to verify against) and ``OSError`` if the file cannot
+    be read.
     """
     algorithm, expected = _parse_checksum(checksum)
     return _digest(Path(path), algorithm) == expected
@@ -175,7 +237,11 @@ def fetch(artifact: Artifact, *, progress: bool = True, timeout: float = 30.0, r
     ``timeout`` bounds each network wait (connect, each read); a connection that drops or
     stalls mid-download is resumed up to ``retries`` times. Raises :class:`MlpiError` when
     a file cannot be downloaded (the ``.part`` is kept for a later resume), when it does
-    not match its checksum (the ``.part`` is deleted), or when the cache cannot be written.
+    not match its checksum or declared size (the ``.part`` is deleted), or when the cache
+    cannot be written.
+
+    A file without a published checksum has its sha256 recorded, and one line printed to
+    stderr naming it (even with ``progress=False``: it is what the cache now trusts).
     """
     for companion in artifact.companions:
         _fetch_file(companion, progress=progress, timeout=timeout, retries=retries)
@@ -210,7 +276,7 @@ def _fetch_file(artifact: Artifact, *, progress: bool, timeout: float, retries: 
 # -- checksums -----------------------------------------------------------------------------
 
 
-def _parse_checksum(checksum: str) -> tuple[str, str]:
+def _parse_checksum(checksum: str | None) -> tuple[str, str]:
     if not isinstance(checksum, str) or ":" not in checksum:
         raise ValueError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
     algorithm, _, digest = checksum.partition(":")
@@ -221,6 +287,14 @@ def _parse_checksum(checksum: str) -> tuple[str, str]:
     if len(digest) != length or any(ch not in "0123456789abcdef" for ch in digest):
         raise ValueError(f"{algorithm} checksum must be {length} hex digits, got {digest!r}")
     return algorithm, digest
+
+
+def _is_sha256(checksum: object) -> bool:
+    """Whether ``checksum`` is a normalized ``sha256:<64 lower-case hex>``."""
+    if not isinstance(checksum, str) or not checksum.startswith("sha256:"):
+        return False
+    digest = checksum.removeprefix("sha256:")
+    return len(digest) == _ALGORITHMS["sha256"] and all(ch in "0123456789abcdef" for ch in digest)
 
 
 def _digest(path: Path, algorithm: str) -> str:
@@ -243,24 +317,63 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _write_sidecar(artifact: Artifact, path: Path) -> None:
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _first_use_checksum(record: dict[str, Any] | None) -> str | None:
+    """The sha256 a sidecar recorded on first use (computed here, marked not published)."""
+    if record is None or record.get("published") is not False:
+        return None
+    checksum = record.get("checksum")
+    return checksum if _is_sha256(checksum) else None
+
+
+def _write_sidecar(artifact: Artifact, path: Path, checksum: str) -> None:
+    """Vouch for ``path``: ``checksum`` is the artifact's own, or a sha256 computed on first use."""
     stat = path.stat()
     write_json_atomic(
         _sidecar(path),
-        {"checksum": artifact.checksum, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "url": artifact.url},
+        {
+            "checksum": checksum, "published": artifact.checksum is not None,
+            "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "url": artifact.url,
+        },
+    )
+
+
+def _announce_first_use(artifact: Artifact, checksum: str) -> None:
+    print(
+        f"mlpi: {artifact.filename} has no published checksum; recorded {checksum} (compare it with another download)",
+        file=sys.stderr,
     )
 
 
 def _adopt(artifact: Artifact, final: Path) -> bool:
     """A file at the final path without a valid sidecar (a crash between rename and sidecar,
-    or a copy put there by hand): keep it if it verifies, else remove it."""
+    or a copy put there by hand): keep it if it verifies, else remove it.
+
+    A file without a published checksum is checked against the sha256 recorded on its first
+    use when its sidecar still holds one (a file touched is kept, one changed is replaced);
+    with no record, it is kept when its size fits, and its sha256 recorded as on first use."""
     if not final.is_file():
         return False
     try:
-        size_ok = artifact.size is None or final.stat().st_size == artifact.size
-        if size_ok and verify(final, artifact.checksum):
-            _write_sidecar(artifact, final)
-            return True
+        if artifact.size is None or final.stat().st_size == artifact.size:
+            if artifact.checksum is None:
+                earlier = _first_use_checksum(_read_sidecar(final))
+                actual = f"sha256:{_digest(final, 'sha256')}"
+                if earlier is None or earlier == actual:
+                    _write_sidecar(artifact, final, actual)
+                    if earlier is None:
+                        _announce_first_use(artifact, actual)
+                    return True
+            elif verify(final, artifact.checksum):
+                _write_sidecar(artifact, final, artifact.checksum)
+                return True
         _sidecar(final).unlink(missing_ok=True)
         final.unlink()
     except OSError:
@@ -269,13 +382,26 @@ def _adopt(artifact: Artifact, final: Path) -> bool:
 
 
 def _install(artifact: Artifact, part: Path, final: Path) -> None:
-    """Verify the finished ``.part`` and move it into place; a mismatch deletes it."""
-    algorithm, expected = _parse_checksum(artifact.checksum)
+    """Verify the finished ``.part`` and move it into place; a mismatch deletes it. Without
+    a published checksum, its sha256 is computed and recorded instead (and its size, when
+    declared, still has to match)."""
+    if artifact.checksum is None:
+        algorithm, expected = "sha256", None
+    else:
+        algorithm, expected = _parse_checksum(artifact.checksum)
     try:
+        got_size = part.stat().st_size
+        if expected is None and artifact.size is not None and got_size != artifact.size:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise MlpiError(
+                f"{artifact.filename} from {artifact.url} is {got_size} bytes, not the {artifact.size} declared",
+                CORRUPT_HINT,
+            )
         actual = _digest(part, algorithm)
     except OSError as exc:
         raise MlpiError(f"cannot read {part}: {_strerror(exc)}", DISK_HINT) from None
-    if actual != expected:
+    if expected is not None and actual != expected:
         with contextlib.suppress(OSError):
             part.unlink()
         raise MlpiError(
@@ -283,12 +409,15 @@ def _install(artifact: Artifact, part: Path, final: Path) -> None:
             f"expected {algorithm}:{expected}, got {algorithm}:{actual}",
             CORRUPT_HINT,
         )
+    checksum = f"{algorithm}:{actual}"
     try:
         _sidecar(final).unlink(missing_ok=True)
         os.replace(part, final)
-        _write_sidecar(artifact, final)
+        _write_sidecar(artifact, final, checksum)
     except OSError as exc:
         raise MlpiError(f"cannot write {final}: {_strerror(exc)}", DISK_HINT) from None
+    if expected is None:
+        _announce_first_use(artifact, checksum)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from mlpi.core.contract.errors import DeviceError, ModelError, UsageError, sugge
 from mlpi.core.contract.model import ModelSpec
 from mlpi.core.contract.pipeline import MAIN_GRAPH
 from mlpi.core.contract.rules import MODES, SCENARIOS
-from mlpi.core.engine.artifacts import cached
+from mlpi.core.engine.artifacts import cached, recorded_fingerprint
 from mlpi.core.engine.cache import cache_root
 from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.core.engine.plan import GraphRef, ModelRef, Plan, combined_digest
@@ -347,11 +347,19 @@ def _registered_model_files(spec: ModelSpec, weights: str | None, seed: int) -> 
 
 def official_graphs(spec: ModelSpec, fetched: Path) -> dict[str, Path]:
     """The official artifact's graphs by role: the file itself, or what ``spec.convert``
-    made of it, converted once and kept under the artifact's fingerprint."""
+    made of it, converted once and kept under the artifact's fingerprint (over the sha256
+    recorded on first use for a file without a published checksum, so a re-download that
+    changes it is converted afresh)."""
     if spec.convert is None:
         return {spec.main_role: fetched}
     assert spec.artifact is not None
-    folder = fetched.parent / f"converted-{spec.artifact.fingerprint[:16]}"
+    fingerprint = recorded_fingerprint(spec.artifact)
+    if fingerprint is None:
+        raise ModelError(
+            f"the official {spec.name} model is not downloaded (or changed since it was)",
+            f"run `mlpi fetch {spec.name}`",
+        )
+    folder = fetched.parent / f"converted-{fingerprint[:16]}"
     index = folder / "graphs.json"
     try:
         made = json.loads(index.read_text(encoding="utf-8"))
