@@ -9,7 +9,9 @@ stand-in's detection post-processing and the conformance kit's tiny models) use 
 standard operators, so this module converts them itself, with torch only. Where a result has
 an exact reference (TopK's tie order, NonMaxSuppression's selection and order, Resize's nearest
 indices) it follows onnxruntime's CPU kernels bit for bit; attribute values it does not
-implement raise ModelError rather than compute something else.
+implement raise ModelError rather than compute something else. LSTM (RNN-T's encoder and
+prediction network) runs on torch's fused LSTM kernel, with the weights reordered for it once,
+at conversion.
 
 How it works: initializers (and ``Constant`` nodes, and nodes whose inputs are all constant,
 folded once at build time) become buffers, so ``module.to(device)`` and
@@ -83,6 +85,9 @@ class _Node:
         self._consts = consts
         self.opset = opset
         self.float_dtype = float_dtype
+        #: The names the step reads, in input order: the node's own unless a builder swapped
+        #: a constant input for one it derived (:meth:`derive_input`) or dropped one.
+        self.inputs = list(node.input)
 
     def attr(self, name: str, default: Any = None) -> Any:
         value = self.attrs.get(name, default)
@@ -114,6 +119,23 @@ class _Node:
             static = [float(v) for v in const.reshape(-1).tolist()]
             return lambda args: static
         return lambda args: [float(v) for v in args[i].reshape(-1).tolist()]
+
+    def const(self, i: int) -> torch.Tensor | None:
+        """Input ``i`` when it is a constant (None when absent or computed)."""
+        return self._consts.get(self.proto.input[i]) if self.has_input(i) else None
+
+    def derive_input(self, i: int, value: torch.Tensor) -> None:
+        """Have the step read ``value`` as input ``i``: a constant computed once, here, from
+        constant inputs (weights in the layout torch wants). It becomes a buffer as any constant
+        does, and the original stops being one unless another step reads it."""
+        name = f"\0derived{len(self._consts)}"  # no ONNX name has a NUL; consts only grows
+        self._consts[name] = value
+        self.inputs[i] = name
+
+    def drop_input(self, i: int) -> None:
+        """The step no longer reads input ``i`` (it gets None): folded into a derived input."""
+        if i < len(self.inputs):
+            self.inputs[i] = ""
 
     def unsupported(self, what: str) -> ModelError:
         """The error for an attribute value or input this converter does not implement."""
@@ -751,6 +773,232 @@ def _split(n: _Node) -> Step:
     return run
 
 
+def _range(n: _Node) -> Step:
+    """Range as onnxruntime's CPU kernel computes it: ceil((limit - start) / delta) elements,
+    counted in double (a float32 count can differ by one); a float range accumulates
+    (``value += delta`` in the inputs' type) rather than computing start + i * delta, so its
+    rounding is the kernel's too."""
+
+    def run(a: Args) -> torch.Tensor:
+        start, limit = a[0], a[1]
+        delta = a[2] if len(a) > 2 and a[2] is not None else torch.ones((), dtype=start.dtype)
+        if start.numel() != 1 or limit.numel() != 1 or delta.numel() != 1:
+            raise ModelError(f"Range node '{n.proto.name}' needs scalar start, limit and delta; got shapes "
+                             f"{tuple(start.shape)}, {tuple(limit.shape)}, {tuple(delta.shape)}")
+        if start.is_floating_point():
+            dtype = start.dtype
+            np_type = np.float64 if dtype == torch.float64 else np.float32  # float16/bfloat16: computed in float32
+            s, l, d = (np.array(t.detach().reshape(()).to(torch.float64).cpu().item(), dtype=np_type) for t in (start, limit, delta))
+            if d == 0:
+                raise ModelError(f"Range node '{n.proto.name}' has delta 0")
+            count = max(math.ceil((float(l) - float(s)) / float(d)), 0)
+            values = np.full(count, d, dtype=np_type)
+            if count:
+                values[0] = s
+            return torch.from_numpy(np.add.accumulate(values, dtype=np_type)).to(dtype=dtype, device=start.device)
+        s, l, d = (int(t.reshape(())) for t in (start, limit, delta))
+        if d == 0:
+            raise ModelError(f"Range node '{n.proto.name}' has delta 0")
+        count = max(-((s - l) // d), 0)  # exact ceil((l - s) / d)
+        return torch.arange(s, s + count * d, d, dtype=start.dtype, device=start.device)[:count]
+
+    return run
+
+
+# ONNX stacks an LSTM's gate blocks as i, o, f, c; torch as i, f, g (the cell's c), o.
+_ONNX_TO_TORCH_GATES = (0, 2, 3, 1)
+_LSTM_DIRECTIONS = ("forward", "reverse", "bidirectional")
+
+
+def _lstm_params(w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None, hidden: int) -> torch.Tensor:
+    """ONNX LSTM weights W [dirs, 4H, I], R [dirs, 4H, H], B [dirs, 8H] (or None: zeros) as one
+    flat tensor holding, per direction, torch's w_ih [4H, I], w_hh [4H, H], b_ih [4H], b_hh [4H]
+    with the gates in torch's order (see :func:`_lstm_unflatten`)."""
+    dirs = w.shape[0]
+    order = torch.cat([torch.arange(g * hidden, (g + 1) * hidden) for g in _ONNX_TO_TORCH_GATES]).to(w.device)
+    if b is None:
+        b = torch.zeros((dirs, 8 * hidden), dtype=w.dtype, device=w.device)
+    parts = []
+    for d in range(dirs):
+        parts += [w[d].index_select(0, order).reshape(-1), r[d].index_select(0, order).reshape(-1),
+                  b[d, : 4 * hidden].index_select(0, order), b[d, 4 * hidden :].index_select(0, order)]
+    return torch.cat(parts)
+
+
+def _lstm_unflatten(flat: torch.Tensor, dirs: int, inputs: int, hidden: int) -> list[torch.Tensor]:
+    """Views into :func:`_lstm_params`' tensor, in the order torch's fused LSTM takes them."""
+    sizes = [4 * hidden * inputs, 4 * hidden * hidden, 4 * hidden, 4 * hidden]
+    shapes = [(4 * hidden, inputs), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    views, offset = [], 0
+    for _ in range(dirs):
+        for size, shape in zip(sizes, shapes):
+            views.append(flat.narrow(0, offset, size).view(shape))
+            offset += size
+    return views
+
+
+def _reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``x`` [seq, batch, ...] with each batch entry's first ``lengths[b]`` steps in reverse order
+    (the steps after them stay where they are)."""
+    seq = x.shape[0]
+    t = torch.arange(seq, device=x.device).unsqueeze(1)
+    lens = lengths.to(x.device).unsqueeze(0)
+    index = torch.where(t < lens, lens - 1 - t, t)
+    return x.gather(0, index.reshape(seq, -1, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def _lstm(n: _Node) -> Step:
+    """ONNX LSTM on torch's fused LSTM kernel (the one ``nn.LSTM`` calls).
+
+    Supported: forward, reverse and bidirectional; layout 0 and 1; B, sequence_lens,
+    initial_h and initial_c given or absent; any outputs asked for. With sequence_lens the
+    sequences are packed, as ``nn.LSTM`` runs a PackedSequence, which is onnxruntime's
+    semantics exactly: each direction runs over each sequence's own steps (reverse from its
+    last valid one), Y is zero after a sequence's end, Y_h and Y_c are the states at its last
+    step, and a sequence of length 0 gives zeros throughout, initial states or not.
+    Refused (ModelError): activations other than the default Sigmoid, Tanh, Tanh, clip,
+    input_forget=1 and non-zero peepholes P, which the fused kernel does not compute.
+    """
+    direction = n.attr("direction", "forward")
+    if direction not in _LSTM_DIRECTIONS:
+        raise n.unsupported(f"has direction={direction}")
+    dirs = 2 if direction == "bidirectional" else 1
+    layout = int(n.attr("layout", 0))
+    if layout not in (0, 1):
+        raise n.unsupported(f"has layout={layout}")
+    activations = n.attr("activations")
+    if activations is not None:
+        names = [v.decode() if isinstance(v, bytes) else str(v) for v in activations]
+        if [v.lower() for v in names] != ["sigmoid", "tanh", "tanh"] * dirs:
+            raise n.unsupported(f"has activations={names} (only the default Sigmoid, Tanh, Tanh)")
+    # activation_alpha/beta parametrise activations such as Affine or LeakyRelu; Sigmoid and
+    # Tanh take none, so with the default activations they change nothing.
+    if n.attr("clip") is not None:
+        raise n.unsupported(f"has clip={n.attr('clip')}")
+    if int(n.attr("input_forget", 0)) != 0:
+        raise n.unsupported(f"has input_forget={n.attr('input_forget')}")
+    peephole_check: Callable[[Args], None] = lambda a: None  # noqa: E731
+    if n.has_input(7):
+        p = n.const(7)
+        if p is not None:
+            if bool((p != 0).any()):
+                raise n.unsupported("has non-zero peephole weights P")
+            n.drop_input(7)
+        else:
+
+            def peephole_check(a: Args) -> None:
+                if a[7] is not None and bool((a[7] != 0).any()):
+                    raise n.unsupported("has non-zero peephole weights P")
+
+    hidden_attr = n.attr("hidden_size")
+
+    def hidden_of(r: torch.Tensor) -> int:
+        hidden = int(r.shape[-1])
+        if hidden_attr is not None and int(hidden_attr) != hidden:
+            raise ModelError(f"LSTM node '{n.proto.name}' has hidden_size={hidden_attr} but R of shape {tuple(r.shape)}")
+        return hidden
+
+    def checked(w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None) -> tuple[int, int]:
+        hidden = hidden_of(r)
+        if w.dim() != 3 or tuple(r.shape) != (dirs, 4 * hidden, hidden) or tuple(w.shape[:2]) != (dirs, 4 * hidden) \
+                or (b is not None and tuple(b.shape) != (dirs, 8 * hidden)):
+            raise ModelError(f"LSTM node '{n.proto.name}' ({direction}) has W {tuple(w.shape)}, R {tuple(r.shape)}"
+                             f"{'' if b is None else f', B {tuple(b.shape)}'}, which do not fit together")
+        return int(w.shape[2]), hidden
+
+    w, r, b = n.const(1), n.const(2), n.const(3)
+    if w is not None and r is not None and (b is not None or not n.has_input(3)):
+        # Constant weights (the usual case): reordered for torch once, here, as one buffer.
+        size, hidden_static = checked(w, r, b)
+        n.derive_input(1, _lstm_params(w, r, b, hidden_static))
+        n.drop_input(2)
+        n.drop_input(3)
+
+        def params_of(a: Args) -> tuple[list[torch.Tensor], int, int]:
+            return _lstm_unflatten(a[1], dirs, size, hidden_static), size, hidden_static
+    else:
+
+        def params_of(a: Args) -> tuple[list[torch.Tensor], int, int]:
+            bias = a[3] if len(a) > 3 else None
+            size, hidden = checked(a[1], a[2], bias)
+            return _lstm_unflatten(_lstm_params(a[1], a[2], bias, hidden), dirs, size, hidden), size, hidden
+
+    def state(a: Args, i: int, batch: int, hidden: int, like: torch.Tensor) -> torch.Tensor:
+        value = a[i] if len(a) > i else None
+        if value is None:
+            return torch.zeros((dirs, batch, hidden), dtype=like.dtype, device=like.device)
+        value = value.transpose(0, 1) if layout == 1 else value  # -> [dirs, batch, H]
+        if tuple(value.shape) != (dirs, batch, hidden):
+            raise ModelError(f"LSTM node '{n.proto.name}' got an initial state of shape {tuple(a[i].shape)} "
+                             f"for {dirs} direction(s), batch {batch}, hidden size {hidden} (layout {layout})")
+        return value.to(like.dtype).contiguous()
+
+    def run(a: Args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        peephole_check(a)
+        params, size, hidden = params_of(a)
+        x = a[0]
+        if x.dim() != 3 or x.shape[2] != size:
+            raise ModelError(f"LSTM node '{n.proto.name}' got X of shape {tuple(x.shape)} for input size {size}")
+        x = x.transpose(0, 1) if layout == 1 else x  # -> [seq, batch, I]
+        seq, batch = int(x.shape[0]), int(x.shape[1])
+        hx = [state(a, 5, batch, hidden, x), state(a, 6, batch, hidden, x)]
+        lengths = a[4] if len(a) > 4 else None
+        if lengths is not None:
+            lengths = lengths.detach().reshape(-1).to(device="cpu", dtype=torch.int64)
+            if lengths.shape[0] != batch or bool(((lengths < 0) | (lengths > seq)).any()):
+                raise ModelError(f"LSTM node '{n.proto.name}' got sequence_lens {lengths.tolist()} for batch {batch}, "
+                                 f"sequence length {seq}: each must be in [0, {seq}]")
+            if bool((lengths == seq).all()):
+                lengths = None
+        bidirectional = dirs == 2
+        if lengths is None and seq == 1:
+            # One step (a decoder's prediction network, called per symbol): the fused cell, one
+            # per direction. The sequence kernel's oneDNN path costs ~1 ms a call on the CPU to
+            # set up, several times the step itself; the cell is the same arithmetic.
+            steps = [torch._VF.lstm_cell(x[0], (hx[0][d], hx[1][d]), *params[4 * d : 4 * d + 4]) for d in range(dirs)]
+            h, c = torch.stack([s[0] for s in steps]), torch.stack([s[1] for s in steps])
+            y = torch.cat([s[0] for s in steps], dim=-1).unsqueeze(0)
+        elif lengths is None:
+            if direction == "reverse":
+                x = x.flip(0)
+            y, h, c = torch._VF.lstm(x, hx, params, True, 1, 0.0, False, bidirectional, False)
+            if direction == "reverse":
+                y = y.flip(0)
+        else:
+            y, h, c = _packed_lstm(x, lengths, hx, params, direction)
+        y = y.view(seq, batch, dirs, hidden)
+        if layout == 1:  # Y [batch, seq, dirs, H]; Y_h, Y_c [batch, dirs, H]
+            return y.transpose(0, 1), h.transpose(0, 1), c.transpose(0, 1)
+        return y.permute(0, 2, 1, 3), h, c
+
+    return run
+
+
+def _packed_lstm(x: torch.Tensor, lengths: torch.Tensor, hx: list[torch.Tensor], params: list[torch.Tensor],
+                 direction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused LSTM over sequences of the given lengths (on the CPU, int64), as nn.LSTM runs a
+    PackedSequence; lengths of 0 run one step (packing allows no empty sequence) and are zeroed."""
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+    seq = x.shape[0]
+    steps = lengths.clamp(min=1)
+    if direction == "reverse":
+        x = _reverse_within(x, steps)
+    packed = pack_padded_sequence(x, steps, enforce_sorted=False)
+    order, unorder = packed.sorted_indices, packed.unsorted_indices
+    hx = [s.index_select(1, order.to(s.device)) for s in hx]
+    data, h, c = torch._VF.lstm(packed.data, packed.batch_sizes, hx, params, True, 1, 0.0, False, direction == "bidirectional")
+    y, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, unorder), total_length=seq)
+    h, c = (s.index_select(1, unorder.to(s.device)) for s in (h, c))
+    if direction == "reverse":
+        y = _reverse_within(y, steps)
+    empty = lengths == 0
+    if bool(empty.any()):
+        keep = (~empty).to(y.device).reshape(1, -1, 1)
+        y, h, c = (torch.where(keep, s, torch.zeros((), dtype=s.dtype, device=s.device)) for s in (y, h, c))
+    return y, h, c
+
+
 _COORDINATE_MODES = ("half_pixel", "asymmetric", "pytorch_half_pixel", "tf_half_pixel_for_nn", "align_corners")
 _NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
@@ -964,6 +1212,8 @@ BUILDERS: dict[str, Callable[[_Node], Step]] = {
     "Split": _split,
     "Resize": _resize,
     "NonMaxSuppression": _nms,
+    "Range": _range,
+    "LSTM": _lstm,
 }
 
 SUPPORTED_OPS = frozenset(BUILDERS) | {"Constant"}
@@ -1030,7 +1280,7 @@ class OnnxModule(torch.nn.Module):
                 raise
             except Exception as exc:  # noqa: BLE001 - a malformed node, reported with its name
                 raise ModelError(f"cannot convert {node.op_type} node '{node.name}': {exc}") from None
-            inputs, outputs = list(node.input), [o for o in node.output]
+            inputs, outputs = list(n.inputs), [o for o in node.output]
             if all(not i or i in consts for i in inputs) and node.op_type != "Shape":
                 # Constant folding in full precision, once, here.
                 try:
