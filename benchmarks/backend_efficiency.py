@@ -13,6 +13,7 @@ preloaded samples, postprocessing, completing).
     python benchmarks/backend_efficiency.py --backend openvino --model conv [--size 64 --width 64]
     python benchmarks/backend_efficiency.py --backend deepsparse --model conv   # in DeepSparse's own environment
     python benchmarks/backend_efficiency.py --backend onnxruntime --model bert-99 --batch-size 4 --duration 60
+    python benchmarks/backend_efficiency.py --backend onnxruntime --model rnnt --batch-size 1 --duration 60
 
 Own loops: ONNX Runtime ``InferenceSession.run``; OpenVINO an ``AsyncInferQueue`` kept full
 (its recommended throughput pattern); PyTorch the converted module under ``inference_mode``;
@@ -24,7 +25,11 @@ A registered model (``resnet50``, ``retinanet``, ``ssd-mobilenet``, ``ssd-resnet
 volumes are one 128³ window each, so both sides run the same windows, and mlpi's side also
 blends and arg-maxes each one) uses
 the official file when ``mlpi fetch`` has downloaded it, else the seeded random-weights graph
-(same layers, same work). A file that fixes its batch (RetinaNet's and SSD-ResNet34's: 1)
+(same layers, same work). ``rnnt`` (onnxruntime only) compares with a hand-written loop over
+its three graphs: the same features (mlpi's featurizer), the encoder over the batch padded,
+then per utterance the greedy decode with the prediction run once per emitted symbol (the
+synthetic utterances are 6.25 s of noise; on the random graphs every frame is one joint run
+and no symbol). A file that fixes its batch (RetinaNet's and SSD-ResNet34's: 1)
 runs at that batch on both sides; for the detectors the script also times the model's
 postprocessor on the graph's real outputs and reports its share of the time per sample.
 """
@@ -40,7 +45,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 
 Feeds = dict[str, np.ndarray]
 
@@ -163,6 +167,61 @@ def deepsparse_loop(model: Path, batches: list[Feeds], seconds: float, threads: 
     return _timed(lambda args: engine.run(args, val_inp=False), inputs, batch, seconds)
 
 
+def rnnt_utterances(count: int) -> list[np.ndarray]:
+    """The waveforms ``mlpi run --model rnnt --dataset synthetic`` (seed 0) feeds."""
+    from mlpi.core.engine.planning import open_dataset
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.registry import Registry
+
+    registry = Registry(PluginsConfig.load(None))
+    dataset = open_dataset(registry, registry.model("rnnt"), [], "synthetic", None, count, seed=0)
+    dataset.load(list(range(count)))
+    return [np.array(dataset.sample(i)["waveform"][0]) for i in range(count)]
+
+
+def rnnt_ort_loop(folder: Path, utterances: list[np.ndarray], batch: int, seconds: float, threads: int) -> float:
+    """RNN-T by hand on ONNX Runtime: features, the encoder over a padded batch, then each
+    utterance's greedy decode (prediction once per emitted symbol, up to 30 a frame)."""
+    import onnxruntime as ort
+
+    from mlpi.models.rnnt_features import Featurizer
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    encoder, prediction, joint = (
+        ort.InferenceSession(str(folder / f"{role}.onnx"), sess_options=options, providers=["CPUExecutionProvider"])
+        for role in ("encoder", "prediction", "joint")
+    )
+    featurize = Featurizer()
+
+    def decode(encoded: np.ndarray, frames: int) -> list[int]:
+        state = np.zeros((1, 2, 320), np.float32)
+        g, hidden, cell = prediction.run(None, {"symbol": np.array([[28]]), "hidden": state, "cell": state})
+        labels: list[int] = []
+        for t in range(frames):
+            for _ in range(30):
+                k = int(np.argmax(joint.run(None, {"f": encoded[t : t + 1], "g": g})[0][0]))
+                if k == 28:
+                    break
+                labels.append(k)
+                g, hidden, cell = prediction.run(None, {"symbol": np.array([[k]]), "hidden": hidden, "cell": cell})
+        return labels
+
+    def step(group: list[np.ndarray]) -> None:
+        features = [featurize(w) for w in group]
+        lengths = np.array([len(f) for f in features], dtype=np.int64)
+        padded = np.zeros((len(features), int(lengths.max()), 240), np.float32)
+        for row, f in enumerate(features):
+            padded[row, : len(f)] = f
+        encoded = encoder.run(None, {"features": padded, "feature_lengths": lengths})[0]
+        for row, length in enumerate(lengths):
+            decode(encoded[row], int(length + 1) // 2)
+
+    groups = [utterances[k : k + batch] for k in range(0, len(utterances) - batch + 1, batch)]
+    return _timed(step, groups, batch, seconds)  # type: ignore[arg-type]
+
+
 def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
     import onnxruntime as ort
 
@@ -175,7 +234,7 @@ def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) ->
 
 
 #: Registered models this script measures; the detectors also get their postprocessing timed.
-REGISTERED = ("resnet50", "retinanet", "ssd-mobilenet", "ssd-resnet34", "bert-99", "bert-99.9", "3d-unet-99")
+REGISTERED = ("resnet50", "retinanet", "ssd-mobilenet", "ssd-resnet34", "bert-99", "bert-99.9", "3d-unet-99", "rnnt")
 DETECTORS = ("retinanet", "ssd-mobilenet", "ssd-resnet34")
 
 THREAD_OPTION = {
@@ -251,6 +310,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mlpi-efficiency-") as tmp:
         work = Path(tmp)
         model_name: str | None = None
+        if args.model == "rnnt":
+            if args.backend != "onnxruntime":
+                parser.error("--model rnnt compares with a hand-written onnxruntime loop: use --backend onnxruntime")
+            folder, weights = registered_file("rnnt")
+            loop = rnnt_ort_loop(folder, rnnt_utterances(8 * args.batch_size), args.batch_size, args.duration, args.threads)
+            seconds = max(args.duration, MIN_BATCHES * args.batch_size / loop)
+            mine, valid = mlpi_offline("onnxruntime", ["--model", "rnnt", "--weights", weights], args.batch_size, seconds,
+                                       args.threads, work / "results-rnnt")
+            print(f"model: rnnt ({weights} weights), batch {args.batch_size}, at least {args.duration}s and "
+                  f"{MIN_BATCHES} batches per side, fp32, threads {args.threads or 'default'}")
+            print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity  seconds")
+            print(f"{'onnxruntime':<13}{loop:>12,.3f}{mine:>14,.3f}{mine / loop:>8.3f}  {'VALID' if valid else 'INVALID':<8}  {seconds:,.0f}")
+            return 0
         if args.model in REGISTERED:
             from mlpi.core.contract.backend import fixed_batch_size
             from mlpi.core.engine.onnx_file import inspect_onnx

@@ -174,8 +174,9 @@ def models(as_json: bool, plugins_file: str | None) -> None:
 @click.argument("model")
 @click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
 def fetch(model: str, plugins_file: str | None) -> None:
-    """Download a model's official file(s) into the cache (resumes, verifies every checksum;
-    a checkpoint is converted into the model's graphs once)."""
+    """Download a model's official file(s) into the cache (resumes, verifies every published
+    checksum and records the sha256 of a file that has none; a checkpoint is converted into
+    the model's graphs once)."""
     from mlpi.core.contract.errors import UsageError
     from mlpi.core.engine.artifacts import fetch as fetch_artifact
     from mlpi.core.engine.planning import official_graphs

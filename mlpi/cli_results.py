@@ -162,6 +162,13 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
         )
     _print(table)
     for test in result.tests:
+        accuracy = test.accuracy
+        if accuracy is not None:  # the metric, and which way is better: WER is an error rate
+            target = accuracy.target_text()
+            verdict = "" if accuracy.passed is None else " PASS" if accuracy.passed else " FAIL"
+            click.echo(f"{test.scenario} accuracy: {accuracy.metric} {accuracy.figure()}"
+                       + (f" (target {target}){verdict}" if target else ""))
+    for test in result.tests:
         for reason in test.invalid_reasons:
             click.echo(f"{test.scenario} {test.mode}: {reason}")
 
@@ -290,7 +297,8 @@ def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: 
 
 _CSV_COLUMNS = (
     "run", "started", "model", "scenario", "system", "backend", "device", "precision", "dataset", "metric", "value",
-    "unit", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "accuracy_metric", "accuracy", "accuracy_unit", "valid", "quick",
+    "unit", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "accuracy_metric", "accuracy", "accuracy_unit",
+    "accuracy_higher_is_better", "valid", "quick",
     "simulated", "status", "speedup", "baseline",
 )
 
@@ -303,7 +311,8 @@ def _csv(rows: list[Any]) -> str:
         data = row.to_json()
         accuracy = row.accuracy or {}
         data.update({f"{p}_ms": row.latency_ms.get(p) for p in ("p50", "p90", "p95", "p99")},
-                    accuracy_metric=accuracy.get("metric"), accuracy=accuracy.get("value"), accuracy_unit=accuracy.get("unit"))
+                    accuracy_metric=accuracy.get("metric"), accuracy=accuracy.get("value"), accuracy_unit=accuracy.get("unit"),
+                    accuracy_higher_is_better=accuracy.get("higher_is_better"))
         writer.writerow(["" if data.get(c) is None else data[c] for c in _CSV_COLUMNS])
     return buffer.getvalue()
 
@@ -337,12 +346,14 @@ def _markdown(header: list[str], lines: list[list[str]]) -> str:
 
 
 def _accuracy(accuracy: dict[str, Any]) -> str:
-    """``70.000% top-1``; ``0.86170 mean DICE``: a compare row's accuracy, in its own unit."""
+    """``70.000% top-1``; ``0.86170 mean DICE``; ``7.452% WER (lower is better)``: a compare
+    row's accuracy, in its own unit, an error rate marked as such."""
     if accuracy.get("value") is None:
         return "-"
     from mlpi.core.contract.accuracy import format_value
 
-    return f"{format_value(accuracy['value'], accuracy.get('unit', '%'))} {accuracy.get('metric') or ''}".strip()
+    text = f"{format_value(accuracy['value'], accuracy.get('unit', '%'))} {accuracy.get('metric') or ''}".strip()
+    return text + (" (lower is better)" if accuracy.get("higher_is_better") is False else "")
 
 
 def _ms(value: Any) -> str:

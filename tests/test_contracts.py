@@ -177,10 +177,10 @@ def test_quality_targets_in_any_direction() -> None:
     higher = QualityTarget("mAP", 37.55, 0.99, unit="%")
     assert higher.value == pytest.approx(37.1745)
     assert higher.met_by(37.2) and not higher.met_by(37.17)
-    wer = QualityTarget("WER", 7.452, 0.99, unit="%", higher_is_better=False, explicit_value=100 - 0.99 * (100 - 7.452))
+    wer = QualityTarget("WER", 7.452, 0.99, unit="%", higher_is_better=False, complement=100.0)
     assert wer.value == pytest.approx(8.37748)
     assert wer.met_by(8.0) and not wer.met_by(8.5)
-    assert "<=" in wer.describe()
+    assert wer.describe() == "WER <= 8.37748% (100 - WER >= 99% of 100 - 7.452%)"
     dice = QualityTarget("mean DICE", 0.86170, 0.999, unit="")
     result = AccuracyResult("mean DICE", 0.861, "", ("Mean Accuracy: 0.86100",)).with_target(dice.value)
     assert result.passed is True and result.to_json()["unit"] == ""

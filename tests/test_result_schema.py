@@ -418,6 +418,7 @@ def test_accuracy_that_is_not_a_percent_is_printed_in_its_own_unit(tmp_path: Pat
     head, row = as_csv.stdout.strip().splitlines()
     values = dict(zip(head.split(","), row.split(",")))
     assert (values["accuracy_metric"], values["accuracy"], values["accuracy_unit"]) == ("mean DICE", "0.8617", "")
+    assert values["accuracy_higher_is_better"] == "True"
 
     from mlpi.report import html
     from mlpi.report.data import load_runs
@@ -444,3 +445,25 @@ def test_a_damaged_result_is_one_warning_line_not_a_traceback(tmp_path: Path) ->
     assert listed.stderr.splitlines() == [
         f'warning: {root / data["run_id"] / "result.json"} is damaged (tests[1].value is "fast", not a number); not indexed'
     ]
+
+
+def test_an_error_rate_is_shown_as_lower_is_better(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    data = dice_run().to_json()
+    data["run_id"] = "20261201-080000-rnnt-onnxruntime-cpu"
+    data["model"]["name"] = data["model"]["rules_key"] = "rnnt"
+    record = data["tests"][1]["accuracy"]
+    record.update(metric="WER", value=7.452, unit="%", higher_is_better=False, target=8.37748, passed=True,
+                  report="Word Error Rate: 7.452%, accuracy=92.548%", lines=["Word Error Rate: 7.452%, accuracy=92.548%"])
+    data["tests"][1].update(metric="WER", value=7.452, unit="%")
+    write_run(root, data)
+    table = cli(["compare", "model=rnnt", "--results", str(root), "--format", "markdown"], tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "7.452% WER (lower is better)" in table.stdout
+    as_csv = cli(["compare", "model=rnnt", "--results", str(root), "--format", "csv"], tmp_path)
+    head, row = as_csv.stdout.strip().splitlines()
+    values = dict(zip(head.split(","), row.split(",")))
+    assert (values["accuracy_metric"], values["accuracy"], values["accuracy_higher_is_better"]) == ("WER", "7.452", "False")
+    shown = cli(["results", "show", data["run_id"][:15], "--results", str(root)], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "Offline accuracy: WER 7.452% (target <= 8.377%) PASS" in shown.stdout

@@ -29,8 +29,9 @@ class QualityTarget:
 
     ``metric`` and ``unit`` name the figure the model's scorer reports ("mAP", "%");
     ``higher_is_better`` is False for error rates (WER), where the result must stay at or
-    below ``value``. ``value`` defaults to ``reference * fraction`` for a higher-is-better
-    metric; give it explicitly where the rule is stated otherwise (RNN-T's is on 100 - WER).
+    below ``value``. The rule is on the metric itself (``reference * fraction``), or, with
+    ``complement``, on ``complement - metric``: RNN-T's is ``100 - WER >= 99% of (100 -
+    7.452)``, so WER <= 8.37748.
     """
 
     metric: str
@@ -38,17 +39,21 @@ class QualityTarget:
     fraction: float
     unit: str = "%"
     higher_is_better: bool = True
-    explicit_value: float | None = None
+    complement: float | None = None
 
     @property
     def value(self) -> float:
-        if self.explicit_value is not None:
-            return self.explicit_value
+        if self.complement is not None:
+            return self.complement - self.fraction * (self.complement - self.reference)
         return self.reference * self.fraction if self.higher_is_better else self.reference / self.fraction
 
     def describe(self) -> str:
         sign = ">=" if self.higher_is_better else "<="
         unit = "" if self.unit in ("", None) else self.unit
+        if self.complement is not None:
+            c = f"{self.complement:g}"
+            return (f"{self.metric} {sign} {self.value:.6g}{unit} ({c} - {self.metric} >= {self.fraction * 100:g}% "
+                    f"of {c} - {self.reference:g}{unit})")
         return f"{self.metric} {sign} {self.fraction * 100:g}% of {self.reference:g}{unit} ({self.value:.6g}{unit})"
 
     def met_by(self, value: float) -> bool:
@@ -57,7 +62,7 @@ class QualityTarget:
     def to_json(self) -> dict[str, Any]:
         return {
             "metric": self.metric, "reference": self.reference, "fraction": self.fraction, "unit": self.unit,
-            "higher_is_better": self.higher_is_better, "value": self.value,
+            "higher_is_better": self.higher_is_better, "value": self.value, "complement": self.complement,
         }
 
 
