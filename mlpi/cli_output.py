@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mlpi.core.results.schema import TestResult
 
@@ -15,6 +17,62 @@ DEFAULT_MODEL = "resnet50"
 
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# -- untrusted text ------------------------------------------------------------------------
+#
+# Strings read from result files (system name, model name and path, backend, device,
+# dataset, run id, units, notes, reasons...) are whatever whoever wrote or copied the file
+# put there. Every printer of ``mlpi results list/show`` and ``mlpi compare`` passes them
+# through :func:`printable` (terminal lines), :func:`terminal_cell` (rich tables),
+# :func:`markdown_cell` or :func:`csv_cell`, so that such a string can neither drive the
+# terminal (escape sequences, OSC 8 links, title changes, bidi reordering), nor run rich
+# markup, nor break a markdown table, nor become a spreadsheet formula. ``--json`` output is
+# left exact: JSON escaping already shows every control character as ``\uXXXX``.
+
+#: C0 controls (ESC, CR, LF, TAB, BEL ...), DEL, C1 controls (CSI 0x9b ...) and the Unicode
+#: bidi embeddings/overrides/isolates (U+202A-U+202E, U+2066-U+2069: "Trojan Source").
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+#: What makes a spreadsheet read a CSV cell as a formula (OWASP CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(value: Any) -> str:
+    """``value`` as text safe to print: each control or bidi character shown escaped
+    (``\\x1b``, ``\\n``, ``\\u202e``); everything else, backslashes included, unchanged."""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE.sub(_escaped, text)
+
+
+def terminal_cell(value: Any) -> Text:
+    """A rich table cell showing ``value`` literally: :func:`printable`, and never read as
+    rich markup (a ``[link=...]`` in a system name stays text)."""
+    return Text(printable(value))
+
+
+def markdown_cell(value: Any) -> str:
+    """A markdown table cell: :func:`printable` (so no raw newline ends the row) and ``|``
+    escaped."""
+    return printable(value).replace("|", "\\|")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell: numbers and booleans unchanged (a negative figure stays a number); text
+    :func:`printable`, with a leading ``'`` when it starts like a formula (``=``, ``+``,
+    ``-``, ``@``, tab or CR), as OWASP advises against CSV injection; ``None`` empty."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    text = printable(value)
+    return "'" + text if value.startswith(_FORMULA_START) else text
 
 
 class RunPrinter:

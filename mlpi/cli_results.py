@@ -47,7 +47,15 @@ def _open_store(results_root: str, store_file: str | None, *, reading: bool = Tr
 
 
 def _warn(text: str) -> None:
-    click.echo(f"warning: {text}", err=True)
+    _echo(f"warning: {text}", err=True)
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """One line that may hold strings from result files, printed with their control and bidi
+    characters escaped (:func:`mlpi.cli_output.printable`)."""
+    from mlpi.cli_output import printable
+
+    click.echo(printable(text), err=err)
 
 
 def _table(title: str, columns: list[str] | tuple[str, ...], right: tuple[str, ...] = ()) -> Any:
@@ -57,6 +65,14 @@ def _table(title: str, columns: list[str] | tuple[str, ...], right: tuple[str, .
     for column in columns:
         table.add_column(column, justify="right" if right and column.endswith(right) else "left")
     return table
+
+
+def _add_row(table: Any, *cells: Any) -> None:
+    """A table row of text from result files: each cell shown literally, never as rich
+    markup or terminal control (:func:`mlpi.cli_output.terminal_cell`)."""
+    from mlpi.cli_output import terminal_cell
+
+    table.add_row(*map(terminal_cell, cells))
 
 
 def _print(renderable: Any) -> None:
@@ -118,8 +134,8 @@ def list_runs(since: str | None, until: str | None, as_json: bool, results_root:
     table = _table(f"mlpi results ({len(runs)} runs)",
                    ("run id", "date", "system", "model", "scenario", "backend", "device", "precision", "metric", "valid"))
     for line, test in zip(lines, rows):
-        table.add_row(
-            line["run"], line["date"], line["system"], line["model"],
+        _add_row(
+            table, line["run"], line["date"], line["system"], line["model"],
             (line["scenario"] or "-") + (" accuracy" if line["mode"] == "accuracy" else ""), line["backend"], line["device"],
             line["precision"] or "-", test.figure() if test else "-", _validity(line["valid"], line["quick"], line["status"]),
         )
@@ -152,12 +168,12 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
         ("valid for submission", "yes" if result.submission_valid else "no (quick or shortened run)"),
     ]
     for key, value in facts:
-        click.echo(f"{key + ':':<22}{value if value not in (None, '') else '-'}")
+        _echo(f"{key + ':':<22}{value if value not in (None, '') else '-'}")
     table = _table("tests", ("scenario", "mode", "result", "p50 ms", "p90 ms", "p99 ms", "validity"), right=("ms",))
     for test in result.tests:
         latency = record.latency.get(test.dir, {})
-        table.add_row(
-            test.scenario, test.mode, test.figure(), *(_ms(latency.get(p)) for p in ("p50", "p90", "p99")),
+        _add_row(
+            table, test.scenario, test.mode, test.figure(), *(_ms(latency.get(p)) for p in ("p50", "p90", "p99")),
             _validity(test.valid, test.quick, test.status),
         )
     _print(table)
@@ -166,11 +182,11 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
         if accuracy is not None:  # the metric, and which way is better: WER is an error rate
             target = accuracy.target_text()
             verdict = "" if accuracy.passed is None else " PASS" if accuracy.passed else " FAIL"
-            click.echo(f"{test.scenario} accuracy: {accuracy.metric} {accuracy.figure()}"
-                       + (f" (target {target}){verdict}" if target else ""))
+            _echo(f"{test.scenario} accuracy: {accuracy.metric} {accuracy.figure()}"
+                  + (f" (target {target}){verdict}" if target else ""))
     for test in result.tests:
         for reason in test.invalid_reasons:
-            click.echo(f"{test.scenario} {test.mode}: {reason}")
+            _echo(f"{test.scenario} {test.mode}: {reason}")
 
 
 @results.command("import")
@@ -193,11 +209,11 @@ def import_runs(dirs: tuple[str, ...], results_root: str, store_file: str | None
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         if outcome.status == "imported":
-            click.echo(f"imported {outcome.source} as {root / str(outcome.name)}")
+            _echo(f"imported {outcome.source} as {root / str(outcome.name)}")
         elif outcome.status == "indexed":
-            click.echo(f"indexed {outcome.source}")
+            _echo(f"indexed {outcome.source}")
         elif outcome.status == "duplicate":
-            click.echo(f"skipped {outcome.message}")
+            _echo(f"skipped {outcome.message}")
         else:
             _warn(f"skipped: {outcome.message}")
     added = counts.get("imported", 0) + counts.get("indexed", 0)
@@ -291,7 +307,7 @@ def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: 
                 if previous is not None and row.group != previous:
                     table.add_section()
                 previous = row.group
-                table.add_row(*line)
+                _add_row(table, *line)
             _print(table)
 
 
@@ -304,6 +320,8 @@ _CSV_COLUMNS = (
 
 
 def _csv(rows: list[Any]) -> str:
+    from mlpi.cli_output import csv_cell
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(_CSV_COLUMNS)
@@ -313,7 +331,7 @@ def _csv(rows: list[Any]) -> str:
         data.update({f"{p}_ms": row.latency_ms.get(p) for p in ("p50", "p90", "p95", "p99")},
                     accuracy_metric=accuracy.get("metric"), accuracy=accuracy.get("value"), accuracy_unit=accuracy.get("unit"),
                     accuracy_higher_is_better=accuracy.get("higher_is_better"))
-        writer.writerow(["" if data.get(c) is None else data[c] for c in _CSV_COLUMNS])
+        writer.writerow([csv_cell(data.get(c)) for c in _CSV_COLUMNS])
     return buffer.getvalue()
 
 
@@ -338,8 +356,10 @@ def _display(rows: list[Any], with_speedup: bool) -> tuple[list[str], list[list[
 
 
 def _markdown(header: list[str], lines: list[list[str]]) -> str:
+    from mlpi.cli_output import markdown_cell
+
     def cells(values: list[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+        return "| " + " | ".join(map(markdown_cell, values)) + " |"
 
     align = ["---:" if h.endswith(("ms", "speedup")) else "---" for h in header]
     return "\n".join([cells(header), "| " + " | ".join(align) + " |", *(cells(line) for line in lines)])

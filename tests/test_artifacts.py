@@ -57,6 +57,7 @@ class Route:
     drop_mode: str = "close"  # close: FIN; reset: RST; stall: send nothing more for a while
     drop_every: bool = False  # drop on every request, not only the first
     chunk_delay: float = 0.0  # seconds between 64 KiB chunks (a slow server)
+    silent_first: bool = False  # the first request is accepted and never answered (until teardown)
 
 
 class FakeServer:
@@ -96,6 +97,10 @@ class _Handler(BaseHTTPRequestHandler):
         route = fake.routes.get(self.path)
         if route is None:
             self.send_error(404)
+            return
+        if route.silent_first and index == 0:
+            fake.release.wait(5)
+            self.close_connection = True
             return
         status = route.first_statuses[index] if index < len(route.first_statuses) else route.status
         if status is not None:
@@ -297,6 +302,35 @@ def test_resume_after_stalled_connection_times_out(server: FakeServer) -> None:
     assert fetch(artifact, progress=False, timeout=0.5, retries=1).read_bytes() == BODY
     assert time.monotonic() - started < 4  # the timeout fired; we did not wait out the stall
     assert [r["range"] for r in server.requests_for("/m.onnx")] == [None, f"bytes={dropped_at}-"]
+
+
+def test_a_server_that_never_answers_is_retried_not_an_internal_error(server: FakeServer) -> None:
+    artifact = art(server.add("/m.onnx", Route(BODY, silent_first=True)))
+    started = time.monotonic()
+    assert fetch(artifact, progress=False, timeout=0.5, retries=1).read_bytes() == BODY
+    assert time.monotonic() - started < 4
+    assert len(server.requests_for("/m.onnx")) == 2
+    silent = art(server.add("/s.onnx", Route(BODY, silent_first=True)), name="s")
+    with pytest.raises(MlpiError) as info:
+        fetch(silent, progress=False, timeout=0.3, retries=0)
+    assert_network_error(info.value, silent)
+    assert "no answer from the server (timed out)" in info.value.message
+
+
+def test_a_body_longer_than_the_declared_size_stops_there(server: FakeServer, tmp_path: Path) -> None:
+    longer = BODY + OTHER * 4  # 10 MB for a 2 MB file
+    artifact = art(server.add("/m.onnx", Route(longer)), size=len(BODY))
+    with pytest.raises(MlpiError) as info:
+        fetch(artifact, progress=False)
+    assert_network_error(info.value, artifact)
+    assert f"more than the {len(BODY):,} bytes" in info.value.message
+    assert not part_of(artifact).exists()
+    source = tmp_path / "big.onnx"
+    source.write_bytes(longer)
+    local = art(source.as_uri(), size=len(BODY), name="local")
+    with pytest.raises(MlpiError, match="holds more than"):
+        fetch(local, progress=False)
+    assert not part_of(local).exists() and not artifact_path(local).exists()
 
 
 def test_retries_exhausted_keeps_part_and_next_fetch_resumes(server: FakeServer) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import CountingImread, only_run_dir, run_cli
+from conftest import CountingImread, one_error, only_run_dir, run_cli
 from PIL import Image
 
 from mlpi.core.contract.backend import TensorSpec
@@ -292,6 +292,62 @@ def test_bad_val_map_lines_are_named(data: Path) -> None:
         (data / "val_map.txt").write_text("\n".join(lines[:3] + [bad] + lines[4:]) + "\n")
         error = open_error(data)
         assert "line 4" in error.message and repr(bad) in error.message
+
+
+def set_line(data: Path, number: int, line: str) -> None:
+    lines = (data / "val_map.txt").read_text().splitlines()
+    lines[number - 1] = line
+    (data / "val_map.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_val_map_entries_outside_the_folder_are_refused(data: Path, tmp_path: Path, cache: Path) -> None:
+    outside = tmp_path / "outside.JPEG"  # a real JPEG next to the dataset folder: it would decode
+    write_image(outside, "RGB", 300, 300, 99)
+    for bad in ["/etc/hostname", str(outside), "../outside.JPEG", "sub/../../outside.JPEG", "./../outside.JPEG",
+                "ILSVRC2012_val_00000004.JPEG\0x"]:
+        set_line(data, 4, f"{bad} 7")
+        error = open_error(data)
+        assert "line 4 of" in error.message and repr(bad) in error.message, error.message
+        assert "inside" in error.message and "relative to that folder" in error.hint and "symlink" in error.hint
+    assert not (cache / "datasets").exists()  # refused while opening, before anything is read or cached
+    # Every line is checked, not only the --count used.
+    set_line(data, 4, f"{IMAGES[3][0]} {LABELS[3]}")
+    set_line(data, len(IMAGES), "../outside.JPEG 7")
+    assert f"line {len(IMAGES)} of" in open_error(data, count=2).message
+
+
+def test_names_that_only_look_like_climbing_stay_allowed(data: Path) -> None:
+    (data / "..dots..JPEG").write_bytes((data / IMAGES[0][0]).read_bytes())
+    set_line(data, 1, f"./..dots..JPEG {LABELS[0]}")
+    assert ImageNet().open(DatasetRequest(NCHW, path=data, count=1, seed=0)).count == 1
+
+
+def test_symlinks_in_the_folder_are_followed_wherever_they_point(data: Path, tmp_path: Path) -> None:
+    """The folder's owner chose the symlinks (a subset folder linking into a shared copy is
+    usual); only val_map.txt's names are confined."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    name = IMAGES[0][0]
+    (data / name).rename(shared / name)
+    (data / name).symlink_to(shared / name)
+    (data / "sub").rename(shared / "sub")
+    (data / "sub").symlink_to(shared / "sub", target_is_directory=True)
+    got = load_all(ImageNet().open(DatasetRequest(NCHW, path=data, count=None, seed=0)))
+    assert np.array_equal(got[0], expected(shared / name))
+    assert np.array_equal(got[4], expected(shared / IMAGES[4][0]))
+
+
+def test_cli_refuses_a_val_map_entry_outside_the_folder_in_one_line(data: Path, tmp_path: Path, cache: Path) -> None:
+    set_line(data, 2, "/etc/hostname 3")
+    model = tiny_models.conv_model(tmp_path / "conv224.onnx", size=224, width=8)
+    proc = run_cli(
+        ["run", "--model-path", str(model), "--dataset", "imagenet", "--dataset-path", str(data), "-s", "SingleStream",
+         "--duration", "0.5", "--output", str(tmp_path / "r")],
+        cwd=tmp_path,
+        env={"MLPI_CACHE": str(cache)},
+    )
+    one_error(proc, "line 2 of", "'/etc/hostname'", "absolute path")
+    assert "preprocessing" not in proc.stderr and "[1/" not in proc.stderr
 
 
 def test_empty_folder_and_empty_val_map(tmp_path: Path) -> None:

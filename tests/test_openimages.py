@@ -276,6 +276,8 @@ def test_missing_and_invalid_annotation_files(data: Path, fixture: OpenImagesFix
         (lambda d: d["annotations"][0].pop("iscrowd"), "annotations[0] has 'iscrowd'"),
         (lambda d: d["annotations"][3].update(category_id="Cat"), "annotations[3] has 'category_id': 'Cat'"),
         (lambda d: d["categories"].append({"name": "no id"}), "categories[5]"),
+        (lambda d: d["images"][2].update(file_name="/etc/hostname"), "images[2] has 'file_name': '/etc/hostname', an absolute path"),
+        (lambda d: d["images"][1].update(file_name="../../x.jpg"), "images[1] has 'file_name': '../../x.jpg', which climbs out"),
     ],
 )
 def test_bad_annotations_are_named(data: Path, fixture: OpenImagesFixture, change, named: str) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ XDG_CACHE_HOME/HOME so stevedore's entry-point cache cannot leak between tests.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -143,10 +144,13 @@ def short_run(*extra: str, model: Path, out: Path, scenario: str = "SingleStream
     return ["run", "--model-path", str(model), "--duration", "0.5", "-s", scenario, "--output", str(out), *extra]
 
 
-def assert_error(result: Result, code: int, *parts: str) -> str:
+def assert_error(result: Result, code: int, *parts: str, notes: int = 0) -> str:
+    """The error and hint lines, after exactly ``notes`` ``note:`` lines."""
     assert result.rc == code, result.output
     assert "Traceback" not in result.output, result.output
     lines = result.err_lines
+    assert all(line.startswith("note: ") for line in lines[:notes]), result.stderr
+    lines = lines[notes:]
     assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), result.stderr
     for part in parts:
         assert part in lines[0], f"{part!r} not in {lines[0]!r}"
@@ -334,13 +338,13 @@ def test_mlpi_plugins_env_var_is_honoured(cli, model, tmp_path):
     env = {"MLPI_PLUGINS": str(cfg)}
     assert rows_by_name(cli("backends", "--json", env=env))["null"]["status"] == "disabled"
     assert_error(cli(*short_run("--backend", "null", model=model, out=tmp_path / "R"), env=env), EXIT_USAGE,
-                 "disabled", "env.toml")
+                 "disabled", "env.toml", notes=1)
 
 
 def test_plugins_toml_in_cwd_is_honoured(cli, work, model, tmp_path):
     write(work / "plugins.toml", '[disabled]\nbackends = ["null"]\n')
     assert rows_by_name(cli("backends", "--json"))["null"]["status"] == "disabled"
-    assert_error(cli(*short_run("--backend", "null", model=model, out=tmp_path / "R")), EXIT_USAGE, "disabled")
+    assert_error(cli(*short_run("--backend", "null", model=model, out=tmp_path / "R")), EXIT_USAGE, "disabled", notes=1)
     # another directory does not see it
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -369,6 +373,265 @@ def test_third_party_plugins_can_be_disabled(cli, site, tmp_path):
     assert rows["echo3"]["status"] == "disabled"
     assert rows["broken"]["status"] == "disabled"
     assert rows["null"]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- name clashes between distributions
+
+CLASH_MODULE = GOOD_MODULE.replace("Echo3", "{cls}").replace('"echo3"', '"{name}"').replace('"9.9"', '"{version}"')
+
+CLASH_DATASET = '''
+from mlpi.datasets.synthetic import Synthetic
+
+
+class OtherSynthetic(Synthetic):
+    description = "a third-party synthetic"
+'''
+
+
+def fake_distribution(site: Path, dist: str, version: str, backends: dict[str, str], extra: str = "") -> Path:
+    """Install (as a folder for PYTHONPATH) distribution ``dist`` with one fake backend class
+    per entry-point name in ``backends`` (name -> version it reports)."""
+    site.mkdir(parents=True, exist_ok=True)
+    module = dist.replace("-", "_") + "_mod"
+    code, lines = "", ["[mlpi.backends]"]
+    for i, (name, reports) in enumerate(backends.items()):
+        cls = f"Fake{i}"
+        code += CLASH_MODULE.replace("{cls}", cls).replace("{name}", name).replace("{version}", reports)
+        lines.append(f"{name} = {module}:{cls}Backend")
+    (site / f"{module}.py").write_text(code, encoding="utf-8")
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return site
+
+
+def installed(tmp_path: Path, site: Path, order: str) -> dict[str, str]:
+    """The environment that puts ``site`` before mlpi's own site-packages ("first") or after
+    it ("last", through a sitecustomize that appends it), so the run's children see it too."""
+    if order == "first":
+        return {"PYTHONPATH": python_path(site)}
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(f"import sys\nsys.path.append({str(site)!r})\n", encoding="utf-8")
+    return {"PYTHONPATH": python_path(hook)}
+
+
+def python_path(*folders: Path) -> str:
+    """``folders`` first, then the caller's own PYTHONPATH (as the ``cli`` fixture keeps it)."""
+    return os.pathsep.join([*map(str, folders), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
+
+
+def entry_point_order(tmp_path: Path, env: dict[str, str], name: str) -> list[str]:
+    """The distributions providing backend ``name`` in the order importlib.metadata finds them."""
+    code = ("from importlib.metadata import entry_points\n"
+            f"print(' '.join(ep.dist.name for ep in entry_points(group='mlpi.backends', name={name!r})))")
+    full = {k: v for k, v in os.environ.items() if k not in ("MLPI_PLUGINS", "PYTHONPATH")}
+    full.update(env)
+    proc = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=60, check=True,
+                          cwd=tmp_path)
+    return proc.stdout.split()
+
+
+@pytest.fixture
+def ort_clash(tmp_path: Path) -> Path:
+    """A third-party distribution ``clash-pkg 1.0`` whose backend is also named onnxruntime."""
+    return fake_distribution(tmp_path / "clash-site", "clash-pkg", "1.0", {"onnxruntime": "6.6.6"})
+
+
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_builtin_keeps_its_name_whatever_the_install_order(cli, ort_clash, tmp_path, order):
+    env = installed(tmp_path, ort_clash, order)
+    found = entry_point_order(tmp_path, env, "onnxruntime")
+    assert sorted(found) == ["clash-pkg", "mlpi"]
+    assert found[0] == ("clash-pkg" if order == "first" else "mlpi")  # the simulation did change the order
+    rows = rows_by_name(cli("backends", "--json", env=env))
+    builtin, other = rows["onnxruntime"], rows["clash-pkg:onnxruntime"]
+    assert builtin["origin"] == "built-in" and builtin["entry_point"] == "mlpi.backends.ort:OnnxRuntimeBackend"
+    assert builtin["clash"] == ["clash-pkg:onnxruntime"]
+    assert other["distribution"] == "clash-pkg" and other["distribution_version"] == "1.0"
+    assert other["version"] == "6.6.6" and other["status"] == "ok"
+    assert other["clash"] == ["mlpi:onnxruntime"]
+    assert "--backend clash-pkg:onnxruntime" in other["hint"]
+
+
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_bare_name_runs_the_builtin_and_says_so(cli, ort_clash, model, tmp_path, order):
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "onnxruntime", model=model, out=out), env=installed(tmp_path, ort_clash, order))
+    assert result.rc == 0, result.output
+    warnings = [line for line in result.err_lines if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    for part in ("'onnxruntime'", "mlpi", "(built-in)", "clash-pkg 1.0", "--backend clash-pkg:onnxruntime", "[disabled]"):
+        assert part in warnings[0], (part, warnings[0])
+    data = the_result(out)
+    assert data["backend"]["name"] == "onnxruntime" and data["backend"]["version"] != "6.6.6"
+    assert data["backend"]["plugin"]["distribution"] == "mlpi" and data["backend"]["plugin"]["builtin"] is True
+    assert data["tests"][0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_qualified_name_runs_the_third_party_one(cli, ort_clash, model, tmp_path, order):
+    out = tmp_path / "R"
+    env = installed(tmp_path, ort_clash, order)
+    result = cli(*short_run("--backend", "clash-pkg:onnxruntime", model=model, out=out), env=env)
+    assert result.rc == 0, result.output
+    assert "warning:" not in result.stderr
+    data = the_result(out)
+    # the plan, the test's child process and result.json all name the third-party one
+    assert data["backend"]["name"] == "clash-pkg:onnxruntime" and data["backend"]["version"] == "6.6.6"
+    plugin = data["backend"]["plugin"]
+    assert (plugin["distribution"], plugin["distribution_version"], plugin["builtin"]) == ("clash-pkg", "1.0", False)
+    assert data["tests"][0]["status"] == "ok"
+
+
+def test_disabling_the_other_one_silences_the_warning(cli, ort_clash, model, tmp_path):
+    cfg = write(tmp_path / "p.toml", '[disabled]\nbackends = ["clash_pkg:onnxruntime"]\n')  # any spelling of the dist
+    env = installed(tmp_path, ort_clash, "first")
+    result = cli(*short_run("--backend", "onnxruntime", "--plugins", str(cfg), model=model, out=tmp_path / "R"), env=env)
+    assert result.rc == 0, result.output
+    assert not any(line.startswith("warning:") for line in result.err_lines), result.stderr
+    rows = rows_by_name(cli("backends", "--json", "--plugins", str(cfg), env=env))
+    assert rows["clash-pkg:onnxruntime"]["status"] == "disabled" and rows["onnxruntime"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("order", ["ab", "ba"])
+def test_two_third_party_backends_with_one_name_are_refused_by_that_name(cli, model, tmp_path, order):
+    alpha = fake_distribution(tmp_path / "a", "alpha-plugins", "1.0", {"echo9": "1.0"})
+    beta = fake_distribution(tmp_path / "b", "beta-plugins", "2.0", {"echo9": "2.0"})
+    sites = [alpha, beta] if order == "ab" else [beta, alpha]
+    env = {"PYTHONPATH": python_path(*sites)}
+    assert entry_point_order(tmp_path, env, "echo9") == [
+        "alpha-plugins" if order == "ab" else "beta-plugins", "beta-plugins" if order == "ab" else "alpha-plugins"]
+    rows = rows_by_name(cli("backends", "--json", env=env))
+    assert "echo9" not in rows
+    assert rows["alpha-plugins:echo9"]["version"] == "1.0" and rows["beta-plugins:echo9"]["version"] == "2.0"
+    assert rows["alpha-plugins:echo9"]["clash"] == ["beta-plugins:echo9"]
+
+    out = tmp_path / "R"
+    hint = assert_error(cli(*short_run("--backend", "echo9", model=model, out=out), env=env), EXIT_USAGE,
+                        "'echo9'", "alpha-plugins 1.0", "beta-plugins 2.0")
+    assert "--backend alpha-plugins:echo9" in hint and "--backend beta-plugins:echo9" in hint
+    assert not out.exists()
+
+    result = cli(*short_run("--backend", "beta-plugins:echo9", model=model, out=out), env=env)
+    assert result.rc == 0, result.output
+    assert the_result(out)["backend"] == {"name": "beta-plugins:echo9", "version": "2.0", "options": {}}
+
+
+def test_disabling_all_but_one_gives_it_the_name(cli, model, tmp_path):
+    alpha = fake_distribution(tmp_path / "a", "alpha-plugins", "1.0", {"echo9": "1.0"})
+    beta = fake_distribution(tmp_path / "b", "beta-plugins", "2.0", {"echo9": "2.0"})
+    env = {"PYTHONPATH": python_path(alpha, beta)}
+    cfg = write(tmp_path / "p.toml", '[disabled]\nbackends = ["alpha-plugins:echo9"]\n')
+    out = tmp_path / "R"
+    result = cli(*short_run("--backend", "echo9", "--plugins", str(cfg), model=model, out=out), env=env)
+    assert result.rc == 0, result.output
+    assert "warning:" not in result.stderr
+    assert the_result(out)["backend"]["version"] == "2.0"
+
+
+def test_dataset_named_like_a_builtin_is_listed_under_its_distribution(cli, tmp_path):
+    site = fake_distribution(tmp_path / "d", "clash-pkg", "1.0", {}, extra="[mlpi.datasets]\nsynthetic = clash_data:OtherSynthetic\n")
+    (site / "clash_data.py").write_text(CLASH_DATASET, encoding="utf-8")
+    for order in ("first", "last"):
+        rows = rows_by_name(cli("datasets", "--json", env=installed(tmp_path, site, order)))
+        assert rows["synthetic"]["origin"] == "built-in", order
+        assert rows["clash-pkg:synthetic"]["description"] == "a third-party synthetic", order
+        assert rows["synthetic"]["clash"] == ["clash-pkg:synthetic"]
+
+
+def test_result_provenance_names_the_distribution(tmp_path, ort_clash):
+    code = textwrap.dedent("""
+        import json
+        from mlpi.core.plugins.config import PluginsConfig
+        from mlpi.core.plugins.registry import Registry
+        registry = Registry(PluginsConfig.load(None))
+        print(json.dumps([registry.provenance("backends", n) for n in ("onnxruntime", "clash-pkg:onnxruntime")]))
+    """)
+    full = {k: v for k, v in os.environ.items() if k not in ("MLPI_PLUGINS", "PYTHONPATH")}
+    full.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=python_path(ort_clash))
+    proc = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    builtin, other = json.loads(proc.stdout)
+    assert builtin["distribution"] == "mlpi" and builtin["builtin"] is True and builtin["name"] == "onnxruntime"
+    assert other == {"name": "clash-pkg:onnxruntime", "entry_point": "clash_pkg_mod:Fake0Backend",
+                     "distribution": "clash-pkg", "distribution_version": "1.0", "builtin": False}
+
+
+# --------------------------------------------------------------------------- a plugins.toml nobody named is announced
+
+
+def test_cwd_plugins_toml_is_announced_once(cli, work, model, tmp_path):
+    # the issue's case: an alias in a stray ./plugins.toml turns the default run into a null run
+    write(work / "plugins.toml", '[aliases]\nonnxruntime = "null"\n')
+    out = tmp_path / "R"
+    result = cli(*short_run(model=model, out=out))
+    assert result.rc == 0, result.output
+    notes = [line for line in result.err_lines if line.startswith("note:")]
+    assert notes == [f"note: applying plugins file {work / 'plugins.toml'} (from the working directory) over the packaged plugins.toml"]
+    assert the_result(out)["backend"]["name"] == "null"
+    # listings announce it too (on stderr: --json stays parseable)
+    listing = cli("backends", "--json")
+    assert "note: applying plugins file" in listing.stderr
+    rows_by_name(listing)
+
+
+def test_env_plugins_file_is_announced_and_an_explicit_one_is_not(cli, model, tmp_path):
+    cfg = write(tmp_path / "p.toml", '[aliases]\nnn = "null"\n')
+    result = cli(*short_run("--backend", "nn", model=model, out=tmp_path / "R1"), env={"MLPI_PLUGINS": str(cfg)})
+    assert result.rc == 0, result.output
+    assert f"note: applying plugins file {cfg} (from MLPI_PLUGINS)" in result.stderr
+    result = cli(*short_run("--backend", "nn", "--plugins", str(cfg), model=model, out=tmp_path / "R2"))
+    assert result.rc == 0, result.output
+    assert "note:" not in result.stderr
+
+
+def test_config_records_the_user_file_and_what_chose_it(clean_env, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(config_module, "_announced", set())
+    assert PluginsConfig.load().user_file is None
+    local = write(Path.cwd() / "plugins.toml", '[aliases]\nc = "null"\n')
+    config = PluginsConfig.load()
+    assert (config.user_file, config.user_file_from) == (str(local.resolve()), "./plugins.toml")
+    PluginsConfig.load()
+    err = capsys.readouterr().err
+    assert err.count("note: applying plugins file") == 1, err  # once per process
+    explicit = write(tmp_path / "x.toml", "")
+    config = PluginsConfig.load(explicit)
+    assert (config.user_file, config.user_file_from) == (str(explicit.resolve()), "--plugins")
+    assert capsys.readouterr().err == ""
+
+
+def test_names_do_not_depend_on_the_order_entry_points_are_found():
+    from mlpi.core.plugins.registry import PluginInfo, _keyed
+
+    def found() -> list[PluginInfo]:
+        return [
+            PluginInfo("backends", "onnxruntime", "zeta_mod:B", distribution="zeta", distribution_version="1"),
+            PluginInfo("backends", "onnxruntime", "mlpi.backends.ort:OrtBackend", distribution="mlpi"),
+            PluginInfo("backends", "echo", "b_mod:B", distribution="b-pkg"),
+            PluginInfo("backends", "echo", "a_mod:B", distribution="A_Pkg"),
+            PluginInfo("backends", "solo", "s:B", distribution="s"),
+        ]
+
+    outcomes = set()
+    for order in itertools.permutations(range(5)):
+        infos = found()
+        keyed, ambiguous = _keyed([infos[i] for i in order])
+        outcomes.add((tuple(sorted((k, v.target) for k, v in keyed.items())), tuple(sorted(ambiguous))))
+    assert outcomes == {(
+        (("A_Pkg:echo", "a_mod:B"), ("b-pkg:echo", "b_mod:B"), ("onnxruntime", "mlpi.backends.ort:OrtBackend"),
+         ("solo", "s:B"), ("zeta:onnxruntime", "zeta_mod:B")),
+        ("echo",),
+    )}
+
+
+def test_disabled_accepts_qualified_names_in_any_spelling(clean_env, tmp_path):
+    config = PluginsConfig.load(write(tmp_path / "p.toml", '[disabled]\nbackends = ["Clash_Pkg:onnxruntime"]\n'))
+    assert config.is_disabled("backends", "onnxruntime", "clash-pkg")
+    assert not config.is_disabled("backends", "onnxruntime", "mlpi")
+    assert not config.is_disabled("backends", "onnxruntime")
 
 
 # --------------------------------------------------------------------------- PluginsConfig.load in-process

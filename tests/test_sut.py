@@ -147,6 +147,22 @@ def test_a_backend_failure_goes_to_the_error_handler(model_dir: Path) -> None:
     assert recorder.calls == 0
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_backend_that_answers_fewer_rows_fails_the_batch(model_dir: Path, n: int) -> None:
+    """A session that drops rows would otherwise pass as VALID with other samples' answers."""
+    recorder, errors = Recorder(), []
+    (executor,) = make_executors(model_dir / "matmul.onnx", 1, 4, recorder, errors)
+    run = executor.session.run
+
+    def short(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: value[:-1] for name, value in run(feeds).items()}
+
+    executor.session.run = short  # type: ignore[method-assign]
+    executor.execute(list(range(1, n + 1)), list(range(n)))
+    assert recorder.calls == 0 and len(errors) == 1
+    assert f"answered {n - 1} rows of output" in str(errors[0]) and f"for a batch of {n}" in str(errors[0])
+
+
 def test_raw_outputs_concatenate_every_output_per_sample() -> None:
     from mlpi.core.contract.backend import TensorSpec
 

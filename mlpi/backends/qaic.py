@@ -267,7 +267,7 @@ def _cpu_backends(registry: Any, exclude: str) -> list[str]:
         if info.disabled or info.broken or info.name == exclude:
             continue
         if "cpu" in tuple(getattr(info.obj, "device_kinds", ()) or ()):
-            names.append(info.name)
+            names.append(info.key or info.name)  # a clashing plugin by its qualified name
     return names
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,21 @@ from mlpi.core.engine.cache import cache_root
 
 CACHE_FILE = "images.npy"
 META_FILE = "meta.json"
+
+
+def escapes_folder(name: str) -> str:
+    """Why the image name ``name`` (a list entry, relative to the dataset folder) could reach
+    outside that folder; ``""`` when it cannot. Judged on the name as written: absolute
+    paths, ``..`` parts and NUL bytes are refused; symlinks inside the folder are followed
+    (whoever put them there chose their target, as they chose the folder)."""
+    if "\0" in name:
+        return "which holds a NUL byte"
+    path = PurePath(name)  # this platform's rules: on Windows 'C:x', '\\x' and '..\\x' too
+    if path.anchor:
+        return "an absolute path"
+    if ".." in path.parts:
+        return "which climbs out with '..'"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,17 @@ Sample ``i`` is line ``i + 1``; its label is that line's class id. A listed imag
 missing or cannot be decoded is an error naming the file, never a skipped sample: skipping
 would shift every later label.
 
+Every listed name must stay inside the folder: an absolute path (``/etc/hostname``), a
+``..`` component (``../outside.JPEG``, ``sub/../../x``) or a NUL byte is refused, with one
+error naming the line, when the dataset is opened (before any test). The check is on the
+name as written, so it holds for every line of the file, not just the ``--count`` used.
+Symlinks in the folder are followed, wherever they point: a ``val_map.txt`` (a text file
+often fetched on its own) cannot reach out of the folder, but whoever put a symlink into the
+folder chose its target, as they chose ``--dataset-path``, and a folder of symlinks into a
+shared copy of ImageNet is the usual way to use a subset without copying it. ``..`` is
+refused outright rather than resolved, because through a symlinked sub-folder ``sub/..``
+is not the folder the name seems to stay in.
+
 Preprocessing (the MLPerf reference ``pre_process_vgg``, reimplemented): decode with OpenCV
 (BGR; greyscale and CMYK JPEGs come out as 3-channel BGR too), convert to RGB, resize with
 ``INTER_AREA`` keeping the aspect ratio so the shorter side becomes ``int(100 * H / 87.5)``
@@ -59,7 +70,7 @@ from mlpi.core.contract.dataset import (
     PreloadedDataset,
 )
 from mlpi.core.contract.errors import DatasetError
-from mlpi.datasets.image_cache import ImageCache
+from mlpi.datasets.image_cache import ImageCache, escapes_folder
 
 #: Bump when the preprocessing code changes in a way that changes the cached pixels.
 PREPROCESS_VERSION = 1
@@ -262,6 +273,13 @@ def read_val_map(val_map: Path) -> tuple[list[str], np.ndarray]:
                 raise ValueError
         except ValueError:
             raise DatasetError(f"line {number} of {val_map} does not parse: {line!r}", hint + " (class id a non-negative integer)") from None
+        problem = escapes_folder(fields[0])
+        if problem:
+            raise DatasetError(
+                f"line {number} of {val_map} names {fields[0]!r}, {problem}: every image must be inside {val_map.parent}",
+                "list each image by its path relative to that folder, like 'ILSVRC2012_val_00000001.JPEG' "
+                "(no leading '/', no '..'); to use images kept elsewhere, put symlinks to them in the folder",
+            )
         names.append(fields[0])
         labels.append(label)
     if not names:

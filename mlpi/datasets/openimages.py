@@ -70,7 +70,7 @@ from mlpi.core.contract.dataset import (
     PreloadedDataset,
 )
 from mlpi.core.contract.errors import DatasetError
-from mlpi.datasets.image_cache import ImageCache
+from mlpi.datasets.image_cache import ImageCache, escapes_folder
 
 NAME = "openimages"
 #: Bump when the preprocessing code changes in a way that changes the cached pixels.
@@ -443,6 +443,10 @@ def read_annotations(file: Path, files: Layout = OPENIMAGES) -> list[dict[str, A
                 raise bad(f"images[{i}] has no '{key}'")
             if not check(image[key]):
                 raise bad(f"images[{i}] has '{key}': {image[key]!r}, not {kind}")
+        problem = escapes_folder(image["file_name"])
+        if problem:
+            raise bad(f"images[{i}] has 'file_name': {image['file_name']!r}, {problem}: every image must be inside "
+                      "the images folder")
         first = seen.setdefault(image["id"], i)
         if first != i:
             raise bad(f"images[{i}] and images[{first}] have the same id {image['id']}")

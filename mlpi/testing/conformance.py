@@ -366,9 +366,10 @@ class _Kit:
 
             registry = Registry(PluginsConfig.load(plugins_file))
             info = registry.resolve("backends", backend)
-            kit.backend = registry.backend(info.name)
-            kit.entry_name, kit.origin = info.name, info.origin
-            layers += registry.backend_options(info.name)
+            name = info.key or info.name  # a clashing plugin by its qualified name
+            kit.backend = registry.backend(name)
+            kit.entry_name, kit.origin = name, info.origin
+            layers += registry.backend_options(name)
         elif isinstance(backend, type) and issubclass(backend, Backend):
             kit.backend, kit.origin = backend(), f"class {backend.__module__}.{backend.__qualname__}"
         elif isinstance(backend, Backend):

@@ -25,6 +25,7 @@ import numpy as np
 
 from mlpi.core.contract.backend import Session, TensorSpec
 from mlpi.core.contract.dataset import Dataset
+from mlpi.core.contract.errors import RunFailed
 from mlpi.core.contract.postprocess import Postprocessor, Responses
 
 #: The graph role of a model that has one graph.
@@ -113,12 +114,16 @@ class GatherRunPostprocess(Pipeline):
     unless a fixed-batch session needs padding rows.
     """
 
-    def __init__(self, session: Session, dataset: Dataset, postprocess: Postprocessor, batch_size: int) -> None:
+    def __init__(self, session: Session, dataset: Dataset, postprocess: Postprocessor, batch_size: int,
+                 check_rows: bool = True) -> None:
         caps = session.capabilities
         self.session = session
         self.dataset = dataset
         self.postprocess = postprocess
         self.fixed = caps.fixed_batch
+        #: Every output must have as many rows as the batch sent (a backend that answers fewer
+        #: would otherwise pass as VALID); off for a model whose outputs are not batch-first.
+        self.check_rows = check_rows
         rows = caps.max_batch_size if caps.fixed_batch and caps.max_batch_size else batch_size
         self._zero_copy_single = rows == 1 or not self.fixed
         self._feeds = {
@@ -152,4 +157,13 @@ class GatherRunPostprocess(Pipeline):
         else:
             self.dataset.gather(indices, self._feeds)
             feeds = self.feeds_for(n)
-        return self.postprocess(self.session.run(feeds), indices)
+        outputs = self.session.run(feeds)
+        if self.check_rows:
+            sent = len(next(iter(feeds.values())))
+            for name, value in outputs.items():
+                if len(value) != sent:
+                    raise RunFailed(
+                        f"the backend answered {len(value)} rows of output '{name}' for a batch of {sent}",
+                        "the backend is broken: report it to its authors (mlpi checks every batch's outputs)",
+                    )
+        return self.postprocess(outputs, indices)

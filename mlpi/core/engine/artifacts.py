@@ -449,6 +449,10 @@ def _locked(final: Path, quiet: bool) -> Iterator[None]:
 # -- transfer ------------------------------------------------------------------------------
 
 
+class _TooLong(Exception):
+    """The body is longer than the artifact's declared size."""
+
+
 class _Transient(Exception):
     """The connection dropped or stalled mid-body: worth resuming."""
 
@@ -508,6 +512,10 @@ def _download_once(artifact: Artifact, part: Path, bar: _Progress, timeout: floa
             exc.close()
             return  # nothing past the end of what we hold: the .part is complete
         raise
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        # urllib wraps only failures to connect; a server that accepts and then never
+        # answers times out here, bare: worth another try, like a dropped connection
+        raise _Transient(f"no answer from the server ({_describe(exc)})") from exc
     with response:
         status = response.status
         length = _int_header(response.headers.get("Content-Length"))
@@ -523,15 +531,23 @@ def _download_once(artifact: Artifact, part: Path, bar: _Progress, timeout: floa
         else:
             raise _network_error(artifact, f"unexpected HTTP status {status} {response.reason}".rstrip())
         bar.start(completed=offset, total=artifact.size if artifact.size is not None else total)
-        received = _stream(response, part, mode, bar)
+        limit = None if artifact.size is None else artifact.size - offset
+        try:
+            received = _stream(response, part, mode, bar, limit=limit)
+        except _TooLong:
+            _truncate(part)
+            raise _network_error(artifact, f"the server sent more than the {artifact.size:,} bytes the file has "
+                                           "(a different file?); nothing was kept") from None
     if length is not None and received < length:
         raise _Transient(f"connection closed after {offset + received} of {offset + length} bytes")
     if length is None and artifact.size is not None and offset + received < artifact.size:
         raise _Transient(f"connection closed after {offset + received} of {artifact.size} bytes")
 
 
-def _stream(response: Any, part: Path, mode: str, bar: _Progress) -> int:
-    """Copy the response body into ``part``; every byte received is on disk when this raises."""
+def _stream(response: Any, part: Path, mode: str, bar: _Progress, limit: int | None = None) -> int:
+    """Copy the response body into ``part``; every byte received is on disk when this raises.
+    More than ``limit`` bytes (the declared size less what ``part`` held) raises ``_TooLong``
+    at once, so a wrong or endless body never fills the disk."""
     received = 0
     # read1: hand over whatever has arrived, so a drop mid-chunk loses nothing already received
     read = getattr(response, "read1", response.read)
@@ -547,6 +563,8 @@ def _stream(response: Any, part: Path, mode: str, bar: _Progress) -> int:
                 raise _Transient(f"connection dropped after {received} bytes of this response ({_describe(exc)})") from exc
             if not chunk:
                 break
+            if limit is not None and received + len(chunk) > limit:
+                raise _TooLong
             try:
                 out.write(chunk)
             except OSError as exc:
@@ -581,11 +599,15 @@ def _copy_local(artifact: Artifact, part: Path, bar: _Progress) -> None:
             total = None
         bar.start(completed=0, total=artifact.size if artifact.size is not None else total)
         try:
-            _stream(handle, part, "wb", bar)
+            _stream(handle, part, "wb", bar, limit=artifact.size)
         except _WriteError as exc:
             raise MlpiError(str(exc), DISK_HINT) from None
         except _Transient as exc:
             raise _network_error(artifact, str(exc)) from None
+        except _TooLong:
+            _truncate(part)
+            raise _network_error(artifact, f"{source} holds more than the {artifact.size:,} bytes the file has; "
+                                           "nothing was kept") from None
 
 
 def _network_error(artifact: Artifact, reason: str) -> MlpiError:

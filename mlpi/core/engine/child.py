@@ -227,7 +227,7 @@ def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out
         executors.append(
             BatchExecutor(
                 sessions.get(spec.main_role), dataset, postprocess, batch_size, lg.QuerySamplesComplete,
-                lg.QuerySampleResponse, on_error, device=unit, pipeline=pipeline,
+                lg.QuerySampleResponse, on_error, device=unit, pipeline=pipeline, check_rows=spec.outputs_batch_first,
             )
         )
     return executors, outputs

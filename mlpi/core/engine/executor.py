@@ -40,6 +40,7 @@ class BatchExecutor:
         on_error: ErrorHandler,
         device: str = "",
         pipeline: Pipeline | None = None,
+        check_rows: bool = True,
     ) -> None:
         #: The device unit this executor's session runs on, for dispatch and per-unit stats.
         self.device = device
@@ -49,7 +50,7 @@ class BatchExecutor:
         if pipeline is None:
             if postprocess is None or session is None:
                 raise ValueError("BatchExecutor needs a session and a postprocessor, or a pipeline")
-            pipeline = GatherRunPostprocess(session, dataset, postprocess, batch_size)
+            pipeline = GatherRunPostprocess(session, dataset, postprocess, batch_size, check_rows=check_rows)
         self.pipeline = pipeline
         stride = pipeline.sample_nbytes
         self._stride = 0 if stride is None else stride

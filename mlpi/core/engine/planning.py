@@ -150,7 +150,7 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         duration_s=request.duration_s,
         batch_timeout_ms=request.batch_timeout_ms,
         seed=request.seed,
-        plugins_file=str(Path(request.plugins_file).resolve()) if request.plugins_file else None,
+        plugins_file=config.user_file,  # --plugins, MLPI_PLUGINS or ./plugins.toml: a --plan rerun loads the same
         extra={"registered_model": registered, "rules": spec.rules.to_json() if spec.rules.official else None},
     )
 

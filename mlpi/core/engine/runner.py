@@ -88,15 +88,18 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
         run_id=run_dir.name,
         status="running",
         started=_now(),
-        backend=BackendInfo(backend.name, backend.version(), dict(plan.backend_options)),
+        backend=BackendInfo(backend.name, backend.version(), dict(plan.backend_options),
+                            extra={"plugin": registry.provenance("backends", plan.backend)}),
         device=plan.device,
         precision=plan.precision,
         model=ModelInfo(
             name=plan.model.name, path=plan.model.path, sha256=plan.model.sha256, rules_key=plan.model.rules_key,
             rules=plan.extra.get("rules"), weights="random" if plan.model.random_weights else "given",
             note="random weights - performance only" if plan.model.random_weights else None,
+            extra={"plugin": registry.provenance("models", plan.model.name)} if plan.extra.get("registered_model") else {},
         ),
-        dataset=DatasetInfo(plan.dataset, plan.dataset_path, plan.dataset_count),
+        dataset=DatasetInfo(plan.dataset, plan.dataset_path, plan.dataset_count,
+                            extra={"plugin": registry.provenance("datasets", plan.dataset)}),
         settings=RunSettings(
             batch_size=plan.batch_size, instances=plan.instances, target_qps=plan.target_qps, quick=plan.quick,
             duration_s=plan.min_duration_s, batch_timeout_ms=plan.batch_timeout_ms,
@@ -104,6 +107,7 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
         submission_valid=not plan.quick and plan.duration_s is None,
         simulated=False,
         system=system_info(backend.runtime_distributions(), backends=[backend]),  # the devices this run could use
+        extra={"plugins_files": list(registry.config.sources)},
     )
     result_path = run_dir / RESULT_FILE
     write_json_atomic(result_path, result.to_json())

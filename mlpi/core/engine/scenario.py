@@ -143,9 +143,12 @@ class DetailLog:
                     entry = json.loads(payload)
                 except json.JSONDecodeError:
                     continue
-                key = entry.get("key")
+                if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                    continue  # not a record LoadGen writes (a damaged or crafted line)
+                key = entry["key"]
                 log.values[key] = entry.get("value")
-                if entry.get("metadata", {}).get("is_error"):
+                metadata = entry.get("metadata")
+                if isinstance(metadata, dict) and metadata.get("is_error"):
                     log.errors.append(f"{key}: {entry.get('value')}")
         return log
 

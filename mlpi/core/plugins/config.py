@@ -3,11 +3,16 @@
 Layers, lowest first: the packaged ``mlpi/plugins.toml``, then one user file: ``--plugins
 FILE``, else ``$MLPI_PLUGINS``, else ``./plugins.toml`` when present. Tables merge key by
 key; a list in a higher layer replaces the lower one (so a user can re-enable a plugin).
+
+A user file that was not named on the command line (``$MLPI_PLUGINS`` or ``./plugins.toml``)
+is announced with one ``note:`` line on stderr, once per process: a file lying in the
+working directory must never change a run silently.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,12 +41,16 @@ class PluginsConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     option_sources: dict[str, str] = field(default_factory=dict)
+    #: the user file applied over the packaged one (absolute), and what chose it:
+    #: "--plugins", "MLPI_PLUGINS" or "./plugins.toml"; None when there is none
+    user_file: str | None = None
+    user_file_from: str | None = None
 
     @classmethod
     def load(cls, user_file: str | os.PathLike[str] | None = None) -> PluginsConfig:
         packaged = resources.files("mlpi").joinpath("plugins.toml").read_text(encoding="utf-8")
         layers: list[tuple[str, dict[str, Any]]] = [("packaged plugins.toml", _parse(packaged, "packaged plugins.toml"))]
-        path = _user_file(user_file)
+        path, chosen_by = _user_file(user_file)
         if path is not None:
             try:
                 text = path.read_text(encoding="utf-8")
@@ -54,6 +63,10 @@ class PluginsConfig:
         config = cls()
         for source, data in layers:
             config._apply(source, data)
+        if path is not None:
+            config.user_file, config.user_file_from = str(path.resolve()), chosen_by
+            if chosen_by != "--plugins":
+                _announce(config.user_file, chosen_by)
         return config
 
     def _apply(self, source: str, data: Mapping[str, Any]) -> None:
@@ -78,18 +91,48 @@ class PluginsConfig:
             self.options.setdefault(backend, {}).update(opts)
             self.option_sources[backend] = source
 
-    def is_disabled(self, group: str, name: str) -> bool:
-        return name in self.disabled.get(group, [])
+    def is_disabled(self, group: str, name: str, distribution: str | None = None) -> bool:
+        """Whether ``[disabled]`` lists the plugin: by its name (every distribution's entry
+        point of that name) or as ``<distribution>:<name>`` (that one only)."""
+        listed = self.disabled.get(group, [])
+        if name in listed:
+            return True
+        if distribution is None:
+            return False
+        wanted = f"{normalize_distribution(distribution)}:{name}"
+        return any(":" in entry and _normalize_qualified(entry) == wanted for entry in listed)
 
 
-def _user_file(explicit: str | os.PathLike[str] | None) -> Path | None:
+#: user files already announced by this process (a run loads the configuration often)
+_announced: set[str] = set()
+
+
+def _announce(path: str, chosen_by: str) -> None:
+    if path in _announced:
+        return
+    _announced.add(path)
+    where = "from the working directory" if chosen_by == "./plugins.toml" else "from MLPI_PLUGINS"
+    print(f"note: applying plugins file {path} ({where}) over the packaged plugins.toml", file=sys.stderr)
+
+
+def normalize_distribution(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Foo_Bar`` is ``foo-bar``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _normalize_qualified(entry: str) -> str:
+    dist, _, name = entry.rpartition(":")
+    return f"{normalize_distribution(dist)}:{name}"
+
+
+def _user_file(explicit: str | os.PathLike[str] | None) -> tuple[Path | None, str | None]:
     if explicit:
-        return Path(explicit)
+        return Path(explicit), "--plugins"
     env = os.environ.get("MLPI_PLUGINS")
     if env:
-        return Path(env)
+        return Path(env), "MLPI_PLUGINS"
     local = Path("plugins.toml")
-    return local if local.is_file() else None
+    return (local.resolve(), "./plugins.toml") if local.is_file() else (None, None)
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def backend_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
     rows = []
     for info in registry.plugins("backends"):
         row = _base_row(info)
-        row.update(aliases=aliases.get(info.name, []), default_for=[k for k, n in defaults.items() if n == info.name])
+        row.update(aliases=aliases.get(info.key, []), default_for=[k for k, n in defaults.items() if n == info.key])
         row.update(version=None, device_kinds=[], devices=[], precisions=[], options={})
         if info.broken or info.disabled:
             rows.append(row)
@@ -98,15 +98,24 @@ def plugin_inventory(config: PluginsConfig, group: str) -> list[dict[str, Any]]:
 def _base_row(info: PluginInfo) -> dict[str, Any]:
     status = "disabled" if info.disabled else "broken" if info.broken else "ok"
     return {
-        "name": info.name,
+        "name": info.key or info.name,
         "origin": info.origin,
         "distribution": info.distribution,
         "distribution_version": info.distribution_version,
         "entry_point": info.target,
         "status": status,
         "error": info.error,
-        "hint": None,
+        "hint": _clash_hint(info),
+        # the other distributions' entry points with the same name, as <distribution>:<name>
+        "clash": list(info.rivals),
     }
+
+
+def _clash_hint(info: PluginInfo) -> str | None:
+    if not info.rivals or info.key == info.name:
+        return None
+    flag = {"backends": "--backend", "models": "--model", "datasets": "--dataset"}[info.group]
+    return f"another distribution also provides '{info.name}': choose this one with {flag} {info.key}"
 
 
 def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:

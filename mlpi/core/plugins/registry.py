@@ -3,19 +3,35 @@
 Groups: ``mlpi.backends`` (Backend subclasses), ``mlpi.models`` (ModelSpec objects or
 factories), ``mlpi.datasets`` (DatasetFactory subclasses). A plugin that fails to import is
 kept as *broken* with its error; it never stops another plugin or command from working.
+
+Names are unique whatever the install order. Built-ins are the entry points of the ``mlpi``
+distribution itself. When several distributions register the same name in a group, every
+one of them stays reachable as ``<distribution>:<name>``; the bare name belongs to the
+built-in if one of them is built in (choosing it by the bare name prints one ``warning:``
+line naming the others), else to the only one not disabled, else to none (choosing it by
+the bare name is an error that lists the qualified names). pluggy keeps the first entry
+point found and drops the rest silently; stevedore's DriverManager refuses duplicates
+(MultipleMatches): this is the refusal, with a way to pick.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
 from mlpi.core.contract.backend import Backend
 from mlpi.core.contract.errors import PluginError, UsageError, suggest
-from mlpi.core.plugins.config import GROUPS, PluginsConfig
+from mlpi.core.plugins.config import GROUPS, PluginsConfig, normalize_distribution
 
 OWN_DISTRIBUTION = "mlpi"
+
+#: the command-line option that chooses a plugin of each group, for hints
+_FLAGS = {"backends": "--backend", "models": "--model", "datasets": "--dataset"}
+
+#: (group, name) clashes already announced by this process (a run resolves a name often)
+_warned: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -30,16 +46,49 @@ class PluginInfo:
     distribution: str | None = None
     distribution_version: str | None = None
     disabled: bool = False
+    #: the name it is chosen by: ``name``, or ``qualified`` when another distribution
+    #: registers the same name in this group
+    key: str = ""
+    #: the other entry points of this group with the same name (their ``qualified`` names)
+    rivals: list[str] = field(default_factory=list)
 
     @property
     def broken(self) -> bool:
         return self.error is not None
 
     @property
+    def builtin(self) -> bool:
+        return self.distribution is not None and normalize_distribution(self.distribution) == OWN_DISTRIBUTION
+
+    @property
     def origin(self) -> str:
-        if self.distribution in (None, OWN_DISTRIBUTION):
+        if self.builtin:
             return "built-in"
+        if self.distribution is None:
+            return "unknown distribution"
         return f"{self.distribution} {self.distribution_version or ''}".strip()
+
+    @property
+    def provider(self) -> str:
+        """Which distribution provides it, for messages: ``mlpi 0.1.0 (built-in)``."""
+        text = f"{self.distribution or 'an unknown distribution'} {self.distribution_version or ''}".strip()
+        return f"{text} (built-in)" if self.builtin else text
+
+    @property
+    def qualified(self) -> str:
+        """``<distribution>:<name>`` (``<entry point target>:<name>`` when the distribution is unknown)."""
+        return f"{self.distribution or self.target}:{self.name}"
+
+    def provenance(self) -> dict[str, Any]:
+        """What a result records about the plugin used: its name as chosen, entry point and
+        the distribution (and version) that provides it."""
+        return {
+            "name": self.key or self.name,
+            "entry_point": self.target,
+            "distribution": self.distribution,
+            "distribution_version": self.distribution_version,
+            "builtin": self.builtin,
+        }
 
 
 class Registry:
@@ -48,32 +97,61 @@ class Registry:
     def __init__(self, config: PluginsConfig) -> None:
         self.config = config
         self._found: dict[str, dict[str, PluginInfo]] = {}
+        self._ambiguous: dict[str, dict[str, list[PluginInfo]]] = {}
+
+    def _discovered(self, group: str) -> dict[str, PluginInfo]:
+        if group not in self._found:
+            self._found[group], self._ambiguous[group] = _keyed(_discover(group, self.config))
+        return self._found[group]
 
     def plugins(self, group: str) -> list[PluginInfo]:
-        if group not in self._found:
-            self._found[group] = _discover(group, self.config)
-        return sorted(self._found[group].values(), key=lambda p: p.name)
+        return sorted(self._discovered(group).values(), key=lambda p: p.key)
 
     def names(self, group: str) -> list[str]:
-        return [p.name for p in self.plugins(group) if not p.disabled]
+        return [p.key for p in self.plugins(group) if not p.disabled]
 
-    def resolve(self, group: str, name: str) -> PluginInfo:
-        """Find an enabled, importable plugin by name or alias, or raise a clear error."""
-        found = {p.name: p for p in self.plugins(group)}
-        if group == "backends":
-            name = self.canonical_backend(name)
+    def ambiguous(self, group: str) -> dict[str, list[PluginInfo]]:
+        """Names that several third-party distributions register and none holds."""
+        self._discovered(group)
+        return self._ambiguous[group]
+
+    def _lookup(self, group: str, name: str) -> PluginInfo | None:
+        found = self._discovered(group)
         info = found.get(name)
         if info is None:
-            lowered = {k.lower(): v for k, v in found.items()}
-            info = lowered.get(name.lower())
+            info = {k.lower(): v for k, v in found.items()}.get(name.lower())
+        if info is None and ":" in name:  # the distribution spelt another way (Foo_Bar for foo-bar)
+            dist, _, entry = name.rpartition(":")
+            for candidate in found.values():
+                if candidate.distribution and candidate.name.lower() == entry.lower() \
+                        and normalize_distribution(candidate.distribution) == normalize_distribution(dist):
+                    return candidate
+        return info
+
+    def resolve(self, group: str, name: str, *, quiet: bool = False) -> PluginInfo:
+        """Find an enabled, importable plugin by name, alias or ``<distribution>:<name>``,
+        or raise a clear error. A bare name other distributions also register is announced
+        once per process (one ``warning:`` line), unless ``quiet``."""
+        if group == "backends":
+            name = self.canonical_backend(name)
+        info = self._lookup(group, name)
         singular = group[:-1]
         if info is None:
+            ambiguous = self.ambiguous(group)
+            rivals = ambiguous.get(name) or {k.lower(): v for k, v in ambiguous.items()}.get(name.lower())
+            if rivals:
+                _refuse_ambiguous(group, rivals, self.config)
             known = self.names(group) + (list(self.config.aliases) if group == "backends" else [])
             raise UsageError(f"unknown {singular} '{name}'", f"{suggest(name, known)} (`mlpi {group}` lists them)")
+        if not quiet:
+            self._announce_clash(group, info)
         if info.disabled:
+            found = self._discovered(group)
+            others = [r for r in info.rivals if r in found and not found[r].disabled]
             raise UsageError(
-                f"{singular} '{info.name}' is disabled in {', '.join(self.config.sources)}",
-                f"remove it from [disabled] {group} in your plugins.toml",
+                f"{singular} '{info.key}' is disabled in {', '.join(self.config.sources)}",
+                f"remove it from [disabled] {group} in your plugins.toml"
+                + (f", or choose {' or '.join(f'{_FLAGS[group]} {o}' for o in others)}" if others else ""),
             )
         if info.broken:
             raise PluginError(
@@ -81,6 +159,30 @@ class Registry:
                 f"reinstall or fix the package that provides '{info.target}'",
             )
         return info
+
+    def provenance(self, group: str, name: str) -> dict[str, Any]:
+        """Which entry point and distribution ``name`` resolves to, for a result record."""
+        return self.resolve(group, name, quiet=True).provenance()
+
+    def _announce_clash(self, group: str, info: PluginInfo) -> None:
+        """One ``warning:`` line when a bare name is chosen that other distributions also
+        register (they are enabled): which one is used and how to choose another."""
+        if info.key != info.name or (group, info.key) in _warned:
+            return
+        found = self._discovered(group)
+        others = [found[r] for r in info.rivals if r in found and not found[r].disabled]
+        if not others:
+            return
+        _warned.add((group, info.key))
+        flag = _FLAGS[group]
+        picks = " or ".join(f"{flag} {o.key}" for o in others)
+        silence = ", ".join(f'"{o.key}"' for o in others)
+        print(
+            f"warning: {group[:-1]} '{info.name}' is provided by {info.provider} and by "
+            f"{', '.join(o.provider for o in others)}; using {info.provider} (choose the other with {picks}, "
+            f"or add {silence} to [disabled] {group} in plugins.toml to silence this)",
+            file=sys.stderr,
+        )
 
     def canonical_backend(self, name: str) -> str:
         """The backend an alias stands for (aliases match in any case, like names)."""
@@ -92,10 +194,18 @@ class Registry:
 
         A table for a backend that does not exist is an error, not silently ignored.
         """
-        known = {p.name for p in self.plugins("backends")}
+        known = {p.key for p in self.plugins("backends")}
+        ambiguous = self.ambiguous("backends")
         layers = []
         for key, values in self.config.options.items():
             target = self.canonical_backend(key)
+            if target in ambiguous:
+                choices = " or ".join(f'[options."{p.key}"]' for p in ambiguous[target])
+                raise UsageError(
+                    f"[options.{key}] in {self.config.option_sources.get(key, 'plugins.toml')} names backend "
+                    f"'{target}', which several distributions provide",
+                    f"write {choices}",
+                )
             if target not in known:
                 raise UsageError(
                     f"[options.{key}] in {self.config.option_sources.get(key, 'plugins.toml')} is for an unknown backend",
@@ -113,7 +223,15 @@ class Registry:
                 f"backend plugin '{info.name}' ({info.origin}) is not a mlpi Backend class",
                 f"its entry point '{info.target}' must name a subclass of mlpi.core.contract.backend.Backend",
             )
-        return cls()
+        backend = cls()
+        if info.key != info.name:
+            # chosen as <distribution>:<name>: the plan, the run's children and result.json
+            # must name this one, not the plugin that holds the bare name
+            try:
+                backend.name = info.key
+            except AttributeError:  # pragma: no cover - a backend with a read-only name
+                pass
+        return backend
 
     def dataset(self, name: str) -> Any:
         """A new instance of the dataset factory named ``name``."""
@@ -126,7 +244,9 @@ class Registry:
 
         info = self.resolve("models", name)
         try:
-            return load_spec(info.obj)
+            spec = load_spec(info.obj)
+            # chosen as <distribution>:<name>: a plan must name this one again
+            return replace(spec, name=info.key) if info.key != info.name else spec
         except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported, not raised
             raise PluginError(
                 f"model plugin '{info.name}' ({info.origin}) is broken: {type(exc).__name__}: {exc}",
@@ -140,24 +260,74 @@ class Registry:
         for info in self.plugins("backends"):
             kinds = getattr(info.obj, "device_kinds", ())
             if not info.disabled and not info.broken and device_kind in kinds:
-                return info.name
+                return info.key
         raise UsageError(
             f"no backend is configured for device kind '{device_kind}'",
             "pass --backend NAME, or set [default_backend] in plugins.toml",
         )
 
 
-def _discover(group: str, config: PluginsConfig) -> dict[str, PluginInfo]:
+def _refuse_ambiguous(group: str, rivals: list[PluginInfo], config: PluginsConfig) -> None:
+    name, singular = rivals[0].name, group[:-1]
+    enabled = [p for p in rivals if not p.disabled]
+    if not enabled:
+        raise UsageError(
+            f"{singular} '{name}' is disabled in {', '.join(config.sources)}",
+            f"remove it from [disabled] {group} in your plugins.toml",
+        )
+    picks = " or ".join(f"{_FLAGS[group]} {p.key}" for p in enabled)
+    raise UsageError(
+        f"{singular} '{name}' is provided by {len(enabled)} distributions: "
+        f"{', '.join(p.provider for p in enabled)}",
+        f"choose one with {picks}, or add all but one to [disabled] {group} in plugins.toml",
+    )
+
+
+def _keyed(infos: list[PluginInfo]) -> tuple[dict[str, PluginInfo], dict[str, list[PluginInfo]]]:
+    """Give every entry point the name it is chosen by (see the module's docstring), the
+    same whatever order the distributions were installed or found in; and the bare names
+    that no one holds."""
+    by_name: dict[str, list[PluginInfo]] = {}
+    for info in infos:
+        same = by_name.setdefault(info.name, [])
+        if not any(_provider_key(o) == _provider_key(info) for o in same):
+            same.append(info)  # one distribution found twice on the path counts once
+    keyed: dict[str, PluginInfo] = {}
+    ambiguous: dict[str, list[PluginInfo]] = {}
+    for name, same in by_name.items():
+        same.sort(key=lambda p: (not p.builtin, normalize_distribution(p.distribution or ""),
+                                 p.distribution_version or "", p.target))
+        if len(same) == 1:
+            owner: PluginInfo | None = same[0]
+        elif same[0].builtin:
+            owner = same[0]
+        else:
+            enabled = [p for p in same if not p.disabled]
+            owner = enabled[0] if len(enabled) == 1 else None
+        for info in same:
+            info.key = name if info is owner else info.qualified
+            info.rivals = [o.qualified for o in same if o is not info]
+            keyed[info.key] = info
+        if owner is None:
+            ambiguous[name] = same
+    return keyed, ambiguous
+
+
+def _provider_key(info: PluginInfo) -> str:
+    return normalize_distribution(info.distribution) if info.distribution else f"?{info.target}"
+
+
+def _discover(group: str, config: PluginsConfig) -> list[PluginInfo]:
     from stevedore import ExtensionManager
 
     if group not in GROUPS:
         raise ValueError(group)
-    found: dict[str, PluginInfo] = {}
+    found: list[PluginInfo] = []
 
     def on_failure(_manager: Any, entry_point: Any, exc: BaseException) -> None:
         info = _info(group, entry_point, config)
         info.error = f"{type(exc).__name__}: {exc}"
-        found.setdefault(info.name, info)
+        found.append(info)
 
     manager = ExtensionManager(
         namespace=f"mlpi.{group}",
@@ -168,7 +338,7 @@ def _discover(group: str, config: PluginsConfig) -> dict[str, PluginInfo]:
         info = _info(group, ext.entry_point, config)
         info.obj = ext.plugin
         info.error = wrong_type(group, ext.plugin)
-        found.setdefault(info.name, info)
+        found.append(info)
     return found
 
 
@@ -200,7 +370,7 @@ def _info(group: str, entry_point: Any, config: PluginsConfig) -> PluginInfo:
         target=entry_point.value,
         distribution=dist_name,
         distribution_version=dist_version,
-        disabled=config.is_disabled(group, entry_point.name),
+        disabled=config.is_disabled(group, entry_point.name, dist_name),
     )
 
 

@@ -6,7 +6,9 @@ test's score an :class:`AccuracyRecord` (what :meth:`mlpi.core.contract.accuracy
 writes). Every class has ``to_json()`` and ``from_json()``; ``from_json`` checks every field's
 type and raises one :class:`~mlpi.core.contract.errors.ResultError` naming the file and the field
 (``tests[1].value is "fast", not a number``), so a damaged result.json is one ``error:``
-line, never a ``KeyError``. :func:`load_result` reads a file.
+line, never a ``KeyError``. ``system`` is a free object, but the fields mlpi prints from it
+(:data:`SYSTEM_TEXT_FIELDS`, ``accelerators``...) are checked too, and a test's ``dir`` must stay
+inside the run directory. :func:`load_result` reads a file.
 
 Versions (``schema_version``, :data:`mlpi.core.results.rundir.SCHEMA_VERSION`):
 
@@ -28,10 +30,10 @@ file of a newer schema is refused. Reading a file gives the current schema:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from mlpi.core.contract.errors import ResultError
 from mlpi.core.results.rundir import RESULT_FILE, SCHEMA_VERSION, format_figure
@@ -40,6 +42,13 @@ RUN_STATUSES = ("running", "ok", "failed", "interrupted")
 TEST_STATUSES = ("ok", "failed", "interrupted")
 TEST_MODES = ("performance", "accuracy")
 DAMAGED_HINT = "copy the run directory again"
+#: ``system`` fields (MLPerf's system description, and what mlpi adds) that lists, ``results
+#: show`` and the store's columns print: each a string or a number when present.
+SYSTEM_TEXT_FIELDS = (
+    "system_name", "hostname", "machine", "python", "host_processor_model_name", "host_processors_per_node",
+    "host_processor_core_count", "host_processor_vcpu_count", "host_memory_capacity", "accelerators_per_node",
+    "accelerator_model_name", "accelerator_memory_capacity", "operating_system",
+)
 
 T = TypeVar("T")
 
@@ -307,6 +316,9 @@ class TestResult:
             for number, item in enumerate(devices):
                 if not isinstance(item, dict):
                     raise _damaged(obj.source, f"{obj.path('devices')}[{number}] is {_show(item)}, not a JSON object")
+        folder = obj.string("dir") or f"{scenario}/{mode}"
+        if not _inside_run(folder):
+            raise obj.fail("dir", f"is {_show(folder)}, not a folder inside the run directory")
         latency = obj.mapping("latency_ms")
         if latency is not None:
             for key, value in latency.items():
@@ -315,7 +327,7 @@ class TestResult:
         return cls(
             scenario=scenario, mode=mode, status=obj.choice("status", TEST_STATUSES, required=True),
             valid=obj.boolean("valid"), metric=obj.string("metric"), value=obj.number("value"), unit=obj.string("unit"),
-            quick=obj.boolean("quick", default=False), dir=obj.string("dir", default=f"{scenario}/{mode}"),
+            quick=obj.boolean("quick", default=False), dir=folder,
             error=obj.nested("error", ErrorRecord._read), batch_size=obj.integer("batch_size"),
             sessions=obj.integer("sessions"), slots=obj.integer("slots"), precision=obj.string("precision"),
             simulated=obj.boolean("simulated", default=False),
@@ -487,9 +499,50 @@ class RunResult:
             dataset=obj.nested("dataset", DatasetInfo._read) or DatasetInfo(),
             settings=obj.nested("settings", RunSettings._read) or RunSettings(),
             submission_valid=obj.boolean("submission_valid", default=False),
-            simulated=obj.boolean("simulated", default=False), system=obj.mapping("system", default={}),
+            simulated=obj.boolean("simulated", default=False), system=_system(obj),
             tests=tests, schema_version=version, extra=obj.rest(),
         )
+
+
+def _system(obj: _Object) -> dict[str, Any]:
+    """``system``: a free JSON object (keys added by hand are kept), whose fields that mlpi
+    reads (:data:`SYSTEM_TEXT_FIELDS`, ``accelerators``, ``host_memory_bytes``, ``packages``)
+    must have the types :func:`mlpi.core.results.sysinfo.system_info` writes."""
+    system = obj.mapping("system", default={})
+    where = obj.path("system")
+    for key in SYSTEM_TEXT_FIELDS:
+        value = system.get(key)
+        if value is not None and not (isinstance(value, str) or _is_number(value)):
+            raise _damaged(obj.source, f"{where}.{key} is {_show(value)}, not a string or a number")
+    memory = system.get("host_memory_bytes")
+    if memory is not None and not _is_number(memory):
+        raise _damaged(obj.source, f"{where}.host_memory_bytes is {_show(memory)}, not a number")
+    packages = system.get("packages")
+    if packages is not None and not isinstance(packages, dict):
+        raise _damaged(obj.source, f"{where}.packages is {_show(packages)}, not a JSON object")
+    accelerators = system.get("accelerators")
+    if accelerators is not None:
+        if not isinstance(accelerators, list):
+            raise _damaged(obj.source, f"{where}.accelerators is {_show(accelerators)}, not a list")
+        for number, item in enumerate(accelerators):
+            if not isinstance(item, dict):
+                raise _damaged(obj.source, f"{where}.accelerators[{number}] is {_show(item)}, not a JSON object")
+    return system
+
+
+def _inside_run(folder: str) -> bool:
+    """A test's ``dir``: a relative path that stays inside the run directory."""
+    normal = folder.replace("\\", "/")
+    return not normal.startswith("/") and ".." not in normal.split("/") and "\0" not in folder
+
+
+def result_from_text(text: str, source: str) -> RunResult:
+    """A result.json's text, parsed and checked (``source`` names the file in the error)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _damaged(source, f"{exc.msg} at line {exc.lineno}") from None
+    return RunResult.from_json(data, source)
 
 
 def load_result(path: Path) -> RunResult:
@@ -505,14 +558,10 @@ def load_result(path: Path) -> RunResult:
         raise ResultError(f"{path} is missing", "copy the whole run directory again") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultError(f"cannot read {path}: {exc}", "check the file's permissions or copy it again") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _damaged(str(path), f"{exc.msg} at line {exc.lineno}") from None
-    return RunResult.from_json(data, str(path))
+    return result_from_text(text, str(path))
 
 
 __all__ = [
     "AccuracyRecord", "BackendInfo", "DatasetInfo", "ErrorRecord", "ModelInfo", "RunResult", "RunSettings", "TestResult",
-    "load_result",
+    "load_result", "result_from_text",
 ]

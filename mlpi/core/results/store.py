@@ -13,16 +13,30 @@ every run directory under the results root.
 - Import: a run directory from another machine is copied under the results root (under its
   own name, or ``NAME-2``... when that name is taken; nothing is overwritten), so the results
   root holds everything the store lists. A directory already under the root is indexed in place.
+  The copy is made in a hidden sibling (``.import-...``) and renamed into place, so a refused or
+  failed import leaves nothing under the root. Only the run's own regular files and folders are
+  copied: a run holding a symbolic link (``result.json`` or any other), a FIFO, socket or device,
+  or more than :data:`IMPORT_MAX_BYTES` of files (sparse ones counted at their full size) is
+  refused whole, with one line saying why, and the other runs are still imported. Nothing a
+  link points to is ever read, and no special file is opened.
+- Freshness: each indexed run remembers its result.json's size, mtime and inode; ``results
+  list``, ``show`` and ``compare`` re-read a file that changed (or that an older mlpi indexed),
+  so a fixed file replaces the damaged one and a file damaged since is dropped from the index,
+  with a warning naming it. A run whose result.json does not fit the schema is never indexed;
+  a stored copy that no longer reads is skipped, with a warning, and dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import sqlite3
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -32,15 +46,23 @@ from pathlib import Path
 from typing import Any
 
 from mlpi.core.contract.errors import MlpiError, ResultError, UsageError
-from mlpi.core.results.schema import RunResult, TestResult, load_result
-from mlpi.core.results.rundir import RESULT_FILE, create_run_dir
 from mlpi.core.engine.scenario import DetailLog, latency_percentiles_ms
+from mlpi.core.results.rundir import RESULT_FILE, create_run_dir
+from mlpi.core.results.schema import RunResult, TestResult, result_from_text
 
 #: Version of the tables below; a store written by a newer mlpi is refused, never altered.
 STORE_SCHEMA_VERSION = 1
 STORE_FILE = "mlpi.sqlite"
 STORE_ENV = "MLPI_STORE"
 _BUSY_TIMEOUT_S = 30.0
+#: The most an imported run directory may hold, all its files together (a sparse file counts
+#: at its full size: the copy is dense). Real runs hold LoadGen logs, a few MB per test, and
+#: accuracy logs: tens of MB for ResNet50 or BERT, about 3 GB for a full 3D-UNet accuracy run.
+#: A bigger run is refused; copy it under the results root yourself and import it from there
+#: (a run already under the root is indexed in place, nothing copied).
+IMPORT_MAX_BYTES = 16 * 2**30
+#: The largest result.json read: mlpi writes a few kB (tens with many tests).
+RESULT_MAX_BYTES = 64 * 2**20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -65,7 +87,8 @@ CREATE TABLE IF NOT EXISTS runs (
     submission_valid INTEGER,
     result TEXT NOT NULL,
     latency TEXT NOT NULL,
-    indexed_at TEXT NOT NULL
+    indexed_at TEXT NOT NULL,
+    result_stat TEXT
 );
 CREATE TABLE IF NOT EXISTS tests (
     identity TEXT NOT NULL,
@@ -136,7 +159,8 @@ class RunFilter:
 @dataclass(frozen=True)
 class ImportOutcome:
     """What happened to one source directory: imported, indexed (already under the root),
-    duplicate, damaged, or empty (no run in it)."""
+    duplicate, damaged (unreadable, or refused: links, special files, too big), or empty
+    (no run in it)."""
 
     source: Path
     status: str
@@ -163,8 +187,41 @@ def parse_date(text: str, *, end_of_day: bool = False) -> datetime:
 
 
 def read_result(run_dir: Path) -> RunResult:
-    """``run_dir/result.json``, checked against the schema; :class:`DamagedRun` if it does not fit."""
-    return load_result(Path(run_dir) / RESULT_FILE)
+    """``run_dir/result.json``, checked against the schema; :class:`DamagedRun` if it does not
+    fit, is a symbolic link or not a regular file (never followed, never opened for reading)."""
+    return _read_checked(Path(run_dir))[0]
+
+
+def _read_checked(run_dir: Path) -> tuple[RunResult, str]:
+    """The run's result and its file's :func:`_stat_key`, taken from the file that was read."""
+    path = run_dir / RESULT_FILE
+    try:  # O_NONBLOCK: a FIFO named result.json must not hang the reader until a writer comes
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise DamagedRun(f"{path} is missing", "copy the whole run directory again") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DamagedRun(f"{path} is a symbolic link, not followed; a run's result.json must be its own file",
+                             "replace the link with a copy of the file it points to") from None
+        raise DamagedRun(f"cannot read {path}: {exc.strerror}", "check the file's permissions or copy it again") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DamagedRun(f"{path} is {_kind(info.st_mode)}, not a regular file", "copy the run directory again")
+        if info.st_size > RESULT_MAX_BYTES:
+            raise DamagedRun(f"{path} is {_size(info.st_size)}, more than a result.json holds ({_size(RESULT_MAX_BYTES)})",
+                             "copy the run directory again")
+        try:
+            text = handle.read(RESULT_MAX_BYTES + 1).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DamagedRun(f"cannot read {path}: {exc}", "check the file's permissions or copy it again") from None
+    return result_from_text(text, str(path)), _stat_key(info)
+
+
+def _stat_key(info: os.stat_result) -> str:
+    """What tells a changed result.json from the one indexed: size, mtime and inode (a
+    rewrite by rename is a new inode even within one mtime tick)."""
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
 
 
 def run_identity(result: RunResult) -> str:
@@ -188,8 +245,14 @@ def latency_percentiles(run_dir: Path, test: TestResult) -> dict[str, float]:
         return {}
     if test.latency_ms is not None:
         return {k: float(v) for k, v in test.latency_ms.items()}
-    log = DetailLog.read(run_dir / test.dir / "mlperf_log_detail.txt")
-    return latency_percentiles_ms(log, test.scenario)
+    path = run_dir / test.dir / "mlperf_log_detail.txt"
+    try:
+        regular = stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        regular = False
+    if not regular:  # missing, or a link or FIFO: nothing to read (a FIFO would block)
+        return {}
+    return latency_percentiles_ms(DetailLog.read(path), test.scenario)
 
 
 class Store:
@@ -231,6 +294,15 @@ class Store:
                 f"results store {self.path} has schema {version}, newer than this mlpi ({STORE_SCHEMA_VERSION})",
                 "upgrade mlpi, or pass --store PATH with another file",
             )
+        if not self._has_stat_column():
+            # A store made before runs remembered their file's stat: one nullable column more,
+            # which older mlpi ignore (they name their columns); their rows are re-read once.
+            with self._write():
+                if not self._has_stat_column():
+                    self._db.execute("ALTER TABLE runs ADD COLUMN result_stat TEXT")
+
+    def _has_stat_column(self) -> bool:
+        return any(row[1] == "result_stat" for row in self._db.execute("PRAGMA table_info(runs)"))
 
     def _switch_to_wal(self) -> None:
         """Turn on WAL. Switching needs a moment alone with the file, and SQLite answers
@@ -252,7 +324,7 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @contextlib.contextmanager
@@ -269,9 +341,17 @@ class Store:
     # -- writing -------------------------------------------------------------------------
 
     def index_run(self, run_dir: Path) -> RunRecord:
-        """Add or refresh the run in ``run_dir``; :class:`DamagedRun` when it cannot be read."""
+        """Add or refresh the run in ``run_dir``; :class:`DamagedRun` when it cannot be read
+        (the index then keeps no copy of it)."""
         run_dir = Path(run_dir).resolve()
-        result = read_result(run_dir)
+        try:
+            result, seen = _read_checked(run_dir)
+        except DamagedRun:
+            self._forget(self._stored_dir(run_dir))
+            raise
+        return self._index(run_dir, result, seen)
+
+    def _index(self, run_dir: Path, result: RunResult, seen: str) -> RunRecord:
         identity = run_identity(result)
         system = result.system
         latency = {t.dir: latency_percentiles(run_dir, t) for t in result.tests}
@@ -285,7 +365,7 @@ class Store:
             "precision": result.precision, "dataset": result.dataset.name,
             "quick": _flag(result.settings.quick), "submission_valid": _flag(result.submission_valid),
             "result": json.dumps(result.to_json(), default=str), "latency": json.dumps(latency),
-            "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "result_stat": seen,
         }
         with self._write():
             self._db.execute("DELETE FROM tests WHERE identity = ? OR identity IN (SELECT identity FROM runs WHERE dir = ?)",
@@ -299,13 +379,19 @@ class Store:
             )
         return self._record(self._db.execute("SELECT * FROM runs WHERE identity = ?", (identity,)).fetchone())
 
+    def _forget(self, stored_dir: str) -> None:
+        """Drop the run indexed from ``stored_dir`` (its file no longer reads)."""
+        with self._write():
+            self._db.execute("DELETE FROM tests WHERE identity IN (SELECT identity FROM runs WHERE dir = ?)", (stored_dir,))
+            self._db.execute("DELETE FROM runs WHERE dir = ?", (stored_dir,))
+
     def import_dirs(self, sources: list[Path], results_root: Path) -> list[ImportOutcome]:
         """Import each source (a run directory, or a folder of run directories); one outcome
         per run found, damaged ones included. Never stops at a bad one."""
         outcomes: list[ImportOutcome] = []
         for source in sources:
-            source = Path(source)
-            if (source / RESULT_FILE).exists():
+            source = Path(source)  # named by the user: followed if it is a link, unlike anything inside it
+            if os.path.lexists(source / RESULT_FILE):
                 outcomes.append(self._import_one(source, results_root))
                 continue
             children = sorted(p for p in source.iterdir() if p.is_dir() and _looks_like_run(p)) if source.is_dir() else []
@@ -314,7 +400,11 @@ class Store:
                        else "holds no run directory (no result.json in it or its subfolders)")
                 outcomes.append(ImportOutcome(source, "empty", message=f"{source} {why}"))
             for child in children:
-                outcomes.append(self._import_one(child, results_root))
+                if child.is_symlink():
+                    outcomes.append(ImportOutcome(child, "damaged", message=(
+                        f"{child} is a symbolic link to a run directory, not followed (import {child.resolve()} by its own path)")))
+                else:
+                    outcomes.append(self._import_one(child, results_root))
         return outcomes
 
     def _import_one(self, source: Path, results_root: Path) -> ImportOutcome:
@@ -322,19 +412,36 @@ class Store:
             result = read_result(source)
         except DamagedRun as exc:
             return ImportOutcome(source, "damaged", message=exc.message)
-        existing = self._by_identity(run_identity(result))
-        if existing is not None and existing.dir.exists():
-            return ImportOutcome(source, "duplicate", existing.name, f"{source} is run {existing.name}, already in the store")
+        existing = self._indexed(run_identity(result))
+        if existing is not None and existing[1].exists():
+            name = existing[0]
+            return ImportOutcome(source, "duplicate", name, f"{source} is run {name}, already in the store")
         root = Path(results_root).resolve()
-        if _inside(source.resolve(), root):
-            record = self.index_run(source)
+        real = source.resolve()
+        if _inside(real, root):
+            try:
+                record = self.index_run(source)
+            except DamagedRun as exc:
+                return ImportOutcome(source, "damaged", message=exc.message)
             return ImportOutcome(source, "indexed", record.name)
-        target = create_run_dir(root, source.resolve().name)
+        copy = _RunCopy(real, IMPORT_MAX_BYTES, shown=source)
         try:
-            shutil.copytree(source, target, dirs_exist_ok=True)
+            copy.run(None)  # refused before a byte is copied
+        except DamagedRun as exc:
+            return ImportOutcome(source, "damaged", message=exc.message)
+        except OSError as exc:
+            return ImportOutcome(source, "damaged", message=f"cannot read {source}: {exc}")
+        staging = target = None
+        try:  # copied into a hidden sibling (sync skips dot names), renamed into place when whole
+            staging = create_run_dir(root, f".import-{real.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            copy.run(staging)  # checked again as it copies: the source may change meanwhile
+            target = create_run_dir(root, real.name)
+            os.rename(staging, target)  # onto the empty directory that reserved the name
             record = self.index_run(target)
         except BaseException as exc:
-            shutil.rmtree(target, ignore_errors=True)
+            for made in (staging, target):
+                if made is not None:
+                    _discard(made)
             if isinstance(exc, DamagedRun):
                 return ImportOutcome(source, "damaged", message=exc.message)
             if isinstance(exc, OSError):
@@ -344,27 +451,36 @@ class Store:
 
     def sync(self, results_root: Path) -> list[str]:
         """Index run directories under ``results_root`` the store does not know yet (runs made
-        before the store existed, or whose indexing failed) and refresh those still marked
-        running. Returns one warning per directory that could not be indexed."""
+        before the store existed, or whose indexing failed) and re-read those whose result.json
+        changed since it was indexed (a running run, a file fixed or damaged by hand; rows an
+        older mlpi wrote have no stat and are re-read once). A file that no longer reads is
+        dropped from the index. Returns one warning per directory that could not be indexed."""
         root = Path(results_root)
         if not root.is_dir():
             return []
-        known = {row["dir"]: (row["status"], row["identity"]) for row in self._db.execute("SELECT dir, status, identity FROM runs")}
-        warnings = []
+        warnings: list[str] = []
+        known = {row["dir"]: row["result_stat"] for row in self._db.execute("SELECT dir, result_stat FROM runs")}
         for child in sorted(root.iterdir()):
-            if child.name.startswith(".") or not (child / RESULT_FILE).is_file():
+            result_file = child / RESULT_FILE
+            if child.name.startswith(".") or not os.path.lexists(result_file):
                 continue
-            seen = known.get(self._stored_dir(child.resolve()))
-            if seen is not None and seen[0] != "running":
-                continue
+            stored = self._stored_dir(child.resolve())
             try:
-                result = read_result(child)
-                other = self._by_identity(run_identity(result))
-                if other is not None and other.dir.resolve() != child.resolve() and other.dir.exists():
-                    warnings.append(f"{child} is a second copy of run {other.name}; not indexed twice")
+                current = _stat_key(os.lstat(result_file))
+            except OSError:
+                continue
+            if stored in known and known[stored] == current:
+                continue  # indexed from this very file
+            try:
+                result, seen = _read_checked(child)
+                other = self._indexed(run_identity(result))
+                if other is not None and other[1].resolve() != child.resolve() and other[1].exists():
+                    warnings.append(f"{child} is a second copy of run {other[0]}; not indexed twice")
                     continue
-                self.index_run(child)
+                self._index(child.resolve(), result, seen)
             except DamagedRun as exc:
+                if stored in known:
+                    self._forget(stored)
                 warnings.append(f"{exc.message}; not indexed")
         return warnings
 
@@ -399,7 +515,7 @@ class Store:
             where.append("started_utc <= ?")
             args.append(_utc_text(selection.until))
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY started_utc, name"
-        return [self._record(row) for row in self._db.execute(sql, args)]
+        return self._records(self._db.execute(sql, args).fetchall())
 
     def find(self, ref: str) -> RunRecord:
         """The run named by a directory name, run id, or an unambiguous prefix of either."""
@@ -408,12 +524,13 @@ class Store:
             rows = self._db.execute(
                 "SELECT * FROM runs WHERE substr(name, 1, ?) = ? OR substr(run_id, 1, ?) = ?", (len(ref), ref, len(ref), ref)
             ).fetchall()
-        if len(rows) == 1:
-            return self._record(rows[0])
-        if not rows:
+        records = self._records(rows)  # a run whose stored copy does not read is skipped, with a warning
+        if len(records) == 1:
+            return records[0]
+        if not records:
             raise UsageError(f"no run '{ref}' in the results store {self.path}",
                              "see 'mlpi results list' for run ids, or 'mlpi results import DIR' to add one")
-        names = sorted(row["name"] for row in rows)
+        names = sorted(record.name for record in records)
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise UsageError(f"'{ref}' matches {len(names)} runs: {shown}", "give more of the run id")
 
@@ -423,24 +540,50 @@ class Store:
             raise ValueError(column)
         return [r[0] for r in self._db.execute(f"SELECT DISTINCT {column} FROM runs WHERE {column} IS NOT NULL ORDER BY 1")]
 
-    def _by_identity(self, identity: str) -> RunRecord | None:
-        row = self._db.execute("SELECT * FROM runs WHERE identity = ?", (identity,)).fetchone()
-        return self._record(row) if row is not None else None
+    def _indexed(self, identity: str) -> tuple[str, Path] | None:
+        """The name and directory of the run indexed under ``identity``, if any."""
+        row = self._db.execute("SELECT name, dir FROM runs WHERE identity = ?", (identity,)).fetchone()
+        return (row["name"], self._run_dir(row["dir"])) if row is not None else None
+
+    def _records(self, rows: list[sqlite3.Row]) -> list[RunRecord]:
+        """The rows as records. A row whose stored copy does not read in this schema (written
+        by an mlpi that checked less, or edited) is skipped with a warning on stderr and dropped
+        from the index: the next scan of the results root reads its file again."""
+        records = []
+        for row in rows:
+            file = self._run_dir(row["dir"]) / RESULT_FILE
+            try:
+                records.append(self._record(row, str(file)))
+            except ResultError as exc:
+                problem = f"{exc.message}; skipped and dropped from the results store, indexed again once fixed"
+            except (ValueError, TypeError) as exc:
+                problem = f"the results store's copy of {file} is damaged ({exc}); skipped and dropped from the store"
+            else:
+                continue
+            # The CLI prints the warnings sync() returns; these arise later, while it reads.
+            print(f"warning: {_printable(problem)}", file=sys.stderr)
+            self._forget(row["dir"])
+        return records
+
+    def _run_dir(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else self.path.resolve().parent / path
 
     def _stored_dir(self, run_dir: Path) -> str:
         """Paths under the store's folder are kept relative, so a results root can be moved whole."""
         base = self.path.resolve().parent
         return os.path.relpath(run_dir, base) if _inside(run_dir, base) else str(run_dir)
 
-    def _record(self, row: sqlite3.Row) -> RunRecord:
-        stored = Path(row["dir"])
+    def _record(self, row: sqlite3.Row, source: str | None = None) -> RunRecord:
+        latency = json.loads(row["latency"])
+        if not isinstance(latency, dict):
+            raise TypeError("its latency column is not a JSON object")
         return RunRecord(
-            identity=row["identity"], name=row["name"], run_id=row["run_id"],
-            dir=stored if stored.is_absolute() else self.path.resolve().parent / stored,
+            identity=row["identity"], name=row["name"], run_id=row["run_id"], dir=self._run_dir(row["dir"]),
             started=row["started_utc"], system=row["system"], model=row["model"], backend=row["backend"],
             device=row["device"], precision=row["precision"], status=row["status"],
-            result=RunResult.from_json(json.loads(row["result"]), f"run {row['name']} in the results store {self.path}"),
-            latency=json.loads(row["latency"]),
+            result=RunResult.from_json(json.loads(row["result"]), source or f"run {row['name']} in the results store {self.path}"),
+            latency=latency,
         )
 
 
@@ -456,7 +599,129 @@ def record_run(run_dir: Path, results_root: Path) -> None:
 
 
 def _looks_like_run(path: Path) -> bool:
-    return (path / RESULT_FILE).exists() or (path / "plan.json").exists()
+    return os.path.lexists(path / RESULT_FILE) or os.path.lexists(path / "plan.json")
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class _RunCopy:
+    """Copies a run directory's own regular files and folders, with their modes and times,
+    never following a link: every folder and file is opened relative to its parent with
+    ``O_NOFOLLOW``, so a link swapped in while copying is refused too. A symbolic link, a
+    special file (FIFO, socket, device: never opened) or more than ``limit`` bytes of files
+    (a sparse file at its full size) is :class:`DamagedRun`, naming the run directory."""
+
+    def __init__(self, source: Path, limit: int, *, shown: Path | None = None) -> None:
+        self.source, self.limit, self.total = source, limit, 0
+        self.shown = shown or source  # as the user named it, in messages
+
+    def run(self, target: Path | None) -> None:
+        """Copy into the existing, empty ``target``; with None, only check that it can be."""
+        self.total = 0
+        try:
+            fd = os.open(self.source, _OPEN_FLAGS | os.O_DIRECTORY)
+        except OSError as exc:
+            raise DamagedRun(f"cannot read {self.shown}: {exc.strerror}", "check the directory's permissions") from None
+        try:
+            self._folder(fd, self.source, target)
+        finally:
+            os.close(fd)
+
+    def _refuse(self, path: Path, problem: str) -> DamagedRun:
+        """The one line that says why: an import's outcome shows the message, not a hint."""
+        return DamagedRun(f"{self.shown}: {path.relative_to(self.source)} {problem}")
+
+    def _folder(self, fd: int, source: Path, target: Path | None) -> None:
+        with os.scandir(fd) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
+            path = source / entry.name
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                raise self._refuse(path, "is a symbolic link, never followed by an import (it copies only the run's "
+                                   "own files); replace it with a copy of its target, or remove it")
+            if stat.S_ISDIR(info.st_mode):
+                child = self._open(entry.name, fd, path, os.O_DIRECTORY)
+                try:
+                    if target is not None:
+                        (target / entry.name).mkdir()
+                    self._folder(child, path, None if target is None else target / entry.name)
+                finally:
+                    os.close(child)
+                if target is not None:
+                    _copy_times(info, target / entry.name)
+            elif stat.S_ISREG(info.st_mode):
+                self._count(path, info.st_size, commit=target is None)  # a sparse file: its full size
+                if target is not None:
+                    self._file(entry.name, fd, path, target / entry.name)
+            else:
+                raise self._refuse(path, f"is {_kind(info.st_mode)}, not a regular file, never read by an import; remove it")
+
+    def _open(self, name: str, parent: int, path: Path, flags: int) -> int:
+        try:  # O_NONBLOCK: a FIFO swapped in after the check must not wait for a writer
+            return os.open(name, _OPEN_FLAGS | os.O_NONBLOCK | flags, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise self._refuse(path, "changed while it was copied (now a link or another kind of file); "
+                                   "import again once nothing writes to it") from None
+            raise
+
+    def _file(self, name: str, parent: int, path: Path, target: Path) -> None:
+        """One regular file, every byte counted (a file growing while copied cannot pass the limit)."""
+        fd = self._open(name, parent, path, 0)
+        with os.fdopen(fd, "rb") as src:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise self._refuse(path, f"changed while it was copied (now {_kind(info.st_mode)}); "
+                                   "import again once nothing writes to it")
+            with open(target, "xb") as dst:
+                while chunk := src.read(1 << 20):
+                    self._count(path, len(chunk), commit=True)
+                    dst.write(chunk)
+        _copy_times(info, target)
+
+    def _count(self, path: Path, size: int, *, commit: bool) -> None:
+        if self.total + size > self.limit:
+            raise DamagedRun(
+                f"{self.shown} holds more than {_size(self.limit)} of files, the most an import copies (reached at "
+                f"{path.relative_to(self.source)}, {_size(size)}); copy it under the results root yourself and import "
+                "it from there: a run already under the root is indexed in place")
+        if commit:
+            self.total += size
+
+
+def _discard(path: Path) -> None:
+    """Remove a directory an import made, folders copied read-only included."""
+    for folder, _, _ in os.walk(path):
+        with contextlib.suppress(OSError):
+            os.chmod(folder, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _copy_times(info: os.stat_result, target: Path) -> None:
+    os.chmod(target, stat.S_IMODE(info.st_mode))
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a directory name can hold any)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("kiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -489,7 +754,7 @@ def _utc_text(value: datetime) -> str:
 
 
 __all__ = [
-    "STORE_ENV", "STORE_FILE", "STORE_SCHEMA_VERSION", "DamagedRun", "ImportOutcome", "RunFilter", "RunRecord",
+    "IMPORT_MAX_BYTES", "RESULT_MAX_BYTES", "STORE_ENV", "STORE_FILE", "STORE_SCHEMA_VERSION", "DamagedRun", "ImportOutcome", "RunFilter", "RunRecord",
     "Store", "latency_percentiles", "parse_date", "read_result", "record_run", "run_identity", "store_path",
     "system_label",
 ]
