@@ -516,7 +516,9 @@ def test_two_third_party_backends_with_one_name_are_refused_by_that_name(cli, mo
 
     result = cli(*short_run("--backend", "beta-plugins:echo9", model=model, out=out), env=env)
     assert result.rc == 0, result.output
-    assert the_result(out)["backend"] == {"name": "beta-plugins:echo9", "version": "2.0", "options": {}}
+    backend = the_result(out)["backend"]
+    assert {k: backend[k] for k in ("name", "version", "options")} == {"name": "beta-plugins:echo9", "version": "2.0", "options": {}}
+    assert (backend["plugin"]["distribution"], backend["plugin"]["builtin"]) == ("beta-plugins", False)
 
 
 def test_disabling_all_but_one_gives_it_the_name(cli, model, tmp_path):
@@ -894,3 +896,113 @@ def test_build_options_literal_hint_lists_choices():
     with pytest.raises(UsageError) as info:
         build_options(Opts, [("--option", {"level": "max"})], "demo")
     assert info.value.hint == "choose one of: disable, basic, all"
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [("ratio", float("inf")), ("ratio", float("-inf")), ("ratio", float("nan")), ("ratio", "inf"), ("ratio", "nan"),
+     ("ratio", "1e400"), ("threads", float("inf")), ("threads", "1e400"), ("cap", float("nan"))],
+)
+def test_build_options_refuses_numbers_that_are_not_finite(key, raw):
+    # TOML reads 1e400 as inf: it used to become an option value (or, for an int, an
+    # OverflowError ending in "internal error")
+    with pytest.raises(UsageError) as info:
+        build_options(Opts, [("plugins.toml", {key: raw})], "demo")
+    assert key in info.value.message and ("not a finite number" in info.value.message or "not a number" in info.value.message)
+
+
+@dataclass
+class Bounded:
+    threads: int = field(default=0, metadata={"threads": True})
+    workers: int = field(default=1, metadata={"threads": True, "min": 1})
+    level: int = field(default=3, metadata={"min": 0, "max": 5})
+    delay_ms: float = field(default=1.0, metadata={"min": 0})
+    cap: int | None = field(default=None, metadata={"min": 1})
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "words"),
+    [
+        ("threads", "-4", ("is -4; it takes 0 to",)),
+        ("threads", "100000", ("is 100000; it takes 0 to", "CPUs")),
+        ("workers", "0", ("is 0; it takes 1 to",)),
+        ("level", "6", ("is 6; it takes 0 to 5",)),
+        ("level", -1, ("is -1; it takes 0 to 5",)),
+        ("delay_ms", "-0.5", ("is -0.5; it takes 0 or more",)),
+        ("cap", "0", ("is 0; it takes 1 or more",)),
+    ],
+)
+def test_field_metadata_bounds_numbers_for_every_backend(key, raw, words):
+    with pytest.raises(UsageError) as info:
+        build_options(Bounded, [("--option", {key: raw})], "demo")
+    for word in words:
+        assert word in info.value.message, info.value.message
+    assert key in info.value.hint
+
+
+def test_bounded_fields_accept_their_range_and_say_it():
+    from mlpi.core.plugins.options import option_help, thread_limit
+
+    limit = thread_limit()
+    opts = build_options(Bounded, [("--option", {"threads": str(limit), "workers": "1", "level": "0", "delay_ms": "0",
+                                                 "cap": "none"})], "demo")
+    assert (opts.threads, opts.workers, opts.level, opts.delay_ms, opts.cap) == (limit, 1, 0, 0.0, None)
+    assert limit >= 64
+    helps = option_help(Bounded)
+    assert helps["threads"].startswith(f"int (default 0, 0 to {limit})")
+    assert helps["level"].startswith("int (default 3, 0 to 5)")
+
+
+def _thread_fields():
+    import dataclasses
+    import importlib
+
+    classes = {
+        "onnxruntime": ("mlpi.backends.ort", "OrtOptions", ("intra_op_threads", "inter_op_threads")),
+        "openvino": ("mlpi.backends.ov", "OvOptions", ("num_streams", "num_threads", "num_requests")),
+        "pytorch": ("mlpi.backends.torch_backend", "TorchOptions", ("threads",)),
+        "deepsparse": ("mlpi.backends.deepsparse_backend", "DeepSparseOptions", ("num_streams", "num_cores")),
+        "qaic": ("mlpi.backends.qaic", "QaicOptions", ("concurrency", "queue_depth", "threads")),
+    }
+    for backend, (module, name, keys) in classes.items():
+        cls = getattr(importlib.import_module(module), name)  # the modules import their runtimes lazily
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in keys:
+            yield pytest.param(backend, cls, key, fields[key], id=f"{backend}-{key}")
+
+
+@pytest.mark.parametrize(("backend", "cls", "key", "spec"), list(_thread_fields()))
+def test_every_thread_count_option_is_bounded_by_the_core(backend, cls, key, spec):
+    # -o intra_op_threads=-4 or =100000 used to start the run (then hang or be "interrupted")
+    assert spec.metadata.get("threads") is True
+    for raw in ("-4", "100000"):
+        with pytest.raises(UsageError) as info:
+            build_options(cls, [("--option", {key: raw})], backend)
+        assert f"is {raw}; it takes" in info.value.message
+
+
+def test_an_alias_loop_is_one_error_that_shows_it(tmp_path):
+    from mlpi.core.plugins.registry import Registry
+
+    config = PluginsConfig.load(write(tmp_path / "a.toml", '[aliases]\na = "b"\nb = "a"\nc = "c"\nd = "e"\ne = "null"\n'))
+    registry = Registry(config)
+    for name, loop in (("a", "a -> b -> a"), ("b", "b -> a -> b"), ("c", "c -> c"), ("B", "B -> a -> b")):
+        with pytest.raises(UsageError) as info:
+            registry.resolve("backends", name)
+        assert loop in info.value.message and "loops" in info.value.message, info.value.message
+        assert "did you mean" not in (info.value.hint or "")
+    assert registry.resolve("backends", "d").name == "null"  # an alias of an alias reaches its backend
+    assert registry.resolve("backends", "ort").name == "onnxruntime"
+
+
+def test_an_unknown_backend_never_suggests_itself(tmp_path):
+    from mlpi.core.plugins.registry import Registry
+
+    config = PluginsConfig.load(write(tmp_path / "a.toml", '[aliases]\nf = "nosuch"\nnull = "null"\n'))
+    registry = Registry(config)
+    with pytest.raises(UsageError) as info:
+        registry.resolve("backends", "f")
+    assert info.value.message == "unknown backend 'nosuch' (alias 'f' in [aliases] stands for it)"
+    assert "did you mean f" not in info.value.hint and "nosuch" not in info.value.hint
+    assert info.value.hint.count("null") == 1
+    assert registry.resolve("backends", "null").name == "null"  # an alias naming its own backend is no loop

@@ -320,7 +320,7 @@ def test_the_checkpoint_converts_to_the_reference_model(reference: Any, tmp_path
 
 
 def test_a_checkpoint_that_is_not_rnnts_is_refused(tmp_path: Path) -> None:
-    import torch
+    torch = pytest.importorskip("torch", reason="reading the checkpoint needs torch")
 
     weights = random_weights(11, SMALL)
     missing = {k: v for k, v in weights.items() if not k.startswith("joint")}
@@ -343,7 +343,7 @@ class _Hostile:
 
 
 def test_a_checkpoint_that_runs_code_is_not_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import torch
+    torch = pytest.importorskip("torch", reason="reading the checkpoint needs torch")
 
     torch.save({"state_dict": {}, "payload": _Hostile()}, tmp_path / "evil.pt")
     capsys.readouterr()
