@@ -104,7 +104,9 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
     from mlpi.core.engine.planning import RunRequest, build_plan, recheck_plan
     from mlpi.core.engine.runner import execute
     from mlpi.core.plugins.options import parse_assignments
+    from mlpi.core.results.rundir import check_results_root
 
+    check_results_root(Path(output))  # a root no run could be written into: refused before anything starts
     printer = RunPrinter()
     if plan_file:
         context = click.get_current_context()
@@ -128,13 +130,17 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
         plan = build_plan(RunRequest(**kwargs))
     printer.plan(plan)
     outcome = execute(plan, Path(output), printer, keep_child_output=debug)
-    printer.summary(outcome)
+    try:
+        printer.summary(outcome)
+    except KeyboardInterrupt:
+        if outcome.interruption is None:
+            outcome.interruption = MlpiError("interrupted while the summary was printed",
+                                             f"the run had ended: its results are kept in {outcome.run_dir}")
+            outcome.interruption.exit_code = EXIT_INTERRUPTED
     if outcome.error is not None:
         raise outcome.error
-    if outcome.exit_code == EXIT_INTERRUPTED:
-        interrupted = MlpiError("interrupted", f"what was measured, and the interrupted test's logs, are kept in {outcome.run_dir}")
-        interrupted.exit_code = EXIT_INTERRUPTED
-        raise interrupted
+    if outcome.interruption is not None:  # it says what was measured and kept
+        raise outcome.interruption
     return outcome.exit_code
 
 

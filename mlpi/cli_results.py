@@ -104,6 +104,7 @@ def results() -> None:
 def list_runs(since: str | None, until: str | None, as_json: bool, results_root: str, store_file: str | None,
               **lists: tuple[str, ...]) -> None:
     """List indexed runs, one line per test, oldest first."""
+    from mlpi.core.results.compare import UNFINISHED
     from mlpi.core.results.store import RunFilter, parse_date
 
     selection = RunFilter(
@@ -120,12 +121,15 @@ def list_runs(since: str | None, until: str | None, as_json: bool, results_root:
         tests = [t for t in run.result.tests if not wanted or t.scenario.lower() in wanted]
         for test in tests or [None]:  # a run without tests still has its line
             shown = {k: getattr(test, k, None) for k in ("scenario", "mode", "metric", "value", "unit", "valid", "quick")}
+            status = getattr(test, "status", None) or run.status
+            if status == "ok" and run.status in UNFINISHED:  # a finished test of a run that never ended
+                status = run.status
             lines.append({
                 "run": run.name, "run_id": run.run_id, "date": run.date, "started": run.started, "system": run.system,
                 "model": run.model, "scenario": shown["scenario"], "mode": shown["mode"], "backend": run.backend,
                 "device": run.device, "precision": getattr(test, "precision", None) or run.precision,
                 "metric": shown["metric"], "value": shown["value"], "unit": shown["unit"], "valid": shown["valid"],
-                "quick": shown["quick"], "status": getattr(test, "status", None) or run.status, "dir": str(run.dir),
+                "quick": shown["quick"], "status": status, "run_status": run.status, "dir": str(run.dir),
             })
             rows.append(test)
     if as_json:
@@ -152,13 +156,19 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
     with _open_store(results_root, store_file) as store:
         record = store.find(run)
     result = record.result
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+    if as_json:  # an abandoned run: its status says so, and "abandoned" why (its file still says running)
+        shown = result.to_json() | ({"abandoned": record.abandoned} if record.abandoned else {})
+        click.echo(json.dumps(shown, indent=2))
         return
     system, model = result.system, result.model
     where = str(record.dir) + ("" if record.dir.exists() else " (directory no longer there)")
+    status = result.status
+    if record.abandoned:
+        finished = sum(1 for t in result.tests if t.status == "ok")
+        status = (f"abandoned: {record.abandoned} and the run never recorded its end "
+                  f"({finished} finished test(s) kept; result.json still says running)")
     facts = [
-        ("run", record.name), ("directory", where), ("started", record.date), ("status", result.status),
+        ("run", record.name), ("directory", where), ("started", record.date), ("status", status),
         ("system", record.system), ("cpu", _cpu(system)), ("memory", system.get("host_memory_capacity")),
         ("accelerators", _accelerators(system)), ("os", system.get("operating_system")),
         ("backend", f"{result.backend.name} {result.backend.version or ''}".strip()), ("device", result.device),

@@ -275,7 +275,6 @@ def test_a_bad_scheduler_is_a_usage_error_listing_the_valid_ones(models: dict[st
     ("options", "message"),
     [
         ({"num_cores": CORES + 1}, "num_cores"),
-        ({"num_cores": -1}, "num_cores"),
         ({"num_streams": 2}, "single_stream scheduler runs one stream"),
         ({"scheduler": "multi_stream", "num_streams": CORES + 1}, "more than the"),
     ],
@@ -283,6 +282,12 @@ def test_a_bad_scheduler_is_a_usage_error_listing_the_valid_ones(models: dict[st
 def test_options_the_engine_cannot_honour_are_refused(models: dict[str, Path], options: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         DeepSparseBackend().check(inspect_onnx(models["matmul"]), Device("cpu"), DeepSparseOptions(**options), None)
+
+
+@pytest.mark.parametrize("key", ["num_cores", "num_streams"])
+def test_a_negative_count_is_refused_by_the_core(key: str) -> None:
+    with pytest.raises(UsageError, match=f"'{key}' .* is -1; it takes 0 to"):
+        build_options(DeepSparseOptions, [("--option", {key: "-1"})], "deepsparse")
 
 
 def test_options_reach_the_engine(models: dict[str, Path]) -> None:

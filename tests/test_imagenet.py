@@ -370,6 +370,22 @@ def test_corrupt_jpeg_is_named_and_leaves_no_cache(data: Path, cache: Path) -> N
     assert list((cache / "datasets" / "imagenet").iterdir()) == []
 
 
+def test_truncated_jpeg_is_named_and_leaves_no_cache(data: Path, cache: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # libjpeg decodes a truncated file without an error (grey rows, "Premature end of JPEG
+    # file" on stderr): it used to be cached as if it were the image
+    file = data / IMAGES[2][0]
+    whole = file.read_bytes()
+    file.write_bytes(whole[: len(whole) * 2 // 3])
+    assert cv2.imread(str(file)) is not None
+    capfd.readouterr()
+    error = open_error(data)
+    assert str(file) in error.message and "line 3" in error.message and "truncated" in error.message
+    assert "Premature end" not in capfd.readouterr().err  # refused before libjpeg is asked
+    assert list((cache / "datasets" / "imagenet").iterdir()) == []
+    file.write_bytes(whole + b"\x00" * 100 + b"trailing bytes after the image, as some cameras write")
+    assert ImageNet().open(DatasetRequest(NCHW, path=data, seed=0)).count == len(IMAGES)
+
+
 def test_count_out_of_range(data: Path) -> None:
     error = open_error(data, count=len(IMAGES) + 1)
     assert str(len(IMAGES) + 1) in error.message and str(len(IMAGES)) in error.hint

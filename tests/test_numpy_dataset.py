@@ -158,6 +158,26 @@ def test_count_and_paths(tmp_path: Path) -> None:
     open_error(X, None)
 
 
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (bytes(range(256)) * 4, ("x.npy", "is not a .npy file")),
+        (b"hello, this is text\n" * 8, ("x.npy", "is not a .npy file")),
+        (b"\x80\x04\x95" + bytes(40), ("x.npy", "is pickled Python data")),
+    ],
+    ids=["random-bytes", "text", "pickle"],
+)
+def test_a_file_that_is_not_npy_is_called_so(tmp_path: Path, content: bytes, words: tuple[str, ...]) -> None:
+    # np.load takes any file without the .npy magic for a pickle: random bytes used to be
+    # reported as "This file contains pickled (object) data"
+    (tmp_path / "x.npy").write_bytes(content)
+    error = open_error(X, tmp_path)
+    for word in words:
+        assert word in error.message, error.message
+    assert "pickled (object) data" not in error.message and "allow_pickle" not in error.message
+    assert "np.save" in error.hint
+
+
 def test_input_names_that_collide_are_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", a_b=np.zeros((4, 2), np.float32))
     inputs = [TensorSpec("a:b", "float32", (None, 2)), TensorSpec("a/b", "float32", (None, 2))]

@@ -302,6 +302,15 @@ def test_corrupt_image_is_named_and_leaves_no_cache(data: Path, fixture: OpenIma
     assert key_dirs(cache) == []
 
 
+def test_truncated_jpeg_is_named_and_leaves_no_cache(data: Path, fixture: OpenImagesFixture, cache: Path) -> None:
+    file = fixture.image_file(4)
+    file.write_bytes(file.read_bytes()[:-100])  # cv2.imread still returns an image for it
+    error = open_error(request(data))
+    assert fixture.images[4]["file_name"] in error.message and "truncated JPEG" in error.message
+    assert "never skipped" in error.hint
+    assert key_dirs(cache) == []
+
+
 def test_path_problems_and_counts(data: Path, tmp_path: Path) -> None:
     assert "needs --dataset-path" in open_error(DatasetRequest(NCHW, params=params())).message
     assert "does not exist" in open_error(request(tmp_path / "nowhere")).message

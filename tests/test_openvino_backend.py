@@ -291,6 +291,26 @@ def test_an_operator_openvino_lacks_is_a_model_error(tmp_path: Path) -> None:
         load(tmp_path / "bad.onnx")
 
 
+def test_a_valid_operator_openvino_lacks_is_named_with_another_backend_to_try(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    # Det is valid ONNX (the checker passes it) that OpenVINO's ONNX reader has no rule for
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["x"], ["y"])], "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    with pytest.raises(ModelError, match="Det") as info:
+        load(tmp_path / "det.onnx")
+    hint = info.value.hint or ""
+    assert "onnx.checker" not in hint, hint
+    assert "operator Det is not supported by openvino" in hint and "--backend onnxruntime" in hint
+
+
 def test_options_reach_the_compiled_model(models: dict[str, Path]) -> None:
     session = load(models["conv"], performance_hint="latency", num_streams=1, num_threads=1, num_requests=3)
     compiled = session.compiled
@@ -305,8 +325,12 @@ def test_options_reach_the_compiled_model(models: dict[str, Path]) -> None:
 
 
 def test_negative_option_is_a_usage_error(models: dict[str, Path]) -> None:
-    with pytest.raises(UsageError, match="num_streams"):
-        load(models["matmul"], num_streams=-1)
+    from mlpi.core.plugins.options import build_options
+
+    # the core refuses it (the field's metadata), before OpenVINO is asked
+    for key in ("num_streams", "num_threads", "num_requests"):
+        with pytest.raises(UsageError, match=key):
+            build_options(OvOptions, [("--option", {key: "-1"})], "openvino")
 
 
 def test_the_cache_folder_gets_compiled_models_only_when_asked(models: dict[str, Path], cache: Path) -> None:

@@ -49,6 +49,32 @@ def test_options_reach_the_session(model_dir: Path) -> None:
     assert opts.execution_mode == onnxruntime.ExecutionMode.ORT_PARALLEL
 
 
+def _one_node_model(path: Path, op: str, dtype: int, opset: int = 17) -> Path:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", dtype, ["N", 4])],
+        [helper.make_tensor_value_info("y", dtype, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)  # a valid model: the checker has nothing to say about it
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_operator_onnxruntime_lacks_is_named_with_another_backend_to_try(tmp_path: Path) -> None:
+    from onnx import TensorProto
+
+    # valid ONNX that onnxruntime's CPU build has no kernel for (Erf on doubles)
+    with pytest.raises(ModelError, match="Erf") as info:
+        load(_one_node_model(tmp_path / "erf.onnx", "Erf", TensorProto.DOUBLE))
+    hint = info.value.hint or ""
+    assert "onnx.checker" not in hint, hint
+    assert "operator Erf is not supported by onnxruntime" in hint and "--backend openvino" in hint
+
+
 def test_a_graph_onnxruntime_rejects_is_a_model_error(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
@@ -61,8 +87,9 @@ def test_a_graph_onnxruntime_rejects_is_a_model_error(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("no.such.domain", 1)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "bad.onnx"))
-    with pytest.raises(ModelError, match="onnxruntime could not load"):
+    with pytest.raises(ModelError, match="onnxruntime could not load") as info:
         load(tmp_path / "bad.onnx")
+    assert "custom operator" in (info.value.hint or "") and "no.such.domain:NoSuchOp" in (info.value.hint or "")
 
 
 def test_provider_missing_from_the_build_is_a_device_error(model_dir: Path) -> None:

@@ -580,11 +580,6 @@ def test_broken_calibration_data_is_reported_as_such(fake: FakeGpu, models):
 @pytest.mark.parametrize(
     ("options", "device", "error", "text"),
     [
-        ({"contexts": 0}, "cuda", UsageError, "option contexts is 0"),
-        ({"contexts": 33}, "cuda", UsageError, "option contexts is 33"),
-        ({"workspace_mib": -1}, "cuda", UsageError, "option workspace_mib is -1"),
-        ({"builder_optimization_level": 6}, "cuda", UsageError, "option builder_optimization_level is 6"),
-        ({"default_batch_size": 0}, "cuda", UsageError, "option default_batch_size is 0"),
         ({}, "cuda:0,1", UsageError, "one TensorRT session runs on one GPU"),
         ({}, "cpu", DeviceError, "cannot use device kind 'cpu'"),
     ],
@@ -592,6 +587,24 @@ def test_broken_calibration_data_is_reported_as_such(fake: FakeGpu, models):
 def test_check_rejects_what_load_would_reject(fake: FakeGpu, models, options, device, error, text):
     with pytest.raises(error, match=text):
         TensorRTBackend().check(inspect_onnx(models["matmul"]), Device.parse(device), TrtOptions(**options), None)
+    assert fake.trt.BUILDS == []
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"contexts": "0"}, r"option 'contexts' of backend 'tensorrt' \(from --option\) is 0; it takes 1 to 32"),
+        ({"contexts": "33"}, "'contexts' .* is 33; it takes 1 to 32"),
+        ({"workspace_mib": "-1"}, "'workspace_mib' .* is -1; it takes 0 or more"),
+        ({"builder_optimization_level": "6"}, "'builder_optimization_level' .* is 6; it takes 0 to 5"),
+        ({"default_batch_size": "0"}, "'default_batch_size' .* is 0; it takes 1 or more"),
+    ],
+)
+def test_option_ranges_are_refused_by_the_core(fake: FakeGpu, options, text):
+    from mlpi.core.plugins.options import build_options
+
+    with pytest.raises(UsageError, match=text):
+        build_options(TrtOptions, [("--option", options)], "tensorrt")
     assert fake.trt.BUILDS == []
 
 

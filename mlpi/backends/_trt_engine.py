@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlpi.backends._model_hint import model_hint
 from mlpi.core.contract.backend import ModelArtifact, fixed_batch_size, format_shape
 from mlpi.core.contract.errors import ModelError, UsageError
 from mlpi.core.results.rundir import write_bytes_atomic
@@ -239,7 +240,8 @@ def build_engine(
     if not parser.parse_from_file(str(model.path)):
         reasons = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         reason = reasons[0] if reasons else last_error(log, mark, "no reason given")
-        raise ModelError(f"TensorRT's ONNX parser rejected {model.path}: {reason[:300]}", MODEL_HINT)
+        raise ModelError(f"TensorRT's ONNX parser rejected {model.path}: {reason[:300]}",
+                         model_hint("tensorrt", " ".join(reasons) or reason, MODEL_HINT))
     names = {network.get_input(i).name for i in range(network.num_inputs)}
     wanted = {spec.name for spec in model.inputs}
     if names != wanted:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mlpi.backends._model_hint import model_hint
 from mlpi.core.contract.backend import (
     Backend,
     Capabilities,
@@ -75,9 +76,11 @@ class DeepSparseOptions:
         },
     )
     num_streams: int = field(
-        default=0, metadata={"help": "parallel streams for multi_stream/elastic (0: DeepSparse decides)"}
+        default=0, metadata={"help": "parallel streams for multi_stream/elastic (0: DeepSparse decides)", "threads": True}
     )
-    num_cores: int = field(default=0, metadata={"help": "physical cores the engine uses (0: all it can see)"})
+    num_cores: int = field(
+        default=0, metadata={"help": "physical cores the engine uses (0: all it can see)", "threads": True}
+    )
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,8 @@ class DeepSparseBackend(Backend):
             message = _clean(exc)
             if _CPU_PROBLEM.search(message):
                 raise DeviceError(f"DeepSparse cannot run on this CPU: {message}", _CPU_HINT) from None
-            raise ModelError(f"DeepSparse could not compile {model.path}: {message}", _MODEL_HINT) from None
+            raise ModelError(f"DeepSparse could not compile {model.path}: {message}",
+                             model_hint(self.name, str(exc), _MODEL_HINT)) from None
         return DeepSparseSession(engine, model, path, batch, info.quantized)
 
     # -- helpers -------------------------------------------------------------------------
@@ -290,9 +294,6 @@ def _check_options(options: Any, cores: int) -> None:
             f"option scheduler is {options.scheduler!r}, not a DeepSparse scheduler",
             f"choose one of: {', '.join(SCHEDULERS)}",
         )
-    for key in ("num_streams", "num_cores"):
-        if getattr(options, key) < 0:
-            raise UsageError(f"option {key} is {getattr(options, key)}", "give 0 (DeepSparse decides) or more")
     if options.num_cores > cores:
         raise UsageError(
             f"option num_cores is {options.num_cores}, but DeepSparse sees {cores} physical cores here",

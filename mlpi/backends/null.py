@@ -25,7 +25,9 @@ from mlpi.core.contract.device import Device
 
 @dataclass
 class NullOptions:
-    preferred_batch_size: int = field(default=64, metadata={"help": "batch size when --batch-size is not given"})
+    preferred_batch_size: int = field(
+        default=64, metadata={"help": "batch size when --batch-size is not given", "min": 1}
+    )
 
 
 class NullSession(Session):

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mlpi.backends._cuda import cuda_device_count, cuda_device_name, rocm_device_count
+from mlpi.backends._model_hint import model_hint
 from mlpi.core.contract.backend import (
     Backend,
     Capabilities,
@@ -77,8 +78,12 @@ _ORT_TYPES = {
 
 @dataclass
 class OrtOptions:
-    intra_op_threads: int = field(default=0, metadata={"help": "threads inside one operator (0: ONNX Runtime decides)"})
-    inter_op_threads: int = field(default=0, metadata={"help": "threads across operators in parallel mode (0: decide)"})
+    intra_op_threads: int = field(
+        default=0, metadata={"help": "threads inside one operator (0: ONNX Runtime decides)", "threads": True}
+    )
+    inter_op_threads: int = field(
+        default=0, metadata={"help": "threads across operators in parallel mode (0: decide)", "threads": True}
+    )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = field(
         default="all", metadata={"help": "graph optimisations applied when the session is created"}
     )
@@ -226,10 +231,7 @@ class OnnxRuntimeBackend(Backend):
             session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(
-                f"onnxruntime could not load {model.path}: {first[:300]}",
-                "check the model with onnx.checker.check_model, or export it again",
-            ) from None
+            raise ModelError(f"onnxruntime could not load {model.path}: {first[:300]}", model_hint(self.name, str(exc))) from None
         active = session.get_providers()
         if not active or active[0] != wanted:
             raise DeviceError(

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mlpi.backends._model_hint import model_hint
 from mlpi.core.contract.backend import (
     Backend,
     Capabilities,
@@ -60,8 +61,6 @@ _OV_TYPES = {
     "boolean": "bool",
 }
 
-_MODEL_HINT = "check the model with onnx.checker.check_model, or export it again"
-
 
 @dataclass
 class OvOptions:
@@ -72,12 +71,16 @@ class OvOptions:
             "none (set no hint: the device's own default and num_streams/num_threads decide)"
         },
     )
-    num_streams: int = field(default=0, metadata={"help": "NUM_STREAMS: parallel inference streams (0: OpenVINO decides)"})
+    num_streams: int = field(
+        default=0, metadata={"help": "NUM_STREAMS: parallel inference streams (0: OpenVINO decides)", "threads": True}
+    )
     num_threads: int = field(
-        default=0, metadata={"help": "INFERENCE_NUM_THREADS: CPU threads for inference (0: OpenVINO decides)"}
+        default=0,
+        metadata={"help": "INFERENCE_NUM_THREADS: CPU threads for inference (0: OpenVINO decides)", "threads": True},
     )
     num_requests: int = field(
-        default=0, metadata={"help": "infer requests per session (0: OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS)"}
+        default=0,
+        metadata={"help": "infer requests per session (0: OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS)", "threads": True},
     )
     cache: bool = field(
         default=True, metadata={"help": "keep compiled models in <mlpi cache>/openvino (OpenVINO's CACHE_DIR)"}
@@ -230,9 +233,6 @@ class OpenVinoBackend(Backend):
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
         self._import()
         plugin = self._plugin(device)
-        for key in ("num_streams", "num_threads", "num_requests"):
-            if getattr(options, key) < 0:
-                raise UsageError(f"option {key} is {getattr(options, key)}", "give 0 (OpenVINO decides) or more")
         core = self._get_core()
         supported = _device_property(core, plugin, "SUPPORTED_PROPERTIES") or {}
         wanted = {
@@ -281,12 +281,12 @@ class OpenVinoBackend(Backend):
         try:
             ov_model = core.read_model(str(model.path))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError
-            raise ModelError(f"OpenVINO could not read {model.path}: {_first_line(exc)}", _MODEL_HINT) from None
+            raise ModelError(f"OpenVINO could not read {model.path}: {_first_line(exc)}", model_hint(self.name, str(exc))) from None
         _refuse_unfaithful_outputs(ov_model, model)
         try:
             compiled = core.compile_model(ov_model, plugin, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError
-            hint = _MODEL_HINT
+            hint = model_hint(self.name, str(exc))
             if device.kind == "npu" and any(spec.batch_dynamic for spec in model.inputs):
                 hint = "the NPU needs static shapes: export the model with a fixed batch size"
             raise ModelError(f"OpenVINO could not compile {model.path} for {plugin}: {_first_line(exc)}", hint) from None

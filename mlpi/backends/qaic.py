@@ -68,15 +68,24 @@ _THREAD_OPTIONS = ("intra_op_threads", "num_threads", "threads")
 
 @dataclass
 class QaicOptions:
-    concurrency: int = field(default=2, metadata={"help": "activations per card: batches one card runs at once"})
-    queue_depth: int = field(default=4, metadata={"help": "requests a card queues behind its busy activations"})
-    latency_ms: float = field(default=1.0, metadata={"help": "device model: fixed time per batch (a in a + b*batch)"})
-    latency_per_sample_ms: float = field(
-        default=0.25, metadata={"help": "device model: time per sample in a batch (b in a + b*batch)"}
+    # each activation and each queued request is a batch in flight, with its own thread
+    concurrency: int = field(
+        default=2, metadata={"help": "activations per card: batches one card runs at once", "min": 1, "threads": True}
     )
-    max_batch_size: int = field(default=64, metadata={"help": "largest batch the card program accepts"})
-    preferred_batch_size: int = field(default=8, metadata={"help": "batch size when --batch-size is not given"})
-    threads: int = field(default=1, metadata={"help": "CPU threads that compute one virtual card's outputs"})
+    queue_depth: int = field(
+        default=4, metadata={"help": "requests a card queues behind its busy activations", "threads": True}
+    )
+    latency_ms: float = field(
+        default=1.0, metadata={"help": "device model: fixed time per batch (a in a + b*batch)", "min": 0}
+    )
+    latency_per_sample_ms: float = field(
+        default=0.25, metadata={"help": "device model: time per sample in a batch (b in a + b*batch)", "min": 0}
+    )
+    max_batch_size: int = field(default=64, metadata={"help": "largest batch the card program accepts", "min": 1})
+    preferred_batch_size: int = field(default=8, metadata={"help": "batch size when --batch-size is not given", "min": 1})
+    threads: int = field(
+        default=1, metadata={"help": "CPU threads that compute one virtual card's outputs", "min": 1, "threads": True}
+    )
     compute_backend: str = field(
         default=DEFAULT_COMPUTE_BACKEND,
         metadata={"help": "installed mlpi backend that computes the outputs on the CPU (`mlpi backends` lists them)"},
@@ -202,12 +211,6 @@ class QaicBackend(Backend):
                 f"there is no card qaic:{index}: the simulator has qaic:0-{SIMULATED_CARDS - 1}",
                 f"use cards 0 to {SIMULATED_CARDS - 1}, e.g. --device qaic:0-3",
             )
-        for name in ("concurrency", "max_batch_size", "preferred_batch_size", "threads"):
-            if getattr(options, name) < 1:
-                raise UsageError(f"qaic option {name} must be at least 1, not {getattr(options, name)}", f"-o {name}=1 or more")
-        for name in ("queue_depth", "latency_ms", "latency_per_sample_ms"):
-            if getattr(options, name) < 0:
-                raise UsageError(f"qaic option {name} cannot be negative ({getattr(options, name)})", f"-o {name}=0 or more")
         if precision not in (None, "fp32"):
             raise UsageError(f"the qaic simulator computes in fp32, not {precision}", "drop --precision")
         self._compute(options.compute_backend)

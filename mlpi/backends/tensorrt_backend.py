@@ -75,22 +75,26 @@ class TrtOptions:
     contexts: int = field(
         default=2,
         metadata={
-            "help": "execution contexts per GPU, each with its own CUDA stream and buffers: batches in flight at once"
+            "help": "execution contexts per GPU, each with its own CUDA stream and buffers: batches in flight at once",
+            "min": 1, "max": _MAX_CONTEXTS,
         },
     )
     workspace_mib: int = field(
-        default=0, metadata={"help": "builder workspace limit in MiB (0: TensorRT's default, the GPU's memory)"}
+        default=0, metadata={"help": "builder workspace limit in MiB (0: TensorRT's default, the GPU's memory)", "min": 0}
     )
     builder_optimization_level: int = field(
         default=3,
-        metadata={"help": "0-5: higher levels try more kernels, build slower and may run faster (TensorRT's default: 3)"},
+        metadata={
+            "help": "0-5: higher levels try more kernels, build slower and may run faster (TensorRT's default: 3)",
+            "min": 0, "max": _MAX_OPT_LEVEL,
+        },
     )
     tf32: bool = field(
         default=False,
         metadata={"help": "let fp32 layers use TF32 math on Ampere and newer: faster, about 1e-3 relative error"},
     )
     default_batch_size: int = field(
-        default=32, metadata={"help": "largest batch the engine is built for when the run gives no --batch-size"}
+        default=32, metadata={"help": "largest batch the engine is built for when the run gives no --batch-size", "min": 1}
     )
     calibration_cache: str = field(
         default="",
@@ -567,16 +571,6 @@ def _io_tensors(trt: Any, engine: Any, model: ModelArtifact, profile: Profile) -
 
 
 def _check_options(options: TrtOptions, precision: str) -> None:
-    if not 1 <= options.contexts <= _MAX_CONTEXTS:
-        raise UsageError(f"option contexts is {options.contexts}", f"give 1 to {_MAX_CONTEXTS} execution contexts")
-    if options.workspace_mib < 0:
-        raise UsageError(f"option workspace_mib is {options.workspace_mib}", "give 0 (TensorRT decides) or a size in MiB")
-    if not 0 <= options.builder_optimization_level <= _MAX_OPT_LEVEL:
-        raise UsageError(
-            f"option builder_optimization_level is {options.builder_optimization_level}", f"give 0 to {_MAX_OPT_LEVEL}"
-        )
-    if options.default_batch_size < 1:
-        raise UsageError(f"option default_batch_size is {options.default_batch_size}", "give 1 or more")
     if options.calibration_cache:
         if precision != "int8":
             raise UsageError(

@@ -51,7 +51,7 @@ class TorchOptions:
     )
     threads: int = field(
         default=0,
-        metadata={"help": "torch.set_num_threads for the whole process (0: torch's default)"},
+        metadata={"help": "torch.set_num_threads for the whole process (0: torch's default)", "threads": True},
     )
 
 
@@ -238,8 +238,6 @@ class TorchBackend(Backend):
                 "the pytorch backend does not run fp16 on the CPU: many CPU kernels lack fp16 or run it far slower than fp32",
                 "use --precision bf16 (or fp32) on the CPU, or run fp16 on a GPU",
             )
-        if options.threads < 0:
-            raise UsageError(f"threads must be 0 or more, not {options.threads}", "use -o threads=0 for torch's default")
         self._torch_device(device)
 
     def _torch_device(self, device: Device) -> Any:

@@ -123,6 +123,7 @@ class _Source:
         try:
             if self.kind == "folder":
                 file = self.path / f"{key}.npy"
+                _check_npy_magic(file)
                 array = np.load(file, mmap_mode="r", allow_pickle=False)
             else:
                 file = self.path
@@ -134,6 +135,25 @@ class _Source:
             ) from None
         self._arrays[key] = array
         return array
+
+
+#: How every .npy file starts (``np.lib.format.MAGIC_PREFIX``); a pickle starts with 0x80.
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_npy_magic(file: Path) -> None:
+    """A file that is not a .npy at all is said to be one, not read on: ``np.load`` takes
+    any file without the magic bytes for a pickle and, with pickles refused, would call
+    random bytes "pickled (object) data"."""
+    with open(file, "rb") as handle:
+        head = handle.read(len(_NPY_MAGIC))
+    if head == _NPY_MAGIC:
+        return
+    what = "pickled Python data" if head[:1] == b"\x80" else "not a .npy file"
+    raise DatasetError(
+        f"{file} is {what}: it does not start with NumPy's .npy header",
+        "write it with np.save from a numeric array",
+    )
 
 
 class NumpyFiles(DatasetFactory):

@@ -28,6 +28,9 @@ INT_RANGE = (0, 100)
 #: Samples when --count is not given, bounded so the preloaded set stays under MAX_BYTES.
 DEFAULT_COUNT = 1024
 MAX_BYTES = 1 << 30
+#: The most samples --count may ask for: synthetic data has no size of its own, and a count
+#: far beyond any real data set only makes a run start and then hang on its index tables.
+MAX_COUNT = 1 << 24
 
 
 class SyntheticDataset(PreloadedDataset):
@@ -79,6 +82,11 @@ class Synthetic(DatasetFactory):
             count = max(1, min(DEFAULT_COUNT, MAX_BYTES // max(sample_bytes, 1)))
         if count < 1:
             raise DatasetError(f"--count {count} leaves no samples", "pass --count 1 or more")
+        if count > MAX_COUNT:
+            raise DatasetError(
+                f"--count {count} is more samples than synthetic data makes (at most {MAX_COUNT:,})",
+                f"pass --count {MAX_COUNT} or less: LoadGen keeps only a few thousand loaded anyway",
+            )
         return SyntheticDataset(concrete, count, seed, _ranges(request.params.get("value_ranges") or {}))
 
 

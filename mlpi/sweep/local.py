@@ -47,7 +47,7 @@ class LocalExecutor:
                 state.finish(record, summary)
                 current = None
                 reporter.cell_finished(record)
-                if record.status == "interrupted":
+                if record.status == "interrupted" or summary.get("stop"):  # stop: Ctrl-C after its last test
                     return True
         except KeyboardInterrupt:
             if current is not None:
@@ -71,7 +71,7 @@ class LocalExecutor:
 
                 traceback.print_exc()
             return failure(exc)
-        return summarize(outcome)
+        return {**summarize(outcome), "stop": outcome.interruption is not None}
 
 
 def in_cell(exc: MlpiError, record: CellRecord) -> MlpiError:

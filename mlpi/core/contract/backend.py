@@ -162,7 +162,12 @@ class Backend(ABC):
     - ``precisions``: precisions it can run (a subset of :data:`PRECISIONS`).
     - ``Options``: a dataclass of its knobs with defaults; users set them with
       ``-o key=value`` or in ``plugins.toml``; unknown keys are rejected by the core.
-      A field's ``metadata["help"]`` documents it for ``mlpi backends``.
+      A field's ``metadata["help"]`` documents it for ``mlpi backends``. The core checks
+      numbers, so a backend does not: a float must be finite; ``metadata["min"]`` and
+      ``metadata["max"]`` bound a number (inclusive); ``metadata["threads"] = True`` marks a
+      count of host threads (or of things that each take one: streams, requests in flight),
+      0 or more unless ``"min"`` says otherwise and at most
+      :func:`mlpi.core.plugins.options.thread_limit`.
     - ``install_hint``: the command that installs the runtime, shown when it is missing.
     - ``simulated``: its devices are a simulation (timing from a device model); a system
       description never lists them as hardware.

@@ -8,6 +8,8 @@ config path is passed explicitly.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gc
 import os
 import sys
@@ -17,8 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from mlpi.core.contract.errors import EXIT_FAILURE, MlpiError, ModelError, UsageError
+from mlpi.core.results.rundir import describe_os_error
 
 OUTCOME = "outcome.json"
+
+
+#: The exit code of a child that could not write its outcome (a full disk, a folder made
+#: read-only): sysexits' EX_IOERR. Its last words (``mlpi: cannot write ...``) are the last
+#: line of harness.log when that could still be written.
+EXIT_UNWRITABLE = 74
 
 
 def main(argv: list[str]) -> int:
@@ -29,23 +38,48 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # LoadGen blocks the main thread: die at once
     _die_with_parent()
     plan_path, scenario, mode, outdir = argv
-    print(f"mlpi: {scenario} {mode} test, pid {os.getpid()}", flush=True)
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     try:
+        print(f"mlpi: {scenario} {mode} test, pid {os.getpid()}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
         details = run_test(Path(plan_path), scenario, mode, out)
     except MlpiError as exc:
-        _write(out, {"status": "failed", "error": _error(exc), "seconds": time.time() - started})
-        return exc.exit_code
+        return _finish(out, {"status": "failed", "error": _error(exc), "seconds": time.time() - started}, exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_WRITE:
+            return _crashed(out, exc, started)
+        where = f" {exc.filename}" if exc.filename else f" in {out}"
+        err = MlpiError(f"the {scenario} {mode} test could not write{where}: {describe_os_error(exc)}",
+                        "free some disk space, or pass --output DIR on another disk")
+        return _finish(out, {"status": "failed", "error": _error(err), "seconds": time.time() - started}, EXIT_FAILURE)
     except Exception as exc:  # noqa: BLE001 - a backend's own failure, reported as such
-        traceback.print_exc()
-        err = MlpiError(f"{type(exc).__name__}: {exc}", f"see {out / 'harness.log'}; re-run with --debug")
-        _write(out, {"status": "failed", "error": _error(err), "seconds": time.time() - started})
-        return EXIT_FAILURE
+        return _crashed(out, exc, started)
     details.update(status="ok", seconds=time.time() - started)
-    _write(out, details)
-    return 0
+    return _finish(out, details, 0)
+
+
+#: A write that failed for want of space or of a writable file system, not of a fault.
+_CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _crashed(out: Path, exc: BaseException, started: float) -> int:
+    with contextlib.suppress(OSError):  # the log may be on the disk that is full
+        traceback.print_exc()
+    err = MlpiError(f"{type(exc).__name__}: {exc}", f"see {out / 'harness.log'}; re-run with --debug")
+    return _finish(out, {"status": "failed", "error": _error(err), "seconds": time.time() - started}, EXIT_FAILURE)
+
+
+def _finish(out: Path, outcome: dict[str, Any], code: int) -> int:
+    """Write the outcome; :data:`EXIT_UNWRITABLE` (saying why, where it still can) when it
+    cannot be written."""
+    try:
+        _write(out, outcome)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.write(1, f"\nmlpi: cannot write {out / OUTCOME}: {describe_os_error(exc)}\n".encode("utf-8", "replace"))
+        return EXIT_UNWRITABLE
+    return code
 
 
 def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, Any]:

@@ -7,8 +7,10 @@ error that names the fix; ``recheck_plan`` checks a saved plan against this mach
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 from mlpi.core.contract.backend import fixed_batch_size
 from mlpi.core.contract.dataset import DatasetRequest
 from mlpi.core.contract.device import Device
-from mlpi.core.contract.errors import DeviceError, ModelError, UsageError, suggest
+from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError, suggest
 from mlpi.core.contract.model import ModelSpec
 from mlpi.core.contract.pipeline import MAIN_GRAPH
 from mlpi.core.contract.rules import MODES, SCENARIOS
@@ -25,7 +27,7 @@ from mlpi.core.engine.cache import cache_root
 from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.core.engine.plan import GraphRef, ModelRef, Plan, combined_digest
 from mlpi.core.plugins.config import PluginsConfig
-from mlpi.core.plugins.options import build_options, options_to_json
+from mlpi.core.plugins.options import build_options, options_to_json, thread_limit
 from mlpi.core.plugins.registry import Registry
 from mlpi.core.results.rundir import write_json_atomic
 
@@ -86,14 +88,15 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     registry = Registry(config)
     scenarios = parse_scenarios(request.scenarios)
     modes = parse_modes(request.mode)
-    _check_numbers(request)
+    _check_numbers(vars(request))
 
-    if request.device is None and request.backend:
+    # an empty --backend, --device or --model is a mistake, never "the default"
+    if request.device is None and request.backend is not None:
         backend = registry.backend(request.backend)
         device = Device(backend.device_kinds[0]) if backend.device_kinds else Device("cpu")
     else:
-        device = Device.parse(request.device or "cpu")
-        backend = registry.backend(request.backend or registry.default_backend(device.kind))
+        device = Device.parse(request.device if request.device is not None else "cpu")
+        backend = registry.backend(request.backend if request.backend is not None else registry.default_backend(device.kind))
     if device.kind not in backend.device_kinds:
         raise DeviceError(
             f"backend '{backend.name}' cannot use device kind '{device.kind}'",
@@ -120,11 +123,17 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         for unit in device.units():
             backend.check(artifact, unit, options, request.precision)
     _check_batch_size(request.batch_size, model_ref.inputs)
+    batch_memory = (request.batch_size, request.instances, len(device.units()))
+    flag = ("--batch-size", "pass --batch-size {fits} or less")
+    # before the dataset opens (it may preprocess for minutes), with the model's own shapes;
+    # after, with the dataset's (a dynamic dimension resolved)
+    _check_batch_memory(*batch_memory, spec.sample_inputs or model_ref.inputs, model_ref.outputs, *flag)
     dataset = open_dataset(
         registry, spec, model_ref.inputs, request.dataset, request.dataset_path, request.dataset_count, request.seed
     )
     if dataset.count < 1:
         raise UsageError(f"dataset '{request.dataset}' has no samples", "check --dataset-path and --count")
+    _check_batch_memory(*batch_memory, dataset.inputs, model_ref.outputs, *flag)
     if "accuracy" in modes and spec.score is not None and not spec.scoring_optional and not dataset.has_ground_truth:
         fitting = [d for d in spec.datasets if d != request.dataset]
         raise UsageError(
@@ -156,12 +165,16 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
 
 
 def recheck_plan(plan: Plan) -> Plan:
-    """Check a saved plan against this machine again: the model file must be the same."""
+    """Check a saved plan against this machine again: its values (as a new run's would be:
+    :meth:`Plan.read` has checked them already), the model file must be the same, and the
+    dataset must open and a batch fit in memory here."""
+    check_plan_values(plan)
     config = PluginsConfig.load(plan.plugins_file)
     registry = Registry(config)
     backend = registry.backend(plan.backend)
     backend.version()
-    _check_device(backend, Device.parse(plan.device))
+    device = Device.parse(plan.device)
+    _check_device(backend, device)
     build_options(backend.Options, [("plan.json", plan.backend_options)], backend.name)
     for graph in plan.model.artifacts().values():
         artifact = inspect_onnx(graph.path)
@@ -170,9 +183,39 @@ def recheck_plan(plan: Plan) -> Plan:
                 f"{graph.path} changed since the plan was made (sha256 {artifact.sha256[:12]}..., plan has {graph.sha256[:12]}...)",
                 "restore the original file, or start a new run without --plan",
             )
-    open_dataset(registry, spec_of_plan(registry, plan), plan.model.inputs, plan.dataset, plan.dataset_path,
-                 plan.dataset_count, plan.seed)
+    _check_batch_size(plan.batch_size, plan.model.inputs)
+    spec = spec_of_plan(registry, plan)
+    batch_memory = (plan.batch_size, plan.instances, len(device.units()))
+    label = ("the plan's batch_size", "set batch_size to {fits} or less in the plan, or start a new run without --plan")
+    _check_batch_memory(*batch_memory, spec.sample_inputs or plan.model.inputs, plan.model.outputs, *label)
+    dataset = open_dataset(registry, spec, plan.model.inputs, plan.dataset, plan.dataset_path, plan.dataset_count, plan.seed)
+    _check_batch_memory(*batch_memory, dataset.inputs, plan.model.outputs, *label)
     return plan
+
+
+def check_plan_values(plan: Plan, source: str = "the plan") -> None:
+    """The values of a saved plan (``source``: its file) held to the rules a new run's are
+    held to: scenarios and modes mlpi knows (spelt as plans spell them), a device, numbers
+    in range. A plan may have been edited by hand: a UsageError names the key and the file."""
+    fix = f"fix it in {source}, or start a new run without --plan"
+    for key, known in (("scenarios", SCENARIOS), ("modes", MODES)):
+        values = getattr(plan, key)
+        if not values:
+            raise UsageError(f"{source} has no {key}", fix)
+        for value in values:
+            if value not in known:
+                close = suggest(value, list(known))
+                raise UsageError(f"{source} has an unknown {key[:-1]} '{value}' in {key}", f"{close}; {fix}")
+        if len(set(values)) != len(values):
+            raise UsageError(f"{source} lists a {key[:-1]} twice in {key}", fix)
+    try:
+        Device.parse(plan.device)
+    except UsageError as exc:
+        raise UsageError(f"{source}: device {exc.message}", f"{exc.hint}; {fix}") from None
+    if not plan.backend or not plan.dataset or not plan.model.name:
+        raise UsageError(f"{source} names no backend, model or dataset", fix)
+    _check_numbers(vars(plan), {key: key for key in _FLAGS},
+                   lambda key, want: f"set {key} to {want} in {source}, or start a new run without --plan", where=f" in {source}")
 
 
 def spec_of_plan(registry: Registry, plan: Plan) -> ModelSpec:
@@ -216,23 +259,129 @@ def _check_batch_size(batch_size: int | None, inputs: list[Any]) -> None:
         )
 
 
-def _check_numbers(request: RunRequest) -> None:
-    if request.seed < 0:
-        raise UsageError(f"--seed must be 0 or more, not {request.seed}", "pass --seed 0 or a positive number")
-    for name, value in (("--batch-size", request.batch_size), ("--instances", request.instances)):
+#: The command-line flag of each number a run takes.
+_FLAGS = {"seed": "--seed", "batch_size": "--batch-size", "instances": "--instances", "dataset_count": "--count",
+          "target_qps": "--target-qps", "duration_s": "--duration", "batch_timeout_ms": "--batch-timeout-ms"}
+
+
+def _pass_flag(flag: str, want: str) -> str:
+    return f"pass {flag} {want}"
+
+
+def _check_numbers(values: Mapping[str, Any], names: Mapping[str, str] = _FLAGS,
+                   fix: Callable[[str, str], str] = _pass_flag, where: str = "") -> None:
+    """The run's numbers (``values``: a RunRequest's or a Plan's fields; ``names``: how the
+    user spells each one) are in range: whole numbers at least 0 or 1, times and rates
+    positive and finite (``inf`` and ``nan`` are refused), ``--instances`` at most
+    :func:`thread_limit` (each session takes a thread or more)."""
+    seed = values.get("seed")
+    if seed is not None and seed < 0:
+        raise UsageError(f"{names['seed']}{where} must be 0 or more, not {seed}", fix(names["seed"], "0 or a positive number"))
+    for key in ("batch_size", "instances", "dataset_count"):
+        value = values.get(key)
         if value is not None and value < 1:
-            raise UsageError(f"{name} must be at least 1, not {value}", f"pass {name} 1 or more")
-    for name, fvalue in (
-        ("--target-qps", request.target_qps),
-        ("--duration", request.duration_s),
-        ("--batch-timeout-ms", request.batch_timeout_ms),
-    ):
-        if fvalue is not None and not fvalue > 0:
-            raise UsageError(f"{name} must be positive, not {fvalue}", f"pass {name} with a value above 0")
+            raise UsageError(f"{names[key]}{where} must be at least 1, not {value}", fix(names[key], "1 or more"))
+    instances, limit = values.get("instances"), thread_limit()
+    if instances is not None and instances > limit:
+        raise UsageError(
+            f"{names['instances']}{where} is {instances}: more sessions per device unit than the {limit} threads "
+            f"mlpi lets a run start here",
+            fix(names["instances"], f"{limit} or less (a few per device unit are usually plenty)"),
+        )
+    for key in ("target_qps", "duration_s", "batch_timeout_ms"):
+        fvalue = values.get(key)
+        if fvalue is not None and not (fvalue > 0 and math.isfinite(fvalue)):
+            raise UsageError(f"{names[key]}{where} must be a positive, finite number, not {fvalue}",
+                             fix(names[key], "a finite value above 0"))
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can have now (``MemAvailable``); ``None`` where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def sample_bytes(specs: Any) -> int:
+    """Bytes of one sample of ``specs`` (a dynamic dimension counts as 1; an unknown type
+    as one byte an element)."""
+    import numpy as np
+
+    total = 0
+    for spec in specs:
+        try:
+            itemsize = np.dtype(spec.dtype).itemsize
+        except TypeError:
+            itemsize = 1
+        total += math.prod(int(d) if d else 1 for d in spec.sample_shape) * itemsize
+    return total
+
+
+def _check_batch_memory(batch_size: int | None, instances: int, units: int, inputs: Any, outputs: Any,
+                        label: str, fix: str) -> None:
+    """One batch's buffers (``inputs`` and ``outputs``) on every session of the run must fit
+    in the memory this machine has available: a batch size far beyond it would only start a
+    run that fails allocating it (``label`` names the batch size, ``fix`` says what to do,
+    with ``{fits}`` for the most that would)."""
+    if batch_size is None:
+        return
+    per_sample = sample_bytes(inputs) + sample_bytes(outputs)
+    available = available_memory_bytes()
+    if available is None or per_sample <= 0:
+        return
+    sessions = max(1, instances) * max(1, units)
+    need = batch_size * per_sample * sessions
+    if need <= available:
+        return
+    fits = available // (per_sample * sessions)
+    across = f" on each of {sessions} sessions" if sessions > 1 else ""
+    raise UsageError(
+        f"{label} {batch_size} needs {_size(need)} of batch buffers ({_size(per_sample)} a sample{across}), "
+        f"more than the {_size(available)} of memory available",
+        fix.format(fits=fits) if fits >= 1 else "use fewer instances or devices, or a machine with more memory",
+    )
+
+
+def _size(n: int) -> str:
+    if n >= 1 << 70:
+        return f"{n:.3g} bytes"
+    for unit, scale in (("EiB", 1 << 60), ("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _check_device(backend: Any, device: Device) -> None:
-    check_device_usable(backend.name, device, backend.probe())
+    check_device_usable(backend.name, device, probed_devices(backend))
+
+
+def probed_devices(backend: Any) -> list[Device]:
+    """``backend.probe()``; a probe that raises or answers something other than a list of
+    Devices (the contract says it never raises) is one PluginError naming the backend."""
+    try:
+        devices = backend.probe()
+    except Exception as exc:  # noqa: BLE001 - a third-party probe's bug, reported as such
+        text = str(exc).strip().splitlines()
+        raise PluginError(
+            f"backend '{backend.name}' failed to list its devices: probe() raised {type(exc).__name__}"
+            + (f": {text[0][:200]}" if text else ""),
+            f"report this to the authors of the '{backend.name}' backend (probe() must never raise), "
+            "or choose another backend with --backend (`mlpi backends` lists them)",
+        ) from None
+    if not isinstance(devices, (list, tuple)) or not all(isinstance(d, Device) for d in devices):
+        raise PluginError(
+            f"backend '{backend.name}' listed its devices as {type(devices).__name__}, not a list of Devices",
+            f"report this to the authors of the '{backend.name}' backend, or choose another backend with --backend",
+        )
+    return list(devices)
 
 
 def check_device_usable(name: str, device: Device, usable: list[Device]) -> None:
@@ -257,7 +406,7 @@ def check_device_usable(name: str, device: Device, usable: list[Device]) -> None
 def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, ModelSpec, bool]:
     """The model's graph file(s) and its spec (the registered model's, or one made from the file)."""
     spec: ModelSpec | None = None
-    if request.model:
+    if request.model is not None:  # an empty --model is unknown, never "no model"
         spec = registry.model(request.model)
     if request.weights not in (None, "official", "random"):
         raise UsageError(f"unknown --weights '{request.weights}'", "choose official or random")

@@ -2,8 +2,13 @@
 
 ``execute`` makes the run directory and drives the children, writing ``result.json``
 (a :class:`~mlpi.core.results.schema.RunResult`) after every test so nothing already
-measured is ever lost; a crash or Ctrl-C is recorded as such. Planning and checks live in
-:mod:`mlpi.core.engine.planning`.
+measured is ever lost; a crash or Ctrl-C is recorded as such. While the run goes on,
+result.json names its ``owner`` (host, pid, process start), so a run whose process was
+killed reads as abandoned later (:func:`mlpi.core.results.rundir.owner_gone`). Ctrl-C stops
+a running test at once, and otherwise waits for result.json and the results store to hold
+the end, whose error says truly what was measured. A write that fails (a full disk, a
+folder made read-only) ends the run as failed, result.json saying why when it still can.
+Planning and checks live in :mod:`mlpi.core.engine.planning`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from mlpi.core.contract.errors import (
     ResultError,
     RunFailed,
 )
-from mlpi.core.engine.child import OUTCOME
+from mlpi.core.engine.child import EXIT_UNWRITABLE, OUTCOME
 from mlpi.core.engine.plan import Plan
 from mlpi.core.engine.scenario import (
     DetailLog,
@@ -43,8 +48,11 @@ from mlpi.core.plugins.registry import Registry
 from mlpi.core.results.rundir import (
     RESULT_FILE,
     create_run_dir,
+    describe_os_error,
+    process_owner,
     run_stem,
     test_dir,
+    unwritable_hint,
     write_json_atomic,
 )
 from mlpi.core.results.schema import (
@@ -75,81 +83,215 @@ class RunOutcome:
     result: RunResult
     exit_code: int
     error: MlpiError | None = None
+    #: Set when Ctrl-C, SIGTERM or SIGHUP stopped the run, or came after its last test: the
+    #: ``error:`` to print (exit code 130), saying truly what was measured and kept.
+    interruption: MlpiError | None = None
 
 
 def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_output: bool = False) -> RunOutcome:
-    """Run every test of ``plan`` in its own process under a new run directory."""
-    registry = Registry(PluginsConfig.load(plan.plugins_file))
-    backend = registry.backend(plan.backend)
-    run_dir = create_run_dir(output_root, run_stem(plan.model.name, plan.backend, plan.device))
-    plan_path = run_dir / "plan.json"
-    write_json_atomic(plan_path, plan.to_json())
-    result = RunResult(
-        run_id=run_dir.name,
-        status="running",
-        started=_now(),
-        backend=BackendInfo(backend.name, backend.version(), dict(plan.backend_options),
-                            extra={"plugin": registry.provenance("backends", plan.backend)}),
-        device=plan.device,
-        precision=plan.precision,
-        model=ModelInfo(
-            name=plan.model.name, path=plan.model.path, sha256=plan.model.sha256, rules_key=plan.model.rules_key,
-            rules=plan.extra.get("rules"), weights="random" if plan.model.random_weights else "given",
-            note="random weights - performance only" if plan.model.random_weights else None,
-            extra={"plugin": registry.provenance("models", plan.model.name)} if plan.extra.get("registered_model") else {},
-        ),
-        dataset=DatasetInfo(plan.dataset, plan.dataset_path, plan.dataset_count,
-                            extra={"plugin": registry.provenance("datasets", plan.dataset)}),
-        settings=RunSettings(
-            batch_size=plan.batch_size, instances=plan.instances, target_qps=plan.target_qps, quick=plan.quick,
-            duration_s=plan.min_duration_s, batch_timeout_ms=plan.batch_timeout_ms,
-        ),
-        submission_valid=not plan.quick and plan.duration_s is None,
-        simulated=False,
-        system=system_info(backend.runtime_distributions(), backends=[backend]),  # the devices this run could use
-        extra={"plugins_files": list(registry.config.sources)},
-    )
-    result_path = run_dir / RESULT_FILE
-    write_json_atomic(result_path, result.to_json())
+    """Run every test of ``plan`` in its own process under a new run directory.
 
-    tests = [(s, m) for s in plan.scenarios for m in plan.modes]
-    error: MlpiError | None = None
-    status = "ok"
-    for number, (scenario, mode) in enumerate(tests, 1):
-        reporter.test_started(scenario, mode, number, len(tests))
-        out = test_dir(run_dir, scenario, mode)
+    result.json records each finished test as it comes, and who writes it (``owner``: host,
+    pid, process start) while the run goes on. Ctrl-C (and SIGTERM, SIGHUP) stops a running
+    test at once; anywhere else it waits for result.json and the results store to be written,
+    so the outcome always says what was measured. A write that fails (a full disk, a folder
+    made read-only) ends the run as failed with one error, keeping what was written."""
+    with _Interrupts() as interrupts:
+        registry = Registry(PluginsConfig.load(plan.plugins_file))
+        backend = registry.backend(plan.backend)
+        run_dir = create_run_dir(output_root, run_stem(plan.model.name, plan.backend, plan.device))
+        result = RunResult(
+            run_id=run_dir.name,
+            status="running",
+            started=_now(),
+            backend=BackendInfo(backend.name, backend.version(), dict(plan.backend_options),
+                                extra={"plugin": registry.provenance("backends", plan.backend)}),
+            device=plan.device,
+            precision=plan.precision,
+            model=ModelInfo(
+                name=plan.model.name, path=plan.model.path, sha256=plan.model.sha256, rules_key=plan.model.rules_key,
+                rules=plan.extra.get("rules"), weights="random" if plan.model.random_weights else "given",
+                note="random weights - performance only" if plan.model.random_weights else None,
+                extra={"plugin": registry.provenance("models", plan.model.name)} if plan.extra.get("registered_model") else {},
+            ),
+            dataset=DatasetInfo(plan.dataset, plan.dataset_path, plan.dataset_count,
+                                extra={"plugin": registry.provenance("datasets", plan.dataset)}),
+            settings=RunSettings(
+                batch_size=plan.batch_size, instances=plan.instances, target_qps=plan.target_qps, quick=plan.quick,
+                duration_s=plan.min_duration_s, batch_timeout_ms=plan.batch_timeout_ms,
+            ),
+            submission_valid=not plan.quick and plan.duration_s is None,
+            simulated=False,
+            system=system_info(backend.runtime_distributions(), backends=[backend]),  # the devices this run could use
+            extra={"plugins_files": list(registry.config.sources), "owner": process_owner()},
+        )
+        return _Run(plan, output_root, run_dir, result, reporter, interrupts, keep_child_output).run()
+
+
+class _Unwritable(Exception):
+    """A file of the run could not be written (``path``, the OS error)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"{path}: {error}")
+        self.path, self.error = path, error
+
+
+class _Run:
+    """One run from its run directory on: the tests, result.json after each, the end."""
+
+    def __init__(self, plan: Plan, output_root: Path, run_dir: Path, result: RunResult, reporter: Reporter,
+                 interrupts: _Interrupts, echo: bool) -> None:
+        self.plan, self.output_root, self.run_dir, self.result = plan, output_root, run_dir, result
+        self.reporter, self.interrupts, self.echo = reporter, interrupts, echo
+        self.tests = [(s, m) for s in plan.scenarios for m in plan.modes]
+        self.saved = False  # result.json exists
+        self.final = False  # result.json holds the run's end
+
+    def run(self) -> RunOutcome:
         try:
-            code = _run_child(plan_path, out, scenario, mode, keep_child_output)
-        except KeyboardInterrupt:
-            code = None
-        if code is None:
-            test = _test_entry(plan, scenario, mode, status="interrupted")
-            status = "interrupted"
+            return self._run()
+        except KeyboardInterrupt:  # interrupted three times: stop writing, keep what is written
+            where = f"what was written is kept in {self.run_dir}"
+            if not self.final:
+                where += "; 'mlpi results list' shows the run as abandoned once this process has ended"
+            return self._outcome(EXIT_INTERRUPTED, None,
+                                 _interrupted("interrupted again while the results were being written", where))
+
+    def _run(self) -> RunOutcome:
+        plan, interrupts = self.plan, self.interrupts
+        plan_path = self.run_dir / "plan.json"
+        status = "ok"
+        error: MlpiError | None = None
+        run_error = False  # the run failed outside any test (a write): result.json says why
+        stop: tuple[Any, ...] | None = None  # where an interrupt stopped the run
+        try:
+            self._write(plan_path, plan.to_json())
+            self._save()
+            for number, (scenario, mode) in enumerate(self.tests, 1):
+                if interrupts.pending:
+                    status, stop = "interrupted", ("between", number)
+                    break
+                self._tell(self.reporter.test_started, scenario, mode, number, len(self.tests))
+                out = test_dir(self.run_dir, scenario, mode)
+                try:
+                    code = _run_child(plan_path, out, scenario, mode, self.echo, interrupts)
+                except KeyboardInterrupt:
+                    code = None
+                if code is not None and code != 0 and (interrupts.pending or code == -signal.SIGINT):
+                    code = None  # Ctrl-C reaches the child too: it ended of it, not of a fault
+                if code is None:
+                    test = _test_entry(plan, scenario, mode, status="interrupted")
+                    status, stop = "interrupted", ("during", scenario, mode, number)
+                else:
+                    test = _readable(_collect(plan, out, scenario, mode, code), out / OUTCOME)
+                self.result = self.result.with_test(test)
+                self._save()
+                self._tell(self.reporter.test_finished, test)
+                if status == "interrupted":
+                    break
+                if test.status != "ok":
+                    status = "failed"
+                    err = test.error or ErrorRecord("RunFailed", "test failed")
+                    error = MlpiError(err.message, err.hint)
+                    error.exit_code = err.exit_code or EXIT_FAILURE
+                    break
+        except _Unwritable as exc:
+            status, stop, run_error = "failed", None, True
+            error = self._unwritable(exc)
+        # The end, whatever came meanwhile: result.json says how the run ended, then the
+        # results store indexes it (an interrupt now waits for both).
+        self.result = replace(self.result, status=status, finished=_now())
+        if run_error and error is not None:
+            record = ErrorRecord(type(error).__name__, error.message, error.hint, error.exit_code)
+            self.result = replace(self.result, extra={**self.result.extra, "error": record.to_json()})
+        try:
+            self._save()
+            self.final = True
+        except _Unwritable as exc:
+            if error is None:  # every measurement is in; only the end could not be written
+                error = self._unwritable(exc)
+            error.hint = (f"{error.hint}; " if error.hint else "") + (
+                f"{exc.path.name} could not record the end of the run: 'mlpi results list' shows it as abandoned "
+                "once this process has ended")
+        indexed = self.saved and record_run(self.run_dir, self.output_root)
+        if stop is None and interrupts.pending:  # it came as the run ended: after every test, or the failed one
+            stop = ("after",) if error is None else ("ended",)
+        interruption = None if stop is None else self._interruption(stop, indexed)
+        if error is not None:
+            code = EXIT_FAILURE
+        elif stop is not None:
+            code = EXIT_INTERRUPTED
+        elif any(t.valid is False for t in self.result.tests):
+            code = EXIT_INVALID
         else:
-            test = _readable(_collect(plan, out, scenario, mode, code), out / OUTCOME)
-        result = result.with_test(test)
-        write_json_atomic(result_path, result.to_json())
-        reporter.test_finished(test)
-        if status == "interrupted":
-            break
-        if test.status != "ok":
-            status = "failed"
-            err = test.error or ErrorRecord("RunFailed", "test failed")
-            error = MlpiError(err.message, err.hint)
-            error.exit_code = err.exit_code or EXIT_FAILURE
-            break
-    result = replace(result, status=status, finished=_now())
-    write_json_atomic(result_path, result.to_json())
-    record_run(run_dir, output_root)  # the results store; a failure there only warns
-    if status == "interrupted":
-        code = EXIT_INTERRUPTED
-    elif status == "failed":
-        code = EXIT_FAILURE
-    elif any(t.valid is False for t in result.tests):
-        code = EXIT_INVALID
-    else:
-        code = EXIT_OK
-    return RunOutcome(run_dir, result, code, error)
+            code = EXIT_OK
+        return self._outcome(code, error, interruption)
+
+    def _outcome(self, code: int, error: MlpiError | None, interruption: MlpiError | None) -> RunOutcome:
+        return RunOutcome(self.run_dir, self.result, code, error, interruption)
+
+    def _write(self, path: Path, data: Any) -> None:
+        try:
+            write_json_atomic(path, data)
+        except OSError as exc:
+            raise _Unwritable(path, exc) from None
+
+    def _save(self) -> None:
+        self._write(self.run_dir / RESULT_FILE, self.result.to_json())
+        self.saved = True
+
+    def _tell(self, call: Any, *args: Any) -> None:
+        """A reporter call. Ctrl-C while it prints counts as an interrupt like any other; a
+        terminal that is gone (SIGHUP, a closed pipe) never stops the run."""
+        try:
+            call(*args)
+        except KeyboardInterrupt:
+            if self.interrupts.forced:
+                raise
+            self.interrupts.note(signal.SIGINT)
+        except OSError:
+            pass
+
+    # -- what the error says ---------------------------------------------------------------
+
+    def _interruption(self, stop: tuple[Any, ...], indexed: bool) -> MlpiError:
+        """The interrupt's ``error:`` and ``hint:``: where it stopped the run, and what is kept."""
+        total = len(self.tests)
+        done = sum(1 for t in self.result.tests if t.status != "interrupted")
+        kept = f"kept in {self.run_dir}" + (" and indexed" if indexed else "")
+        if not self.final:
+            kept += "; result.json could not record the end of the run"
+        if stop[0] == "during":
+            _, scenario, mode, number = stop
+            what = f"the interrupted test's logs and the {done} finished test(s) are" if done else "the interrupted test's logs are"
+            return _interrupted(f"interrupted during the {scenario} {mode} test ({number} of {total})", f"{what} {kept}")
+        if stop[0] == "between":
+            number = stop[1]
+            if number == 1:
+                return _interrupted("interrupted before the first test started", f"nothing was measured; the run's plan is {kept}")
+            scenario, mode = self.tests[number - 1]
+            return _interrupted(f"interrupted after {done} of {total} tests; the {scenario} {mode} test was not started",
+                                f"the {done} finished test(s) are {kept}")
+        if stop[0] == "ended":
+            return _interrupted("interrupted as the run ended", f"what it measured is {kept}")
+        return _interrupted(f"interrupted after every test had finished ({total} of {total})",
+                            f"the run is complete: its results are {kept}")
+
+    def _unwritable(self, exc: _Unwritable) -> MlpiError:
+        done = len(self.result.tests)
+        if done:
+            kept = f"the {done} finished test(s) are kept in {self.run_dir}"
+        elif (self.run_dir / "plan.json").is_file():
+            kept = f"nothing was measured; the run's plan is kept in {self.run_dir}"
+        else:
+            kept = "nothing was measured"
+        return RunFailed(f"cannot write {exc.path}: {describe_os_error(exc.error)}", f"{unwritable_hint(exc.error)}; {kept}")
+
+
+def _interrupted(message: str, hint: str) -> MlpiError:
+    error = MlpiError(message, hint)
+    error.exit_code = EXIT_INTERRUPTED
+    return error
 
 
 def _now() -> str:
@@ -162,12 +304,19 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool) -> int:
+def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool,
+               interrupts: _Interrupts | None = None) -> int:
     """Run one test's child process to its end; its exit code (KeyboardInterrupt on Ctrl-C,
-    SIGTERM or SIGHUP, after stopping the child)."""
-    out.mkdir(parents=True, exist_ok=True)
+    SIGTERM or SIGHUP, after stopping the child). :class:`_Unwritable` when its folder or
+    log cannot be made."""
+    log_path = out / "harness.log"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("wb")
+    except OSError as exc:
+        raise _Unwritable(log_path if out.is_dir() else out, exc) from None
     command = [sys.executable, "-m", "mlpi.core.engine.child", str(plan_path), scenario, mode, str(out)]
-    with (out / "harness.log").open("wb") as log:
+    with log:
         child = subprocess.Popen(
             command, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=_child_env(),
@@ -176,7 +325,7 @@ def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool)
         if copier is not None:
             copier.start()
         try:
-            with signals_interrupt():
+            with interrupts.immediate() if interrupts is not None else signals_interrupt():
                 code = child.wait()
         except KeyboardInterrupt:
             _stop(child)
@@ -185,6 +334,65 @@ def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool)
             if copier is not None:
                 copier.join(timeout=5)
     return code
+
+
+class _Interrupts:
+    """Ctrl-C, SIGTERM and SIGHUP while a run is written: while a test runs
+    (:meth:`immediate`) they raise KeyboardInterrupt at once, so the test is stopped; anywhere
+    else they are only noted (``pending``) and the run stops at the next point where what it
+    measured is all written: before the next test, or once result.json and the results store
+    hold the end. A third one raises at once wherever it comes. A signal the process ignores
+    (``nohup``) stays ignored. Only the main thread can have handlers: elsewhere nothing changes."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.count = 0
+        self._live = False
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def forced(self) -> bool:
+        return self.count >= 3
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                current = signal.getsignal(sig)
+                if current is not signal.SIG_IGN and current is not None:  # None: set outside Python, cannot be put back
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def note(self, signum: int) -> None:
+        self.count += 1
+        if self.pending is None:
+            self.pending = signum
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.note(signum)
+        if self._live or self.forced:
+            raise KeyboardInterrupt
+        if self.count == 1:
+            with contextlib.suppress(OSError):  # not print(): the run may be printing (a reentrant call)
+                os.write(2, b"mlpi: interrupted: stopping once what was measured is written (interrupt twice more "
+                            b"to stop at once)\n")
+
+    @contextlib.contextmanager
+    def immediate(self) -> Iterator[None]:
+        """While a test's child runs: an interrupt stops it at once (one already noted, too)."""
+        self._live = True
+        try:
+            if self.pending:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._live = False
 
 
 @contextlib.contextmanager
@@ -208,12 +416,20 @@ def signals_interrupt() -> Iterator[None]:
 
 
 def _tee(source: Any, log: Any) -> None:
-    """--debug: the child's output goes live to the terminal and into harness.log."""
+    """--debug: the child's output goes live to the terminal and into harness.log. A log
+    that can no longer be written (a full disk) is left as it is, and the copy to the terminal
+    goes on: the child must never block on a pipe nobody reads."""
+    logging = True
     for line in iter(source.readline, b""):
-        log.write(line)
-        log.flush()
-        sys.stderr.buffer.write(line)
-        sys.stderr.flush()
+        if logging:
+            try:
+                log.write(line)
+                log.flush()
+            except OSError:
+                logging = False
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
@@ -243,6 +459,13 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> Test
             outcome = {}
     if outcome.get("status") == "failed":
         return _test_entry(plan, scenario, mode, status="failed", error=_error_record(outcome.get("error"), outcome_path))
+    if code == EXIT_UNWRITABLE and outcome.get("status") != "ok":
+        said = _last_words(out / "harness.log")
+        error = ErrorRecord(
+            "RunFailed", f"the {scenario} {mode} test " + (said or f"could not write its outcome in {out}"),
+            "free some disk space, or pass --output DIR on another disk",
+        )
+        return _test_entry(plan, scenario, mode, status="failed", error=error)
     if code != 0 or outcome.get("status") != "ok":
         how = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_ else f"exit code {code}"
         error = ErrorRecord(
@@ -284,6 +507,19 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> Test
 
 
 _BUG_HINT = "report this as a bug in mlpi or in the plugin that ran the test"
+
+
+def _last_words(log: Path) -> str | None:
+    """``cannot write FILE: REASON``: what a child that could not write its outcome said last
+    in its log (None when the log could not hold it either)."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(max(0, log.stat().st_size - 4096))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [line[len("mlpi: "):] for line in tail.splitlines() if line.startswith("mlpi: cannot write ")]
+    return lines[-1] if lines else None
 
 
 def _readable(test: TestResult, source: Path) -> TestResult:

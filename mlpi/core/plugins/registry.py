@@ -132,6 +132,7 @@ class Registry:
         """Find an enabled, importable plugin by name, alias or ``<distribution>:<name>``,
         or raise a clear error. A bare name other distributions also register is announced
         once per process (one ``warning:`` line), unless ``quiet``."""
+        asked = name
         if group == "backends":
             name = self.canonical_backend(name)
         info = self._lookup(group, name)
@@ -141,8 +142,14 @@ class Registry:
             rivals = ambiguous.get(name) or {k.lower(): v for k, v in ambiguous.items()}.get(name.lower())
             if rivals:
                 _refuse_ambiguous(group, rivals, self.config)
-            known = self.names(group) + (list(self.config.aliases) if group == "backends" else [])
-            raise UsageError(f"unknown {singular} '{name}'", f"{suggest(name, known)} (`mlpi {group}` lists them)")
+            known = self.names(group)
+            if group == "backends":
+                # aliases that lead somewhere are worth suggesting; never the name that failed
+                known += [a for a in self.config.aliases if a.lower() not in (asked.lower(), name.lower())
+                          and self._alias_leads_somewhere(a)]
+            known = list({k.lower(): k for k in known if k.lower() not in (asked.lower(), name.lower())}.values())
+            via = f" (alias '{asked}' in [aliases] stands for it)" if name != asked else ""
+            raise UsageError(f"unknown {singular} '{name}'{via}", f"{suggest(name, known)} (`mlpi {group}` lists them)")
         if not quiet:
             self._announce_clash(group, info)
         if info.disabled:
@@ -185,9 +192,41 @@ class Registry:
         )
 
     def canonical_backend(self, name: str) -> str:
-        """The backend an alias stands for (aliases match in any case, like names)."""
-        aliases = {alias.lower(): target for alias, target in self.config.aliases.items()}
-        return self.config.aliases.get(name) or aliases.get(name.lower(), name)
+        """The backend an alias stands for (aliases match in any case, like names).
+
+        The name typed is always looked up in ``[aliases]`` (an alias may shadow a backend's
+        name); what it stands for is looked up again only while that is not a backend's
+        name, so ``a = "b"``, ``b = "null"`` reaches null and ``ort = "onnxruntime"`` stays
+        onnxruntime even where ``onnxruntime`` is itself an alias. A loop (``a = "b"``,
+        ``b = "a"``, or ``b = "b"``) is one UsageError that shows it."""
+        chain = [name]
+        current = name
+        while True:
+            target = self._alias_target(current)
+            if target is None:
+                return current
+            if self._lookup("backends", target) is not None:
+                return target
+            if any(target.lower() == seen.lower() for seen in chain):
+                shown = " -> ".join([*chain, target])
+                raise UsageError(
+                    f"the backend alias '{name}' loops: {shown} in [aliases] of {', '.join(self.config.sources)}",
+                    "point each alias at a backend's name (`mlpi backends` lists them)",
+                )
+            chain.append(target)
+            current = target
+
+    def _alias_leads_somewhere(self, alias: str) -> bool:
+        try:
+            return self._lookup("backends", self.canonical_backend(alias)) is not None
+        except UsageError:  # a loop
+            return False
+
+    def _alias_target(self, name: str) -> str | None:
+        target = self.config.aliases.get(name)
+        if target is None:
+            target = {alias.lower(): t for alias, t in self.config.aliases.items()}.get(name.lower())
+        return target
 
     def backend_options(self, backend: str) -> list[tuple[str, dict[str, Any]]]:
         """The ``[options.X]`` layers that apply to ``backend``, by its name or any alias.

@@ -21,7 +21,7 @@ from typing import Any
 
 from mlpi.core.contract.errors import UsageError, suggest
 from mlpi.core.results.schema import TestResult
-from mlpi.core.results.store import RunFilter, RunRecord, Store, parse_date
+from mlpi.core.results.store import ABANDONED, RunFilter, RunRecord, Store, parse_date
 
 #: ``KEY=VALUE`` filter keys, and the RunFilter list each fills.
 FILTER_KEYS = {
@@ -30,6 +30,8 @@ FILTER_KEYS = {
 }
 #: Units where a smaller figure is the better one.
 LOWER_IS_BETTER = frozenset({"ms"})
+#: Run statuses of a run that has not recorded its end: its finished tests are shown with it.
+UNFINISHED = ("running", ABANDONED)
 
 
 @dataclass
@@ -165,6 +167,8 @@ def _row(run: RunRecord, scenario: str, perf: TestResult | None, acc: TestResult
         valid = acc.valid and valid is not False
     tests = [t for t in (perf, acc) if t is not None]
     status = next((t.status for t in tests if t.status != "ok"), "ok")
+    if status == "ok" and run.status in UNFINISHED:  # measured, in a run that never ended (yet)
+        status = str(run.status)
     return Row(
         run=run.name, started=run.started, model=run.model, scenario=scenario, system=run.system,
         backend=run.backend, device=run.device,

@@ -24,6 +24,14 @@ every run directory under the results root.
   so a fixed file replaces the damaged one and a file damaged since is dropped from the index,
   with a warning naming it. A run whose result.json does not fit the schema is never indexed;
   a stored copy that no longer reads is skipped, with a warning, and dropped.
+- Abandoned runs: a run still ``running`` whose result.json names an ``owner`` on this host
+  (host name and machine id, pid, process start, boot, pid namespace) that is gone — the pid
+  ended, or is another process now, or the machine restarted — reads as :data:`ABANDONED`, with
+  the reason in :attr:`RunRecord.abandoned`; its file is not rewritten. A run from another
+  host, another container, or an older mlpi (no owner) stays ``running``: that cannot be told
+  from here.
+- Writing: a store SQLite cannot write (its disk full, read-only) is one :class:`MlpiError`
+  naming it; a run that could not be indexed is indexed by the next ``results list``.
 """
 
 from __future__ import annotations
@@ -40,16 +48,20 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mlpi.core.contract.errors import MlpiError, ResultError, UsageError
 from mlpi.core.engine.scenario import DetailLog, latency_percentiles_ms
-from mlpi.core.results.rundir import RESULT_FILE, create_run_dir
+from mlpi.core.results.rundir import RESULT_FILE, create_run_dir, owner_gone
 from mlpi.core.results.schema import RunResult, TestResult, result_from_text
 
+#: The status ``results list``, ``show`` and ``compare`` give a run left ``running`` by a
+#: process that is gone (:func:`mlpi.core.results.rundir.owner_gone`). It is never written
+#: into result.json: what the run's own process wrote stays as it is.
+ABANDONED = "abandoned"
 #: Version of the tables below; a store written by a newer mlpi is refused, never altered.
 STORE_SCHEMA_VERSION = 1
 STORE_FILE = "mlpi.sqlite"
@@ -106,6 +118,11 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs (started_utc);
 CREATE INDEX IF NOT EXISTS tests_scenario ON tests (scenario);
 """
 
+#: SQLite's primary result codes for a store that cannot be written: SQLITE_READONLY,
+#: SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN (Python before 3.11 only gives the message).
+_UNWRITABLE_CODES = frozenset({8, 10, 13, 14})
+_UNWRITABLE_WORDS = ("disk is full", "readonly database", "disk i/o error", "unable to open database")
+
 #: A run directory whose result.json cannot be read or is not shaped as mlpi writes it.
 DamagedRun = ResultError
 
@@ -128,6 +145,9 @@ class RunRecord:
     status: str | None
     result: RunResult
     latency: dict[str, dict[str, float]]
+    #: Why a ``running`` run will never finish: the process writing it is gone (its status,
+    #: and its result's, then read ``abandoned``); None otherwise.
+    abandoned: str | None = None
 
     @property
     def date(self) -> str:
@@ -273,6 +293,9 @@ class Store:
             raise
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            unwritable = self._unwritable(exc)
+            if unwritable is not None:
+                raise unwritable from None
             raise UsageError(
                 f"{self.path} is not a usable mlpi results store ({exc})",
                 "move it away: the next 'mlpi results list' rebuilds the index from the run directories",
@@ -329,14 +352,36 @@ class Store:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
-        """One write transaction, taken up front so concurrent writers wait instead of failing."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction, taken up front so concurrent writers wait instead of failing.
+        A store that cannot be written (its disk full, read-only) is one :class:`MlpiError`."""
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back itself (a full disk)
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            unwritable = self._unwritable(exc)
+            if unwritable is None:
+                raise
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            raise unwritable from None
+
+    def _unwritable(self, exc: sqlite3.Error) -> MlpiError | None:
+        """The error for a store SQLite could not write (disk full, read-only, I/O error, cannot
+        open its journal); None for any other failure."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        text = str(exc).lower()
+        if (code is not None and code & 0xFF in _UNWRITABLE_CODES) or any(words in text for words in _UNWRITABLE_WORDS):
+            return MlpiError(f"cannot write the results store {self.path}: {exc}",
+                             "free some disk space, or pass --store FILE somewhere writable; the run directories keep "
+                             "every result and 'mlpi results list' indexes them again")
+        return None
 
     # -- writing -------------------------------------------------------------------------
 
@@ -578,17 +623,23 @@ class Store:
         latency = json.loads(row["latency"])
         if not isinstance(latency, dict):
             raise TypeError("its latency column is not a JSON object")
+        result = RunResult.from_json(json.loads(row["result"]), source or f"run {row['name']} in the results store {self.path}")
+        status = row["status"]
+        gone = owner_gone(result.extra.get("owner")) if result.status == "running" else None
+        if gone is not None:  # shown so, never written: the file stays as its writer left it
+            result = replace(result, status=ABANDONED)
+            status = ABANDONED
         return RunRecord(
             identity=row["identity"], name=row["name"], run_id=row["run_id"], dir=self._run_dir(row["dir"]),
             started=row["started_utc"], system=row["system"], model=row["model"], backend=row["backend"],
-            device=row["device"], precision=row["precision"], status=row["status"],
-            result=RunResult.from_json(json.loads(row["result"]), source or f"run {row['name']} in the results store {self.path}"),
-            latency=latency,
+            device=row["device"], precision=row["precision"], status=status, result=result, latency=latency,
+            abandoned=gone,
         )
 
 
-def record_run(run_dir: Path, results_root: Path) -> None:
-    """Index a run that just finished; a failure is a warning on stderr, never the run's failure."""
+def record_run(run_dir: Path, results_root: Path) -> bool:
+    """Index a run that just finished; a failure is a warning on stderr, never the run's
+    failure. Whether it was indexed."""
     try:
         with Store(store_path(results_root)) as store:
             store.index_run(run_dir)
@@ -596,6 +647,8 @@ def record_run(run_dir: Path, results_root: Path) -> None:
         message = exc.message if isinstance(exc, MlpiError) else f"{type(exc).__name__}: {exc}"
         print(f"mlpi: warning: {run_dir} was not added to the results store ({message}); "
               "'mlpi results list' adds it later", file=sys.stderr)
+        return False
+    return True
 
 
 def _looks_like_run(path: Path) -> bool:
@@ -754,7 +807,7 @@ def _utc_text(value: datetime) -> str:
 
 
 __all__ = [
-    "IMPORT_MAX_BYTES", "RESULT_MAX_BYTES", "STORE_ENV", "STORE_FILE", "STORE_SCHEMA_VERSION", "DamagedRun", "ImportOutcome", "RunFilter", "RunRecord",
+    "ABANDONED", "IMPORT_MAX_BYTES", "RESULT_MAX_BYTES", "STORE_ENV", "STORE_FILE", "STORE_SCHEMA_VERSION", "DamagedRun", "ImportOutcome", "RunFilter", "RunRecord",
     "Store", "latency_percentiles", "parse_date", "read_result", "record_run", "run_identity", "store_path",
     "system_label",
 ]
