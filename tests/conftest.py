@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,12 @@ from typing import Any
 import pytest
 
 from mlpi.testing import tiny_models
+
+# A test harness started in the background (nohup, or `&` in a script) ignores SIGINT, and
+# every process it starts inherits that: the tests that press Ctrl-C on `mlpi run` would see
+# nothing happen. A handler (not SIG_IGN) here is reset to the default in each child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Where CI asks for the ids of the tests that skipped (one per line), so that a second
 #: environment with every runtime installed runs exactly those and nothing twice.
