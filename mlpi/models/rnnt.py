@@ -194,13 +194,9 @@ class GreedyDecode(Pipeline):
         """The prediction network on ``self._symbol[rows]`` and the rows' state; the new ``g``
         and state replace theirs. A batch of one (or every row of a batch) is fed in place
         and its new state copied back once; a subset of rows is gathered first."""
-        contiguous = isinstance(rows, slice)
-        feeds = {
-            SYMBOL: self._symbol[rows],
-            HIDDEN: self._hidden[rows],
-            CELL: self._cell[rows],
-        }
-        out = self.prediction.run(feeds if contiguous else {k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        # a slice of a row-major array along its first axis, or the rows gathered by an index
+        # array: contiguous either way, as a session's feeds must be
+        out = self.prediction.run({SYMBOL: self._symbol[rows], HIDDEN: self._hidden[rows], CELL: self._cell[rows]})
         self._g[rows] = out[G]
         self._hidden[rows] = out[HIDDEN_OUT]
         self._cell[rows] = out[CELL_OUT]

