@@ -127,6 +127,7 @@ def test_an_utterance_too_short_for_the_stft_is_refused() -> None:
     from mlpi.core.contract.errors import DatasetError
     from mlpi.models.rnnt_features import Featurizer
 
+    pytest.importorskip("librosa", reason="the featurizer's mel filters are librosa's (pip install 'mlpi[rnnt]')")
     with pytest.raises(DatasetError, match="too short"):
         Featurizer()(np.zeros(200, np.float32))
 
@@ -476,6 +477,7 @@ def test_the_random_graphs_agree_across_cpu_backends(tmp_path: Path) -> None:
     names = installed_backends()
     if len(names) < 2:
         pytest.skip(f"needs two real CPU backends, found {names}")
+    pytest.importorskip("librosa", reason="the featurizer's mel filters are librosa's (pip install 'mlpi[rnnt]')")
     paths = write_random(tmp_path / "random", 0)
     rng = np.random.default_rng(2)
     features = [Featurizer()(rng.standard_normal(n).astype(np.float32)) for n in (16_000, 27_000)]

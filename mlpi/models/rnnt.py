@@ -155,7 +155,9 @@ class GreedyDecode(Pipeline):
         self.prediction = _Padded.around(context.sessions["prediction"])
         self.joint = _Padded.around(context.sessions["joint"])
         self.dataset = context.dataset
-        self.featurize = Featurizer()
+        # Built now, not by the first utterance inside a timed test; a pipeline handed features
+        # directly (no dataset) has no waveforms to featurize.
+        self.featurize = Featurizer() if self.dataset is not None else None
         rows = max(1, context.batch_size)
         self._symbol = np.full((rows, 1), SOS, dtype=np.int64)
         self._hidden = np.zeros((rows, config.pred_layers, config.pred_hidden), dtype=np.float32)
@@ -167,6 +169,7 @@ class GreedyDecode(Pipeline):
         return None
 
     def __call__(self, indices: Sequence[int]) -> Responses:
+        assert self.featurize is not None, "a pipeline without a dataset decodes features via transcribe()"
         features = [self.featurize(self.dataset.sample(int(i))[WAVEFORM]) for i in indices]
         return Responses.from_arrays([np.asarray(h, dtype=np.int64) for h in self.transcribe(features)])
 
