@@ -87,7 +87,11 @@ from mlpi.core.results.rundir import write_bytes_atomic, write_json_atomic
 #: may build each piece there); DataParams' sample_shapes for synthetic data of a dynamic
 #: size; read_accuracy_log returns a Mapping that decodes LoadGen's logs on access;
 #: DatasetRequest.performance_count_of(count).
-API_VERSION = "2.3"
+#: 2.4: samples that are groups of rows (Dataset.sample_rows, ModelSpec.grouped_samples:
+#: batches count rows); model options (ModelSpec.Options, configure, options, unofficial;
+#: ``--model-option``); graphs placed on some units only (ModelSpec.placement,
+#: PipelineContext.unit, placed and session_for).
+API_VERSION = "2.4"
 
 __all__ = [
     "API_VERSION",

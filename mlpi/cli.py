@@ -73,7 +73,7 @@ def main(debug: bool) -> None:
 )
 @click.option("--model", "-m", help="A registered model name.")
 @click.option("--model-path", type=click.Path(dir_okay=True), help="The model's ONNX file.")
-@click.option("--dataset", default="synthetic", show_default=True, help="Dataset plugin name.")
+@click.option("--dataset", default=None, help="Dataset plugin name (default: synthetic, or the model's own where synthetic data cannot serve it).")
 @click.option("--dataset-path", type=click.Path(), help="The dataset's folder or file.")
 @click.option("--count", "dataset_count", type=int, help="Use only this many samples of the dataset.")
 @click.option("--scenario", "-s", "scenarios", multiple=True, help="Offline, Server, SingleStream, MultiStream or all; repeatable.")
@@ -86,6 +86,8 @@ def main(debug: bool) -> None:
 @click.option("--duration", "duration_s", type=float, help="Minimum test duration in seconds (implies not valid for submission).")
 @click.option("--batch-timeout-ms", type=float, help="Server: longest a batch waits to fill (default: 1/20 of the latency bound).")
 @click.option("--option", "-o", "options", multiple=True, help="Backend option KEY=VALUE; repeatable.")
+@click.option("--model-option", "-M", "model_options", multiple=True,
+              help="Model option KEY=VALUE (`mlpi models` lists each model's); repeatable.")
 @click.option("--output", default="results", show_default=True, type=click.Path(file_okay=False), help="Results root.")
 @click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
 @click.option("--plan", "plan_file", type=click.Path(), help="Run an earlier run's plan.json again.")
@@ -122,6 +124,7 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
         plan = recheck_plan(Plan.read(Path(plan_file)))
     else:
         kwargs["options"] = parse_assignments(kwargs["options"])
+        kwargs["model_options"] = parse_assignments(kwargs["model_options"], "-M max_rows=100000")
         kwargs["scenarios"] = list(kwargs["scenarios"]) or ["Offline"]
         if not kwargs["model"] and not kwargs["model_path"]:
             kwargs["model"] = DEFAULT_MODEL
@@ -191,7 +194,8 @@ def fetch(model: str, plugins_file: str | None) -> None:
 
     spec = Registry(PluginsConfig.load(plugins_file)).model(model)
     if spec.artifact is None:
-        raise UsageError(f"model {spec.name} has no downloadable file", "pass --model-path FILE to mlpi run")
+        raise UsageError(f"model {spec.name} has no downloadable file",
+                         str(spec.extra.get("download_hint") or "pass --model-path FILE to mlpi run"))
     fetched = fetch_artifact(spec.artifact)
     graphs = official_graphs(spec, fetched)
     if list(graphs.values()) == [fetched]:

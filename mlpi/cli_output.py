@@ -114,7 +114,7 @@ class RunPrinter:
             if test.simulated:
                 validity += " (simulated)"
             table.add_row(
-                test.scenario, test.mode, test.figure(), validity, str(test.batch_size or "-"), str(test.precision or "-"),
+                test.scenario, test.mode, test.figure(), validity, batch_text(test), str(test.precision or "-"),
             )
         _out.print(table)
         model = result.model
@@ -140,6 +140,8 @@ class RunPrinter:
 def _device_line(unit: dict[str, Any]) -> str:
     busy = unit.get("busy_fraction")
     rows, batches = ("rows", "pieces") if unit.get("work") == "pieces" else ("samples", "batches")
+    if unit.get("rows") is not None:  # samples that are groups of rows
+        rows = f"samples ({unit['rows']:,} rows)"
     return f"{unit['device']} {unit['samples']:,} {rows} in {unit['batches']:,} {batches}" + (
         f", busy {busy:.0%}" if busy is not None else ""
     )
@@ -188,6 +190,18 @@ def print_models(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row.get("quality") or row.get("performance_sample_count"):
             _out.print(f"{escape(row['name'])}: " + escape(rules_line(row)))
+    for row in rows:
+        for option in row.get("options") or []:
+            _out.print(escape(f"{row['name']}: -M {option['name']}={option['default']}  {option['help']}"))
+        if row.get("unofficial"):
+            _out.print(escape(f"{row['name']}: not the official model as configured: {row['unofficial']}"))
+
+
+def batch_text(test: Any) -> str:
+    """A test's batch size, with "rows" where its samples are groups of rows."""
+    if not test.batch_size:
+        return "-"
+    return f"{test.batch_size} rows" if test.extra.get("batch_unit") == "rows" else str(test.batch_size)
 
 
 def rules_line(row: dict[str, Any]) -> str:

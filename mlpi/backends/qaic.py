@@ -10,7 +10,9 @@ outputs (and accuracy) are real, while a device model shapes the timing:
 - ``concurrency`` activations per card run batches in parallel;
 - ``queue_depth`` more requests wait in the card's queue; beyond that, submitting blocks;
 - a batch of ``n`` occupies its activation for ``latency_ms + latency_per_sample_ms * n``
-  (or for as long as the CPU really takes, if that is longer).
+  plus the time its inputs and outputs take over the host link (``link_gbps``; a model
+  whose tables are split over cards pays for every pooled embedding that leaves a card),
+  or for as long as the CPU really takes, if that is longer.
 
 The compute backend is found through mlpi's plugin registry like any ``--backend`` (never
 imported by name), and is loaded on ``cpu`` with its default options; ``threads`` goes
@@ -81,6 +83,11 @@ class QaicOptions:
     latency_per_sample_ms: float = field(
         default=0.25, metadata={"help": "device model: time per sample in a batch (b in a + b*batch)", "min": 0}
     )
+    link_gbps: float = field(
+        default=16.0,
+        metadata={"help": "device model: host-card link in GB/s, charged for a batch's inputs and outputs (0: free)",
+                  "min": 0},
+    )
     max_batch_size: int = field(default=64, metadata={"help": "largest batch the card program accepts", "min": 1})
     preferred_batch_size: int = field(default=8, metadata={"help": "batch size when --batch-size is not given", "min": 1})
     threads: int = field(
@@ -123,6 +130,7 @@ class QaicSimSession(Session):
         self._card = card
         self._fixed_s = options.latency_ms / 1e3
         self._per_sample_s = options.latency_per_sample_ms / 1e3
+        self._s_per_byte = 0.0 if options.link_gbps <= 0 else 1.0 / (options.link_gbps * 1e9)
         # A card runs several activations at once; a compute session that is not concurrent
         # still gets one batch at a time.
         self._compute_lock = None if compute.capabilities.concurrent else threading.Lock()
@@ -154,7 +162,8 @@ class QaicSimSession(Session):
             else:
                 with self._compute_lock:
                     outputs = self._compute.run(feeds)
-            remaining = started + self._fixed_s + self._per_sample_s * rows - time.monotonic()
+            moved = sum(v.nbytes for v in feeds.values()) + sum(np.asarray(v).nbytes for v in outputs.values())
+            remaining = started + self._fixed_s + self._per_sample_s * rows + moved * self._s_per_byte - time.monotonic()
             if remaining > 0:
                 time.sleep(remaining)
         return outputs

@@ -117,6 +117,15 @@ class Dataset(ABC):
     def gather(self, indices: Sequence[int], out: Mapping[str, np.ndarray]) -> None:
         """Copy the loaded samples ``indices`` into rows ``0..len(indices)-1`` of ``out[name]``."""
 
+    def sample_rows(self) -> np.ndarray | None:
+        """Rows of each sample, by sample index, where one LoadGen sample is a group of rows
+        the model runs as batch rows (DLRM's user-item pairs); ``None``: a sample is one row.
+
+        Where a dataset answers, batches count rows: ``--batch-size`` is the most rows one
+        batch holds (a sample larger than that is a batch of its own), Offline queries and
+        Server batches are cut by rows, and per-unit figures report rows."""
+        return None
+
     def labels(self) -> np.ndarray | None:
         """Class ids, one per sample index (``None`` when the data has none); classification
         datasets answer :meth:`ground_truth` with these."""

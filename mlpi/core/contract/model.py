@@ -86,6 +86,8 @@ class ModelSpec:
       ``samples_in_flight``: with pieces, the most samples Offline and Server work on at once
       (``None``: one per piece worker). A sample that is already enough pieces for every
       worker and holds hundreds of MB while in flight (a 3D-UNet volume) sets a small number.
+    - ``grouped_samples``: one LoadGen sample is a group of rows (DLRM's user-item pairs): a
+      dataset must say how many each has (``Dataset.sample_rows``), and batches count rows.
     - ``outputs_batch_first``: whether every output has the batch as its first dimension
       (checked on the first sample); a model whose graph answers one sample's detections
       as ``[N, 4]`` says False and reads them in its postprocessor.
@@ -98,6 +100,17 @@ class ModelSpec:
       and seeded random weights, for performance-only runs without the download, and
       returns its path; a model with several graphs is given a folder and returns
       ``{role: path}``.
+    - ``placement``: for a model whose graphs are not all wanted on every unit (embedding
+      tables split over cards), ``placement(units) -> {role: unit positions}`` says where each
+      listed role is loaded (positions in ``--device``'s units, 0-based); roles it does not
+      list, and always the main role, load on every unit. The pipeline reaches a graph
+      placed on another unit through ``PipelineContext.placed``.
+    - ``Options``: a dataclass of the model's own settings, set with ``--model-option
+      KEY=VALUE`` (fields with defaults; ``metadata`` ``help``, ``min``, ``max`` as backend
+      options have); ``configure(options)`` returns the spec for those values (its random
+      graph, data parameters...) and ``options`` holds the values a spec was made for.
+      Results record them. ``unofficial``: why this configuration is not the official
+      MLPerf model (DLRM's tables capped in rows), ``None`` where it is.
     """
 
     name: str
@@ -112,12 +125,18 @@ class ModelSpec:
     pipeline: PipelineFactory | None = None
     pieces: bool = False
     samples_in_flight: int | None = None
+    grouped_samples: bool = False
     outputs_batch_first: bool = True
     score: AccuracyScorer | None = _score_raw
     repeated_responses: str = "first"
     scoring_optional: bool = False
     build_random: Callable[[Path, int], Path | Mapping[str, Path]] | None = None
     convert: Callable[[Path, Path], Mapping[str, Path]] | None = None
+    placement: Callable[[int], Mapping[str, Sequence[int]]] | None = None
+    Options: type | None = None
+    configure: Callable[[Any], ModelSpec] | None = None
+    options: Any = None
+    unofficial: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,6 +150,8 @@ class ModelSpec:
             raise ValueError(f"model {self.name}: samples_in_flight needs pieces and must be at least 1")
         if self.repeated_responses not in REPEATED_RESPONSES:
             raise ValueError(f"model {self.name}: repeated_responses must be one of {', '.join(REPEATED_RESPONSES)}")
+        if (self.Options is None) != (self.configure is None):
+            raise ValueError(f"model {self.name}: Options and configure go together")
         if self.artifact is not None and self.convert is None and (self.artifact.format == "checkpoint" or len(self.graphs) > 1):
             raise ValueError(f"model {self.name}'s artifact is not its graph: it needs a convert function")
 

@@ -59,6 +59,9 @@ class PipelineContext:
     - ``pieces``: for a model that sets ``ModelSpec.pieces``, where its batches run (its
       ``sessions`` are then empty); ``None`` otherwise.
     - ``main_role``: the graph the dataset feeds (the first the model declares).
+    - ``unit``: the device unit this slot runs on; ``placed``: every unit's sessions, as
+      ``(unit, {role: session})``, for a model whose graphs are placed on some units only
+      (``ModelSpec.placement``): a graph not in ``sessions`` is reached there.
     """
 
     sessions: Mapping[str, Session]
@@ -68,6 +71,17 @@ class PipelineContext:
     postprocess: Postprocessor | None
     pieces: Pieces | None = None
     main_role: str = MAIN_GRAPH
+    unit: str = ""
+    placed: Sequence[tuple[str, Mapping[str, Session]]] = ()
+
+    def session_for(self, role: str) -> Session:
+        """This slot's session of ``role``, else the first unit's that has it."""
+        if role in self.sessions:
+            return self.sessions[role]
+        for _, sessions in self.placed:
+            if role in sessions:
+                return sessions[role]
+        raise KeyError(f"no unit of this run holds graph '{role}'")
 
 
 PipelineFactory = Callable[[PipelineContext], Pipeline]

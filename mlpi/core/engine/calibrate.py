@@ -68,8 +68,14 @@ def calibrate(
     return Expectations(offline, latency, ms_latency, server, "calibration")
 
 
-def _batches(indices: Sequence[int], size: int, offset: int) -> list[Sequence[int]]:
+def _batches(indices: Sequence[int], size: int, offset: int, executor: BatchExecutor | None = None) -> list[Sequence[int]]:
+    """Batches of ``size`` samples over the pool from ``offset`` on; where the executor's
+    samples are groups of rows, the pool from ``offset`` cut as the executor cuts queries."""
     pool = list(indices)
+    if executor is not None and executor.sample_rows is not None:
+        start = offset % len(pool)
+        rotated = pool[start:] + pool[:start]
+        return [rotated[a:b] for a, b in executor.cuts(rotated)]
     out = []
     for k in range(max(1, len(pool) // max(size, 1))):
         start = (offset + k * size) % len(pool)
@@ -81,13 +87,13 @@ def _batches(indices: Sequence[int], size: int, offset: int) -> list[Sequence[in
 def _throughput(executors: Sequence[BatchExecutor], indices: Sequence[int], seconds: float) -> float:
     counts = [0] * len(executors)
     for k, ex in enumerate(executors):  # warm-up, not timed: first touches of data and buffers
-        for batch in _batches(indices, ex.batch_size, k * ex.batch_size)[:2]:
+        for batch in _batches(indices, ex.batch_size, k * ex.batch_size, ex)[:2]:
             ex.compute(batch)
     deadline = time.perf_counter() + seconds
     errors: list[BaseException] = []
 
     def loop(k: int, ex: BatchExecutor) -> None:
-        batches = _batches(indices, ex.batch_size, k * ex.batch_size)
+        batches = _batches(indices, ex.batch_size, k * ex.batch_size, ex)
         done = runs = 0
         try:
             while True:
@@ -123,8 +129,8 @@ def _latency(executor: BatchExecutor, indices: Sequence[int], size: int, seconds
     while time.perf_counter() < deadline or len(samples) < 3:
         for batch in batches:
             t0 = time.perf_counter()
-            for start in range(0, len(batch), bs):
-                executor.compute(batch[start : start + bs])
+            for start, stop in executor.cuts(batch):
+                executor.compute(batch[start:stop])
             samples.append(time.perf_counter() - t0)
             if time.perf_counter() >= deadline and len(samples) >= 3:
                 break

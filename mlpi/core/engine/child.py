@@ -109,6 +109,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         "accuracy": accuracy,
         "performance_sample_count": perf_count,
         "batch_size": loaded.batch_size,
+        "batch_unit": "rows" if loaded.sample_rows is not None else "samples",
         "sessions": len(loaded.placed),
         "precision": loaded.main(0).precision,
         "samples_per_query": MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else None,
@@ -134,22 +135,26 @@ class TestSetup:
         they give: batches in flight for the SUT, or piece workers for a model with pieces."""
         from mlpi.core.contract.backend import LoadContext
         from mlpi.core.contract.device import Device
+        from mlpi.core.engine.rows import row_batch_size
 
         plan = self.plan
         device = Device.parse(plan.device)
         pieces = self.spec.pieces
+        rows = self.dataset.sample_rows()
         # SingleStream and MultiStream keep one query in flight: further instances would sit
         # idle, unless the sample is spread over them in pieces.
         instances = plan.instances if scenario in ("Offline", "Server") or pieces else 1
         context = LoadContext(
-            batch_size=plan.batch_size if pieces else planned_batch_size(plan.batch_size, scenario),
+            batch_size=plan.batch_size if pieces or rows is not None else planned_batch_size(plan.batch_size, scenario),
             # int8 calibration feeds the main graph: only where samples are its inputs.
             calibration=calibration_batches(self.dataset) if self.spec.sample_inputs is None else None,
         )
+        units = device.units()
+        where = placed_roles(self.spec, len(units))
         placed = [
             (str(unit), {role: self.backend.load(artifact, unit, self.options, plan.precision, context)
-                         for role, artifact in self.artifacts.items()})
-            for unit in device.units()
+                         for role, artifact in self.artifacts.items() if position in where.get(role, (position,))})
+            for position, unit in enumerate(units)
             for _ in range(instances)
         ]
         main_caps = placed[0][1][self.spec.main_role].capabilities
@@ -164,6 +169,11 @@ class TestSetup:
         if pieces:
             loaded = LoadedSessions.with_pieces(placed, slots, self.spec.main_role, scenario, plan.batch_size,
                                                 self.spec.samples_in_flight)
+        elif rows is not None:  # batches count rows, in every scenario
+            largest = int(max(rows[i] for i in self.loaded)) if self.loaded else 1
+            batch_size = row_batch_size(plan.batch_size, main_caps.preferred_batch_size, largest, main_caps.max_batch_size)
+            effective_batch_size(batch_size, main_caps, "Offline")  # the session's limit, checked
+            loaded = LoadedSessions(placed, slots, batch_size, self.spec.main_role, sample_rows=rows)
         else:
             batch_size = effective_batch_size(plan.batch_size, main_caps, scenario)
             loaded = LoadedSessions(placed, slots, batch_size, self.spec.main_role)
@@ -171,6 +181,7 @@ class TestSetup:
             f"mlpi: {len(placed)} {self.backend.name} session(s) on {device}"
             + (f" ({len(self.artifacts)} graphs each)" if len(self.artifacts) > 1 else "")
             + f", {len(slots)} slot(s){' for pieces' if pieces else ''}, batch size {loaded.batch_size}"
+            + (" rows" if rows is not None and not pieces else "")
             + (" (simulated device)" if loaded.simulated else ""),
             flush=True,
         )
@@ -182,8 +193,10 @@ class LoadedSessions:
     size they run at; for a model with pieces, the piece workers serving every slot."""
 
     def __init__(self, placed: list[tuple[str, dict[str, Any]]], slots: list[tuple[str, dict[str, Any]]],
-                 batch_size: int, main_role: str, pieces: Any = None) -> None:
+                 batch_size: int, main_role: str, pieces: Any = None, sample_rows: Any = None) -> None:
         self.placed = placed
+        #: Rows of each sample where samples are groups of rows (batch_size counts rows).
+        self.sample_rows = sample_rows
         self.slots = slots
         self.batch_size = batch_size
         self.main_role = main_role
@@ -221,6 +234,21 @@ class LoadedSessions:
                 session.close()
 
 
+def placed_roles(spec: Any, units: int) -> dict[str, tuple[int, ...]]:
+    """Where the model wants each role it places (unit positions); the main role is everywhere."""
+    if spec.placement is None:
+        return {}
+    where = {role: tuple(int(p) for p in positions) for role, positions in spec.placement(units).items()}
+    if spec.main_role in where and set(where[spec.main_role]) != set(range(units)):
+        raise ModelError(f"model {spec.name} places its main graph '{spec.main_role}' on some units only",
+                         "report this to the model plugin's authors: the main graph runs where the samples are")
+    for role, positions in where.items():
+        if role not in spec.graphs or not positions or any(p < 0 or p >= units for p in positions):
+            raise ModelError(f"model {spec.name} places graph '{role}' on units {list(positions)} of {units}",
+                             "report this to the model plugin's authors")
+    return where
+
+
 def open_test(plan: Any) -> TestSetup:
     from mlpi.core.engine.planning import open_dataset, spec_of_plan
     from mlpi.core.plugins.config import PluginsConfig
@@ -256,12 +284,14 @@ def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out
         pipeline = None
         if spec.pipeline is not None:
             pipeline = spec.pipeline(
-                PipelineContext(sessions, dataset, batch_size, outputs, postprocess, loaded.pieces, spec.main_role)
+                PipelineContext(sessions, dataset, batch_size, outputs, postprocess, loaded.pieces, spec.main_role,
+                                unit, loaded.placed)
             )
         executors.append(
             BatchExecutor(
                 sessions.get(spec.main_role), dataset, postprocess, batch_size, lg.QuerySamplesComplete,
                 lg.QuerySampleResponse, on_error, device=unit, pipeline=pipeline, check_rows=spec.outputs_batch_first,
+                sample_rows=loaded.sample_rows,
             )
         )
     return executors, outputs

@@ -117,7 +117,7 @@ class Dispatcher:
     @staticmethod
     def post(slot: _Slot, ids: Sequence[int], indices: Sequence[int]) -> None:
         """Give a reserved slot its batch; its thread runs it."""
-        slot.lane.samples += len(ids)
+        slot.lane.samples += slot.executor.rows_of(indices)  # rows, where a sample is a group of rows
         slot.job = (ids, indices)
         slot.event.set()
 
@@ -149,7 +149,8 @@ class Dispatcher:
 def device_stats(
     executors: Sequence[BatchExecutor], busy_s: dict[str, float] | None, elapsed_s: float | None
 ) -> list[dict[str, Any]]:
-    """Per device unit: slots, batches, samples, batch-size histogram, busy time and fraction.
+    """Per device unit: slots, batches, samples (and rows, where a sample is a group of rows),
+    batch-size histogram (samples per batch), busy time and fraction.
 
     ``busy_s`` is ``None`` where the SUT does not measure it (one query in flight at a time:
     the unit is busy exactly while LoadGen waits, so the figure says nothing).
@@ -160,6 +161,8 @@ def device_stats(
             executor.device, {"device": executor.device, "slots": 0, "batches": 0, "samples": 0, "batch_sizes": {}}
         )
         unit["slots"] += 1
+        if executor.sample_rows is not None:  # samples are groups of rows: say how many rows ran
+            unit["rows"] = unit.get("rows", 0) + executor.rows_done
         for size, count in enumerate(executor.sizes):
             if count:
                 unit["batches"] += count

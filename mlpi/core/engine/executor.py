@@ -17,6 +17,7 @@ from mlpi.core.contract.backend import Session
 from mlpi.core.contract.dataset import Dataset
 from mlpi.core.contract.pipeline import GatherRunPostprocess, Pipeline
 from mlpi.core.contract.postprocess import Postprocessor, Responses
+from mlpi.core.engine.rows import cut_by_rows
 
 ErrorHandler = Callable[[BaseException], None]
 
@@ -41,12 +42,18 @@ class BatchExecutor:
         device: str = "",
         pipeline: Pipeline | None = None,
         check_rows: bool = True,
+        sample_rows: np.ndarray | None = None,
     ) -> None:
         #: The device unit this executor's session runs on, for dispatch and per-unit stats.
         self.device = device
         self.session = session
         self.dataset = dataset
         self.batch_size = batch_size
+        #: Rows of each sample index where a sample is a group of rows: ``batch_size`` then
+        #: counts rows (see :mod:`mlpi.core.engine.rows`); ``None``: it counts samples.
+        self.sample_rows = None if sample_rows is None else np.maximum(np.asarray(sample_rows, dtype=np.int64), 1)
+        #: Rows completed, where samples are groups of rows.
+        self.rows_done = 0
         if pipeline is None:
             if postprocess is None or session is None:
                 raise ValueError("BatchExecutor needs a session and a postprocessor, or a pipeline")
@@ -97,6 +104,22 @@ class BatchExecutor:
                 response_slot.id = qid
             self._complete(responses if n == len(responses) else responses[:n])
         self.sizes[n] += 1
+        if self.sample_rows is not None:
+            self.rows_done += self.rows_of(indices)
+
+    def rows_of(self, indices: Sequence[int]) -> int:
+        """Rows of these samples (their count where a sample is one row)."""
+        if self.sample_rows is None:
+            return len(indices)
+        return int(self.sample_rows[np.asarray(indices, dtype=np.int64)].sum())
+
+    def cuts(self, indices: Sequence[int]) -> list[tuple[int, int]]:
+        """Where a query of ``indices`` is cut into batches of at most ``batch_size``
+        samples, or rows where samples are groups of rows."""
+        if self.sample_rows is None:
+            bs = self.batch_size
+            return [(start, min(start + bs, len(indices))) for start in range(0, len(indices), bs)]
+        return cut_by_rows(self.sample_rows[np.asarray(indices, dtype=np.int64)], self.batch_size)
 
     def _repoint(self, response: np.ndarray | Responses, n: int) -> None:
         """A response the pointers do not yet follow: fixed rows get their buffer's base (the
@@ -133,8 +156,8 @@ class BatchExecutor:
     def execute_chunked(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         """Run a query of any size as consecutive batches."""
         bs = self.batch_size
-        if len(ids) <= bs:
+        if self.sample_rows is None and len(ids) <= bs:
             self.execute(ids, indices)
             return
-        for start in range(0, len(ids), bs):
-            self.execute(ids[start : start + bs], indices[start : start + bs])
+        for start, stop in self.cuts(indices):
+            self.execute(ids[start:stop], indices[start:stop])

@@ -40,7 +40,7 @@ class RunRequest:
     device: str | None = None  # None: cpu, or the first device kind of the named backend
     model: str | None = None
     model_path: str | None = None
-    dataset: str = "synthetic"
+    dataset: str | None = None  # None: synthetic, or the model's first dataset where synthetic cannot serve it
     dataset_path: str | None = None
     dataset_count: int | None = None
     scenarios: list[str] = field(default_factory=lambda: ["Offline"])
@@ -53,6 +53,7 @@ class RunRequest:
     duration_s: float | None = None
     batch_timeout_ms: float | None = None
     options: dict[str, str] = field(default_factory=dict)
+    model_options: dict[str, str] = field(default_factory=dict)
     plugins_file: str | None = None
     seed: int = 0
     weights: str | None = None  # "official" or "random" for a registered model; None: official if cached
@@ -128,16 +129,18 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     # before the dataset opens (it may preprocess for minutes), with the model's own shapes;
     # after, with the dataset's (a dynamic dimension resolved)
     _check_batch_memory(*batch_memory, spec.sample_inputs or model_ref.inputs, model_ref.outputs, *flag)
+    dataset_name = request.dataset if request.dataset is not None else default_dataset(spec)
     dataset = open_dataset(
-        registry, spec, model_ref.inputs, request.dataset, request.dataset_path, request.dataset_count, request.seed
+        registry, spec, model_ref.inputs, dataset_name, request.dataset_path, request.dataset_count, request.seed
     )
     if dataset.count < 1:
-        raise UsageError(f"dataset '{request.dataset}' has no samples", "check --dataset-path and --count")
+        raise UsageError(f"dataset '{dataset_name}' has no samples", "check --dataset-path and --count")
+    _check_grouping(spec, dataset, dataset_name)
     _check_batch_memory(*batch_memory, dataset.inputs, model_ref.outputs, *flag)
     if "accuracy" in modes and spec.score is not None and not spec.scoring_optional and not dataset.has_ground_truth:
-        fitting = [d for d in spec.datasets if d != request.dataset]
+        fitting = [d for d in spec.datasets if d != dataset_name]
         raise UsageError(
-            f"dataset '{request.dataset}' has no ground truth, so an accuracy run of {spec.name} cannot be scored",
+            f"dataset '{dataset_name}' has no ground truth, so an accuracy run of {spec.name} cannot be scored",
             f"use --dataset {fitting[0] if fitting else 'NAME'} with its --dataset-path, or --mode performance",
         )
 
@@ -147,7 +150,7 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         device=str(device),
         precision=request.precision,
         model=model_ref,
-        dataset=request.dataset,
+        dataset=dataset_name,
         dataset_path=str(Path(request.dataset_path).resolve()) if request.dataset_path else None,
         dataset_count=request.dataset_count,
         scenarios=scenarios,
@@ -160,8 +163,26 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         batch_timeout_ms=request.batch_timeout_ms,
         seed=request.seed,
         plugins_file=config.user_file,  # --plugins, MLPI_PLUGINS or ./plugins.toml: a --plan rerun loads the same
-        extra={"registered_model": registered, "rules": spec.rules.to_json() if spec.rules.official else None},
+        extra={"registered_model": registered, "rules": spec.rules.to_json() if spec.rules.official else None,
+               **({"model_options": options_to_json(spec.options)} if spec.options is not None else {})},
     )
+
+
+def _check_grouping(spec: ModelSpec, dataset: Any, name: str) -> None:
+    """A model whose samples are groups of rows needs a dataset that says how many each has."""
+    if spec.grouped_samples and dataset.sample_rows() is None:
+        fitting = [d for d in spec.datasets if d != name]
+        raise UsageError(
+            f"dataset '{name}' makes samples of one row each, and a {spec.name} sample is a group of rows",
+            f"use --dataset {fitting[0] if fitting else 'NAME'} (a dataset that groups rows as the benchmark does)",
+        )
+
+
+def default_dataset(spec: ModelSpec) -> str:
+    """The dataset a run without ``--dataset`` uses: synthetic data where the model takes it,
+    else the model's first dataset (DLRM's samples are groups of rows synthetic data cannot
+    make: its criteo dataset makes fake data without a path)."""
+    return "synthetic" if "synthetic" in spec.datasets or not spec.datasets else spec.datasets[0]
 
 
 def recheck_plan(plan: Plan) -> Plan:
@@ -189,6 +210,7 @@ def recheck_plan(plan: Plan) -> Plan:
     label = ("the plan's batch_size", "set batch_size to {fits} or less in the plan, or start a new run without --plan")
     _check_batch_memory(*batch_memory, spec.sample_inputs or plan.model.inputs, plan.model.outputs, *label)
     dataset = open_dataset(registry, spec, plan.model.inputs, plan.dataset, plan.dataset_path, plan.dataset_count, plan.seed)
+    _check_grouping(spec, dataset, plan.dataset)
     _check_batch_memory(*batch_memory, dataset.inputs, plan.model.outputs, *label)
     return plan
 
@@ -221,8 +243,20 @@ def check_plan_values(plan: Plan, source: str = "the plan") -> None:
 def spec_of_plan(registry: Registry, plan: Plan) -> ModelSpec:
     """The ModelSpec a plan runs: its registered model's, or one made from its file."""
     if plan.extra.get("registered_model"):
-        return registry.model(plan.model.name)
+        return configured(registry.model(plan.model.name), plan.extra.get("model_options") or {}, "plan.json")
     return ModelSpec.for_file(Path(plan.model.path))
+
+
+def configured(spec: ModelSpec, values: Mapping[str, Any], source: str = "--model-option") -> ModelSpec:
+    """``spec`` for the model options ``values`` (a model without options takes none)."""
+    if spec.Options is None or spec.configure is None:
+        if values:
+            raise UsageError(f"model {spec.name} has no options ({', '.join(sorted(values))} given)",
+                             f"drop {source}; `mlpi models` lists the models that take options")
+        return spec
+    if not values:
+        return spec
+    return spec.configure(build_options(spec.Options, [(source, values)], spec.name, kind="model"))
 
 
 def open_dataset(
@@ -407,7 +441,10 @@ def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, M
     """The model's graph file(s) and its spec (the registered model's, or one made from the file)."""
     spec: ModelSpec | None = None
     if request.model is not None:  # an empty --model is unknown, never "no model"
-        spec = registry.model(request.model)
+        spec = configured(registry.model(request.model), request.model_options)
+    elif request.model_options:
+        raise UsageError("--model-option sets a registered model's options, and no --model is given",
+                         "pass --model NAME, or drop --model-option")
     if request.weights not in (None, "official", "random"):
         raise UsageError(f"unknown --weights '{request.weights}'", "choose official or random")
     random_weights = False

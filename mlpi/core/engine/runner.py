@@ -36,8 +36,10 @@ from mlpi.core.contract.errors import (
     ResultError,
     RunFailed,
 )
+from mlpi.core.contract.model import ModelSpec
 from mlpi.core.engine.child import EXIT_UNWRITABLE, OUTCOME
 from mlpi.core.engine.plan import Plan
+from mlpi.core.engine.planning import spec_of_plan
 from mlpi.core.engine.scenario import (
     DetailLog,
     latency_percentiles_ms,
@@ -99,6 +101,7 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
     with _Interrupts() as interrupts:
         registry = Registry(PluginsConfig.load(plan.plugins_file))
         backend = registry.backend(plan.backend)
+        spec = spec_of_plan(registry, plan)
         run_dir = create_run_dir(output_root, run_stem(plan.model.name, plan.backend, plan.device))
         result = RunResult(
             run_id=run_dir.name,
@@ -111,8 +114,8 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
             model=ModelInfo(
                 name=plan.model.name, path=plan.model.path, sha256=plan.model.sha256, rules_key=plan.model.rules_key,
                 rules=plan.extra.get("rules"), weights="random" if plan.model.random_weights else "given",
-                note="random weights - performance only" if plan.model.random_weights else None,
-                extra={"plugin": registry.provenance("models", plan.model.name)} if plan.extra.get("registered_model") else {},
+                note=_model_note(plan, spec),
+                extra=_model_extra(plan, registry, spec),
             ),
             dataset=DatasetInfo(plan.dataset, plan.dataset_path, plan.dataset_count,
                                 extra={"plugin": registry.provenance("datasets", plan.dataset)}),
@@ -126,6 +129,25 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
             extra={"plugins_files": list(registry.config.sources), "owner": process_owner()},
         )
         return _Run(plan, output_root, run_dir, result, reporter, interrupts, keep_child_output).run()
+
+
+def _model_note(plan: Plan, spec: ModelSpec) -> str | None:
+    """What a reader of the result must know about the model: random weights, a configuration
+    that is not the official model."""
+    notes = (["random weights - performance only"] if plan.model.random_weights else []) + (
+        [f"not the official model: {spec.unofficial}"] if spec.unofficial else [])
+    return "; ".join(notes) or None
+
+
+def _model_extra(plan: Plan, registry: Registry, spec: ModelSpec) -> dict[str, Any]:
+    if not plan.extra.get("registered_model"):
+        return {}
+    extra: dict[str, Any] = {"plugin": registry.provenance("models", plan.model.name)}
+    if plan.extra.get("model_options") is not None:
+        extra["options"] = plan.extra["model_options"]
+    if spec.unofficial:
+        extra["official"] = False
+    return extra
 
 
 class _Unwritable(Exception):
@@ -484,6 +506,7 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> Test
         simulated=bool(outcome.get("simulated")),
         devices=tuple(devices) if isinstance(devices, list) else None,
         expectations=outcome.get("expectations"),
+        extra={"batch_unit": "rows"} if outcome.get("batch_unit") == "rows" else {},
     )
     if mode == "accuracy":
         if outcome.get("accuracy") is not None:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from mlpi.core.engine.dispatch import Dispatcher
 from mlpi.core.engine.executor import BatchExecutor, ErrorHandler
+from mlpi.core.engine.rows import first_cut
 
 __all__ = ["BatchExecutor", "ErrorHandler", "InlineSUT", "OfflineSUT", "ServerSUT"]
 
@@ -29,7 +30,7 @@ class InlineSUT:
     def __init__(self, executor: BatchExecutor, samples_per_query: int) -> None:
         self.executor = executor
         # The callback LoadGen calls is the executor's own method when no query needs cutting.
-        fits = samples_per_query <= executor.batch_size
+        fits = samples_per_query <= executor.batch_size and executor.sample_rows is None
         self.issue = executor.execute if fits else executor.execute_chunked
 
     def flush(self) -> None:
@@ -68,9 +69,8 @@ class OfflineSUT:
             first.execute_chunked(ids, indices)
             first.busy_s += time.perf_counter() - started
             return
-        bs = self.executors[0].batch_size
-        for start in range(0, len(ids), bs):
-            dispatcher.submit(ids[start : start + bs], indices[start : start + bs])
+        for start, stop in self.executors[0].cuts(indices):
+            dispatcher.submit(ids[start:stop], indices[start:stop])
 
     def busy_seconds(self) -> dict[str, float]:
         if self._dispatcher is not None:
@@ -83,7 +83,7 @@ class ServerSUT:
 
     One thread forms batches: it waits until a slot is free and then until the batch is
     full or its oldest sample is due. While every slot is busy, arrivals keep collecting,
-    so the next batch leaves fuller.
+    so the next batch leaves fuller. Where samples are groups of rows, "full" counts rows.
     """
 
     def __init__(self, executors: Sequence[BatchExecutor], batch_size: int, timeout_s: float) -> None:
@@ -95,6 +95,8 @@ class ServerSUT:
         self._cond = self._dispatcher.cond
         self._ids: list[int] = []
         self._indices: list[int] = []
+        self._rows = self.executors[0].sample_rows
+        self._waiting_rows = 0  # rows of the samples waiting, where samples are groups of rows
         self._oldest = 0.0
         self._thread: threading.Thread | None = None
 
@@ -120,6 +122,8 @@ class ServerSUT:
     def issue(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         with self._cond:
             pending = self._ids
+            if self._rows is not None:
+                self._waiting_rows += int(self._rows[list(indices)].sum())
             if not pending:
                 self._oldest = time.monotonic()
                 pending += ids
@@ -128,8 +132,12 @@ class ServerSUT:
             else:
                 pending += ids
                 self._indices += indices
-                if len(pending) >= self.batch_size:
+                if self._waiting() >= self.batch_size:
                     self._cond.notify_all()
+
+    def _waiting(self) -> int:
+        """What waits, in the unit batches count: samples, or rows (call with ``cond`` held)."""
+        return len(self._ids) if self._rows is None else self._waiting_rows
 
     def _batcher(self) -> None:
         cond, bs, timeout, dispatcher = self._cond, self.batch_size, self.timeout_s, self._dispatcher
@@ -145,16 +153,19 @@ class ServerSUT:
                     if not waiting or (single is None and not dispatcher.has_free_slot()):
                         cond.wait()
                         continue
-                    if waiting >= bs:
+                    if self._waiting() >= bs:
                         break
                     remaining = self._oldest + timeout - monotonic()
                     if remaining <= 0:
                         break
                     cond.wait(remaining)
-                ids = self._ids[:bs]
-                indices = self._indices[:bs]
-                del self._ids[:bs]
-                del self._indices[:bs]
+                take = bs if self._rows is None else first_cut(self._rows, self._indices, bs)
+                ids = self._ids[:take]
+                indices = self._indices[:take]
+                del self._ids[:take]
+                del self._indices[:take]
+                if self._rows is not None:
+                    self._waiting_rows -= int(self._rows[indices].sum())
                 # What is left arrived after the old oldest sample: keeping its time can only
                 # make the next batch leave early, never late.
                 slot = dispatcher.take_slot() if single is None else None

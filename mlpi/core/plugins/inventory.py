@@ -118,6 +118,16 @@ def _clash_hint(info: PluginInfo) -> str | None:
     return f"another distribution also provides '{info.name}': choose this one with {flag} {info.key}"
 
 
+def _model_options(spec: Any) -> list[dict[str, Any]]:
+    """A model's ``-M`` options: name, default, help."""
+    import dataclasses
+
+    if spec.Options is None:
+        return []
+    return [{"name": f.name, "default": getattr(spec.options, f.name, f.default), "help": f.metadata.get("help", "")}
+            for f in dataclasses.fields(spec.Options)]
+
+
 def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
     """One row per model plugin: its artifact, what is cached here, which datasets fit."""
     from mlpi.core.contract.model import load_spec
@@ -155,6 +165,8 @@ def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
             graphs={role: {"inputs": [t.to_json() for t in g.inputs], "outputs": [t.to_json() for t in g.outputs]}
                     for role, g in spec.graphs.items()},
             data=spec.data.to_json(),
+            options=_model_options(spec),
+            unofficial=spec.unofficial,
             quality_target=spec.quality_target,
             quality=None if spec.rules.quality is None else spec.rules.quality.describe(),
             round=spec.rules.round or None,

@@ -58,8 +58,9 @@ def option_help(options_cls: type) -> dict[str, str]:
     return out
 
 
-def build_options(options_cls: type, layers: list[tuple[str, Mapping[str, Any]]], backend: str) -> Any:
-    """Apply ``layers`` (lowest precedence first; each ``(source, {key: value})``) to defaults."""
+def build_options(options_cls: type, layers: list[tuple[str, Mapping[str, Any]]], backend: str, kind: str = "backend") -> Any:
+    """Apply ``layers`` (lowest precedence first; each ``(source, {key: value})``) to defaults
+    (the options of a ``kind`` — backend or model — called ``backend``)."""
     hints = typing.get_type_hints(options_cls)
     fields = {f.name: f for f in dataclasses.fields(options_cls)}
     names = list(fields)
@@ -68,12 +69,12 @@ def build_options(options_cls: type, layers: list[tuple[str, Mapping[str, Any]]]
         for key, raw in layer.items():
             norm = key.replace("-", "_") if isinstance(key, str) else str(key)
             if norm not in names:
-                valid = ", ".join(names) if names else "none: this backend has no options"
+                valid = ", ".join(names) if names else f"none: this {kind} has no options"
                 raise UsageError(
-                    f"unknown option '{key}' for backend '{backend}' (from {source})",
+                    f"unknown option '{key}' for {kind} '{backend}' (from {source})",
                     f"{suggest(norm, names, listing=False)}valid options: {valid}",
                 )
-            what = f"option '{key}' of backend '{backend}' (from {source})"
+            what = f"option '{key}' of {kind} '{backend}' (from {source})"
             values[norm] = _check_bounds(_convert(raw, hints[norm], what), fields[norm], what)
     return options_cls(**values)
 
@@ -82,13 +83,14 @@ def options_to_json(options: Any) -> dict[str, Any]:
     return dataclasses.asdict(options)
 
 
-def parse_assignments(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+def parse_assignments(pairs: tuple[str, ...] | list[str], example: str = "-o intra_op_threads=2") -> dict[str, str]:
     """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; a pair without ``=`` is a usage error."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key.strip():
-            raise UsageError(f"'{pair}' is not KEY=VALUE", "write options as -o key=value, e.g. -o intra_op_threads=2")
+            flag = example.split()[0]
+            raise UsageError(f"'{pair}' is not KEY=VALUE", f"write options as {flag} key=value, e.g. {example}")
         out[key.strip()] = value.strip()
     return out
 
