@@ -14,6 +14,7 @@ preloaded samples, postprocessing, completing).
     python benchmarks/backend_efficiency.py --backend deepsparse --model conv   # in DeepSparse's own environment
     python benchmarks/backend_efficiency.py --backend onnxruntime --model bert-99 --batch-size 4 --duration 60
     python benchmarks/backend_efficiency.py --backend onnxruntime --model rnnt --batch-size 1 --duration 60
+    python benchmarks/backend_efficiency.py --backend all --model dlrm-v2 --batch-size 2048 --duration 30   # rows/s
 
 Own loops: ONNX Runtime ``InferenceSession.run``; OpenVINO an ``AsyncInferQueue`` kept full
 (its recommended throughput pattern); PyTorch the converted module under ``inference_mode``;
@@ -32,6 +33,10 @@ synthetic utterances are 6.25 s of noise; on the random graphs every frame is on
 and no symbol). A file that fixes its batch (RetinaNet's and SSD-ResNet34's: 1)
 runs at that batch on both sides; for the detectors the script also times the model's
 postprocessor on the graph's real outputs and reports its share of the time per sample.
+``dlrm-v2`` counts rows, not samples: the own loop runs the rows of the groups mlpi's run
+loads (the criteo dataset's fake groups, seed 0) in batches of ``--batch-size`` rows; mlpi's
+figure is its samples/s times the mean rows of the samples it ran (from the run's per-unit
+figures). Its graph is the random-weights one, tables capped at 10,000 rows.
 """
 
 from __future__ import annotations
@@ -222,6 +227,35 @@ def rnnt_ort_loop(folder: Path, utterances: list[np.ndarray], batch: int, second
     return _timed(step, groups, batch, seconds)  # type: ignore[arg-type]
 
 
+def dlrm_batches(batch: int, groups: int = 256) -> tuple[list[Feeds], float]:
+    """Batches of ``batch`` rows of the criteo dataset's fake groups (seed 0), as mlpi's run
+    loads them, and the groups' mean rows."""
+    from mlpi.core.engine.planning import open_dataset
+    from mlpi.core.plugins.config import PluginsConfig
+    from mlpi.core.plugins.registry import Registry
+    from mlpi.models.dlrm_config import DENSE_INPUT, SPARSE_INPUT
+
+    registry = Registry(PluginsConfig.load(None))
+    spec = registry.model("dlrm-v2-99")
+    dataset = open_dataset(registry, spec, [], "criteo", None, groups, seed=0)
+    dataset.load(list(range(dataset.count)))
+    dense = np.concatenate([dataset.sample(i)[DENSE_INPUT] for i in range(dataset.count)])
+    sparse = np.concatenate([dataset.sample(i)[SPARSE_INPUT] for i in range(dataset.count)])
+    batches = [{DENSE_INPUT: dense[k : k + batch], SPARSE_INPUT: sparse[k : k + batch]}
+               for k in range(0, len(dense) - batch + 1, batch)]
+    return batches, len(dense) / dataset.count
+
+
+def mlpi_rows_per_s(backend: str, batch: int, seconds: float, threads: int, root: Path) -> tuple[float, bool]:
+    """mlpi's Offline rows/s on dlrm-v2-99 (random weights): samples/s times rows per sample."""
+    samples_per_s, valid = mlpi_offline(backend, ["--model", "dlrm-v2-99", "--weights", "random"], batch, seconds,
+                                        threads, root)
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    units = json.loads((run_dir / "result.json").read_text())["tests"][0]["devices"]
+    rows, samples = sum(u["rows"] for u in units), sum(u["samples"] for u in units)
+    return samples_per_s * rows / samples, valid
+
+
 def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
     import onnxruntime as ort
 
@@ -294,7 +328,7 @@ def postprocess_share(name: str, model: Path, feeds: Feeds, own_loop_samples_per
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "pytorch", "deepsparse", "all"])
-    parser.add_argument("--model", default="resnet50", choices=[*REGISTERED, "conv"])
+    parser.add_argument("--model", default="resnet50", choices=[*REGISTERED, "dlrm-v2", "conv"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument(
@@ -322,6 +356,22 @@ def main() -> int:
                   f"{MIN_BATCHES} batches per side, fp32, threads {args.threads or 'default'}")
             print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity  seconds")
             print(f"{'onnxruntime':<13}{loop:>12,.3f}{mine:>14,.3f}{mine / loop:>8.3f}  {'VALID' if valid else 'INVALID':<8}  {seconds:,.0f}")
+            return 0
+        if args.model == "dlrm-v2":
+            model, _ = registered_file("dlrm-v2-99")
+            batches, mean_rows = dlrm_batches(args.batch_size)
+            table = []
+            for number, backend in enumerate(["onnxruntime", "openvino", "pytorch"] if args.backend == "all" else [args.backend]):
+                loop = tight_loop(backend, model, batches, args.duration, args.threads)
+                seconds = max(args.duration, MIN_BATCHES * args.batch_size / loop)
+                mine, valid = mlpi_rows_per_s(backend, args.batch_size, seconds, args.threads, work / f"results-{number}")
+                table.append((backend, loop, mine, valid, seconds))
+            print(f"model: dlrm-v2-99 (random weights, tables of at most 10,000 rows), batch {args.batch_size} rows, "
+                  f"groups of {mean_rows:.0f} rows on average, at least {args.duration}s and {MIN_BATCHES} batches per side, "
+                  f"fp32, threads {args.threads or 'default'}; figures in rows/s")
+            print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity  seconds")
+            for backend, loop, mine, valid, seconds in table:
+                print(f"{backend:<13}{loop:>12,.1f}{mine:>14,.1f}{mine / loop:>8.3f}  {'VALID' if valid else 'INVALID':<8}  {seconds:,.0f}")
             return 0
         if args.model in REGISTERED:
             from mlpi.core.contract.backend import fixed_batch_size

@@ -8,11 +8,13 @@ windows or rows) gives its own factory in ``ModelSpec.pipeline``; it is handed t
 sessions by graph role, the dataset and the batch size, and returns responses of any size
 (:class:`~mlpi.core.contract.postprocess.Responses`) for the samples it was given.
 
-A model whose one sample is many batches (3D-UNet's windows, DLRM's rows) sets
-``ModelSpec.pieces``: its pipeline then gets no sessions of its own but
-:class:`Pieces`, which runs the batches it hands over on every device unit and slot of the
-run (the core's workers, see :mod:`mlpi.core.engine.pieces`), so one sample is spread over
-all of them.
+A model whose one sample is many batches (3D-UNet's windows) sets ``ModelSpec.pieces``: its
+pipeline then gets no sessions of its own but :class:`Pieces`, which runs the batches it hands
+over on every device unit and slot of the run (the core's workers, see
+:mod:`mlpi.core.engine.pieces`), so one sample is spread over all of them. A model whose
+sample is a group of rows (DLRM's users) sets ``ModelSpec.grouped_samples`` instead: the
+core's batches then count rows (:mod:`mlpi.core.engine.rows`), and its pipeline runs each
+batch's rows on its slot's sessions.
 """
 
 from __future__ import annotations

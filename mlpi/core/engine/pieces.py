@@ -1,7 +1,7 @@
 """Pieces: a sample cut into several batches, spread over every device unit and slot.
 
-A model whose one sample is many inferences (3D-UNet's sliding windows over a volume,
-DLRM's hundreds of rows per user) says so with ``ModelSpec.pieces``; its pipeline then
+A model whose one sample is many inferences (3D-UNet's sliding windows over a volume)
+says so with ``ModelSpec.pieces``; its pipeline then
 runs no session itself but hands its batches to
 :class:`~mlpi.core.contract.pipeline.Pieces`, which the core serves
 from one worker thread per slot of every unit (``--device cuda:0,1`` or ``qaic:0-3``,
