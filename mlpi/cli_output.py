@@ -83,7 +83,10 @@ class RunPrinter:
 
     def plan(self, plan: Any) -> None:
         quick = " (quick: not valid for submission)" if plan.quick or plan.duration_s is not None else ""
-        weights = " (random weights - performance only)" if plan.model.random_weights else ""
+        weights = ""
+        if plan.model.random_weights:
+            weights = (" (random weights - the accuracy checks the run, not the model)" if "accuracy" in plan.modes
+                       else " (random weights - performance only)")
         _err.print(
             f"mlpi: {plan.model.name}{weights} on {plan.backend} {plan.device}, dataset {plan.dataset}, "
             f"{', '.join(plan.scenarios)} x {', '.join(plan.modes)}{quick}"

@@ -316,3 +316,22 @@ def test_an_index_beyond_its_table_fails_the_test_with_one_error(tmp_path: Path)
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     errors = [x for x in done.stderr.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and "feature 5" in errors[0] and "3" in errors[0], done.stderr
+
+
+@pytest.mark.slow
+def test_random_weights_may_run_the_accuracy_path_and_say_so(tmp_path: Path) -> None:
+    """No official DLRM-v2 weights can be fetched, so, as the reference's debug profile does,
+    an accuracy run on random weights is allowed: scored, and marked as not the model's."""
+    data = tmp_path / "day23"
+    write_fake_day23(data, 3000, seed=4, variant="debug")
+    done = _mlpi("run", "--model", "dlrm-v2-99", "--weights", "random", "-M", "max_rows=100", "--dataset", "criteo",
+                 "--dataset-path", str(data), "--mode", "accuracy", "-s", "Offline", "--output", str(tmp_path / "results"),
+                 cwd=tmp_path)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-3000:]  # random labels: the target is missed
+    assert "random weights - the accuracy checks the run, not the model" in done.stdout + done.stderr
+    from conftest import read_result
+
+    result = read_result(tmp_path / "results")
+    assert "not the model" in result["model"]["note"]
+    line = result["tests"][0]["accuracy"]["lines"][0]
+    assert line.startswith("AUC=") and "total=3000," in line

@@ -115,7 +115,10 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     options = build_options(backend.Options, layers, backend.name)
 
     model_ref, spec, registered = _resolve_model(request, registry)
-    if model_ref.random_weights and "accuracy" in modes:
+    # A model with an official file to fetch is scored only with it; one whose official
+    # weights mlpi cannot fetch (DLRM-v2's) may run its accuracy path on random weights, as the
+    # reference's debug profile does: the result says the score is not the model's.
+    if model_ref.random_weights and "accuracy" in modes and spec.artifact is not None:
         raise UsageError(
             f"accuracy mode needs the official {model_ref.name} weights; random weights are for performance only",
             f"run `mlpi fetch {model_ref.name}`, or pass --model-path FILE, or use --mode performance",

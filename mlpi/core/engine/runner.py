@@ -134,7 +134,9 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
 def _model_note(plan: Plan, spec: ModelSpec) -> str | None:
     """What a reader of the result must know about the model: random weights, a configuration
     that is not the official model."""
-    notes = (["random weights - performance only"] if plan.model.random_weights else []) + (
+    weights = "random weights - the accuracy checks the run, not the model" if "accuracy" in plan.modes else (
+        "random weights - performance only")
+    notes = ([weights] if plan.model.random_weights else []) + (
         [f"not the official model: {spec.unofficial}"] if spec.unofficial else [])
     return "; ".join(notes) or None
 
