@@ -84,6 +84,9 @@ def main(debug: bool) -> None:
 @click.option("--target-qps", type=float, help="Offline expected QPS / Server target QPS (default: calibrated).")
 @click.option("--quick", is_flag=True, help="Short development run (10 s per test); not valid for submission.")
 @click.option("--duration", "duration_s", type=float, help="Minimum test duration in seconds (implies not valid for submission).")
+@click.option("--watchdog-s", "watchdog_s", type=float,
+              help="A test whose batch in flight has not finished for this long ends as failed (default: 300 s until "
+                   "a batch is measured, then 20 batch times, at least 60 s; 0: off).")
 @click.option("--batch-timeout-ms", type=float, help="Server: longest a batch waits to fill (default: 1/20 of the latency bound).")
 @click.option("--option", "-o", "options", multiple=True, help="Backend option KEY=VALUE; repeatable.")
 @click.option("--model-option", "-M", "model_options", multiple=True,

@@ -129,6 +129,10 @@ class RunPrinter:
                 verdict = "" if accuracy.passed is None else (" PASS" if accuracy.passed else " FAIL")
                 target = f" (target {accuracy.target_text()})" if accuracy.target is not None else ""
                 _out.print(f"{test.scenario} accuracy: {accuracy.report}{target}{verdict}")
+                bad = test.extra.get("nonfinite_batches")
+                if bad:
+                    _out.print(f"{test.scenario} accuracy: the backend answered NaN or infinite values in {bad} "
+                               "batch(es): the score reflects outputs that are not numbers")
         for test in result.tests:
             devices = test.devices or ()
             if len(devices) > 1:

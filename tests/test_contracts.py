@@ -289,7 +289,7 @@ def test_the_performance_sample_count_comes_from_the_rules_or_a_memory_bound() -
     from types import SimpleNamespace
 
     from mlpi.core.contract.rules import NO_RULES
-    from mlpi.core.engine.child import PRELOAD_BUDGET_BYTES, performance_count_limit
+    from mlpi.core.engine.child import PRELOAD_BUDGET_BYTES, PRELOAD_SAMPLES, performance_count_limit
 
     images = SimpleNamespace(performance_count=50000, inputs=[TensorSpec("x", "float32", (None, 3, 224, 224))])
     ruled = SimpleNamespace(spec=SimpleNamespace(rules=Rules(performance_sample_count=1024)), dataset=images)
@@ -298,3 +298,5 @@ def test_the_performance_sample_count_comes_from_the_rules_or_a_memory_bound() -
     assert performance_count_limit(SimpleNamespace(spec=ruled.spec, dataset=few)) == 5
     custom = SimpleNamespace(spec=SimpleNamespace(rules=NO_RULES), dataset=images)
     assert performance_count_limit(custom) == PRELOAD_BUDGET_BYTES // (3 * 224 * 224 * 4)
+    tiny = SimpleNamespace(performance_count=1_000_000, inputs=[TensorSpec("x", "float32", (None, 16))])
+    assert performance_count_limit(SimpleNamespace(spec=custom.spec, dataset=tiny)) == PRELOAD_SAMPLES

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.errors import RunFailed
 
 
 class Responses:
@@ -100,6 +101,14 @@ class RawOutputs(Postprocessor):
             array = outputs[self._single]
             if array is self._checked:
                 return array
+            # Responses are cut at a fixed stride: an answer of another size or type per sample
+            # would hand LoadGen the wrong bytes (or bytes past the array's end).
+            if array.dtype != self._specs[0].dtype or array.ndim == 0 or array.nbytes != array.shape[0] * self._nbytes:
+                raise RunFailed(
+                    f"the backend answered output '{self._single}' as {array.dtype} {list(array.shape)}; the model's "
+                    f"is {self._specs[0].dtype} {list(self._specs[0].shape)} (the shape of the first batch)",
+                    "the backend is broken: report it to its authors (mlpi checks every batch's outputs)",
+                )
             if array.flags.c_contiguous:
                 self._checked = array
                 return array

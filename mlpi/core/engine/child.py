@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
         return _finish(out, {"status": "failed", "error": _error(err), "seconds": time.time() - started}, EXIT_FAILURE)
     except Exception as exc:  # noqa: BLE001 - a backend's own failure, reported as such
         return _crashed(out, exc, started)
-    details.update(status="ok", seconds=time.time() - started)
+    details.update(status="ok", seconds=time.time() - started, peak_rss_mb=peak_rss_mb())
     return _finish(out, details, 0)
 
 
@@ -68,6 +68,16 @@ def _crashed(out: Path, exc: BaseException, started: float) -> int:
         traceback.print_exc()
     err = MlpiError(f"{type(exc).__name__}: {exc}", f"see {out / 'harness.log'}; re-run with --debug")
     return _finish(out, {"status": "failed", "error": _error(err), "seconds": time.time() - started}, EXIT_FAILURE)
+
+
+def peak_rss_mb() -> float | None:
+    """This test process's peak resident memory, MB (LoadGen's queries included)."""
+    try:
+        import resource
+    except ImportError:  # not on every platform
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / 1024, 1)
 
 
 def _finish(out: Path, outcome: dict[str, Any], code: int) -> int:
@@ -88,18 +98,31 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
 
     from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
     from mlpi.core.engine.dispatch import device_stats
+    from mlpi.core.engine.finite import check_sessions
     from mlpi.core.engine.plan import Plan
 
     plan = Plan.read(plan_path)
     setup = open_test(plan)
     loaded = setup.load_sessions(scenario)
-    executors, outputs = build_executors(setup, loaded, scenario, out, lg)
-    expect, calib_s = calibrate_expectations(setup, executors, scenario)
+    finite = check_sessions(loaded.placed) if mode == "accuracy" else None
+    watchdog, probe = start_watchdog(setup, loaded, scenario, mode, out)
+    executors, outputs = build_executors(setup, loaded, scenario, out, lg, probe)
+    watchdog.add(lambda ex=ex: (ex.started, ex.finished) for ex in executors)
+    try:
+        expect, calib_s = calibrate_expectations(setup, executors, scenario)
+    except MlpiError:
+        raise
+    except Exception as exc:  # a backend's own failure, named as LoadGen's test names it
+        raise backend_failure(setup.backend.name, scenario, out, exc) from exc
+    watchdog.measured(batch_seconds(expect, loaded.batch_size, scenario))
     if loaded.pieces is not None:
         loaded.pieces.reset_stats()
     settings, perf_count = write_settings(setup, scenario, mode, expect, calib_s, out, lg)
+    if mode == "performance":  # an accuracy test issues each sample once
+        check_loadgen_memory(settings, scenario)
     sut_impl = make_sut(executors, scenario, plan, settings)
     elapsed_s, busy_s = run_loadgen(sut_impl, setup.dataset, len(setup.loaded), settings, out, plan, lg)
+    watchdog.stop()
     devices = (
         device_stats(executors, busy_s, elapsed_s) if loaded.pieces is None else loaded.pieces.stats(elapsed_s)
     )
@@ -117,6 +140,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         "slots": len(executors),
         "simulated": loaded.simulated,
         "devices": devices,
+        **({"nonfinite_batches": finite.nonfinite, "checked_batches": finite.batches} if finite is not None else {}),
     }
 
 
@@ -266,7 +290,8 @@ def open_test(plan: Any) -> TestSetup:
     return TestSetup(plan, registry, backend, options, spec, artifacts, dataset)
 
 
-def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out: Path, lg: Any) -> tuple[list[Any], list[Any]]:
+def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out: Path, lg: Any,
+                    probe: Any = None) -> tuple[list[Any], list[Any]]:
     """One executor per slot, each with its own pipeline (the model's, or the default)."""
     from mlpi.core.contract.pipeline import PipelineContext
     from mlpi.core.engine.executor import BatchExecutor
@@ -274,7 +299,13 @@ def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out
     spec, dataset, batch_size = setup.spec, setup.dataset, loaded.batch_size
     dataset.load(setup.loaded)
     if spec.sample_inputs is None:
-        outputs = observed_outputs(loaded.main(0), dataset, setup.loaded[0], batch_first=spec.outputs_batch_first)
+        try:
+            outputs = observed_outputs(loaded.main(0), dataset, setup.loaded[0], batch_first=spec.outputs_batch_first,
+                                       probe=probe)
+        except MlpiError:
+            raise
+        except Exception as exc:  # the backend's first batch failed
+            raise backend_failure(setup.backend.name, scenario, out, exc) from exc
     else:  # samples are not the graph's feeds: its pipeline knows its outputs
         outputs = list(loaded.main(0).outputs)
     on_error = error_handler(setup.backend.name, scenario, out)
@@ -297,13 +328,17 @@ def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out
     return executors, outputs
 
 
-#: A model without MLPerf rules keeps at most this many bytes of samples loaded.
+#: A model without MLPerf rules keeps at most this many bytes of samples loaded ...
 PRELOAD_BUDGET_BYTES = 1 << 30
+#: ... and at most this many samples (LoadGen loads them before timing: a million tiny
+#: synthetic samples took minutes to make, and gain nothing over a few thousand).
+PRELOAD_SAMPLES = 8192
 
 
 def performance_count_limit(setup: TestSetup) -> int:
     """LoadGen's performance sample count: the model's rule, bounded by what the data has;
-    without a rule, what fits in PRELOAD_BUDGET_BYTES (samples of a known size)."""
+    without a rule, what fits in PRELOAD_BUDGET_BYTES (samples of a known size), at most
+    PRELOAD_SAMPLES."""
     import numpy as np
 
     wanted = setup.spec.rules.performance_sample_count
@@ -317,23 +352,66 @@ def performance_count_limit(setup: TestSetup) -> int:
         int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
         for spec, shape in zip(setup.dataset.inputs, shapes)
     )
-    return max(1, min(available, PRELOAD_BUDGET_BYTES // max(sample_bytes, 1)))
+    return max(1, min(available, PRELOAD_SAMPLES, PRELOAD_BUDGET_BYTES // max(sample_bytes, 1)))
 
 
 def error_handler(backend_name: str, scenario: str, out: Path) -> Any:
     def on_error(exc: BaseException) -> None:
         # LoadGen cannot be aborted from Python: record the error and end the process.
-        traceback.print_exception(type(exc), exc, exc.__traceback__)
-        err = exc if isinstance(exc, MlpiError) else MlpiError(
-            f"backend '{backend_name}' failed during the {scenario} test: {type(exc).__name__}: {exc}",
-            f"see {out / 'harness.log'}",
-        )
+        if isinstance(exc, MlpiError):
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+            err = exc
+        else:
+            err = backend_failure(backend_name, scenario, out, exc)
         _write(out, {"status": "failed", "error": _error(err)})
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_FAILURE)
 
     return on_error
+
+
+def start_watchdog(setup: TestSetup, loaded: LoadedSessions, scenario: str, mode: str, out: Path) -> tuple[Any, Any]:
+    """The test's watchdog (:mod:`mlpi.core.engine.watchdog`), watching the first batch (the
+    returned probe's counts) and the piece workers; the executors are added once made."""
+    from mlpi.core.contract.errors import RunFailed
+    from mlpi.core.engine.watchdog import Counts, Watchdog, dump_stacks
+
+    name = setup.backend.name
+    limit = setup.plan.extra.get("watchdog_s")
+
+    def fire(what: str) -> None:
+        dump_stacks()
+        err = RunFailed(f"backend '{name}' stopped responding during the {scenario} {mode} test: {what}",
+                        f"every thread's stack is in {out / 'harness.log'}; --watchdog-s S sets the limit (0: off)")
+        _write(out, {"status": "failed", "error": _error(err)})
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_FAILURE)
+
+    probe = Counts()
+    sources = [lambda: (probe.started, probe.finished)]
+    if loaded.pieces is not None:
+        sources.append(lambda: (loaded.pieces.started, loaded.pieces.finished))
+    watchdog = Watchdog(sources, fire, None if limit is None else float(limit))
+    watchdog.start()
+    return watchdog, probe
+
+
+def backend_failure(name: str, scenario: str, out: Path, exc: BaseException) -> MlpiError:
+    """A backend's exception as the one error a user reads; its traceback goes to harness.log."""
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    return MlpiError(f"backend '{name}' failed during the {scenario} test: {type(exc).__name__}: {exc}",
+                     f"see {out / 'harness.log'}")
+
+
+def batch_seconds(expect: Any, batch_size: int, scenario: str) -> float:
+    """How long calibration found one batch to take (0: not measured)."""
+    if scenario == "SingleStream":
+        return float(expect.latency_s)
+    if scenario == "MultiStream":
+        return float(expect.multistream_latency_s)
+    return batch_size / expect.throughput_qps if expect.throughput_qps > 0 else 0.0
 
 
 def calibrate_expectations(setup: TestSetup, executors: list[Any], scenario: str) -> tuple[Any, float]:
@@ -368,6 +446,24 @@ def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, cali
     settings.scenario = getattr(lg.TestScenario, scenario)
     settings.mode = lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
     return settings, perf_count
+
+
+def check_loadgen_memory(settings: Any, scenario: str) -> None:
+    """Refuse the test before LoadGen generates queries it cannot hold (see
+    :mod:`mlpi.core.engine.loadgen_memory`), from the settings LoadGen will run with."""
+    from mlpi.core.engine.loadgen_memory import check_fits, generated_queries
+    from mlpi.core.engine.planning import available_memory_bytes
+
+    duration_s = settings.min_duration_ms / 1e3
+    qps = {"Offline": settings.offline_expected_qps, "Server": settings.server_target_qps}.get(scenario, 0.0)
+    latency_s = (settings.single_stream_expected_latency_ns if scenario == "SingleStream"
+                 else settings.multi_stream_expected_latency_ns) / 1e9
+    queries = generated_queries(scenario, qps=qps, latency_s=latency_s, duration_s=duration_s,
+                                min_queries=settings.min_query_count)
+    if settings.max_query_count > 0 and scenario != "Offline":
+        queries = min(queries, int(settings.max_query_count))
+    rate = f"{qps:,.0f} samples/s" if scenario in ("Offline", "Server") else f"{latency_s * 1e3:,.3g} ms a query"
+    check_fits(scenario, queries, available_memory_bytes(), f"{rate} for {duration_s:,.0f} s")
 
 
 def make_sut(executors: list[Any], scenario: str, plan: Any, settings: Any) -> Any:
@@ -511,25 +607,35 @@ def server_batch_timeout_s(requested_ms: float | None, latency_bound_ns: int) ->
     return latency_bound_ns / 1e9 / 20
 
 
-def observed_outputs(session: Any, dataset: Any, index: int, *, batch_first: bool = True) -> list[Any]:
+def observed_outputs(session: Any, dataset: Any, index: int, *, batch_first: bool = True, probe: Any = None) -> list[Any]:
     """Run one sample and describe the outputs as they really are (dynamic dims resolved).
 
     A model whose outputs are not batch-first (one image's detections as ``[N, 4]``) gets
-    the session's own output specs: its postprocessor knows how to read them."""
+    the session's own output specs: its postprocessor knows how to read them. ``probe``
+    counts the batch for the watchdog."""
     import numpy as np
 
     from mlpi.core.contract.backend import TensorSpec
+    from mlpi.core.contract.errors import RunFailed
 
     caps = session.capabilities
     rows = caps.max_batch_size if caps.fixed_batch and caps.max_batch_size else 1
     feeds = {s.name: np.zeros((rows, *s.sample_shape), dtype=s.dtype) for s in dataset.inputs}
     dataset.gather([index], feeds)
+    if probe is not None:
+        probe.started += 1
     outputs = session.run(feeds)
+    if probe is not None:
+        probe.finished += 1
     if not batch_first:
         return list(session.outputs)
     specs = []
     for spec in session.outputs:
         array = np.asarray(outputs[spec.name])
+        declared = tuple(spec.shape)
+        if array.ndim and array.ndim == len(declared) and declared[0] in (None, rows) and array.shape[0] != rows:
+            raise RunFailed(f"the backend answered {array.shape[0]} rows of output '{spec.name}' for a batch of {rows}",
+                            "the backend is broken: report it to its authors (mlpi checks every batch's outputs)")
         if array.ndim == 0 or array.shape[0] != rows:
             raise ModelError(
                 f"output '{spec.name}' has shape {array.shape}, with no batch dimension of {rows}",

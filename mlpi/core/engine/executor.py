@@ -54,6 +54,9 @@ class BatchExecutor:
         self.sample_rows = None if sample_rows is None else np.maximum(np.asarray(sample_rows, dtype=np.int64), 1)
         #: Rows completed, where samples are groups of rows.
         self.rows_done = 0
+        #: Batches started and finished (the watchdog's progress; one writer per executor).
+        self.started = 0
+        self.finished = 0
         if pipeline is None:
             if postprocess is None or session is None:
                 raise ValueError("BatchExecutor needs a session and a postprocessor, or a pipeline")
@@ -81,13 +84,18 @@ class BatchExecutor:
 
     def compute(self, indices: Sequence[int]) -> np.ndarray | Responses:
         """Run one batch through the pipeline; returns its responses (no completion)."""
-        return self.pipeline(indices)
+        self.started += 1
+        response = self.pipeline(indices)
+        self.finished += 1
+        return response
 
     def execute(self, ids: Sequence[int], indices: Sequence[int]) -> None:
         """Run one batch (``len(ids) <= batch_size``) and complete it in one call."""
         n = len(ids)
+        self.started += 1
         try:
             response = self.pipeline(indices)
+            self.finished += 1
             if response is not self._last_response:
                 self._repoint(response, n)
         except BaseException as exc:  # noqa: BLE001 - reported, LoadGen cannot take it

@@ -78,6 +78,9 @@ class PieceDispatcher(Pieces):
         self._units: dict[str, _Unit] = {}
         self._workers = list(workers)
         self._threads: list[threading.Thread] = []
+        #: Pieces started and finished (the watchdog's progress).
+        self.started = 0
+        self.finished = 0
         for label, _ in workers:
             self._units.setdefault(label, _Unit(label)).workers += 1
 
@@ -142,9 +145,11 @@ class PieceDispatcher(Pieces):
             if unit.in_flight == 0:
                 unit.busy_since = time.monotonic()
             unit.in_flight += 1
+            self.started += 1
 
     def _end(self, unit: _Unit, rows: int) -> None:
         with self._lock:
+            self.finished += 1
             unit.in_flight -= 1
             if unit.in_flight == 0:
                 unit.busy_s += time.monotonic() - unit.busy_since

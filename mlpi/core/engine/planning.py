@@ -54,6 +54,7 @@ class RunRequest:
     batch_timeout_ms: float | None = None
     options: dict[str, str] = field(default_factory=dict)
     model_options: dict[str, str] = field(default_factory=dict)
+    watchdog_s: float | None = None  # None: the default limit; 0: off
     plugins_file: str | None = None
     seed: int = 0
     weights: str | None = None  # "official" or "random" for a registered model; None: official if cached
@@ -114,6 +115,7 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     layers.append(("--option", request.options))
     options = build_options(backend.Options, layers, backend.name)
 
+    _check_target_memory(request, scenarios)
     model_ref, spec, registered = _resolve_model(request, registry)
     # A model with an official file to fetch is scored only with it; one whose official
     # weights mlpi cannot fetch (DLRM-v2's) may run its accuracy path on random weights, as the
@@ -167,8 +169,26 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         seed=request.seed,
         plugins_file=config.user_file,  # --plugins, MLPI_PLUGINS or ./plugins.toml: a --plan rerun loads the same
         extra={"registered_model": registered, "rules": spec.rules.to_json() if spec.rules.official else None,
-               **({"model_options": options_to_json(spec.options)} if spec.options is not None else {})},
+               **({"model_options": options_to_json(spec.options)} if spec.options is not None else {}),
+               **({"watchdog_s": request.watchdog_s} if request.watchdog_s is not None else {})},
     )
+
+
+def _check_target_memory(request: RunRequest, scenarios: list[str]) -> None:
+    """``--target-qps`` decides how many queries LoadGen makes in Offline and Server: refuse
+    now a rate whose queries cannot fit in memory (a calibrated rate is checked in the test)."""
+    from mlpi.core.contract.rules import OFFICIAL_MIN_DURATION_S
+    from mlpi.core.engine.loadgen_memory import check_fits, generated_queries
+    from mlpi.core.engine.plan import QUICK_DURATION_S
+
+    if request.target_qps is None:
+        return
+    duration = request.duration_s or (QUICK_DURATION_S if request.quick else OFFICIAL_MIN_DURATION_S)
+    for scenario in scenarios:
+        if scenario in ("Offline", "Server"):
+            queries = generated_queries(scenario, qps=request.target_qps, duration_s=duration)
+            check_fits(scenario, queries, available_memory_bytes(),
+                       f"--target-qps {request.target_qps:,.0f} for {duration:,.0f} s")
 
 
 def _check_grouping(spec: ModelSpec, dataset: Any, name: str) -> None:
@@ -330,6 +350,11 @@ def _check_numbers(values: Mapping[str, Any], names: Mapping[str, str] = _FLAGS,
         if fvalue is not None and not (fvalue > 0 and math.isfinite(fvalue)):
             raise UsageError(f"{names[key]}{where} must be a positive, finite number, not {fvalue}",
                              fix(names[key], "a finite value above 0"))
+    watchdog = values.get("watchdog_s")
+    if watchdog is not None and not (watchdog >= 0 and math.isfinite(watchdog)):
+        flag = names.get("watchdog_s", "--watchdog-s")
+        raise UsageError(f"{flag}{where} must be 0 (off) or a positive, finite number of seconds, not {watchdog}",
+                         fix(flag, "0 or a finite number of seconds"))
 
 
 def available_memory_bytes() -> int | None:

@@ -508,7 +508,10 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> Test
         simulated=bool(outcome.get("simulated")),
         devices=tuple(devices) if isinstance(devices, list) else None,
         expectations=outcome.get("expectations"),
-        extra={"batch_unit": "rows"} if outcome.get("batch_unit") == "rows" else {},
+        extra={**({"batch_unit": "rows"} if outcome.get("batch_unit") == "rows" else {}),
+               **({"peak_rss_mb": outcome["peak_rss_mb"]} if isinstance(outcome.get("peak_rss_mb"), (int, float)) else {}),
+               **({"nonfinite_batches": outcome["nonfinite_batches"]}
+                  if isinstance(outcome.get("nonfinite_batches"), int) and outcome["nonfinite_batches"] > 0 else {})},
     )
     if mode == "accuracy":
         if outcome.get("accuracy") is not None:
