@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +69,185 @@ def _table(title: str, columns: list[str] | tuple[str, ...], right: tuple[str, .
     return table
 
 
-def _add_row(table: Any, *cells: Any) -> None:
-    """A table row of text from result files: each cell shown literally, never as rich
-    markup or terminal control (:func:`mlpi.cli_output.terminal_cell`)."""
-    from mlpi.cli_output import terminal_cell
-
-    table.add_row(*map(terminal_cell, cells))
-
-
 def _print(renderable: Any) -> None:
     from rich.console import Console
 
     Console(highlight=False, soft_wrap=True).print(renderable)
+
+
+# -- tables that never cut a cell ------------------------------------------------------------
+#
+# ``results list``, ``results show`` and ``compare`` print their rows with :func:`_emit`:
+#
+# - stdout not a terminal (a pipe, a file): plain text, a header line then one line per row,
+#   the cells padded and separated by at least two spaces, nothing cut, no box drawing;
+# - a terminal wide enough: a table without vertical rules (two spaces between columns, as
+#   piped); cells may wrap at spaces, never inside a word, so a run id or a model, backend,
+#   device or system name is always whole on one line;
+# - a narrower terminal: first the columns whose value is the same in every row move to one
+#   ``every row:`` line under the table, then low-value columns (each table names them, in
+#   order) are left out, with a line saying which;
+# - narrower still: one block per row, ``column  value`` on each line (like psql's expanded
+#   display), every value whole.
+#
+# Every cell goes through :func:`mlpi.cli_output.printable` first, and is given to rich as
+# ``Text`` (never read as markup), as :func:`mlpi.cli_output.terminal_cell` does.
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    #: When the terminal is too narrow, columns with a ``drop`` rank are left out, lowest
+    #: first; None: always shown.
+    drop: int | None = None
+    right: bool = False
+    #: Its cells never wrap (``- (INVALID)`` reads as one statement).
+    whole: bool = False
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return max(20, shutil.get_terminal_size().columns)  # $COLUMNS first, then the terminal's own
+
+
+def _emit(title: str, columns: list[_Column], lines: list[list[Any]], *, sections: list[bool] | None = None,
+          terminal: bool | None = None, width: int | None = None, file: Any = None) -> None:
+    """Print rows as the terminal allows (see above). ``sections`` marks the rows that start a
+    new group (a blank line before them in the table). ``terminal``, ``width`` and ``file``
+    default to whether stdout is a terminal, its width ($COLUMNS first) and stdout."""
+    from mlpi.cli_output import printable
+
+    cells = [[printable(c) for c in line] for line in lines]
+    names = [c.name for c in columns]
+
+    def echo(text: str = "") -> None:
+        click.echo(text, file=file)
+
+    if not (_stdout_is_terminal() if terminal is None else terminal):
+        for line in _plain(names, cells):
+            echo(line)
+        return
+    width = width or _terminal_width()
+    fitted = _fit(columns, cells, width)
+    if fitted is None:  # blocks: what every row shares once, then each row's own values
+        echo(printable(title))
+        same = _constant(cells)
+        if same:
+            echo(_every_row([names[i] for i in same], cells[0], same, width))
+        own = [i for i in range(len(names)) if i not in same]
+        key_width = max(len(names[i]) for i in own) if own else 0
+        for line in cells:
+            echo()
+            for i in own:
+                echo(f"  {names[i]:<{key_width}}  {line[i]}")
+        return
+    shown, widths, same, left_out = fitted
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    # No vertical rules, two spaces between columns: a run id selected with the mouse comes
+    # without box characters, and the rows read as the piped ones do.
+    table = Table(title=Text(printable(title)), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, collapse_padding=True)
+    for index, w in zip(shown, widths):
+        table.add_column(names[index], justify="right" if columns[index].right else "left", width=w, overflow="fold")
+    for number, line in enumerate(cells):
+        if sections and number and sections[number]:
+            table.add_section()
+        table.add_row(*(Text(line[i]) for i in shown))
+    Console(file=file, width=width, height=25, highlight=False).print(table)
+    if same:
+        echo(_every_row([names[i] for i in same], cells[0], same, width))
+    if left_out:
+        named = [*(names[i] + "," for i in left_out[:-1]), names[left_out[-1]]]  # "p50 ms" kept whole
+        before, after = "not shown, the terminal being too narrow:", "(widen it, or pipe the output: every column, nothing cut)"
+        echo(_wrap([*before.split(" "), *named, *after.split(" ")], " ", width))
+
+
+def _every_row(names: list[str], first: list[str], indexes: list[int], width: int) -> str:
+    """``every row: system lab-1; device cpu``, wrapped between columns, never inside a value."""
+    items = [f"{name} {first[i]}" for name, i in zip(names, indexes)]
+    return _wrap(["every row:", *(item + ";" for item in items[:-1]), items[-1]], " ", width)
+
+
+def _wrap(pieces: list[str], separator: str, width: int) -> str:
+    """The pieces joined, a line break (and two spaces) instead of the separator where the
+    next piece would pass ``width``; a piece is never broken (a longer one has its own line)."""
+    from rich.cells import cell_len
+
+    lines = [pieces[0]]
+    for piece in pieces[1:]:
+        if cell_len(lines[-1]) + len(separator) + cell_len(piece) <= width:
+            lines[-1] += separator + piece
+        else:
+            lines.append("  " + piece)
+    return "\n".join(lines)
+
+
+def _plain(names: list[str], cells: list[list[str]]) -> list[str]:
+    """A header line and one line per row, each cell padded to its column, two spaces apart."""
+    from rich.cells import cell_len
+
+    widths = [max([cell_len(n), *(cell_len(line[i]) for line in cells)]) for i, n in enumerate(names)]
+
+    def join(values: list[str]) -> str:
+        return "  ".join(v + " " * (w - cell_len(v)) for v, w in zip(values, widths)).rstrip()
+
+    return [join(names), *(join(line) for line in cells)]
+
+
+def _constant(cells: list[list[str]]) -> list[int]:
+    """The columns holding one value in every row (none when there are fewer than two rows)."""
+    if len(cells) < 2:
+        return []
+    return [i for i in range(len(cells[0])) if len({line[i] for line in cells}) == 1]
+
+
+def _fit(columns: list[_Column], cells: list[list[str]], width: int) -> tuple[list[int], list[int], list[int], list[int]] | None:
+    """The columns a rich table of ``width`` shows and their widths, the columns moved to the
+    ``every row:`` line, and those left out; None when even the columns always shown do not
+    fit with each at its longest word (then rows are printed as blocks)."""
+    from rich.cells import cell_len
+
+    def longest_word(text: str) -> int:
+        return max((cell_len(w) for w in text.split()), default=1)
+
+    count = len(columns)
+    natural = [max([cell_len(columns[i].name), *(cell_len(line[i]) for line in cells)]) for i in range(count)]
+    narrowest = [natural[i] if columns[i].whole else max([longest_word(columns[i].name), *(longest_word(line[i]) for line in cells)])
+                 for i in range(count)]
+    constant = _constant(cells)
+    removable = sorted(constant, key=lambda i: (columns[i].drop is None, columns[i].drop or 0, -i))
+    removable += sorted((i for i in range(count) if columns[i].drop is not None and i not in constant),
+                        key=lambda i: columns[i].drop or 0)
+    hidden: list[int] = []
+
+    def room(shown: list[int]) -> int:  # two spaces between columns
+        return width - 2 * (len(shown) - 1)
+
+    while True:
+        shown = [i for i in range(count) if i not in hidden]
+        if shown and sum(narrowest[i] for i in shown) <= room(shown):
+            break
+        if not removable:
+            return None
+        hidden.append(removable.pop(0))
+    widths = {i: natural[i] for i in shown}
+    while sum(widths.values()) > room(shown):  # narrow the widest column that can still wrap
+        widest = max((i for i in shown if widths[i] > narrowest[i]), key=lambda i: widths[i])
+        widths[widest] -= 1
+    return (shown, [widths[i] for i in shown], [i for i in hidden if i in constant],
+            [i for i in hidden if i not in constant])
 
 
 # -- mlpi results ----------------------------------------------------------------------------
@@ -103,7 +272,13 @@ def results() -> None:
 @_store_option
 def list_runs(since: str | None, until: str | None, as_json: bool, results_root: str, store_file: str | None,
               **lists: tuple[str, ...]) -> None:
-    """List indexed runs, one line per test, oldest first."""
+    """List indexed runs, one line per test, oldest first.
+
+    Run ids and names are never cut. A terminal too narrow for every column first gets the
+    columns the same in every row on an 'every row:' line, then loses date, precision and
+    system (a line says which), then gets one block per test; piped, the output is plain
+    rows, two spaces between columns, nothing cut.
+    """
     from mlpi.core.results.compare import UNFINISHED
     from mlpi.core.results.store import RunFilter, parse_date
 
@@ -135,15 +310,20 @@ def list_runs(since: str | None, until: str | None, as_json: bool, results_root:
     if as_json:
         click.echo(json.dumps(lines, indent=2))
         return
-    table = _table(f"mlpi results ({len(runs)} runs)",
-                   ("run id", "date", "system", "model", "scenario", "backend", "device", "precision", "metric", "valid"))
-    for line, test in zip(lines, rows):
-        _add_row(
-            table, line["run"], line["date"], line["system"], line["model"],
-            (line["scenario"] or "-") + (" accuracy" if line["mode"] == "accuracy" else ""), line["backend"], line["device"],
-            line["precision"] or "-", test.figure() if test else "-", _validity(line["valid"], line["quick"], line["status"]),
-        )
-    _print(table)
+    _emit(f"mlpi results ({len(runs)} runs)", _LIST_COLUMNS, [
+        [line["run"], line["date"], line["system"], line["model"],
+         (line["scenario"] or "-") + (" accuracy" if line["mode"] == "accuracy" else ""), line["backend"], line["device"],
+         line["precision"] or "-", test.figure() if test else "-", _validity(line["valid"], line["quick"], line["status"])]
+        for line, test in zip(lines, rows)
+    ])
+
+
+#: ``results list``: run ids and names always shown; date, precision, then system left out
+#: first on a narrow terminal.
+_LIST_COLUMNS = [
+    _Column("run id"), _Column("date", drop=1), _Column("system", drop=3), _Column("model"), _Column("scenario"),
+    _Column("backend"), _Column("device"), _Column("precision", drop=2), _Column("metric"), _Column("valid"),
+]
 
 
 @results.command("show")
@@ -179,14 +359,13 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
     ]
     for key, value in facts:
         _echo(f"{key + ':':<22}{value if value not in (None, '') else '-'}")
-    table = _table("tests", ("scenario", "mode", "result", "p50 ms", "p90 ms", "p99 ms", "validity"), right=("ms",))
-    for test in result.tests:
-        latency = record.latency.get(test.dir, {})
-        _add_row(
-            table, test.scenario, test.mode, test.figure(), *(_ms(latency.get(p)) for p in ("p50", "p90", "p99")),
-            _validity(test.valid, test.quick, test.status),
-        )
-    _print(table)
+    columns = [_Column("scenario"), _Column("mode"), _Column("result"), _Column("p50 ms", drop=1, right=True),
+               _Column("p90 ms", drop=2, right=True), _Column("p99 ms", drop=3, right=True), _Column("validity")]
+    _emit("tests", columns, [
+        [test.scenario, test.mode, test.figure(), *(_ms(record.latency.get(test.dir, {}).get(p)) for p in ("p50", "p90", "p99")),
+         _validity(test.valid, test.quick, test.status)]
+        for test in result.tests
+    ])
     for test in result.tests:
         accuracy = test.accuracy
         if accuracy is not None:  # the metric, and which way is better: WER is an error rate
@@ -277,11 +456,14 @@ def sysinfo(as_json: bool, plugins_file: str | None) -> None:
 @click.option("--baseline", help="RUN, or KEY=VALUE[,KEY=VALUE] naming the rows others are compared to.")
 @click.option("--format", "fmt", type=click.Choice(["terminal", "markdown", "csv", "json"]), default="terminal",
               show_default=True, help="Output format.")
-@click.option("--latest", is_flag=True, help="Keep only the newest run per model, scenario, system, backend, device and precision.")
+@click.option("--latest", is_flag=True,
+              help="Keep only the newest run per model, scenario, system, backend, device, precision, batch size and instances.")
+@click.option("--include-invalid", is_flag=True,
+              help="Compute speedups from INVALID or unfinished results too (marked so).")
 @_results_option
 @_store_option
-def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: bool, results_root: str,
-            store_file: str | None) -> None:
+def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: bool, include_invalid: bool,
+            results_root: str, store_file: str | None) -> None:
     """Compare indexed runs side by side, with speedups against a baseline.
 
     SELECTION is run ids (or unambiguous prefixes) and KEY=VALUE filters; filters narrow
@@ -293,13 +475,23 @@ def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: 
       mlpi compare 20250101-1200 20250102-0900 --format markdown
 
     Speedups (above 1 is better) are computed only between rows of the same model, scenario
-    and metric; a baseline sharing none with the compared runs is refused. Warnings name
-    rows that differ in precision, quick versus full-length settings, dataset or model file.
+    and metric; a baseline sharing none with the compared runs is refused. No speedup is
+    computed from an INVALID or unfinished result (the cell says why, e.g. '- (INVALID)')
+    unless --include-invalid. Warnings name rows that differ in precision, batch size,
+    instances, quick versus full-length settings, dataset or model file.
+
+    Runs of the same model, scenario, system, backend, device, precision, batch size and
+    instances are repeats: listed together, oldest first, numbered in the 'repeat' column
+    ('2/3'); --latest keeps the newest of each ('newest of 3').
+
+    On a terminal too narrow for every column, columns the same in every row move to an
+    'every row:' line, then p50, p90, p99, accuracy, precision and system are left out, then
+    rows are printed as blocks; piped, the output is plain rows, nothing cut.
     """
     from mlpi.core.results.compare import compare as build
 
     with _open_store(results_root, store_file) as store:
-        comparison = build(store, list(selection), baseline, latest=latest)
+        comparison = build(store, list(selection), baseline, latest=latest, include_invalid=include_invalid)
     for warning in comparison.warnings:
         _warn(warning)
     if fmt == "json":
@@ -307,25 +499,22 @@ def compare(selection: tuple[str, ...], baseline: str | None, fmt: str, latest: 
     elif fmt == "csv":
         click.echo(_csv(comparison.rows), nl=False)
     else:
-        header, lines = _display(comparison.rows, baseline is not None)
+        columns, lines = _display(comparison.rows, baseline is not None, latest)
         if fmt == "markdown":
-            click.echo(_markdown(header, lines))
+            click.echo(_markdown([c.name for c in columns], lines))
         else:
-            table = _table("mlpi compare" + (f" (baseline {baseline})" if baseline else ""), header, right=("ms", "speedup"))
-            previous = None
-            for row, line in zip(comparison.rows, lines):
-                if previous is not None and row.group != previous:
-                    table.add_section()
-                previous = row.group
-                _add_row(table, *line)
-            _print(table)
+            rows = comparison.rows
+            _emit("mlpi compare" + (f" (baseline {baseline})" if baseline else ""), columns, lines,
+                  sections=[i > 0 and row.group != rows[i - 1].group for i, row in enumerate(rows)])
 
 
+#: CSV columns: new ones are added at the end, so that a reader by position keeps working.
 _CSV_COLUMNS = (
     "run", "started", "model", "scenario", "system", "backend", "device", "precision", "dataset", "metric", "value",
     "unit", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "accuracy_metric", "accuracy", "accuracy_unit",
     "accuracy_higher_is_better", "valid", "quick",
-    "simulated", "status", "speedup", "baseline",
+    "simulated", "status", "speedup", "baseline", "batch_size", "batch_unit", "instances", "repeat", "repeats",
+    "speedup_note",
 )
 
 
@@ -345,11 +534,20 @@ def _csv(rows: list[Any]) -> str:
     return buffer.getvalue()
 
 
-def _display(rows: list[Any], with_speedup: bool) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "scenario", "system", "backend", "device", "precision", "result", "p50 ms", "p90 ms", "p99 ms",
-              "accuracy", "valid", "run"]
+def _display(rows: list[Any], with_speedup: bool, latest: bool = False) -> tuple[list[_Column], list[list[str]]]:
+    """The columns and cells of the terminal and markdown tables. ``repeat`` is shown when
+    some configuration was run more than once."""
+    columns = [
+        _Column("model"), _Column("scenario"), _Column("system", drop=6), _Column("backend"), _Column("device"),
+        _Column("precision", drop=5), _Column("result"), _Column("p50 ms", drop=1, right=True),
+        _Column("p90 ms", drop=2, right=True), _Column("p99 ms", drop=3, right=True), _Column("accuracy", drop=4),
+        _Column("valid"), _Column("batch", right=True), _Column("instances", right=True), _Column("run"),
+    ]
+    repeats = any(row.repeats > 1 for row in rows)
+    if repeats:
+        columns.append(_Column("repeat"))
     if with_speedup:
-        header.append("speedup")
+        columns.append(_Column("speedup", right=True, whole=True))
     lines = []
     for row in rows:
         accuracy = row.accuracy or {}
@@ -357,12 +555,32 @@ def _display(rows: list[Any], with_speedup: bool) -> tuple[list[str], list[list[
             row.model, row.scenario, row.system, row.backend, row.device, row.precision or "-",
             format_figure(row.value, row.unit), *(_ms(row.latency_ms.get(p)) for p in ("p50", "p90", "p99")),
             _accuracy(accuracy),
-            _validity(row.valid, row.quick, row.status) + (" (simulated)" if row.simulated else ""), row.run,
+            _validity(row.valid, row.quick, row.status) + (" (simulated)" if row.simulated else ""),
+            row.batch_text(), str(row.instances) if row.instances is not None else "-", row.run,
         ]
+        if repeats:
+            line.append(_repeat(row, latest))
         if with_speedup:
-            line.append("baseline" if row.baseline else f"{row.speedup:.2f}x" if row.speedup is not None else "-")
+            line.append(_speedup(row))
         lines.append(line)
-    return header, lines
+    return columns, lines
+
+
+def _repeat(row: Any, latest: bool) -> str:
+    """``2/3``: the second of three runs of one configuration; ``newest of 3`` with --latest."""
+    if row.repeats <= 1:
+        return "-"
+    return f"newest of {row.repeats}" if latest and row.repeat == row.repeats else f"{row.repeat}/{row.repeats}"
+
+
+def _speedup(row: Any) -> str:
+    """``baseline``; ``1.23x``; ``- (INVALID)`` when none was computed and why; ``0.52x (INVALID)``
+    when --include-invalid computed one anyway."""
+    if row.baseline:
+        return "baseline"
+    if row.speedup is not None:
+        return f"{row.speedup:.2f}x" + (f" ({row.speedup_note})" if row.speedup_note else "")
+    return f"- ({row.speedup_note})" if row.speedup_note else "-"
 
 
 def _markdown(header: list[str], lines: list[list[str]]) -> str:

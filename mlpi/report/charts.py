@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ MARKER_NOTES = {
 LOG_SCALE_SPREAD = 50.0
 THROUGHPUT_AXIS = {"Offline": "samples/s", "Server": "QPS (completed samples/s)"}
 PNG_DPI = 110
+LATENCY_TITLE = "Latency percentiles per scenario"
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,26 @@ def _hatch(bar: Bar) -> str | None:
     return QUICK_HATCH if bar.test.quick else None
 
 
-def _tick(bar: Bar) -> str:
+def _tick(bar: Bar, *, model: bool = False) -> str:
+    """The run's label, one part a line (backend/device, then what tells it from the others),
+    with the model first where a panel mixes models, and the markers a reader must not miss."""
     marks = [m for m, on in (("INVALID", bar.test.valid is False), ("quick", bar.test.quick), ("simulated", bar.test.simulated)) if on]
-    label = bar.run.label.replace(" ", "\n", 1)  # backend/device on one line, settings below
+    parts = list(bar.run.label_parts or [bar.run.label])
+    if model and bar.run.model not in parts:
+        parts.insert(0, bar.run.model)
+    label = "\n".join(parts)
     return f"{label}\n[{', '.join(marks)}]" if marks else label
+
+
+def _panel_width(panels: Iterable[list[Bar]], *, models: bool = False) -> float:
+    """Inches for a panel of bars whose tick labels do not run into each other: 1.25 a bar, or
+    more where a label's longest line needs it (about 0.075 inch a character at 8 points)."""
+    width = 1.0
+    for bars in panels:
+        mixed = models and len({b.run.model for b in bars}) > 1
+        longest = max((len(line) for b in bars for line in _tick(b, model=mixed).splitlines()), default=0)
+        width = max(width, len(bars) * max(1.25, 0.075 * longest + 0.2) + 1)
+    return width
 
 
 def _figure(panels: int, height: float, width_per_panel: float) -> tuple[Figure, list[Axes]]:
@@ -96,6 +114,11 @@ def _log_scale(values: list[float]) -> bool:
     return len(positive) == len(values) and max(positive) / min(positive) > LOG_SCALE_SPREAD
 
 
+def _ms(value: float) -> str:
+    """A latency value label: ``2,210`` rather than ``2.21e+03``, three significant digits below 100."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _short(value: float) -> str:
     return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
 
@@ -103,8 +126,7 @@ def _short(value: float) -> str:
 def throughput(groups: dict[tuple[str, str], list[Bar]], colors: dict[str, str]) -> Chart:
     """Bars per run, one panel per model x scenario (Offline samples/s, Server QPS)."""
     _matplotlib()
-    most = max((len(bars) for bars in groups.values()), default=1)
-    fig, axes = _figure(len(groups), 3.8 if groups else 2.4, max(4.2, 1.25 * most + 1))
+    fig, axes = _figure(len(groups), 3.8 if groups else 2.4, max(4.2, _panel_width(groups.values())))
     fig.suptitle("Throughput per backend/device")
     if not groups:
         _empty(fig, axes[0], "No data: these runs have no completed Offline or Server performance test.")
@@ -140,14 +162,19 @@ def throughput(groups: dict[tuple[str, str], list[Bar]], colors: dict[str, str])
 
 def latency(groups: dict[str, list[Bar]]) -> Chart:
     """p50/p90/p99 per run, one panel per scenario, in milliseconds."""
+    return render("latency", LATENCY_TITLE, latency_figure(groups), empty=not groups)
+
+
+def latency_figure(groups: dict[str, list[Bar]]) -> Figure:
+    """The latency chart's figure. Its one legend (p50/p90/p99) sits outside every panel, at
+    the figure's right, so it never hides a bar or a value label."""
     _matplotlib()
-    most = max((len(bars) for bars in groups.values()), default=1)
-    fig, axes = _figure(len(groups), 3.8 if groups else 2.4, max(4.6, 1.25 * most + 1))
-    fig.suptitle("Latency percentiles per scenario")
+    fig, axes = _figure(len(groups), 3.8 if groups else 2.4, max(4.6, _panel_width(groups.values(), models=True)))
+    fig.suptitle(LATENCY_TITLE)
     if not groups:
         _empty(fig, axes[0], "No latency data: these runs have no completed Server, SingleStream or MultiStream "
                              "performance test with percentiles in its LoadGen log (Offline has no latency metric).")
-        return render("latency", "Latency percentiles per scenario", fig, empty=True)
+        return fig
     from matplotlib.patches import Patch
 
     width = 0.8 / len(PERCENTILES)
@@ -163,10 +190,10 @@ def latency(groups: dict[str, list[Bar]]) -> Chart:
                 x = pos + (n - 1) * width
                 patch = ax.bar(x, value, width, color=PERCENTILE_COLORS[pct], hatch=hatch, edgecolor="#333333", linewidth=0.5)
                 patch.patches[0].set_gid(f"bar-{scenario}-{bar.run.run_id}-{pct}")
-                ax.annotate(f"{value:.3g}", (x, value), xytext=(0, 2), textcoords="offset points", ha="center",
+                ax.annotate(_ms(value), (x, value), xytext=(0, 2), textcoords="offset points", ha="center",
                             va="bottom", fontsize=6, rotation=90)
         several_models = len({b.run.model for b in bars}) > 1
-        ax.set_xticks(range(len(bars)), [f"{b.run.model}\n{_tick(b)}" if several_models else _tick(b) for b in bars], fontsize=8)
+        ax.set_xticks(range(len(bars)), [_tick(b, model=several_models) for b in bars], fontsize=8)
         kind = bars[0].test.latency_kind or ""
         ax.set_title(f"{scenario} ({kind})", fontsize=10)
         ax.set_ylabel("latency (ms, log scale)" if log else "latency (ms)")
@@ -177,11 +204,12 @@ def latency(groups: dict[str, list[Bar]]) -> Chart:
         else:
             ax.set_ylim(0, max(values) * 1.3)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(handles=[Patch(color=PERCENTILE_COLORS[p], label=p) for p in PERCENTILES], fontsize=7, loc="upper left")
     for ax in axes[len(groups):]:
         ax.set_axis_off()
+    fig.legend(handles=[Patch(color=PERCENTILE_COLORS[p], label=p) for p in PERCENTILES], loc="outside right upper",
+               fontsize=8, title="percentile", title_fontsize=8)
     _marker_note(fig, hatches)
-    return render("latency", "Latency percentiles per scenario", fig, empty=False)
+    return fig
 
 
 def efficiency(data: Efficiency) -> Chart:

@@ -20,6 +20,8 @@ from mlpi.core.results.store import latency_percentiles
 
 #: Scenarios whose headline figure is a throughput, in the order the report shows them.
 THROUGHPUT_SCENARIOS = ("Offline", "Server")
+#: The order scenarios are named in (labels, tables).
+SCENARIO_ORDER = ("Offline", "Server", "SingleStream", "MultiStream")
 #: Scenarios with an MLPerf latency metric. Offline has none: its per-sample "latency" is
 #: the time since the single query was issued, so it is not charted.
 LATENCY_SCENARIOS = ("Server", "SingleStream", "MultiStream")
@@ -42,6 +44,17 @@ class ScenarioResult:
     simulated: bool
     latency_ms: dict[str, float] = field(default_factory=dict)
     latency_kind: str | None = None
+    #: The batch size this test ran with (None when its record has none), counted in
+    #: ``batch_unit``: ``samples``, or ``rows`` where each sample is a group of rows.
+    batch_size: int | None = None
+    batch_unit: str = "samples"
+    #: False for an accuracy test that has no score (no accuracy record: a dataset without
+    #: ground truth, say); True for every other test.
+    scored: bool = True
+
+    def batch_text(self) -> str:
+        """``bs8``, ``bs2048 rows``, or ``-`` when the test did not record its batch."""
+        return f"bs{_batch(self.batch_size, self.batch_unit)}" if self.batch_size else "-"
 
 
 @dataclass
@@ -58,13 +71,21 @@ class RunRecord:
     model: str
     weights: str | None
     quick: bool
+    #: Derived from the run's tests (see :func:`submission_reasons`), not only the file's flag.
     submission_valid: bool
     simulated: bool
     started: str | None
     tests: list[ScenarioResult]
+    #: Unique among the runs of a report (see :func:`assign_labels`), and ``label_parts`` joined by spaces.
     label: str = ""
-    #: What tells two runs of one backend/device apart: batch size (as run) and instances.
+    label_parts: list[str] = field(default_factory=list)
+    #: Batch sizes as the tests ran them (``bs1 (MultiStream 8)``) and instances: what tells
+    #: two runs of one backend/device apart.
     setting: str = ""
+    #: The batch size the run asked for (``settings.batch_size``); the tests' own are in ``tests``.
+    asked_batch: int | None = None
+    #: Why the run is not valid for submission (empty when it is).
+    submission_reasons: list[str] = field(default_factory=list)
 
     def base_label(self) -> str:
         return f"{self.backend}/{self.device}"
@@ -129,10 +150,13 @@ def _run_record(run_dir: Path, result: RunResult) -> RunRecord:
         test = ScenarioResult(
             scenario=raw.scenario, mode=raw.mode, status=raw.status, valid=raw.valid, metric=raw.metric,
             value=_number(raw.value), unit=raw.unit, quick=raw.quick, simulated=result.simulated or raw.simulated,
+            batch_size=raw.batch_size or None, batch_unit="rows" if raw.extra.get("batch_unit") == "rows" else "samples",
+            scored=raw.mode != "accuracy" or (raw.accuracy is not None and _number(raw.accuracy.value) is not None),
         )
         if test.mode == "performance" and test.status == "ok" and test.scenario in LATENCY_SCENARIOS:
             _read_latency(test, run_dir, raw)
         tests.append(test)
+    reasons = submission_reasons(result, tests)
     return RunRecord(
         run_id=run_dir.name,
         path=run_dir,
@@ -144,19 +168,82 @@ def _run_record(run_dir: Path, result: RunResult) -> RunRecord:
         model=result.model.name,
         weights=result.model.weights,
         quick=run_quick or any(t.quick for t in tests),
-        submission_valid=result.submission_valid,
+        submission_valid=not reasons,
         simulated=result.simulated or any(t.simulated for t in tests),
         started=result.started,
         tests=tests,
-        setting=_setting(result),
+        setting=_setting(tests, result.settings.batch_size, result.settings.instances or 1),
+        asked_batch=result.settings.batch_size,
+        submission_reasons=reasons,
     )
 
 
-def _setting(result: RunResult) -> str:
-    batches = sorted({t.batch_size for t in result.tests if t.batch_size is not None})
-    batch = result.settings.batch_size or (batches[-1] if batches else None)
-    instances = result.settings.instances or 1
-    return " ".join(part for part in (f"bs{batch}" if batch else "", f"x{instances}" if instances != 1 else "") if part)
+def _batch(size: int | None, unit: str) -> str:
+    return f"{size} rows" if unit == "rows" else str(size)
+
+
+def batch_setting(tests: list[ScenarioResult], asked: int | None = None) -> str:
+    """The batch sizes a run's tests ran with, as one label: ``bs1`` when all agree,
+    ``bs1 (MultiStream 8)`` when some differ (the size most scenarios used first, then the
+    others by scenario), ``bs2048 rows`` where samples are groups of rows. Only when no test
+    recorded its batch (files written before tests kept it) is the asked ``asked`` shown."""
+    by_test: dict[tuple[str, str], str] = {}
+    for test in tests:
+        if test.batch_size:
+            by_test.setdefault((test.scenario, test.mode), _batch(test.batch_size, test.batch_unit))
+    if not by_test:
+        return f"bs{asked}" if asked else ""
+    entries: list[tuple[str, str]] = []  # (who, batch): one per scenario, or per test where its modes differ
+    scenarios = list(dict.fromkeys(scenario for scenario, _ in by_test))
+    order = {name: n for n, name in enumerate(SCENARIO_ORDER)}
+    scenarios.sort(key=lambda name: order.get(name, len(order)))
+    for scenario in scenarios:
+        sizes = {mode: size for (name, mode), size in by_test.items() if name == scenario}
+        if len(set(sizes.values())) == 1:
+            entries.append((scenario, next(iter(sizes.values()))))
+        else:
+            entries.extend((f"{scenario} {mode}", size) for mode, size in sizes.items())
+    counts: dict[str, int] = {}
+    for _, size in entries:
+        counts[size] = counts.get(size, 0) + 1
+    main = max(counts, key=lambda size: counts[size])  # ties: the first scenario's (dicts keep insertion order)
+    others = [f"{who} {size}" for who, size in entries if size != main]
+    return f"bs{main}" + (f" ({', '.join(others)})" if others else "")
+
+
+def _setting(tests: list[ScenarioResult], asked: int | None, instances: int) -> str:
+    return " ".join(part for part in (batch_setting(tests, asked), f"x{instances}" if instances != 1 else "") if part)
+
+
+def submission_reasons(result: RunResult, tests: list[ScenarioResult]) -> list[str]:
+    """Why a run is not valid for submission, read from its tests (empty when it is): the
+    run's own flag (quick or shortened) is one input, never the only one."""
+    reasons: list[str] = []
+    if result.status != "ok":
+        reasons.append(f"run {result.status}")
+    if not tests:
+        reasons.append("no tests")
+    if result.settings.quick or result.settings.duration_s is not None or any(t.quick for t in tests):
+        reasons.append("quick or shortened run")
+    elif not result.submission_valid:
+        reasons.append("recorded as not valid for submission")
+    if result.simulated or any(t.simulated for t in tests):
+        reasons.append("simulated")
+    if result.model.weights == "random":
+        reasons.append("random weights")
+    if result.model.extra.get("official") is False:
+        reasons.append("not the official model")
+    for test in tests:
+        name = f"{test.scenario} {test.mode}"
+        if test.status != "ok":
+            reasons.append(f"{name} {test.status}")
+        elif not test.scored:
+            reasons.append(f"{name} has no score")
+        elif test.valid is False:
+            reasons.append(f"{name} INVALID")
+        elif test.valid is None:
+            reasons.append(f"{name} has no verdict")
+    return list(dict.fromkeys(reasons))
 
 
 def _read_latency(test: ScenarioResult, run_dir: Path, raw: TestResult) -> None:
@@ -173,25 +260,46 @@ def _number(value: Any) -> float | None:
 
 
 def assign_labels(runs: list[RunRecord]) -> None:
-    """``backend/device``; where runs of one model share that, their settings (``bs8 x2``)
-    are added, then ``#1``, ``#2`` in run order (the runs table maps each label to its run id)."""
-    counts: dict[tuple[str, str], int] = {}
-    for run in runs:
-        key = (run.model, run.base_label())
-        counts[key] = counts.get(key, 0) + 1
-    # Runs that share a backend/device are told apart by their settings where those differ,
-    # and by their order otherwise.
-    for run in runs:
-        run.label = run.base_label() if counts[(run.model, run.base_label())] == 1 else f"{run.base_label()} {run.setting}".strip()
-    counts = {}
-    for run in runs:
-        counts[(run.model, run.label)] = counts.get((run.model, run.label), 0) + 1
-    seen: dict[tuple[str, str], int] = {}
-    for run in runs:
-        key = (run.model, run.label)
-        seen[key] = seen.get(key, 0) + 1
-        if counts[key] > 1:
-            run.label = f"{run.label} #{seen[key]}"
+    """A label per run, unique among ``runs``: ``backend/device``, then, only among runs whose
+    label so far is the same and only where it differs between them: the model, the settings
+    (``bs1 (MultiStream 8) x2``), the start time (to the day, minute or second that tells them
+    apart), and last the run id (``[20250601-120000-...-2]``), which always differs."""
+    parts = {run.run_id: [run.base_label()] for run in runs}
+    refinements = (
+        lambda group: [run.model for run in group],
+        lambda group: [run.setting for run in group],
+        _start_times,
+        lambda group: [f"[{run.run_id}]" for run in group],
+    )
+    for refine in refinements:
+        groups: dict[str, list[RunRecord]] = {}
+        for run in runs:
+            groups.setdefault(" ".join(parts[run.run_id]), []).append(run)
+        for group in groups.values():
+            values = refine(group) if len(group) > 1 else []
+            if len(set(values)) > 1:
+                for run, value in zip(group, values):
+                    if value:
+                        parts[run.run_id].append(value)
+    seen: dict[str, int] = {}
+    for run in runs:  # run ids are unique (see load_runs), so this only guards odd names
+        label = " ".join(parts[run.run_id])
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            parts[run.run_id].append(f"#{seen[label]}")
+        run.label_parts = parts[run.run_id]
+        run.label = " ".join(run.label_parts)
+
+
+def _start_times(group: list[RunRecord]) -> list[str]:
+    """Start times as short as still tells ``group`` apart: the day, the minute or the second."""
+    started = [run.started or "" for run in group]
+    distinct = len(set(started))
+    for cut in (10, 16, 19):
+        shown = [s[:cut].replace("T", " ") if s else "start unknown" for s in started]
+        if len(set(shown)) == distinct:
+            return shown
+    return [s.replace("T", " ") if s else "start unknown" for s in started]
 
 
 def format_ms(value: float) -> str:
@@ -200,8 +308,13 @@ def format_ms(value: float) -> str:
 
 
 def validity(test: ScenarioResult) -> str:
-    """``VALID``/``INVALID``/status, with the markers a reader must not miss."""
-    text = test.status if test.status != "ok" else ("VALID" if test.valid else "INVALID")
+    """``VALID``/``INVALID``/``NOT SCORED``/status, with the markers a reader must not miss."""
+    if test.status != "ok":
+        text = test.status
+    elif not test.scored:
+        text = "NOT SCORED (no accuracy figure)"
+    else:
+        text = "VALID" if test.valid else ("INVALID" if test.valid is False else "no verdict")
     marks = [m for m, on in (("quick", test.quick), ("simulated", test.simulated)) if on]
     return f"{text} ({', '.join(marks)})" if marks else text
 

@@ -17,6 +17,7 @@ from mlpi.report.data import (
     Bar,
     Efficiency,
     RunRecord,
+    ScenarioResult,
     format_ms,
     validity,
 )
@@ -66,18 +67,24 @@ def _figure(chart: Chart) -> str:
             f'(also <a href="{chart.key}.png">{chart.key}.png</a>)</figcaption></figure>')
 
 
+def submission_text(run: RunRecord) -> str:
+    """``yes``, or ``no: <why>`` (quick, a test INVALID, an accuracy test without a score...)."""
+    return "yes" if run.submission_valid else f"no: {'; '.join(run.submission_reasons) or 'not recorded as valid'}"
+
+
 def _runs_table(runs: list[RunRecord]) -> str:
     rows = []
     for run in runs:
         weights = f" ({run.weights} weights)" if run.weights == "random" else ""
         cells = [
             _cell(run.run_id), _cell(run.label), _cell(f"{run.backend} {run.backend_version}"), _cell(run.device),
-            _cell(f"{run.model}{weights}"), _cell(run.precision), _cell(run.status),
+            _cell(f"{run.model}{weights}"), _cell(run.precision), _cell(run.setting or "-"), _cell(run.status),
             _cell("yes" if run.quick else "no"), _cell("yes" if run.simulated else "no"),
-            _cell("yes" if run.submission_valid else "no"),
+            _cell(submission_text(run)),
         ]
-        rows.append((cells, run.quick or run.simulated))
-    head = ["run", "label", "backend", "device", "model", "precision", "status", "quick", "simulated", "submission valid"]
+        rows.append((cells, run.quick or run.simulated or not run.submission_valid))
+    head = ["run", "label", "backend", "device", "model", "precision", "batch (as run), instances", "status", "quick", "simulated",
+            "submission valid"]
     return _table("table-runs", head, rows)
 
 
@@ -85,10 +92,10 @@ def _tests_table(runs: list[RunRecord]) -> str:
     rows = []
     for run in runs:
         for test in run.tests:
-            cells = [_cell(run.label), _cell(run.model), _cell(test.scenario), _cell(test.mode),
+            cells = [_cell(run.label), _cell(run.model), _cell(test.scenario), _cell(test.mode), _cell(test.batch_text()),
                      _cell(format_figure(test.value, test.unit), True), _cell(test.metric or "-"), _cell(validity(test))]
-            rows.append((cells, test.quick or test.simulated))
-    return _table("table-tests", ["run", "model", "scenario", "mode", "result", "metric", "validity"], rows)
+            rows.append((cells, test.quick or test.simulated or _unscored(test)))
+    return _table("table-tests", ["run", "model", "scenario", "mode", "batch", "result", "metric", "validity"], rows)
 
 
 def _throughput_table(groups: dict[tuple[str, str], list[Bar]]) -> str:
@@ -96,9 +103,10 @@ def _throughput_table(groups: dict[tuple[str, str], list[Bar]]) -> str:
     for (model, scenario), bars in groups.items():
         for bar in bars:
             cells = [_cell(model), _cell(scenario), _cell(bar.run.label),
-                     _cell(format_figure(bar.test.value, bar.test.unit), True), _cell(validity(bar.test))]
+                     _cell(format_figure(bar.test.value, bar.test.unit), True), _cell(validity(bar.test)),
+                     _cell(bar.test.batch_text())]
             rows.append((cells, bar.test.quick or bar.test.simulated))
-    return _table("table-throughput", ["model", "scenario", "backend/device", "throughput", "validity"], rows)
+    return _table("table-throughput", ["model", "scenario", "backend/device", "throughput", "validity", "batch"], rows)
 
 
 def _latency_table(groups: dict[str, list[Bar]]) -> str:
@@ -107,9 +115,9 @@ def _latency_table(groups: dict[str, list[Bar]]) -> str:
         for bar in bars:
             cells = [_cell(scenario), _cell(bar.run.label), _cell(bar.run.model), _cell(bar.test.latency_kind or "")]
             cells += [_cell(format_ms(bar.test.latency_ms[p]), True) for p in PERCENTILES]
-            cells.append(_cell(validity(bar.test)))
+            cells += [_cell(validity(bar.test)), _cell(bar.test.batch_text())]
             rows.append((cells, bar.test.quick or bar.test.simulated))
-    head = ["scenario", "run", "model", "latency of", *(f"{p} (ms)" for p in PERCENTILES), "validity"]
+    head = ["scenario", "run", "model", "latency of", *(f"{p} (ms)" for p in PERCENTILES), "validity", "batch"]
     return _table("table-latency", head, rows)
 
 
@@ -123,6 +131,11 @@ def _efficiency_table(data: Efficiency) -> str:
     return _table("table-efficiency", ["backend", "own loop (samples/s)", "mlpi Offline (samples/s)", "ratio", "mlpi validity"], rows)
 
 
+def _unscored(test: ScenarioResult) -> bool:
+    """An accuracy test that ran to the end and has no score."""
+    return test.status == "ok" and not test.scored
+
+
 def _notices(runs: list[RunRecord]) -> str:
     parts = []
     quick = [r.label for r in runs if r.quick]
@@ -133,6 +146,11 @@ def _notices(runs: list[RunRecord]) -> str:
     if simulated:
         parts.append(f'<p class="notice" id="notice-simulated">Simulated results (not measured on real hardware): '
                      f"{escape(', '.join(simulated))}.</p>")
+    unscored = [f"{r.label} ({', '.join(t.scenario for t in r.tests if _unscored(t))})" for r in runs
+                if any(_unscored(t) for t in r.tests)]
+    if unscored:
+        parts.append(f'<p class="notice" id="notice-unscored">Accuracy tests without a score (no accuracy figure, '
+                     f"e.g. a dataset without ground truth; not valid for submission): {escape('; '.join(unscored))}.</p>")
     return "".join(parts)
 
 

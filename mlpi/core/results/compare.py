@@ -10,6 +10,18 @@ Speedups are only ever computed between rows of the same model, scenario and met
 row whose model or scenario the baseline did not measure gets none, and a baseline that
 shares no model and scenario with the compared runs is refused. For throughput the speedup
 is value / baseline; for latency (lower is better) it is baseline / value; above 1 is better.
+No speedup is computed from a result that is INVALID or did not finish (failed, interrupted,
+running, abandoned), on either side, unless asked (``include_invalid``): the row's
+``speedup_note`` says why it has none (``INVALID``, ``FAILED``, ``baseline INVALID``).
+
+Rows of one model and scenario that differ in batch size or instances (as well as
+precision, quick settings, dataset, model file or simulated timing) are warned about: a
+speedup between them measures that difference too.
+
+Repeats: rows of the same model, scenario, system, backend, device, precision, batch size
+and instances (:func:`config_key`) are runs of one configuration. They are listed next to
+each other, oldest first, each numbered (``repeat`` of ``repeats``); ``latest`` keeps only the
+newest of each (its ``repeats`` then counts the runs it stands for).
 """
 
 from __future__ import annotations
@@ -61,10 +73,39 @@ class Row:
     simulated: bool = False
     speedup: float | None = None
     baseline: bool = False
+    #: The batch size the scenario's test ran (the performance test's, else the accuracy
+    #: test's); ``batch_unit`` is ``"rows"`` where a sample is a group of rows (DLRM).
+    batch_size: int | None = None
+    batch_unit: str | None = None
+    #: The run's ``settings.instances``.
+    instances: int | None = None
+    #: This row's place among the runs of its configuration (:func:`config_key`), oldest
+    #: first, and how many there are (with ``latest`` too: the kept row stands for them all).
+    repeat: int = 1
+    repeats: int = 1
+    #: Why ``speedup`` is None though a baseline was given: ``INVALID``, ``FAILED``,
+    #: ``baseline INVALID``...; with ``include_invalid``, what the speedup was computed from.
+    speedup_note: str | None = None
 
     @property
     def group(self) -> tuple[str, str]:
         return (self.model, self.scenario)
+
+    @property
+    def usable(self) -> bool:
+        """A finished result not judged INVALID: one a speedup may be computed from."""
+        return self.status == "ok" and self.valid is not False
+
+    @property
+    def verdict(self) -> str:
+        """What makes the row unusable for a speedup: ``INVALID``, or its status (``FAILED``)."""
+        return "INVALID" if self.status == "ok" else str(self.status).upper()
+
+    def batch_text(self) -> str:
+        """``8``; ``700 rows`` where a sample is a group of rows; ``-`` when unknown."""
+        if not self.batch_size:
+            return "-"
+        return f"{self.batch_size} rows" if self.batch_unit == "rows" else str(self.batch_size)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,7 +168,15 @@ def build_rows(runs: Iterable[RunRecord], scenarios: Iterable[str] = ()) -> list
     return rows
 
 
-def compare(store: Store, tokens: list[str], baseline: str | None = None, *, latest: bool = False) -> Comparison:
+def config_key(row: Row) -> tuple[Any, ...]:
+    """What makes rows runs of one configuration: two rows with the same key differ only by
+    run (and whatever the warnings name: dataset, model file, quick settings)."""
+    return (row.model, row.scenario, row.system, row.backend, row.device, row.precision, row.batch_size,
+            row.batch_unit, row.instances)
+
+
+def compare(store: Store, tokens: list[str], baseline: str | None = None, *, latest: bool = False,
+            include_invalid: bool = False) -> Comparison:
     """Select, build rows, apply the baseline, and collect the warnings a reader needs."""
     runs, selection = select_runs(store, tokens)
     base_run: RunRecord | None = None
@@ -143,12 +192,10 @@ def compare(store: Store, tokens: list[str], baseline: str | None = None, *, lat
         raise UsageError("no indexed run matches " + (" ".join(tokens) or "(nothing indexed yet)"),
                          _what_there_is(store))
     rows = build_rows(runs, selection.scenarios)
-    if latest:
-        rows = _latest(rows)
-    rows.sort(key=lambda r: (r.model, _SCENARIO_ORDER.get(r.scenario, 9), r.scenario, r.started, r.run))
+    rows = _number_repeats(rows, latest=latest, keep=base_run.name if base_run is not None else None)
     comparison = Comparison(rows, baseline=baseline)
     if baseline:
-        comparison.warnings.extend(_apply_baseline(rows, baseline, base_run, base_filter))
+        comparison.warnings.extend(_apply_baseline(rows, baseline, base_run, base_filter, include_invalid=include_invalid))
     comparison.warnings.extend(_differences(rows))
     return comparison
 
@@ -166,6 +213,7 @@ def _row(run: RunRecord, scenario: str, perf: TestResult | None, acc: TestResult
     if acc is not None and acc.status == "ok" and acc.valid is not None:
         valid = acc.valid and valid is not False
     tests = [t for t in (perf, acc) if t is not None]
+    sized = next((t for t in tests if t.batch_size), None)
     status = next((t.status for t in tests if t.status != "ok"), "ok")
     if status == "ok" and run.status in UNFINISHED:  # measured, in a run that never ended (yet)
         status = str(run.status)
@@ -186,16 +234,32 @@ def _row(run: RunRecord, scenario: str, perf: TestResult | None, acc: TestResult
         valid=valid, status=status,
         quick=any(t.quick for t in tests) or result.settings.quick,
         simulated=result.simulated or any(t.simulated for t in tests),
+        batch_size=sized.batch_size if sized else None,
+        batch_unit=_text(sized.extra.get("batch_unit")) if sized else None,
+        instances=result.settings.instances,
     )
 
 
-def _latest(rows: list[Row]) -> list[Row]:
-    newest: dict[tuple[Any, ...], Row] = {}
-    for row in rows:
-        key = (row.model, row.scenario, row.system, row.backend, row.device, row.precision)
-        if key not in newest or (row.started, row.run) > (newest[key].started, newest[key].run):
-            newest[key] = row
-    return [r for r in rows if newest[(r.model, r.scenario, r.system, r.backend, r.device, r.precision)] is r]
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number_repeats(rows: list[Row], *, latest: bool, keep: str | None) -> list[Row]:
+    """Number the runs of each configuration (:func:`config_key`), oldest first, and order
+    the rows: by model and scenario, then configuration (in the order each was first run),
+    then start. With ``latest``, only the newest of each configuration stays (the named
+    baseline run ``keep`` instead, when it is one of them)."""
+    by_config: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: (r.started, r.run)):
+        by_config[config_key(row)].append(row)
+    kept = []
+    for members in by_config.values():
+        for index, row in enumerate(members, 1):
+            row.repeat, row.repeats = index, len(members)
+        kept.extend([next((r for r in members if r.run == keep), members[-1])] if latest else members)
+    first = {key: (members[0].started, members[0].run) for key, members in by_config.items()}
+    return sorted(kept, key=lambda r: (r.model, _SCENARIO_ORDER.get(r.scenario, 9), r.scenario,
+                                       first[config_key(r)], r.started, r.run))
 
 
 def _matches(row: Row, selection: RunFilter) -> bool:
@@ -211,8 +275,10 @@ def _matches(row: Row, selection: RunFilter) -> bool:
             and device_ok and system_ok)
 
 
-def _apply_baseline(rows: list[Row], spec: str, run: RunRecord | None, selection: RunFilter | None) -> list[str]:
-    """Mark baseline rows and fill speedups; never across models, scenarios or metrics."""
+def _apply_baseline(rows: list[Row], spec: str, run: RunRecord | None, selection: RunFilter | None, *,
+                    include_invalid: bool = False) -> list[str]:
+    """Mark baseline rows and fill speedups; never across models, scenarios or metrics, and
+    never from an INVALID or unfinished result unless ``include_invalid``."""
     warnings = []
     candidates = [r for r in rows if (r.run == run.name if run is not None else selection is not None and _matches(r, selection))]
     candidates = [r for r in candidates if r.value]
@@ -222,20 +288,33 @@ def _apply_baseline(rows: list[Row], spec: str, run: RunRecord | None, selection
     by_group: dict[tuple[str, str, str | None], list[Row]] = defaultdict(list)
     for row in candidates:
         by_group[(row.model, row.scenario, row.metric)].append(row)
-    bases = {key: max(found, key=lambda r: (r.started, r.run)) for key, found in by_group.items()}
-    for (model, scenario, _), found in by_group.items():
+    bases = {}
+    for key, found in by_group.items():
+        newest = max(found, key=lambda r: (r.started, r.run))
+        usable = [r for r in found if r.usable]
+        bases[key] = newest if include_invalid or newest.usable or not usable else max(usable, key=lambda r: (r.started, r.run))
         if len(found) > 1:
-            chosen = bases[(model, scenario, _)].run
-            warnings.append(f"{model} {scenario}: the baseline {spec} matches {len(found)} rows; using the newest ({chosen})")
+            which = "newest" if bases[key] is newest else "newest valid one"
+            warnings.append(f"{key[0]} {key[1]}: the baseline {spec} matches {len(found)} rows; using the {which} ({bases[key].run})")
     compared = False
     missing: set[tuple[str, str]] = set()
+    unusable: dict[tuple[str, str], list[str]] = defaultdict(list)
     for row in rows:
         base = bases.get((row.model, row.scenario, row.metric))
         if base is row:
             row.baseline, row.speedup = True, 1.0
-        elif base is not None and row.value:
-            row.speedup = base.value / row.value if row.unit in LOWER_IS_BETTER else row.value / base.value  # type: ignore[operator]
+            if not row.usable:
+                row.speedup_note = row.verdict
+        elif base is not None:
             compared = True
+            if not row.usable:
+                row.speedup_note = row.verdict
+            elif not base.usable:
+                row.speedup_note = f"baseline {base.verdict}"
+            if row.speedup_note and not include_invalid:
+                unusable[row.group].append(row.run)
+            elif row.value:
+                row.speedup = base.value / row.value if row.unit in LOWER_IS_BETTER else row.value / base.value  # type: ignore[operator]
         elif row.value:
             missing.add(row.group)
     if not compared and missing:
@@ -248,6 +327,11 @@ def _apply_baseline(rows: list[Row], spec: str, run: RunRecord | None, selection
         )
     for model, scenario in sorted(missing):
         warnings.append(f"{model} {scenario}: the baseline {spec} did not measure it; no speedup shown")
+    for (model, scenario), names in unusable.items():
+        base = next(b for (m, s, _), b in bases.items() if (m, s) == (model, scenario))
+        why = (f"the baseline ({base.run}) is {base.verdict}; no speedup computed against it" if not base.usable
+               else f"{len(names)} row(s) are INVALID or unfinished ({', '.join(names)}); no speedup computed for them")
+        warnings.append(f"{model} {scenario}: {why} (--include-invalid computes them anyway)")
     return warnings
 
 
@@ -264,6 +348,14 @@ def _differences(rows: list[Row]) -> list[str]:
         precisions = sorted({r.precision or "unknown" for r in members})
         if len(precisions) > 1:
             warnings.append(f"{where}: rows differ in precision ({', '.join(precisions)})")
+        batches = sorted({(r.batch_unit or "", r.batch_size) for r in members if r.batch_size}, key=lambda b: (b[0], b[1]))
+        if len(batches) > 1:
+            shown = ", ".join(f"{size} {unit}".strip() for unit, size in batches)
+            warnings.append(f"{where}: rows differ in batch size ({shown}); a speedup between them measures batching too")
+        instances = sorted({r.instances for r in members if r.instances is not None})
+        if len(instances) > 1:
+            shown = ", ".join(map(str, instances))
+            warnings.append(f"{where}: rows differ in instances ({shown}); a speedup between them measures that too")
         if len({r.quick for r in members}) > 1:
             quick = ", ".join(r.run for r in members if r.quick)
             warnings.append(f"{where}: quick runs ({quick}) are compared with full-length ones; quick results are not valid for submission")
@@ -289,4 +381,4 @@ def _what_there_is(store: Store) -> str:
     return f"the store holds models {', '.join(models)} on backends {', '.join(store.distinct('backend'))}; see 'mlpi results list'"
 
 
-__all__ = ["FILTER_KEYS", "Comparison", "Row", "build_rows", "compare", "parse_selection", "select_runs"]
+__all__ = ["FILTER_KEYS", "Comparison", "Row", "build_rows", "compare", "config_key", "parse_selection", "select_runs"]
