@@ -75,8 +75,60 @@ def csv_cell(value: Any) -> Any:
     return "'" + text if value.startswith(_FORMULA_START) else text
 
 
+#: Piped, a progress line is printed when a test's phase changes, else at most this often.
+PIPED_PROGRESS_S = 30.0
+
+
+def progress_text(scenario: str, mode: str, progress: dict[str, Any], now: float) -> str | None:
+    """One line for a running test's progress (``None``: nothing worth saying yet)."""
+    phase = progress.get("phase")
+    if phase == "calibrating":
+        return f"      {scenario} {mode}: calibrating"
+    if phase == "scoring":
+        return f"      {scenario} {mode}: scoring the accuracy log"
+    if phase != "running" or not isinstance(progress.get("started"), (int, float)):
+        return None
+    elapsed = max(0.0, now - float(progress["started"]))
+    expected = progress.get("expected_s")
+    of = f" of about {expected:,.0f} s" if isinstance(expected, (int, float)) and expected > 0 else ""
+    done = progress.get("done")
+    samples = f", {done:,} samples done" if isinstance(done, int) else ""
+    return f"      {scenario} {mode}: {elapsed:,.0f} s{of}{samples}"
+
+
 class RunPrinter:
     """Reporter for :func:`mlpi.core.engine.runner.execute` that prints to the terminal."""
+
+    def __init__(self) -> None:
+        self._live = False  # a progress line is on the terminal, to be replaced
+        self._last_piped = 0.0
+        self._last_phase: tuple[str, str, Any] | None = None
+
+    def test_progress(self, scenario: str, mode: str, progress: dict[str, Any]) -> None:
+        import sys
+        import time
+
+        text = progress_text(scenario, mode, progress, time.time())
+        if text is None:
+            return
+        stream = sys.stderr
+        if stream.isatty():
+            stream.write("\r\x1b[2K" + text)
+            stream.flush()
+            self._live = True
+        elif (scenario, mode, progress.get("phase")) != self._last_phase or time.monotonic() - self._last_piped >= PIPED_PROGRESS_S:
+            self._last_phase = (scenario, mode, progress.get("phase"))
+            self._last_piped = time.monotonic()
+            stream.write(text + "\n")
+            stream.flush()
+
+    def _clear_progress(self) -> None:
+        import sys
+
+        if self._live:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+            self._live = False
 
     def note(self, text: str) -> None:
         _err.print(f"mlpi: {text}")
@@ -96,8 +148,9 @@ class RunPrinter:
         _err.print(f"[{index}/{total}] {scenario} {mode} ...")
 
     def test_finished(self, test: TestResult) -> None:
+        self._clear_progress()
         if test.status == "ok":
-            validity = "VALID" if test.valid else "INVALID"
+            validity = validity_word(test)
             _err.print(f"      {test.scenario} {test.mode}: {test.figure()} {validity}")
             for reason in test.invalid_reasons:
                 _err.print(f"      - {reason}")
@@ -113,7 +166,7 @@ class RunPrinter:
             if test.status != "ok":
                 validity = test.status.upper()
             else:
-                validity = ("VALID" if test.valid else "INVALID") + (" (quick)" if test.quick else "")
+                validity = validity_word(test) + (" (quick)" if test.quick else "")
             if test.simulated:
                 validity += " (simulated)"
             table.add_row(
@@ -140,7 +193,7 @@ class RunPrinter:
         if result.simulated:
             _out.print("SIMULATED: timings come from a device model, not from hardware")
         if not result.submission_valid:
-            _out.print("quick run: not valid for submission")
+            _out.print(f"not valid for submission: {submission_reasons(result)}")
         _out.print(f"results: {outcome.run_dir}")
 
 
@@ -202,6 +255,23 @@ def print_models(rows: list[dict[str, Any]]) -> None:
             _out.print(escape(f"{row['name']}: -M {option['name']}={option['default']}  {option['help']}"))
         if row.get("unofficial"):
             _out.print(escape(f"{row['name']}: not the official model as configured: {row['unofficial']}"))
+
+
+def submission_reasons(result: Any) -> str:
+    """Why a run is not valid for submission, in words."""
+    reasons = []
+    if result.settings.quick or result.settings.duration_s is not None or any(t.quick for t in result.tests):
+        reasons.append("a quick or shortened run")
+    if any(t.mode == "accuracy" and t.status == "ok" and t.accuracy is None for t in result.tests):
+        reasons.append("an accuracy test has no score (no ground truth)")
+    return "; ".join(reasons) or "see result.json"
+
+
+def validity_word(test: Any) -> str:
+    """VALID, INVALID, or NOT SCORED (an accuracy test with no score has no verdict)."""
+    if test.valid is None:
+        return "NOT SCORED" if test.mode == "accuracy" else "NO VERDICT"
+    return "VALID" if test.valid else "INVALID"
 
 
 def batch_text(test: Any) -> str:

@@ -100,11 +100,18 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     from mlpi.core.engine.dispatch import device_stats
     from mlpi.core.engine.finite import check_sessions
     from mlpi.core.engine.plan import Plan
+    from mlpi.core.engine.progress import (
+        LiveCounts,
+        expected_seconds,
+        samples_done,
+        write_progress,
+    )
 
     plan = Plan.read(plan_path)
     setup = open_test(plan)
     loaded = setup.load_sessions(scenario)
     finite = check_sessions(loaded.placed) if mode == "accuracy" else None
+    write_progress(out, phase="calibrating")
     watchdog, probe = start_watchdog(setup, loaded, scenario, mode, out)
     executors, outputs = build_executors(setup, loaded, scenario, out, lg, probe)
     watchdog.add(lambda ex=ex: (ex.started, ex.finished) for ex in executors)
@@ -121,8 +128,15 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     if mode == "performance":  # an accuracy test issues each sample once
         check_loadgen_memory(settings, scenario)
     sut_impl = make_sut(executors, scenario, plan, settings)
+    expected_s = expected_seconds(settings, scenario, mode, setup.dataset.count)
+    print(f"mlpi: the {scenario} {mode} test should take about {expected_s:,.0f} s", flush=True)
+    live = LiveCounts(out, samples_done(executors), {"phase": "running", "expected_s": expected_s, "started": time.time()})
+    live.start()
     elapsed_s, busy_s = run_loadgen(sut_impl, setup.dataset, len(setup.loaded), settings, out, plan, lg)
+    live.stop()
     watchdog.stop()
+    if mode == "accuracy":
+        write_progress(out, phase="scoring")
     devices = (
         device_stats(executors, busy_s, elapsed_s) if loaded.pieces is None else loaded.pieces.stats(elapsed_s)
     )
@@ -421,7 +435,7 @@ def calibrate_expectations(setup: TestSetup, executors: list[Any], scenario: str
     loaded = setup.loaded
     calib_s = 0.5 if plan.quick or (plan.duration_s is not None and plan.duration_s < 60) else 2.0
     expect = calibrate(executors, scenario, loaded, calib_s, plan.target_qps)
-    print(f"mlpi: {scenario} expectations from {expect.source}: {expect}", flush=True)
+    print(f"mlpi: {scenario} expectations from {expect.source}: {expect.describe(scenario)}", flush=True)
     setup.dataset.unload(loaded)
     return expect, calib_s
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ from mlpi.core.contract.model import ModelSpec
 from mlpi.core.engine.child import EXIT_UNWRITABLE, OUTCOME
 from mlpi.core.engine.plan import Plan
 from mlpi.core.engine.planning import spec_of_plan
+from mlpi.core.engine.progress import read_progress
 from mlpi.core.engine.scenario import (
     DetailLog,
     latency_percentiles_ms,
@@ -70,6 +71,9 @@ from mlpi.core.results.schema import (
 from mlpi.core.results.store import record_run
 from mlpi.core.results.sysinfo import system_info
 
+#: Seconds between two looks at a running test's progress.
+PROGRESS_PERIOD_S = 2.0
+
 
 class Reporter(Protocol):
     """How the run tells its caller what is happening (the CLI prints it)."""
@@ -77,6 +81,9 @@ class Reporter(Protocol):
     def test_started(self, scenario: str, mode: str, index: int, total: int) -> None: ...
 
     def test_finished(self, test: TestResult) -> None: ...
+
+    def test_progress(self, scenario: str, mode: str, progress: dict[str, Any]) -> None:
+        """A test's ``progress.json`` (phase, expected_s, started, done), every few seconds."""
 
 
 @dataclass
@@ -198,7 +205,8 @@ class _Run:
                 self._tell(self.reporter.test_started, scenario, mode, number, len(self.tests))
                 out = test_dir(self.run_dir, scenario, mode)
                 try:
-                    code = _run_child(plan_path, out, scenario, mode, self.echo, interrupts)
+                    code = _run_child(plan_path, out, scenario, mode, self.echo, interrupts,
+                                      on_wait=lambda out=out, scenario=scenario, mode=mode: self._progress(out, scenario, mode))
                 except KeyboardInterrupt:
                     code = None
                 if code is not None and code != 0 and (interrupts.pending or code == -signal.SIGINT):
@@ -209,6 +217,8 @@ class _Run:
                 else:
                     test = _readable(_collect(plan, out, scenario, mode, code), out / OUTCOME)
                 self.result = self.result.with_test(test)
+                if test.mode == "accuracy" and test.status == "ok" and test.accuracy is None:
+                    self.result = replace(self.result, submission_valid=False)  # an accuracy run without a score
                 self._save()
                 self._tell(self.reporter.test_finished, test)
                 if status == "interrupted":
@@ -278,6 +288,13 @@ class _Run:
 
     # -- what the error says ---------------------------------------------------------------
 
+    def _progress(self, out: Path, scenario: str, mode: str) -> None:
+        """Hand the reporter the test's progress, where it has a way to show it."""
+        show = getattr(self.reporter, "test_progress", None)
+        progress = read_progress(out)
+        if show is not None and progress is not None:
+            self._tell(show, scenario, mode, progress)
+
     def _interruption(self, stop: tuple[Any, ...], indexed: bool) -> MlpiError:
         """The interrupt's ``error:`` and ``hint:``: where it stopped the run, and what is kept."""
         total = len(self.tests)
@@ -329,7 +346,7 @@ def _child_env() -> dict[str, str]:
 
 
 def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool,
-               interrupts: _Interrupts | None = None) -> int:
+               interrupts: _Interrupts | None = None, on_wait: Callable[[], None] | None = None) -> int:
     """Run one test's child process to its end; its exit code (KeyboardInterrupt on Ctrl-C,
     SIGTERM or SIGHUP, after stopping the child). :class:`_Unwritable` when its folder or
     log cannot be made."""
@@ -350,7 +367,13 @@ def _run_child(plan_path: Path, out: Path, scenario: str, mode: str, echo: bool,
             copier.start()
         try:
             with interrupts.immediate() if interrupts is not None else signals_interrupt():
-                code = child.wait()
+                while True:
+                    try:
+                        code = child.wait(timeout=PROGRESS_PERIOD_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if on_wait is not None:
+                            on_wait()
         except KeyboardInterrupt:
             _stop(child)
             raise
@@ -524,7 +547,12 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> Test
                            valid=True if accuracy.passed is None else accuracy.passed,
                            invalid_reasons=(reason,) if reason else ())
         logged = _accuracy_sample_count(out / "mlperf_log_accuracy.json")
-        return replace(test, metric="accuracy_log_samples", value=logged, unit="samples", valid=logged is not None and logged > 0)
+        if not logged:
+            return replace(test, metric="accuracy_log_samples", value=logged, unit="samples", valid=False,
+                           invalid_reasons=("the accuracy log holds no sample",))
+        # Logged but not scored (no ground truth): no verdict, and never a valid accuracy result.
+        return replace(test, metric="accuracy_log_samples", value=logged, unit="samples", valid=None,
+                       invalid_reasons=("not scored: the data has no ground truth to score against",))
     metric = performance_metric(scenario, log)
     valid = log.valid if log.complete else False
     return replace(

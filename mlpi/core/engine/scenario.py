@@ -54,6 +54,21 @@ class Expectations:
     server_target_qps: float
     source: str  # "calibration" or "user"
 
+    def describe(self, scenario: str) -> str:
+        """What the scenario's test is told, in words (harness.log's line)."""
+        if scenario == "Offline":
+            return f"{_figure(self.throughput_qps)} samples/s"
+        if scenario == "Server":
+            return f"{_figure(self.server_target_qps)} queries/s target (throughput {_figure(self.throughput_qps)} samples/s)"
+        if scenario == "SingleStream":
+            return f"{_figure(self.latency_s * 1e3)} ms a sample"
+        return f"{_figure(self.multistream_latency_s * 1e3)} ms a query"
+
+
+def _figure(value: float) -> str:
+    """``1,329,112`` or ``0.2871``: whole numbers from 100 up, four significant digits below."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
+
 
 def user_conf(
     model_key: str,
