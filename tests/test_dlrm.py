@@ -40,12 +40,13 @@ class _Session:
     """onnxruntime behind the ``Session`` interface; ``fixed`` makes it a program compiled
     for exactly that many rows; ``short`` answers one row fewer than it was sent."""
 
-    def __init__(self, path: Path, fixed: int | None = None, short: bool = False) -> None:
+    def __init__(self, path: Path, fixed: int | None = None, short: bool = False, wide: bool = False) -> None:
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.outputs = [type("Spec", (), {"name": o.name})() for o in self.session.get_outputs()]
         self.capabilities = Capabilities(max_batch_size=fixed, fixed_batch=fixed is not None)
         self.rows_seen: list[int] = []
         self.short = short
+        self.wide = wide
         self.lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -55,6 +56,8 @@ class _Session:
         if self.capabilities.fixed_batch:
             assert rows == self.capabilities.max_batch_size, "a fixed-batch program gets its full batch"
         out = dict(zip([o.name for o in self.outputs], self.session.run(None, dict(feeds))))
+        if self.wide:  # two values a row
+            return {k: np.concatenate([v, v], axis=1) for k, v in out.items()}
         return {k: v[:-1] for k, v in out.items()} if self.short else out
 
 
@@ -170,6 +173,12 @@ def test_a_backend_that_answers_fewer_rows_fails_the_batch(known: Path) -> None:
     dataset = _dataset(count=2)
     with pytest.raises(RunFailed, match="rows"):
         _pipeline({"model": _Session(known, short=True)}, dataset, 100)([0, 1])
+
+
+def test_a_backend_that_answers_two_values_a_row_fails_the_batch(known: Path) -> None:
+    dataset = _dataset(count=2)
+    with pytest.raises(RunFailed, match="one prediction a row"):
+        _pipeline({"model": _Session(known, wide=True)}, dataset, 100)([0, 1])
 
 
 @pytest.mark.parametrize("shards", [2, 5])

@@ -195,11 +195,12 @@ class GroupedRows(Pipeline):
         else:
             dense, sparse = dense[:n], sparse[:n]
         prediction = self._infer(dense, sparse)
-        if prediction.ndim == 0 or prediction.shape[0] < n:
-            got = prediction.shape[0] if prediction.ndim else 0
-            raise RunFailed(f"the backend answered {got} rows of '{self.output}' for a batch of {n}",
+        sent = len(dense)
+        if prediction.ndim == 0 or prediction.shape[0] != sent or prediction.size != sent:
+            raise RunFailed(f"the backend answered '{self.output}' of shape {list(prediction.shape)} for a batch of "
+                            f"{sent} rows (one prediction a row)",
                             "the backend is broken: report it to its authors (mlpi checks every batch's outputs)")
-        return prediction.reshape(prediction.shape[0], -1)[:n, 0]
+        return prediction.reshape(sent)[:n]
 
     def _infer(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         """The model's output for these feeds (every row)."""
