@@ -91,9 +91,16 @@ def main(debug: bool) -> None:
 @click.option("--option", "-o", "options", multiple=True, help="Backend option KEY=VALUE; repeatable.")
 @click.option("--model-option", "-M", "model_options", multiple=True,
               help="Model option KEY=VALUE (`mlpi models` lists each model's); repeatable.")
+@click.option("--audit", "audits", multiple=True,
+              help="Compliance audit to run after the tests: TEST01 or TEST04 (`mlpi models` lists what each model "
+                   "needs); repeatable. It compares with this run's tests, or --against's.")
+@click.option("--against", help="With --audit: the run (directory or id) whose tests the audits compare with; only the audits run.")
 @click.option("--output", default="results", show_default=True, type=click.Path(file_okay=False), help="Results root.")
 @click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
 @click.option("--plan", "plan_file", type=click.Path(), help="Run an earlier run's plan.json again.")
+@click.option("--profile", "profile_file", type=click.Path(dir_okay=False),
+              help="A tuned profile from `mlpi tune`: each scenario's batch size, instances and expected QPS or "
+                   "latency (flags given win, and say so).")
 @click.option("--weights", type=click.Choice(["official", "random"]), help="For --model: the official file, or seeded random weights (performance only). Default: official if downloaded, else random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic data and random weights.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and child output.")
@@ -128,12 +135,26 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
     else:
         kwargs["options"] = parse_assignments(kwargs["options"])
         kwargs["model_options"] = parse_assignments(kwargs["model_options"], "-M max_rows=100000")
+        from mlpi.cli_tune import take_profile
+
+        profile = take_profile(kwargs, printer)  # --profile: a tuned profile's settings, under the flags given
         kwargs["scenarios"] = list(kwargs["scenarios"]) or ["Offline"]
+        kwargs["audits"] = list(kwargs["audits"])
+        if kwargs["against"] is not None:
+            from mlpi.core.engine.audit_plan import resolve_against
+
+            if not kwargs["audits"]:
+                raise UsageError("--against names the run an audit compares with, and no --audit was given",
+                                 "add --audit TEST01 (or TEST04), or drop --against")
+            kwargs["against"] = str(resolve_against(kwargs["against"], Path(output)))
         if not kwargs["model"] and not kwargs["model_path"]:
             kwargs["model"] = DEFAULT_MODEL
             kwargs["quick"] = kwargs["quick"] or kwargs["duration_s"] is None
             printer.note(f"no model given: running the embedded default ({DEFAULT_MODEL}, quick unless --duration)")
         plan = build_plan(RunRequest(**kwargs))
+        if profile is not None:
+            for note in profile.check_plan(plan):
+                printer.note(note)
     printer.plan(plan)
     outcome = execute(plan, Path(output), printer, keep_child_output=debug)
     try:
@@ -271,6 +292,16 @@ main.add_command(compare)
 from mlpi.cli_sweep import sweep as _sweep  # noqa: E402 - registered after the group is defined
 
 main.add_command(_sweep)
+
+
+from mlpi.cli_submission import submission as _submission  # noqa: E402 - registered after the group is defined
+
+main.add_command(_submission)
+
+
+from mlpi.cli_tune import tune as _tune  # noqa: E402 - registered after the group is defined
+
+main.add_command(_tune)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -151,11 +151,15 @@ class RunPrinter:
         self._clear_progress()
         if test.status == "ok":
             validity = validity_word(test)
-            _err.print(f"      {test.scenario} {test.mode}: {test.figure()} {validity}")
+            _err.print(f"      {test.scenario} {test.mode}: {labelled_figure(test)} {validity}")
             for reason in test.invalid_reasons:
                 _err.print(f"      - {reason}")
         else:
             _err.print(f"      {test.scenario} {test.mode}: {test.status.upper()}")
+
+    def audit_finished(self, entry: dict[str, Any]) -> None:
+        self._clear_progress()
+        _err.print(f"      {entry['scenario']} {entry['test']}: {audit_verdict(entry)}")
 
     def summary(self, outcome: Any) -> None:
         result = outcome.result
@@ -170,9 +174,10 @@ class RunPrinter:
             if test.simulated:
                 validity += " (simulated)"
             table.add_row(
-                test.scenario, test.mode, test.figure(), validity, batch_text(test), str(test.precision or "-"),
+                test.scenario, test.mode, labelled_figure(test), validity, batch_text(test), str(test.precision or "-"),
             )
-        _out.print(table)
+        if result.tests:  # a run of audits alone has none
+            _out.print(table)
         model = result.model
         note = f" ({model.note})" if model.note else ""
         _out.print(f"backend {result.backend.name} {result.backend.version} on {result.device}; model {model.name}{note}")
@@ -190,11 +195,46 @@ class RunPrinter:
             devices = test.devices or ()
             if len(devices) > 1:
                 _out.print(f"{test.scenario} {test.mode} per device: " + "; ".join(map(_device_line, devices)))
+        for entry in result.extra.get("audits", []):
+            _out.print(f"{entry['scenario']} {entry['test']}: {audit_verdict(entry)} "
+                       f"(against run {entry.get('reference_run')}; {outcome.run_dir / entry['dir']})")
         if result.simulated:
             _out.print("SIMULATED: timings come from a device model, not from hardware")
         if not result.submission_valid:
             _out.print(f"not valid for submission: {submission_reasons(result)}")
         _out.print(f"results: {outcome.run_dir}")
+
+
+def labelled_figure(test: TestResult, measured_beside: bool = True) -> str:
+    """A performance test's figure with what it is: a latency says whether it is LoadGen's
+    early-stopping estimate (what MLPerf reports), and shows the percentile it measured beside
+    unless the table has a column for it."""
+    from mlpi.core.engine.scenario import MEASURED_BESIDE, METRIC_LABELS
+
+    figure = test.figure()
+    if test.mode != "performance" or test.unit != "ms" or test.metric not in METRIC_LABELS:
+        return figure
+    text = f"{figure} {METRIC_LABELS[test.metric]}"
+    measured = (test.latency_ms or {}).get(MEASURED_BESIDE.get(test.metric, "")) if measured_beside else None
+    return text + (f" (measured {MEASURED_BESIDE[test.metric]} {measured:,.3f} ms)" if measured is not None else "")
+
+
+def audit_verdict(entry: dict[str, Any]) -> str:
+    """``PASS``/``FAIL`` of an audit, with each check's as MLCommons' verification says it."""
+    check = entry.get("verification")
+    if entry.get("status") != "ok" or not isinstance(check, dict):
+        return str(entry.get("status", "failed")).upper()
+    parts = [f"performance {'TEST PASS' if check.get('performance_passed') else 'TEST FAIL'}"]
+    if check.get("accuracy_passed") is not None:
+        fallback = check.get("fallback")
+        if fallback is None:
+            parts.append("accuracy TEST PASS" if check["accuracy_passed"] else "accuracy TEST FAIL")
+        elif "delta_percent" in fallback:
+            parts.append(f"responses differ, scores within {fallback['delta_percent']:.4f}% "
+                         f"(allowed {fallback['allowed_percent']:g}%)")
+        else:
+            parts.append(f"responses differ: {fallback.get('reason')}")
+    return f"{'PASS' if entry.get('passed') else 'FAIL'} ({'; '.join(parts)})"
 
 
 def _device_line(unit: dict[str, Any]) -> str:
@@ -296,6 +336,8 @@ def rules_line(row: dict[str, Any]) -> str:
         parts.append(f"accuracy over {row['dataset_size']} samples")
     for category, scenarios in (row.get("required_scenarios") or {}).items():
         parts.append(f"{category}: {', '.join(scenarios)}")
+    if row.get("audits"):
+        parts.append(f"audits {', '.join(row['audits'])}")
     if row.get("round"):
         parts.append(f"retired after round {row['round']}" if row.get("retired") else f"round {row['round']}")
     return "; ".join(parts)

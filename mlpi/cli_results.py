@@ -333,6 +333,8 @@ _LIST_COLUMNS = [
 @_store_option
 def show_run(run: str, as_json: bool, results_root: str, store_file: str | None) -> None:
     """Show one run: RUN is its id or an unambiguous prefix of it."""
+    from mlpi.cli_output import audit_verdict, labelled_figure
+
     with _open_store(results_root, store_file) as store:
         record = store.find(run)
     result = record.result
@@ -362,7 +364,8 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
     columns = [_Column("scenario"), _Column("mode"), _Column("result"), _Column("p50 ms", drop=1, right=True),
                _Column("p90 ms", drop=2, right=True), _Column("p99 ms", drop=3, right=True), _Column("validity")]
     _emit("tests", columns, [
-        [test.scenario, test.mode, test.figure(), *(_ms(record.latency.get(test.dir, {}).get(p)) for p in ("p50", "p90", "p99")),
+        [test.scenario, test.mode, labelled_figure(test, measured_beside=False),
+         *(_ms(record.latency.get(test.dir, {}).get(p)) for p in ("p50", "p90", "p99")),
          _validity(test.valid, test.quick, test.status)]
         for test in result.tests
     ])
@@ -376,6 +379,9 @@ def show_run(run: str, as_json: bool, results_root: str, store_file: str | None)
     for test in result.tests:
         for reason in test.invalid_reasons:
             _echo(f"{test.scenario} {test.mode}: {reason}")
+    for audit in result.extra.get("audits", []):
+        _echo(f"{audit.get('scenario')} {audit.get('test')}: {audit_verdict(audit)} "
+              f"(against run {audit.get('reference_run')}; {audit.get('dir')})")
 
 
 @results.command("import")
@@ -401,8 +407,8 @@ def import_runs(dirs: tuple[str, ...], results_root: str, store_file: str | None
             _echo(f"imported {outcome.source} as {root / str(outcome.name)}")
         elif outcome.status == "indexed":
             _echo(f"indexed {outcome.source}")
-        elif outcome.status == "duplicate":
-            _echo(f"skipped {outcome.message}")
+        elif outcome.status == "duplicate":  # not a "skipped" one: the summary counts it apart
+            _echo(f"already in the store: {outcome.message}")
         else:
             _warn(f"skipped: {outcome.message}")
     added = counts.get("imported", 0) + counts.get("indexed", 0)

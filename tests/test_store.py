@@ -168,6 +168,9 @@ def test_import_copies_runs_skips_duplicates_and_reports_damage(machine_a: dict[
                      "--results", str(root_b)], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "0 imported, 2 already in the store, 0 skipped" in again.stdout
+    # each is said to be in the store, never "skipped" above a summary of 0 skipped
+    assert "skipped" not in again.stdout.replace("0 skipped", "")
+    assert f"already in the store: {carried / machine_a['single'].name} is run" in again.stdout
     assert [p.name for p in run_dirs(root_b)] == imported
 
 

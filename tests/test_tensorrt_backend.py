@@ -228,7 +228,7 @@ def test_version_and_probe_without_tensorrt(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(PluginError) as raised:
         backend.version()
     assert "TensorRT is not installed" in raised.value.message
-    assert raised.value.hint == INSTALL_HINT
+    assert raised.value.hint.endswith(INSTALL_HINT)  # led by what the machine lacks, where it has no GPU
     assert backend.probe() == []
 
 
@@ -295,7 +295,7 @@ def test_backends_lists_tensorrt_as_not_installed_with_the_hint(tmp_path: Path, 
     row = {r["name"]: r for r in json.loads(proc.stdout)}["tensorrt"]
     assert row["status"] == "not installed"
     assert "TensorRT is not installed" in row["error"]
-    assert row["hint"] == INSTALL_HINT
+    assert row["hint"].endswith(INSTALL_HINT)
     assert row["device_kinds"] == ["cuda"] and row["precisions"] == ["fp32", "fp16", "int8"]
     assert {"contexts", "workspace_mib", "builder_optimization_level", "calibration_cache"} <= set(row["options"])
     assert "default 2" in row["options"]["contexts"]
@@ -312,7 +312,7 @@ def test_run_without_tensorrt_ends_in_one_error_and_one_hint(tmp_path: Path, ent
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 2, proc.stderr
     assert lines[0].startswith("error: TensorRT is not installed")
-    assert lines[1] == f"hint: {INSTALL_HINT}"
+    assert lines[1].startswith("hint: ") and lines[1].endswith(INSTALL_HINT)
     assert proc.stdout.strip() == "" and not out.exists()
 
 

@@ -66,3 +66,33 @@ def cuda_device_name(index: int) -> str:
         return text
     except (OSError, AttributeError):
         return ""
+
+
+def cuda_absence() -> str | None:
+    """Why this machine has no usable NVIDIA GPU, in words (None when the driver sees one):
+    what a hint must say before it suggests installing a GPU runtime."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return "CUDA_VISIBLE_DEVICES is set empty, which hides every GPU"
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        where = " (/dev/nvidia0 exists, so the driver's user-space library is missing)" if os.path.exists("/dev/nvidia0") else ""
+        return f"no NVIDIA driver was found on this machine: libcuda.so.1 cannot be loaded{where}"
+    try:
+        status = lib.cuInit(0)
+        if status != 0:
+            return f"the NVIDIA driver did not start (cuInit error {status}): check it with nvidia-smi"
+        count = ctypes.c_int(0)
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+            return "the NVIDIA driver sees no GPU"
+    except (AttributeError, OSError):
+        return "the NVIDIA driver library does not answer as CUDA's"
+    return None
+
+
+def rocm_absence() -> str | None:
+    """Why this machine has no usable AMD GPU, in words (None when one is visible)."""
+    if not os.path.exists("/dev/kfd"):
+        return "no AMD GPU driver was found on this machine (/dev/kfd is missing)"
+    return None if rocm_device_count() else "the AMD GPU driver lists no GPU"
+

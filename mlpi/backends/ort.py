@@ -24,7 +24,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlpi.backends._cuda import cuda_device_count, cuda_device_name, rocm_device_count
+from mlpi.backends._cuda import (
+    cuda_absence,
+    cuda_device_count,
+    cuda_device_name,
+    rocm_absence,
+    rocm_device_count,
+)
 from mlpi.backends._model_hint import model_hint
 from mlpi.core.contract.backend import (
     Backend,
@@ -157,6 +163,27 @@ class OnnxRuntimeBackend(Backend):
         if "ROCMExecutionProvider" in available or "MIGraphXExecutionProvider" in available:
             devices += [Device("rocm", (i,)) for i in range(rocm_device_count())]
         return devices
+
+    def device_hint(self, kind: str) -> str | None:
+        """The CPU-only package where a GPU build is needed, else what the driver lacks."""
+        try:
+            import onnxruntime
+
+            available = set(onnxruntime.get_available_providers())
+        except Exception:  # noqa: BLE001 - a hint never raises
+            return None
+        if kind == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                return ("the installed onnxruntime package is CPU-only (it has no CUDA provider): "
+                        'pip uninstall -y onnxruntime && pip install "mlpi[onnxruntime-gpu]"')
+            absent = cuda_absence()
+            return f"onnxruntime-gpu is installed, but {absent}" if absent else None
+        if kind == "rocm":
+            if not available & {"ROCMExecutionProvider", "MIGraphXExecutionProvider"}:
+                return "the installed onnxruntime package has no ROCm provider: install AMD's onnxruntime build for ROCm"
+            absent = rocm_absence()
+            return f"onnxruntime has its ROCm provider, but {absent}" if absent else None
+        return None
 
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
         runs = _model_precision(model.inputs)

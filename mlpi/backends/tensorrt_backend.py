@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpi.backends._cuda import cuda_device_count
+from mlpi.backends._cuda import cuda_absence, cuda_device_count
 from mlpi.backends._trt_cuda import Cuda, CudaError, GpuInfo, host_array, import_runtime
 from mlpi.backends._trt_engine import (
     BuildSettings,
@@ -365,6 +365,9 @@ class TensorRTBackend(Backend):
             return []
         return [Device("cuda", (i,)) for i in range(count)]
 
+    def device_hint(self, kind: str) -> str | None:
+        return cuda_absence() if kind == "cuda" else None
+
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
         self._modules()
         if device.kind != "cuda":
@@ -420,7 +423,7 @@ class TensorRTBackend(Backend):
         try:
             import tensorrt as trt
         except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from a missing libnvinfer
-            raise PluginError(f"TensorRT is not installed ({_first_line(exc)})", self.install_hint) from None
+            raise PluginError(f"TensorRT is not installed ({_first_line(exc)})", _with_gpu_absence(self.install_hint)) from None
         found = str(getattr(trt, "__version__", "?"))
         if found.split(".")[0] != "10":
             raise PluginError(f"TensorRT {found} is installed; the tensorrt backend needs TensorRT 10", self.install_hint)
@@ -429,6 +432,13 @@ class TensorRTBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - ImportError or a broken install
             raise PluginError(f"cuda-python is not installed ({_first_line(exc)})", self.install_hint) from None
         return trt, runtime_module
+
+
+def _with_gpu_absence(hint: str) -> str:
+    """The install hint, led by what this machine lacks when it has no NVIDIA GPU at all:
+    installing TensorRT would not be enough there."""
+    absent = cuda_absence()
+    return f"{absent}, and TensorRT runs only on NVIDIA GPUs; on a machine with one: {hint}" if absent else hint
 
 
 class _Engines:

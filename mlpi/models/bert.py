@@ -88,6 +88,10 @@ def rules(fraction: float) -> Rules:
     (edge only: SingleStream and Offline; 10,833 features)."""
     return Rules(
         loadgen_key="bert",
+        benchmark=f"bert-{fraction * 100:g}",
+        audits=("TEST01",),
+        audit_sampling_target=4096,
+        response_dtype="float32",
         round="v6.1",
         quality=QualityTarget("F1", REFERENCE_F1, fraction, unit="%"),
         server_latency_ms=130,

@@ -107,6 +107,10 @@ def rules(fraction: float) -> Rules:
     loaded, Server p99 within 60 ms, Offline at least 24,576 samples), datacenter only."""
     return Rules(
         loadgen_key="dlrm-v2",
+        benchmark=f"dlrm-v2-{fraction * 100:g}",
+        audits=("TEST01",),
+        audit_sampling_target=4096,
+        response_dtype="float32",
         round="v5.1",
         quality=QualityTarget("AUC", REFERENCE_AUC, fraction, unit="%"),
         server_latency_ms=60,

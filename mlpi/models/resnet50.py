@@ -28,6 +28,10 @@ REFERENCE_TOP1 = 76.456
 #: Rules of the current round (mlperf.conf ``resnet50.*`` and the submission rules' table).
 RULES = Rules(
     loadgen_key="resnet50",
+    benchmark="resnet",
+    audits=("TEST01", "TEST04"),
+    audit_sampling_target=4096,
+    response_dtype="float32",
     round="v6.1",
     quality=QualityTarget("top-1", REFERENCE_TOP1, 0.99, unit="%"),
     server_latency_ms=15,

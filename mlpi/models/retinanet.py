@@ -48,6 +48,10 @@ OUTPUTS = (
 #: submission rules' table (24,781 OpenImages validation images).
 RULES = Rules(
     loadgen_key="retinanet",
+    benchmark="retinanet",
+    audits=("TEST01",),
+    audit_sampling_target=256,
+    response_dtype="float32",
     round="v6.0",
     quality=QualityTarget("mAP", REFERENCE_MAP, 0.99, unit="%"),
     server_latency_ms=100,

@@ -110,6 +110,10 @@ DATA = DataParams.of(
 
 RULES = Rules(
     loadgen_key="rnnt",
+    benchmark="rnnt",
+    audits=("TEST01",),
+    audit_sampling_target=4096,
+    response_dtype="int64",
     round="v4.0",
     quality=QualityTarget("WER", REFERENCE_WER, 0.99, unit="%", higher_is_better=False, complement=100.0),
     server_latency_ms=1000,

@@ -54,6 +54,8 @@ MOBILENET_OUTPUTS = (
 )
 MOBILENET_RULES = Rules(
     loadgen_key="ssd-mobilenet",
+    benchmark="ssd-small",
+    response_dtype="float32",
     round="v2.0",
     quality=QualityTarget("mAP", 22.0, 0.99, unit="%"),
     performance_sample_count=256,
@@ -74,6 +76,8 @@ RESNET34_OUTPUTS = (
 )
 RESNET34_RULES = Rules(
     loadgen_key="ssd-resnet34",
+    benchmark="ssd-large",
+    response_dtype="float32",
     round="v2.0",
     quality=QualityTarget("mAP", 20.0, 0.99, unit="%"),
     server_latency_ms=100,

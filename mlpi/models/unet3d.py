@@ -102,6 +102,10 @@ def rules(fraction: float) -> Rules:
     cases loaded, equal issue, Offline at least 43) and the submission rules."""
     return Rules(
         loadgen_key="3d-unet",
+        benchmark=f"3d-unet-{fraction * 100:g}",
+        audits=("TEST01",),
+        audit_sampling_target=64,
+        response_dtype="byte",
         round="v6.1",
         quality=QualityTarget("mean DICE", REFERENCE_DICE, fraction, unit=""),
         performance_sample_count=43,

@@ -218,6 +218,12 @@ class Backend(ABC):
         """Python distributions whose versions belong in results (e.g. ``("onnxruntime",)``)."""
         return ()
 
+    def device_hint(self, kind: str) -> str | None:
+        """Optional: why this machine has no usable unit of device ``kind`` for this backend,
+        and the fix ("no NVIDIA driver was found...", "this is the CPU-only package: ..."),
+        for the error that refuses the device. None when the backend cannot tell. Never raises."""
+        return None
+
 
 __all__ = [
     "PRECISIONS",

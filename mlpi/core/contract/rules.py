@@ -82,6 +82,14 @@ class Rules:
     - ``required_scenarios``: per category (edge, datacenter), the scenarios a submission needs.
     - ``retired``: the benchmark left MLPerf after ``round``; today's LoadGen no longer holds
       its rules, so mlpi writes them into each test's user.conf itself.
+    - ``benchmark``: the model's name in a submission tree and in MLCommons' submission checker
+      (``resnet``, ``bert-99``...); ``None`` where MLPerf has none (open division only).
+    - ``audits``: the compliance tests a closed submission of the model needs (``TEST01``,
+      ``TEST04``), as the checker of ``round`` lists them.
+    - ``audit_sampling_target``: TEST01's ``accuracy_log_sampling_target`` (MLCommons'
+      ``compliance/TEST01/<model>/audit.config``).
+    - ``response_dtype``: the numpy type TEST01's verification reads a response's first value
+      as (``run_verification.py --dtype``): the type the model's responses are made of.
     """
 
     loadgen_key: str | None = None
@@ -95,6 +103,10 @@ class Rules:
     equal_issue: bool = False
     required_scenarios: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     retired: bool = False
+    benchmark: str | None = None
+    audits: tuple[str, ...] = ()
+    audit_sampling_target: int | None = None
+    response_dtype: str = "byte"
 
     @property
     def official(self) -> bool:
@@ -118,6 +130,10 @@ class Rules:
             "equal_issue": self.equal_issue,
             "required_scenarios": {k: list(v) for k, v in self.required_scenarios.items()},
             "retired": self.retired,
+            "benchmark": self.benchmark,
+            "audits": list(self.audits),
+            "audit_sampling_target": self.audit_sampling_target,
+            "response_dtype": self.response_dtype,
         }
 
 

@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from mlpi.core.contract.errors import EXIT_FAILURE, MlpiError, ModelError, UsageError
+from mlpi.core.engine.compliance import AUDITS, audit_config_text
+from mlpi.core.engine.scenario_settings import (
+    exact_conf,
+    for_scenario,
+    tuned_expectations,
+)
 from mlpi.core.results.rundir import describe_os_error
 
 OUTCOME = "outcome.json"
+#: The audit config an audit test passes to LoadGen, in the test's own folder.
+AUDIT_CONFIG = "audit.config"
 
 
 #: The exit code of a child that could not write its outcome (a full disk, a folder made
@@ -107,7 +115,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         write_progress,
     )
 
-    plan = Plan.read(plan_path)
+    plan = for_scenario(Plan.read(plan_path), scenario)  # a scenario's own batch, instances, expectation
     setup = open_test(plan)
     loaded = setup.load_sessions(scenario)
     finite = check_sessions(loaded.placed) if mode == "accuracy" else None
@@ -125,8 +133,10 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     if loaded.pieces is not None:
         loaded.pieces.reset_stats()
     settings, perf_count = write_settings(setup, scenario, mode, expect, calib_s, out, lg)
-    if mode == "performance":  # an accuracy test issues each sample once
+    if mode != "accuracy":  # an accuracy test issues each sample once
         check_loadgen_memory(settings, scenario)
+    if mode in AUDITS:  # passed to LoadGen by path, never read from a working directory
+        (out / AUDIT_CONFIG).write_text(audit_config_text(mode, setup.spec.rules), encoding="utf-8")
     sut_impl = make_sut(executors, scenario, plan, settings)
     expected_s = expected_seconds(settings, scenario, mode, setup.dataset.count)
     print(f"mlpi: the {scenario} {mode} test should take about {expected_s:,.0f} s", flush=True)
@@ -142,8 +152,10 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     )
     loaded.close()
     accuracy = score_test(setup, outputs, out) if mode == "accuracy" else None
+    audit = verify_audit(setup, outputs, scenario, mode, out, plan_path.parent) if mode in AUDITS else None
     return {
         "accuracy": accuracy,
+        **({"audit": audit} if audit is not None else {}),
         "performance_sample_count": perf_count,
         "batch_size": loaded.batch_size,
         "batch_unit": "rows" if loaded.sample_rows is not None else "samples",
@@ -434,7 +446,7 @@ def calibrate_expectations(setup: TestSetup, executors: list[Any], scenario: str
     plan = setup.plan
     loaded = setup.loaded
     calib_s = 0.5 if plan.quick or (plan.duration_s is not None and plan.duration_s < 60) else 2.0
-    expect = calibrate(executors, scenario, loaded, calib_s, plan.target_qps)
+    expect = tuned_expectations(plan, scenario, calibrate(executors, scenario, loaded, calib_s, plan.target_qps))
     print(f"mlpi: {scenario} expectations from {expect.source}: {expect.describe(scenario)}", flush=True)
     setup.dataset.unload(loaded)
     return expect, calib_s
@@ -448,10 +460,10 @@ def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, cali
     conf_path = out / "user.conf"
     perf_count = performance_sample_count(spec.rules.performance_sample_count, setup.dataset.performance_count)
     model_key = loadgen_model_key(spec.rules.loadgen_key, plan.model.name)
-    conf_path.write_text(
+    conf_path.write_text(exact_conf(
         user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count,
                   short_calibration=calib_s < 1, rules=spec.rules if spec.rules.retired else None,
-                  equal_issue=spec.rules.equal_issue),
+                  equal_issue=spec.rules.equal_issue), plan, model_key, scenario),
         encoding="utf-8",
     )
     settings = lg.TestSettings()
@@ -504,7 +516,7 @@ def run_loadgen(sut_impl: Any, dataset: Any, perf_count: int, settings: Any, out
 
     sut = lg.ConstructFastSUT(sut_impl.issue, sut_impl.flush)
     qsl = lg.ConstructQSL(dataset.count, perf_count, dataset.load, dataset.unload)
-    audit = str(plan.extra.get("audit_config") or out / "audit.config")
+    audit = str(plan.extra.get("audit_config") or out / AUDIT_CONFIG)  # absent: no audit
     sut_impl.start()
     # Everything made so far lives for the whole test: keep the collector from rescanning it.
     gc.collect()
@@ -541,6 +553,26 @@ def score_test(setup: TestSetup, outputs: list[Any], out: Path) -> dict[str, Any
     write_bytes_atomic(out / "accuracy.txt", (result.report + "\n").encode("utf-8"))
     print(f"mlpi: {result.report}", flush=True)
     return result.to_json()
+
+
+def verify_audit(setup: TestSetup, outputs: list[Any], scenario: str, audit: str, out: Path,
+                 this_run: Path) -> dict[str, Any]:
+    """Check the audit's logs against the run it audits (``plan.extra["audit_reference"]``, else
+    this run) as MLCommons' verification does; lay out the submission's ``TEST0x`` folder."""
+    from mlpi.core.engine.audit_check import verify
+
+    reference = Path(setup.plan.extra.get("audit_reference") or this_run) / scenario
+    scorer = None
+    if setup.spec.score is not None and setup.dataset.has_ground_truth:
+        from mlpi.core.contract.accuracy import read_accuracy_log
+
+        def scorer(log: Path) -> Any:
+            return score_responses(setup.spec, read_accuracy_log(log, setup.spec.repeated_responses), setup.dataset,
+                                   outputs)
+    verification = verify(audit, setup.spec.rules, reference, out, out.parent, scorer)
+    print(f"mlpi: {audit} {'PASS' if verification.passed else 'FAIL'} "
+          f"(see {out.parent / 'verify_performance.txt'})", flush=True)
+    return verification.to_json()
 
 
 def score_responses(spec: Any, responses: Any, dataset: Any, outputs: Any) -> Any:

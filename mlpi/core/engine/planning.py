@@ -58,6 +58,12 @@ class RunRequest:
     plugins_file: str | None = None
     seed: int = 0
     weights: str | None = None  # "official" or "random" for a registered model; None: official if cached
+    audits: list[str] = field(default_factory=list)  # compliance audits to run after the tests (TEST01, TEST04)
+    against: str | None = None  # the run directory the audits compare with; None: this run
+    #: Per scenario, its own batch_size, instances and expectation (a tuned profile's); see
+    #: mlpi.core.engine.scenario_settings. ``profile``: where they came from, kept in the plan.
+    scenario_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
 
 
 def parse_scenarios(values: list[str]) -> list[str]:
@@ -142,12 +148,20 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         raise UsageError(f"dataset '{dataset_name}' has no samples", "check --dataset-path and --count")
     _check_grouping(spec, dataset, dataset_name)
     _check_batch_memory(*batch_memory, dataset.inputs, model_ref.outputs, *flag)
+    scenario_settings = _check_scenario_settings(request, scenarios, model_ref, dataset.inputs, len(device.units()))
     if "accuracy" in modes and spec.score is not None and not spec.scoring_optional and not dataset.has_ground_truth:
         fitting = [d for d in spec.datasets if d != dataset_name]
         raise UsageError(
             f"dataset '{dataset_name}' has no ground truth, so an accuracy run of {spec.name} cannot be scored",
             f"use --dataset {fitting[0] if fitting else 'NAME'} with its --dataset-path, or --mode performance",
         )
+
+    from mlpi.core.engine.audit_plan import check_audits
+
+    against = Path(request.against) if request.against else None
+    data_key = (dataset_name, str(Path(request.dataset_path).resolve()) if request.dataset_path else None,
+                request.dataset_count)
+    audits = check_audits(request.audits, spec, modes, scenarios, against, model_ref, data_key)
 
     return Plan(
         backend=backend.name,
@@ -170,7 +184,11 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
         plugins_file=config.user_file,  # --plugins, MLPI_PLUGINS or ./plugins.toml: a --plan rerun loads the same
         extra={"registered_model": registered, "rules": spec.rules.to_json() if spec.rules.official else None,
                **({"model_options": options_to_json(spec.options)} if spec.options is not None else {}),
-               **({"watchdog_s": request.watchdog_s} if request.watchdog_s is not None else {})},
+               **({"watchdog_s": request.watchdog_s} if request.watchdog_s is not None else {}),
+               **({"audits": audits} if audits else {}),
+               **({"audit_reference": str(against)} if audits and against is not None else {}),
+               **({"scenario_settings": scenario_settings} if scenario_settings else {}),
+               **({"profile": request.profile} if request.profile else {})},
     )
 
 
@@ -189,6 +207,28 @@ def _check_target_memory(request: RunRequest, scenarios: list[str]) -> None:
             queries = generated_queries(scenario, qps=request.target_qps, duration_s=duration)
             check_fits(scenario, queries, available_memory_bytes(),
                        f"--target-qps {request.target_qps:,.0f} for {duration:,.0f} s")
+
+
+def _check_scenario_settings(request: RunRequest, scenarios: list[str], model_ref: ModelRef, inputs: Any,
+                             units: int) -> dict[str, dict[str, Any]]:
+    """Each scenario's own settings (a tuned profile's), held to what the run's flags are held
+    to: a batch the model and the memory can take, instances within the thread limit. Only
+    the plan's scenarios keep theirs."""
+    from mlpi.core.engine.scenario_settings import ScenarioSettings
+
+    source = str((request.profile or {}).get("path") or "the run's scenario settings")
+    kept: dict[str, dict[str, Any]] = {}
+    for scenario, raw in request.scenario_settings.items():
+        if scenario not in scenarios:
+            continue
+        own = ScenarioSettings.from_json(raw, f"{source}, {scenario}")
+        names = {key: f"{scenario} {key} in {source}" for key in _FLAGS}
+        _check_numbers(own.to_json(), names, lambda name, want: f"set it to {want} in {source}, or give the flag to replace it")
+        _check_batch_size(own.batch_size, model_ref.inputs)
+        _check_batch_memory(own.batch_size, own.instances or request.instances, units, inputs, model_ref.outputs,
+                            names["batch_size"], "pass --batch-size {fits} or less")
+        kept[scenario] = own.to_json()
+    return kept
 
 
 def _check_grouping(spec: ModelSpec, dataset: Any, name: str) -> None:
@@ -422,7 +462,14 @@ def _size(n: int) -> str:
 
 
 def _check_device(backend: Any, device: Device) -> None:
-    check_device_usable(backend.name, device, probed_devices(backend))
+    usable = probed_devices(backend)
+    hint = None
+    if not any(d.kind == device.kind for d in usable):
+        try:
+            hint = backend.device_hint(device.kind)
+        except Exception:  # noqa: BLE001 - a plugin's hint is a courtesy; the error stands without it
+            hint = None
+    check_device_usable(backend.name, device, usable, hint if isinstance(hint, str) and hint else None)
 
 
 def probed_devices(backend: Any) -> list[Device]:
@@ -446,13 +493,15 @@ def probed_devices(backend: Any) -> list[Device]:
     return list(devices)
 
 
-def check_device_usable(name: str, device: Device, usable: list[Device]) -> None:
-    """Raise DeviceError unless ``device`` (every unit it names) is among ``usable``."""
+def check_device_usable(name: str, device: Device, usable: list[Device], why: str | None = None) -> None:
+    """Raise DeviceError unless ``device`` (every unit it names) is among ``usable``; ``why``
+    is the backend's own account of a kind it finds none of (:meth:`Backend.device_hint`)."""
     kinds = [d for d in usable if d.kind == device.kind]
     listing = ", ".join(str(d) for d in usable) or "none"
     if not kinds:
         raise DeviceError(
             f"device '{device}' is not usable by backend '{name}' on this machine (usable: {listing})",
+            f"{why}; or pick a usable device with --device" if why else
             "install the driver and runtime for it, or pick a usable device with --device",
         )
     if device.indices:

@@ -174,7 +174,10 @@ class _Run:
                  interrupts: _Interrupts, echo: bool) -> None:
         self.plan, self.output_root, self.run_dir, self.result = plan, output_root, run_dir, result
         self.reporter, self.interrupts, self.echo = reporter, interrupts, echo
-        self.tests = [(s, m) for s in plan.scenarios for m in plan.modes]
+        # the audits last: they compare with the run's own tests, or only audits where they
+        # compare with an earlier run's
+        own = [] if plan.extra.get("audit_reference") else [(s, m) for s in plan.scenarios for m in plan.modes]
+        self.tests = own + [(s, a) for s in plan.scenarios for a in plan.extra.get("audits", [])]
         self.saved = False  # result.json exists
         self.final = False  # result.json holds the run's end
 
@@ -203,7 +206,8 @@ class _Run:
                     status, stop = "interrupted", ("between", number)
                     break
                 self._tell(self.reporter.test_started, scenario, mode, number, len(self.tests))
-                out = test_dir(self.run_dir, scenario, mode)
+                audit = mode not in plan.modes
+                out = test_dir(self.run_dir, scenario, mode) / ("run" if audit else "")
                 try:
                     code = _run_child(plan_path, out, scenario, mode, self.echo, interrupts,
                                       on_wait=lambda out=out, scenario=scenario, mode=mode: self._progress(out, scenario, mode))
@@ -215,12 +219,16 @@ class _Run:
                     test = _test_entry(plan, scenario, mode, status="interrupted")
                     status, stop = "interrupted", ("during", scenario, mode, number)
                 else:
-                    test = _readable(_collect(plan, out, scenario, mode, code), out / OUTCOME)
-                self.result = self.result.with_test(test)
-                if test.mode == "accuracy" and test.status == "ok" and test.accuracy is None:
-                    self.result = replace(self.result, submission_valid=False)  # an accuracy run without a score
-                self._save()
-                self._tell(self.reporter.test_finished, test)
+                    test = _collect(plan, out, scenario, mode, code)
+                    test = test if audit else _readable(test, out / OUTCOME)  # an audit is no test of result.json's
+                if audit:
+                    self._audited(test, out)
+                else:
+                    self.result = self.result.with_test(test)
+                    if test.mode == "accuracy" and test.status == "ok" and test.accuracy is None:
+                        self.result = replace(self.result, submission_valid=False)  # an accuracy run without a score
+                    self._save()
+                    self._tell(self.reporter.test_finished, test)
                 if status == "interrupted":
                     break
                 if test.status != "ok":
@@ -255,11 +263,27 @@ class _Run:
             code = EXIT_FAILURE
         elif stop is not None:
             code = EXIT_INTERRUPTED
-        elif any(t.valid is False for t in self.result.tests):
+        elif any(t.valid is False for t in self.result.tests) or any(
+                a.get("passed") is False for a in self.result.extra.get("audits", [])):
             code = EXIT_INVALID
         else:
             code = EXIT_OK
         return self._outcome(code, error, interruption)
+
+    def _audited(self, test: TestResult, out: Path) -> None:
+        """Record an audit test under result.json's ``audits``: its LoadGen figure, and what
+        its verification found (``passed``, per check, the TEST01 score fallback)."""
+        verification = _read_outcome(out / OUTCOME).get("audit") if test.status == "ok" else None
+        reference = self.plan.extra.get("audit_reference")
+        entry = {
+            **test.to_json(), "mode": "performance", "test": test.mode, "dir": f"{test.scenario}/{test.mode}",
+            "passed": verification.get("passed") if isinstance(verification, dict) else None,
+            "verification": verification, "reference_run": Path(reference).name if reference else self.run_dir.name,
+        }
+        audits = [*self.result.extra.get("audits", []), entry]
+        self.result = replace(self.result, extra={**self.result.extra, "audits": audits})
+        self._save()
+        self._tell(getattr(self.reporter, "audit_finished", lambda _entry: None), entry)
 
     def _outcome(self, code: int, error: MlpiError | None, interruption: MlpiError | None) -> RunOutcome:
         return RunOutcome(self.run_dir, self.result, code, error, interruption)
@@ -492,6 +516,14 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
             child.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             continue
+
+
+def _read_outcome(path: Path) -> dict[str, Any]:
+    try:
+        outcome = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return outcome if isinstance(outcome, dict) else {}
 
 
 def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> TestResult:

@@ -177,6 +177,8 @@ def model_inventory(config: PluginsConfig) -> list[dict[str, Any]]:
             offline_min_samples=spec.rules.offline_min_samples,
             dataset_size=spec.rules.dataset_size,
             required_scenarios={k: list(v) for k, v in spec.rules.required_scenarios.items()},
+            benchmark=spec.rules.benchmark,
+            audits=list(spec.rules.audits),
         )
         rows.append(row)
     return rows

@@ -253,7 +253,8 @@ class TestResult:
     """One LoadGen test (a scenario in one mode) of a run.
 
     ``metric``/``value``/``unit``: the figure MLPerf reports (``samples_per_second``,
-    ``p90_latency`` in ms..., or for an accuracy test the accuracy metric). ``valid`` is
+    ``early_stopping_p90_latency`` in ms (LoadGen's estimate; ``p90_latency`` where early
+    stopping gave none)..., or for an accuracy test the accuracy metric). ``valid`` is
     None until the test has a verdict. ``dir`` is its folder under the run directory."""
 
     __test__ = False  # not a pytest test class, whatever its name says
