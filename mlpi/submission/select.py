@@ -386,16 +386,23 @@ def _match_accuracy(perf: TestPick, runs: list[RunRecord], row: Row, request: Re
     if note and candidates and not matching:
         row.unused.append(f"accuracy runs of {row.scenario} found, none with the performance run's setup "
                           f"({perf.setup.describe()})")
+    usable = _without_refused(matching, lambda pick: accuracy_refusals(pick, row.rules, request), row, note)
+    usable.sort(key=lambda p: (p.run_id == perf.run_id, p.record.started), reverse=True)
+    return usable[0] if usable else None
+
+
+def _without_refused(picks: list[TestPick], refusals: Any, row: Row, note: bool) -> list[TestPick]:
+    """The picks ``refusals`` finds nothing against; with ``note``, the others' reasons go to
+    ``row.unused``."""
     usable = []
-    for pick in matching:
-        reasons = accuracy_refusals(pick, row.rules, request)
+    for pick in picks:
+        reasons = refusals(pick)
         if reasons:
             if note:
                 row.unused.append(f"{pick.label()}: {'; '.join(reasons)}")
         else:
             usable.append(pick)
-    usable.sort(key=lambda p: (p.run_id == perf.run_id, p.record.started), reverse=True)
-    return usable[0] if usable else None
+    return usable
 
 
 def _match_audit(perf: TestPick, runs: list[RunRecord], row: Row, name: str, request: Request,
@@ -407,14 +414,7 @@ def _match_audit(perf: TestPick, runs: list[RunRecord], row: Row, name: str, req
             if pick is not None and pick.audit == name and pick.test.scenario == row.scenario:
                 candidates.append(pick)
     matching = [c for c in candidates if c.setup == perf.setup]
-    usable = []
-    for pick in matching:
-        reasons = audit_refusals(pick, request)
-        if reasons:
-            if note:
-                row.unused.append(f"{pick.label()}: {'; '.join(reasons)}")
-        else:
-            usable.append(pick)
+    usable = _without_refused(matching, lambda pick: audit_refusals(pick, request), row, note)
     usable.sort(key=lambda p: (p.reference_run == perf.run_id, p.record.started), reverse=True)
     return usable[0] if usable else None
 
