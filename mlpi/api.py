@@ -29,6 +29,7 @@ from mlpi.core.contract.backend import (
     LoadContext,
     ModelArtifact,
     NoOptions,
+    PaceRecord,
     Session,
     TensorSpec,
     fixed_batch_size,
@@ -91,7 +92,10 @@ from mlpi.core.results.rundir import write_bytes_atomic, write_json_atomic
 #: batches count rows); model options (ModelSpec.Options, configure, options, unofficial;
 #: ``--model-option``); graphs placed on some units only (ModelSpec.placement,
 #: PipelineContext.unit, placed and session_for).
-API_VERSION = "2.4"
+#: 2.5: Backend.device_hint (why a device kind has no usable unit here), Backend.performance_only
+#: (sessions whose outputs are not the model's: no accuracy, no audits), Session.pace and
+#: PaceRecord (what set a simulated session's pace: its device model or the host).
+API_VERSION = "2.5"
 
 __all__ = [
     "API_VERSION",
@@ -120,6 +124,7 @@ __all__ = [
     "ModelError",
     "ModelSpec",
     "NoOptions",
+    "PaceRecord",
     "PieceConsumer",
     "Pieces",
     "Pipeline",

@@ -101,6 +101,12 @@ def main(debug: bool) -> None:
 @click.option("--profile", "profile_file", type=click.Path(dir_okay=False),
               help="A tuned profile from `mlpi tune`: each scenario's batch size, instances and expected QPS or "
                    "latency (flags given win, and say so).")
+@click.option("--user-conf", "user_conf", type=click.Path(dir_okay=False),
+              help="A LoadGen user.conf merged over mlpi's own settings (its lines win); each test's user.conf "
+                   "shows the merge.")
+@click.option("--mlperf-conf", "mlperf_conf", type=click.Path(dir_okay=False),
+              help="A round's mlperf.conf applied over LoadGen's built-in one, seeds included (to rerun an "
+                   "earlier round's rules).")
 @click.option("--weights", type=click.Choice(["official", "random"]), help="For --model: the official file, or seeded random weights (performance only). Default: official if downloaded, else random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic data and random weights.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and child output.")

@@ -7,7 +7,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from mlpi.core.results.schema import TestResult
@@ -148,12 +147,18 @@ class RunPrinter:
         _err.print(f"[{index}/{total}] {scenario} {mode} ...")
 
     def test_finished(self, test: TestResult) -> None:
+        from mlpi.core.engine.dispatch import pace_warning
+
         self._clear_progress()
         if test.status == "ok":
             validity = validity_word(test)
             _err.print(f"      {test.scenario} {test.mode}: {labelled_figure(test)} {validity}")
             for reason in test.invalid_reasons:
                 _err.print(f"      - {reason}")
+            pace = pace_warning(test.devices or ())
+            if pace is not None:  # the host, not the simulated device, was measured
+                _err.print(f"      warning: {printable(pace[0])}", markup=False)
+                _err.print(f"      hint: {printable(pace[1])}", markup=False)
         else:
             _err.print(f"      {test.scenario} {test.mode}: {test.status.upper()}")
 
@@ -162,10 +167,10 @@ class RunPrinter:
         _err.print(f"      {entry['scenario']} {entry['test']}: {audit_verdict(entry)}")
 
     def summary(self, outcome: Any) -> None:
+        from mlpi.cli_table import Column, emit
+
         result = outcome.result
-        table = Table(title=f"mlpi {result.run_id}", title_justify="left")
-        for column in ("scenario", "mode", "result", "validity", "batch", "precision"):
-            table.add_column(column)
+        rows = []
         for test in result.tests:
             if test.status != "ok":
                 validity = test.status.upper()
@@ -173,11 +178,14 @@ class RunPrinter:
                 validity = validity_word(test) + (" (quick)" if test.quick else "")
             if test.simulated:
                 validity += " (simulated)"
-            table.add_row(
-                test.scenario, test.mode, labelled_figure(test), validity, batch_text(test), str(test.precision or "-"),
-            )
-        if result.tests:  # a run of audits alone has none
-            _out.print(table)
+            rows.append([test.scenario, test.mode, labelled_figure(test), validity, batch_text(test),
+                         str(test.precision or "-")])
+        if rows:  # a run of audits alone has none
+            self._clear_progress()
+            # never a cut word: plain rows when piped, columns folded or left out on a narrow terminal
+            columns = [Column("scenario"), Column("mode"), Column("result"), Column("validity", whole=True),
+                       Column("batch", drop=2), Column("precision", drop=1)]
+            emit(f"mlpi {result.run_id}", columns, rows)
         model = result.model
         note = f" ({model.note})" if model.note else ""
         _out.print(f"backend {result.backend.name} {result.backend.version} on {result.device}; model {model.name}{note}")
@@ -200,6 +208,9 @@ class RunPrinter:
                        f"(against run {entry.get('reference_run')}; {outcome.run_dir / entry['dir']})")
         if result.simulated:
             _out.print("SIMULATED: timings come from a device model, not from hardware")
+        performance_only = result.backend.extra.get("performance_only")
+        if performance_only:
+            _out.print(f"PERFORMANCE ONLY: {printable(performance_only)}", markup=False)
         if not result.submission_valid:
             _out.print(f"not valid for submission: {submission_reasons(result)}")
         _out.print(f"results: {outcome.run_dir}")
@@ -242,15 +253,18 @@ def _device_line(unit: dict[str, Any]) -> str:
     rows, batches = ("rows", "pieces") if unit.get("work") == "pieces" else ("samples", "batches")
     if unit.get("rows") is not None:  # samples that are groups of rows
         rows = f"samples ({unit['rows']:,} rows)"
+    pace = unit.get("host_bound_batches")
+    modelled = unit.get("modelled_batches")
     return f"{unit['device']} {unit['samples']:,} {rows} in {unit['batches']:,} {batches}" + (
         f", busy {busy:.0%}" if busy is not None else ""
-    )
+    ) + (f", host-bound {pace:,} of {modelled:,} device-model batches"
+         if isinstance(pace, int) and isinstance(modelled, int) and modelled else "")
 
 
 def print_backends(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="mlpi backends", title_justify="left")
-    for column in ("name", "version", "origin", "device kinds", "devices here", "status"):
-        table.add_column(column)
+    from mlpi.cli_table import Column, emit
+
+    lines = []
     for row in rows:
         name = row["name"] + (f" ({', '.join(row['aliases'])})" if row.get("aliases") else "")
         status = row["status"]
@@ -258,35 +272,33 @@ def print_backends(rows: list[dict[str, Any]]) -> None:
             status += f": {row['error']}"
         if row.get("hint"):
             status += f" — {row['hint']}"
-        table.add_row(
-            escape(name), escape(row.get("version") or "-"), escape(row["origin"]), ", ".join(row.get("device_kinds") or []) or "-",
-            escape("\n".join(row.get("device_groups") or row.get("devices") or []) or "-"), escape(status),
-        )
-    _out.print(table)
+        lines.append([name, row.get("version") or "-", row["origin"], ", ".join(row.get("device_kinds") or []) or "-",
+                      ", ".join(row.get("device_groups") or row.get("devices") or []) or "-", status])
+    columns = [Column("name"), Column("version"), Column("origin", drop=1), Column("device kinds"),
+               Column("devices here"), Column("status")]
+    emit("mlpi backends", columns, lines)
 
 
 def print_plain_plugins(rows: list[dict[str, Any]], group: str) -> None:
-    table = Table(title=f"mlpi {group}", title_justify="left")
-    for column in ("name", "origin", "status", "description"):
-        table.add_column(column)
-    for row in rows:
-        status = row["status"] + (f": {row['error']}" if row.get("error") else "")
-        table.add_row(escape(row["name"]), escape(row["origin"]), escape(status), escape(row.get("description") or ""))
-    _out.print(table)
+    from mlpi.cli_table import Column, emit
+
+    lines = [[row["name"], row["origin"], row["status"] + (f": {row['error']}" if row.get("error") else ""),
+              row.get("description") or ""] for row in rows]
+    emit(f"mlpi {group}", [Column("name"), Column("origin", drop=1), Column("status"), Column("description")], lines)
 
 
 def print_models(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="mlpi models", title_justify="left")
-    for column in ("name", "origin", "official file here", "random weights here", "datasets", "status"):
-        table.add_column(column)
+    from mlpi.cli_table import Column, emit
+
+    lines = []
     for row in rows:
         datasets = ", ".join(d["name"] + ("" if d["installed"] else " (not installed)") for d in row.get("datasets", []))
         status = row["status"] + (f": {row['error']}" if row.get("error") else "")
-        table.add_row(
-            row["name"], row["origin"], row.get("artifact_cached") or "no", row.get("random_weights_cached") or "no",
-            datasets or "-", status,
-        )
-    _out.print(table)
+        lines.append([row["name"], row["origin"], row.get("artifact_cached") or "no",
+                      row.get("random_weights_cached") or "no", datasets or "-", status])
+    columns = [Column("name"), Column("origin", drop=1), Column("official file here"), Column("random weights here"),
+               Column("datasets", drop=2), Column("status")]
+    emit("mlpi models", columns, lines)
     for row in rows:
         if row.get("quality") or row.get("performance_sample_count"):
             _out.print(f"{escape(row['name'])}: " + escape(rules_line(row)))
@@ -304,6 +316,11 @@ def submission_reasons(result: Any) -> str:
         reasons.append("a quick or shortened run")
     if any(t.mode == "accuracy" and t.status == "ok" and t.accuracy is None for t in result.tests):
         reasons.append("an accuracy test has no score (no ground truth)")
+    if result.backend.extra.get("performance_only"):
+        reasons.append("outputs were not computed (a performance-only mode)")
+    departed = [d for t in result.tests for d in t.extra.get("conf_departures") or ()]
+    if departed:
+        reasons.append(f"a conf file departs from the rules: {'; '.join(dict.fromkeys(departed))}")
     return "; ".join(reasons) or "see result.json"
 
 
@@ -340,4 +357,6 @@ def rules_line(row: dict[str, Any]) -> str:
         parts.append(f"audits {', '.join(row['audits'])}")
     if row.get("round"):
         parts.append(f"retired after round {row['round']}" if row.get("retired") else f"round {row['round']}")
+    if row.get("rules_key"):
+        parts.append(f"LoadGen name {row['rules_key']}")  # what a --user-conf line starts with
     return "; ".join(parts)

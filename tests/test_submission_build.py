@@ -373,8 +373,8 @@ def test_closed_division_refuses_random_weights(runs: SubmissionRuns) -> None:
 
 
 def test_a_run_with_another_rounds_loadgen_seeds_is_refused(runs: SubmissionRuns) -> None:
-    """Each round has its own LoadGen seeds and its checker refuses others: today's LoadGen
-    makes runs for the current round's tree only."""
+    """Each round has its own LoadGen seeds and its checker refuses others: a ResNet50 run
+    (rules of v6.1) goes into v6.1's tree only, and the refusal names the way to another."""
     with Store(store_path(runs.root)) as store:
         record = store.find(runs.main)
     test = next(t for t in record.result.tests if t.scenario == "Offline" and t.mode == "performance")
@@ -385,8 +385,8 @@ def test_a_run_with_another_rounds_loadgen_seeds_is_refused(runs: SubmissionRuns
     assert performance_refusals(pick, rules, Request("open", "edge", "v6.1", seeds=LAYOUTS["v6.1"].seeds, **dev)) == []
     refused = performance_refusals(pick, rules, Request("open", "edge", "v6.0", seeds=LAYOUTS["v6.0"].seeds, **dev))
     assert refused == [(f"LoadGen ran it with other random seeds than v6.0's (qsl_rng_seed {LAYOUTS['v6.1'].seeds[0]}, "
-                       f"not {LAYOUTS['v6.0'].seeds[0]}), which the v6.0 checker refuses: the LoadGen installed here "
-                       "holds another round's mlperf.conf")]
+                       f"not {LAYOUTS['v6.0'].seeds[0]}), which the v6.0 checker refuses: mlpi runs a model with the "
+                       "seeds of its rules' round (run it with --mlperf-conf and v6.0's mlperf.conf for this tree)")]
 
 
 def test_audits_made_against_a_named_run_come_with_it(runs: SubmissionRuns, tmp_path: Path) -> None:

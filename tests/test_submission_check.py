@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import one_error, run_cli
 
-from mlpi.submission.layout import LAYOUTS, SEED_NAMES
+from mlpi.core.contract.rounds import SEED_NAMES
+from mlpi.submission.layout import LAYOUTS
 from mlpi.submission.readme import DEVELOPMENT_MARK
 from mlpi.testing.submission_fixture import (
     DURATION_S,

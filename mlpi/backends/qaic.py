@@ -24,6 +24,14 @@ the card being modelled::
     concurrency = 4
     latency_ms = 0.8
 
+Where the host is slower than the device model, the host, not the card, sets the pace: each
+session reports, per batch, its host compute time against the modelled time
+(:meth:`QaicSimSession.pace`), results record it per card, and the core warns when most
+batches were host-bound. ``-o outputs=skip`` times the device model alone: a card then
+computes nothing and returns zeros of the outputs' shapes and dtypes after the modelled
+time, a performance-only mode the core refuses for accuracy tests and audits
+(:meth:`QaicBackend.performance_only`).
+
 Sessions are marked ``simulated``: every result says so. Sessions set ``max_in_flight`` to
 concurrency + queue depth and leave placement to the core's multi-device dispatch — the
 same path a real multi-card runtime takes. The vendor runtime path itself is not
@@ -38,7 +46,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,7 +55,11 @@ from mlpi.core.contract.backend import (
     Capabilities,
     LoadContext,
     ModelArtifact,
+    PaceRecord,
     Session,
+    TensorSpec,
+    fixed_batch_size,
+    format_shape,
 )
 from mlpi.core.contract.device import Device
 from mlpi.core.contract.errors import (
@@ -66,6 +78,8 @@ VENDOR_RUNTIME = Path("/opt/qti-aic")
 DEFAULT_COMPUTE_BACKEND = "onnxruntime"
 #: Options of a compute backend that take ``threads``, the first one it has.
 _THREAD_OPTIONS = ("intra_op_threads", "num_threads", "threads")
+#: What ``load`` assumes when the run says nothing of its batches.
+_NO_CONTEXT = LoadContext()
 
 
 @dataclass
@@ -97,6 +111,12 @@ class QaicOptions:
         default=DEFAULT_COMPUTE_BACKEND,
         metadata={"help": "installed mlpi backend that computes the outputs on the CPU (`mlpi backends` lists them)"},
     )
+    outputs: Literal["compute", "skip"] = field(
+        default="compute",
+        metadata={"help": "compute: each card computes the real outputs on the CPU; skip: it returns zeros of the "
+                          "outputs' shapes and dtypes after the modelled time (performance only: no accuracy "
+                          "test, no audit)"},
+    )
 
 
 class _Card:
@@ -121,11 +141,11 @@ def _card(index: int, concurrency: int, queue_depth: int) -> _Card:
 
 
 class QaicSimSession(Session):
-    """The real model on the CPU, timed by the card's device model."""
+    """The real model on the CPU (or, with ``outputs=skip``, zeros), timed by the card's device model."""
 
     simulated = True
 
-    def __init__(self, compute: Session, card: _Card, options: QaicOptions) -> None:
+    def __init__(self, compute: Session | None, card: _Card, options: QaicOptions, model: ModelArtifact) -> None:
         self._compute = compute
         self._card = card
         self._fixed_s = options.latency_ms / 1e3
@@ -133,17 +153,24 @@ class QaicSimSession(Session):
         self._s_per_byte = 0.0 if options.link_gbps <= 0 else 1.0 / (options.link_gbps * 1e9)
         # A card runs several activations at once; a compute session that is not concurrent
         # still gets one batch at a time.
-        self._compute_lock = None if compute.capabilities.concurrent else threading.Lock()
-        self.inputs = compute.inputs
-        self.outputs = compute.outputs
-        self.precision = compute.precision
-        own = compute.capabilities  # a model with a fixed batch keeps it on the card too
-        limit = own.max_batch_size if own.fixed_batch and own.max_batch_size else options.max_batch_size
+        self._compute_lock = None if compute is None or compute.capabilities.concurrent else threading.Lock()
+        self._pace = PaceRecord()
+        self._pace_lock = threading.Lock()
+        if compute is not None:
+            self.inputs, self.outputs, self.precision = compute.inputs, compute.outputs, compute.precision
+            own = compute.capabilities
+            fixed, own_limit = own.fixed_batch, own.max_batch_size
+        else:  # nothing computes: the model file's own signature, its fixed batch if it has one
+            self.inputs, self.outputs, self.precision = list(model.inputs), list(model.outputs), "fp32"
+            own_limit = fixed_batch_size(model.inputs)
+            fixed = own_limit is not None
+        # a model with a fixed batch keeps it on the card too
+        limit = own_limit if fixed and own_limit else options.max_batch_size
         self.capabilities = Capabilities(
             max_batch_size=limit,
-            fixed_batch=own.fixed_batch,
+            fixed_batch=fixed,
             concurrent=True,
-            preferred_batch_size=limit if own.fixed_batch else min(options.preferred_batch_size, limit),
+            preferred_batch_size=limit if fixed else min(options.preferred_batch_size, limit),
             max_in_flight=options.concurrency + options.queue_depth,
         )
 
@@ -157,19 +184,40 @@ class QaicSimSession(Session):
         card = self._card
         with card.accepting, card.activations:
             started = time.monotonic()
-            if self._compute_lock is None:
-                outputs = self._compute.run(feeds)
-            else:
-                with self._compute_lock:
-                    outputs = self._compute.run(feeds)
+            outputs = self._outputs(feeds, rows)
+            host_s = time.monotonic() - started
             moved = sum(v.nbytes for v in feeds.values()) + sum(np.asarray(v).nbytes for v in outputs.values())
-            remaining = started + self._fixed_s + self._per_sample_s * rows + moved * self._s_per_byte - time.monotonic()
+            modelled_s = self._fixed_s + self._per_sample_s * rows + moved * self._s_per_byte
+            remaining = started + modelled_s - time.monotonic()
             if remaining > 0:
                 time.sleep(remaining)
+        with self._pace_lock:
+            self._pace += PaceRecord(1, int(host_s > modelled_s), host_s, modelled_s)
         return outputs
 
+    def _outputs(self, feeds: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:
+        """The compute backend's outputs; with ``outputs=skip``, zeros of their shapes and dtypes."""
+        if self._compute is None:
+            return {spec.name: np.zeros(_rows_shape(spec, rows), dtype=spec.dtype) for spec in self.outputs}
+        if self._compute_lock is None:
+            return self._compute.run(feeds)
+        with self._compute_lock:
+            return self._compute.run(feeds)
+
+    def pace(self) -> PaceRecord:
+        """Batches so far, and those the host (computing outputs) held longer than the device model."""
+        with self._pace_lock:
+            return self._pace
+
     def close(self) -> None:
-        self._compute.close()
+        if self._compute is not None:
+            self._compute.close()
+
+
+def _rows_shape(spec: TensorSpec, rows: int) -> tuple[int, ...]:
+    """An output's shape for a batch of ``rows``: its dynamic batch dimension set to ``rows``
+    (``check`` refused any other dynamic one)."""
+    return tuple(rows if d is None else d for d in spec.shape)
 
 
 class QaicBackend(Backend):
@@ -222,16 +270,26 @@ class QaicBackend(Backend):
             )
         if precision not in (None, "fp32"):
             raise UsageError(f"the qaic simulator computes in fp32, not {precision}", "drop --precision")
+        if options.outputs == "skip":
+            _check_zero_outputs(model)
         self._compute(options.compute_backend)
 
+    def performance_only(self, options: Any) -> str | None:
+        if options.outputs != "skip":
+            return None
+        return "with -o outputs=skip the simulated cards return zeros, not the model's outputs"
+
     def load(
-        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = _NO_CONTEXT
     ) -> Session:
         self.check(model, device, options, precision)
+        card = _card(device.index, options.concurrency, options.queue_depth)
+        if options.outputs == "skip":
+            return QaicSimSession(None, card, options, model)
         compute = self._compute(options.compute_backend)
         compute_options = _compute_options(compute.Options, options.threads)
         session = compute.load(model, Device("cpu"), compute_options, None, LoadContext(context.batch_size))
-        return QaicSimSession(session, _card(device.index, options.concurrency, options.queue_depth), options)
+        return QaicSimSession(session, card, options, model)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -281,6 +339,23 @@ def _cpu_backends(registry: Any, exclude: str) -> list[str]:
         if "cpu" in tuple(getattr(info.obj, "device_kinds", ()) or ()):
             names.append(info.key or info.name)  # a clashing plugin by its qualified name
     return names
+
+
+def _check_zero_outputs(model: ModelArtifact) -> None:
+    """``outputs=skip`` makes zeros of each output's shape: every dimension but the batch must
+    be known, and its element type one numpy has."""
+    for spec in model.outputs:
+        unknown = any(d is None for d in spec.shape[1:])
+        try:
+            np.dtype(spec.dtype)
+        except TypeError:
+            unknown = True
+        if unknown:
+            raise UsageError(
+                f"-o outputs=skip cannot make zeros for output '{spec.name}' ({spec.dtype} {format_shape(spec.shape)}): "
+                "only its batch dimension may be dynamic",
+                "drop -o outputs=skip (outputs=compute computes them)",
+            )
 
 
 def _compute_options(options_cls: type, threads: int) -> Any:

@@ -10,8 +10,9 @@ runs in trees of their own (``measurements/``, ``compliance/``) and the code in 
 Every path here is relative to ``<division>/<submitter>``.
 
 Each round also has its own LoadGen random seeds (the checker's ``MODEL_CONFIG[round]["seeds"]``,
-LoadGen's ``mlperf.conf`` of that round): the checker refuses a performance run made with
-another round's seeds, so a run made with today's LoadGen fits only the current round's tree.
+LoadGen's ``mlperf.conf`` of that round, :data:`mlpi.core.contract.rounds.ROUND_SEEDS`): the
+checker refuses a performance run made with another round's seeds. mlpi runs each model with
+the seeds of its rules' round, so a run fits the tree of that round.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from mlpi.core.contract.errors import UsageError
+from mlpi.core.contract.rounds import ROUND_SEEDS
 
 #: The round ``mlpi submission build`` and ``check`` use unless told otherwise.
 DEFAULT_ROUND = "v6.1"
@@ -73,13 +75,11 @@ class Layout:
 
 #: The rounds whose tree mlpi can write, oldest first.
 LAYOUTS: dict[str, Layout] = {
-    "v5.0": Layout("v5.0", "code", False, (6023615788873153749, 15036839855038426416, 9933818062894767841)),
-    "v5.1": Layout("v5.1", "code", False, (1780908523862526354, 14771362308971278857, 18209322760996052031)),
-    "v6.0": Layout("v6.0", "src", True, (2465351861681999779, 14276810075590677512, 3936089224930324775)),
-    "v6.1": Layout("v6.1", "src", True, (2085463073848966840, 2747215439041700203, 16159082839903944936)),
+    "v5.0": Layout("v5.0", "code", False, ROUND_SEEDS["v5.0"]),
+    "v5.1": Layout("v5.1", "code", False, ROUND_SEEDS["v5.1"]),
+    "v6.0": Layout("v6.0", "src", True, ROUND_SEEDS["v6.0"]),
+    "v6.1": Layout("v6.1", "src", True, ROUND_SEEDS["v6.1"]),
 }
-#: The names of the seeds, as LoadGen's detail log gives them (``effective_<name>``).
-SEED_NAMES: tuple[str, str, str] = ("qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed")
 
 
 def layout_for(round_name: str) -> Layout:

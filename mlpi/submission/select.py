@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlpi.core.contract.rounds import SEED_NAMES
 from mlpi.core.contract.rules import SCENARIOS
 from mlpi.core.engine.scenario import DetailLog
 from mlpi.core.results.schema import TestResult
 from mlpi.core.results.store import RunRecord
-from mlpi.submission.layout import SEED_NAMES, round_key
+from mlpi.submission.layout import round_key
 from mlpi.submission.runinfo import (
     BenchmarkRules,
     Setup,
@@ -58,7 +59,7 @@ class Request:
     scenarios: tuple[str, ...] = ()
     allow_short_runs: bool = False
     allow_subset: bool = False
-    #: The round's LoadGen seeds (:data:`mlpi.submission.layout.SEED_NAMES` order); None: not compared.
+    #: The round's LoadGen seeds (:data:`mlpi.core.contract.rounds.SEED_NAMES` order); None: not compared.
     seeds: tuple[int, int, int] | None = None
 
 
@@ -281,6 +282,7 @@ def performance_refusals(pick: TestPick, rules: BenchmarkRules, request: Request
                        "--allow-short-runs builds a development tree from it")
     if test.simulated or result.simulated:
         reasons.append("its timings come from a simulated device")
+    reasons.extend(conf_refusals(test))
     reasons.extend(_closed_model_refusals(pick, request))
     log = DetailLog.read(pick.folder / _DETAIL)
     if not log.values:
@@ -309,8 +311,8 @@ def seed_refusals(log: DetailLog, request: Request) -> list[str]:
         used = log.values.get(f"effective_{name}")
         if isinstance(used, int) and used != wanted:
             return [(f"LoadGen ran it with other random seeds than {request.round}'s ({name} {used}, not {wanted}), "
-                    f"which the {request.round} checker refuses: the LoadGen installed here holds another round's "
-                    "mlperf.conf")]
+                    f"which the {request.round} checker refuses: mlpi runs a model with the seeds of its rules' "
+                    f"round (run it with --mlperf-conf and {request.round}'s mlperf.conf for this tree)")]
     return []
 
 
@@ -321,7 +323,7 @@ def accuracy_refusals(pick: TestPick, rules: BenchmarkRules, request: Request) -
         return [f"did not finish ({test.status})"]
     if test.accuracy is None:
         return ["it was not scored (no ground truth)"]
-    reasons = list(_closed_model_refusals(pick, request))
+    reasons = [*conf_refusals(test), *_closed_model_refusals(pick, request)]
     for name in ("accuracy.txt", "mlperf_log_accuracy.json", _DETAIL):
         if not (pick.folder / name).is_file():
             reasons.append(f"{pick.folder / name} is missing")
@@ -335,6 +337,15 @@ def accuracy_refusals(pick: TestPick, rules: BenchmarkRules, request: Request) -
     if request.division == "closed" and test.accuracy.passed is False:
         reasons.append(test.accuracy.failure() or "its accuracy misses the target")
     return reasons
+
+
+def conf_refusals(test: TestResult) -> list[str]:
+    """A test whose ``--user-conf`` or ``--mlperf-conf`` loosened an MLPerf rule (the runner
+    recorded where): the checker catches some of these, never all, and never first."""
+    departed = test.extra.get("conf_departures")
+    if not isinstance(departed, list) or not departed:
+        return []
+    return [f"its LoadGen settings depart from the rules ({'; '.join(str(d) for d in departed)})"]
 
 
 def audit_refusals(pick: TestPick, request: Request) -> list[str]:

@@ -122,6 +122,38 @@ class LoadContext:
     calibration: Callable[[int], Iterator[Mapping[str, np.ndarray]]] | None = None
 
 
+@dataclass(frozen=True)
+class PaceRecord:
+    """What set the pace of a simulated session's batches: its device model, or the host.
+
+    A simulated device (``Session.simulated``) that also computes the real outputs on the
+    host holds each batch for the time its device model asks for, or for as long as the host
+    takes, if longer; when the host is the slower one, the result measures the host CPU, not
+    the device being modelled. Figures are totals since the session was loaded (the core
+    subtracts what warm-up and calibration ran):
+
+    - ``modelled_batches``: batches the device model timed;
+    - ``host_bound_batches``: those of them for which host computation took longer than the model;
+    - ``host_compute_s``: seconds of host computation, summed over those batches;
+    - ``modelled_s``: seconds the device model asked for, summed over the same batches.
+    """
+
+    modelled_batches: int = 0
+    host_bound_batches: int = 0
+    host_compute_s: float = 0.0
+    modelled_s: float = 0.0
+
+    def __add__(self, other: PaceRecord) -> PaceRecord:
+        return PaceRecord(self.modelled_batches + other.modelled_batches,
+                          self.host_bound_batches + other.host_bound_batches,
+                          self.host_compute_s + other.host_compute_s, self.modelled_s + other.modelled_s)
+
+    def __sub__(self, other: PaceRecord) -> PaceRecord:
+        return PaceRecord(self.modelled_batches - other.modelled_batches,
+                          self.host_bound_batches - other.host_bound_batches,
+                          self.host_compute_s - other.host_compute_s, self.modelled_s - other.modelled_s)
+
+
 class Session(ABC):
     """One model loaded on one device unit, ready to run batches.
 
@@ -145,6 +177,13 @@ class Session(ABC):
 
     def close(self) -> None:
         """Release the device memory and runtime objects this session holds."""
+
+    def pace(self) -> PaceRecord | None:
+        """Optional, for a simulated session that also computes on the host: what set the pace
+        of its batches so far (:class:`PaceRecord`, totals since load). The core sums it per
+        device unit into each test's ``devices`` and warns when the host, not the device model,
+        set the pace. ``None`` (the default): nothing to report. Safe to call while batches run."""
+        return None
 
 
 @dataclass
@@ -218,6 +257,14 @@ class Backend(ABC):
         """Python distributions whose versions belong in results (e.g. ``("onnxruntime",)``)."""
         return ()
 
+    def performance_only(self, options: Any) -> str | None:
+        """Optional: with ``options``, why this backend's sessions return outputs that are not the
+        model's (zeros of the outputs' shapes and dtypes, say, in a mode that times the device
+        alone), naming the option; ``None`` (the default) when they compute the real outputs.
+        The core refuses accuracy tests and compliance audits of such a run before it starts,
+        and its results say so."""
+        return None
+
     def device_hint(self, kind: str) -> str | None:
         """Optional: why this machine has no usable unit of device ``kind`` for this backend,
         and the fix ("no NVIDIA driver was found...", "this is the CPU-only package: ..."),
@@ -232,6 +279,7 @@ __all__ = [
     "LoadContext",
     "ModelArtifact",
     "NoOptions",
+    "PaceRecord",
     "Session",
     "TensorSpec",
     "fixed_batch_size",

@@ -20,6 +20,7 @@ from typing import Any
 
 from mlpi.core.contract.errors import EXIT_FAILURE, MlpiError, ModelError, UsageError
 from mlpi.core.engine.compliance import AUDITS, audit_config_text
+from mlpi.core.engine.loadgen_conf import departures, loadgen_model_key
 from mlpi.core.engine.scenario_settings import (
     exact_conf,
     for_scenario,
@@ -105,7 +106,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     import mlperf_loadgen as lg
 
     from mlpi.core.contract.rules import MULTISTREAM_SAMPLES_PER_QUERY
-    from mlpi.core.engine.dispatch import device_stats
+    from mlpi.core.engine.dispatch import device_stats, pace_snapshot, record_pace
     from mlpi.core.engine.finite import check_sessions
     from mlpi.core.engine.plan import Plan
     from mlpi.core.engine.progress import (
@@ -132,7 +133,8 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     watchdog.measured(batch_seconds(expect, loaded.batch_size, scenario))
     if loaded.pieces is not None:
         loaded.pieces.reset_stats()
-    settings, perf_count = write_settings(setup, scenario, mode, expect, calib_s, out, lg)
+    pace_start = pace_snapshot(loaded.placed)  # what set the pace counts from here, as the figures do
+    settings, perf_count, departed = write_settings(setup, scenario, mode, expect, calib_s, out, lg)
     if mode != "accuracy":  # an accuracy test issues each sample once
         check_loadgen_memory(settings, scenario)
     if mode in AUDITS:  # passed to LoadGen by path, never read from a working directory
@@ -150,6 +152,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
     devices = (
         device_stats(executors, busy_s, elapsed_s) if loaded.pieces is None else loaded.pieces.stats(elapsed_s)
     )
+    record_pace(devices, loaded.placed, pace_start)
     loaded.close()
     accuracy = score_test(setup, outputs, out) if mode == "accuracy" else None
     audit = verify_audit(setup, outputs, scenario, mode, out, plan_path.parent) if mode in AUDITS else None
@@ -157,6 +160,7 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         "accuracy": accuracy,
         **({"audit": audit} if audit is not None else {}),
         "performance_sample_count": perf_count,
+        **({"conf_departures": departed} if departed else {}),
         "batch_size": loaded.batch_size,
         "batch_unit": "rows" if loaded.sample_rows is not None else "samples",
         "sessions": len(loaded.placed),
@@ -452,26 +456,58 @@ def calibrate_expectations(setup: TestSetup, executors: list[Any], scenario: str
     return expect, calib_s
 
 
-def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, calib_s: float, out: Path, lg: Any) -> tuple[Any, int | None]:
-    """user.conf from the model's rules and the expectations; LoadGen's TestSettings from it."""
+def write_settings(setup: TestSetup, scenario: str, mode: str, expect: Any, calib_s: float, out: Path,
+                   lg: Any) -> tuple[Any, int | None, list[str]]:
+    """user.conf from the model's rules and the expectations, merged with the user's conf files
+    (:mod:`mlpi.core.engine.loadgen_conf`); LoadGen's TestSettings from it, with the seeds of the
+    model's round; and where the user's files depart from the rules (not valid for submission)."""
+    from mlpi.core.contract.rounds import round_seeds
+    from mlpi.core.engine.loadgen_conf import files_of, merged, overridden, seeds
     from mlpi.core.engine.scenario import user_conf
 
     plan, spec = setup.plan, setup.spec
     conf_path = out / "user.conf"
     perf_count = performance_sample_count(spec.rules.performance_sample_count, setup.dataset.performance_count)
     model_key = loadgen_model_key(spec.rules.loadgen_key, plan.model.name)
-    conf_path.write_text(exact_conf(
+    own = exact_conf(
         user_conf(model_key, scenario, expect, min_duration_s=plan.min_duration_s, performance_sample_count=perf_count,
                   short_calibration=calib_s < 1, rules=spec.rules if spec.rules.retired else None,
-                  equal_issue=spec.rules.equal_issue), plan, model_key, scenario),
-        encoding="utf-8",
-    )
+                  equal_issue=spec.rules.equal_issue), plan, model_key, scenario)
+    files = files_of(plan)
+    conf_path.write_text(merged(own, model_key, scenario, files) if files else own, encoding="utf-8")
+    for change in overridden(own, model_key, scenario, files):
+        print(f"mlpi: --user-conf sets {change} (mlpi's value -> the file's)", flush=True)
     settings = lg.TestSettings()
     if settings.FromConfig(str(conf_path), model_key, scenario) != 0:
         raise UsageError(f"LoadGen rejected {conf_path}", "see harness.log for the line it names")
+    # LoadGen reads seeds only from its built-in mlperf.conf: the model's round's, then the
+    # --mlperf-conf file's, are set here
+    for name, value in {**round_seeds(spec.rules.round), **seeds(files, model_key, scenario)}.items():
+        setattr(settings, name, value)
     settings.scenario = getattr(lg.TestScenario, scenario)
     settings.mode = lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
-    return settings, perf_count
+    departed = (departures(own, model_key, scenario, files, settings, rule_settings(setup, model_key, scenario, lg))
+                if files else [])
+    return settings, perf_count, departed
+
+
+def rule_settings(setup: TestSetup, model_key: str, scenario: str, lg: Any) -> Any:
+    """The TestSettings the MLPerf rules give this test: LoadGen's built-in mlperf.conf and a
+    retired model's own rule lines, without anything mlpi or the user chose (what a user's conf
+    file is compared with). Neither call counts as a conf file of the test (LoadGen counts only
+    user confs), so LoadGen logs no error for them."""
+    import tempfile
+
+    from mlpi.core.engine.scenario import retired_rule_lines
+
+    rules = lg.TestSettings()
+    rules.FromConfig("", model_key, scenario, 0)  # conf_type 0: the built-in mlperf.conf alone
+    if setup.spec.rules.retired:
+        with tempfile.NamedTemporaryFile("w", suffix=".conf", encoding="utf-8") as handle:
+            handle.write("\n".join(retired_rule_lines(model_key, scenario, setup.spec.rules)) + "\n")
+            handle.flush()
+            rules.FromConfig(handle.name, model_key, scenario, 2)  # conf_type 2: the file alone
+    return rules
 
 
 def check_loadgen_memory(settings: Any, scenario: str) -> None:
@@ -579,12 +615,6 @@ def score_responses(spec: Any, responses: Any, dataset: Any, outputs: Any) -> An
     """The model's scorer on ``responses``, held to the target its rules set."""
     result = spec.score(responses, dataset, outputs)
     return result.with_target(spec.quality_target)
-
-
-def loadgen_model_key(rules_key: str | None, name: str) -> str:
-    """The model name LoadGen looks up in mlperf.conf. A model outside MLPerf's list gets a
-    name that cannot collide with one inside it (a file called resnet50.onnx is not ResNet50)."""
-    return rules_key or f"custom_{name}"
 
 
 def performance_sample_count(rule: int | None, available: int) -> int | None:

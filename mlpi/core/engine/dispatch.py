@@ -10,17 +10,22 @@ takes more work and a slow or saturated one is never queued behind. Busy time is
 time a unit had at least one batch in flight.
 
 This lives in the core so every backend gets it: a backend only says how many batches one
-session can take at once; where they go is decided here.
+session can take at once; where they go is decided here. The per-unit figures of a test's
+``devices`` are made here too, with what set the pace where a simulated session reports it
+(:class:`~mlpi.core.contract.backend.PaceRecord`): its device model, or the host computing
+the outputs, which then makes the result a measure of the host CPU (:func:`pace_warning`).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlpi.core.contract.backend import PaceRecord
 from mlpi.core.engine.executor import BatchExecutor
 
 
@@ -174,3 +179,67 @@ def device_stats(
         unit["busy_s"] = None if busy is None else round(busy, 6)
         unit["busy_fraction"] = None if busy is None or not elapsed_s else round(min(busy / elapsed_s, 1.0), 4)
     return list(units.values())
+
+
+def pace_snapshot(placed: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, PaceRecord]:
+    """Per device unit, its sessions' pace records summed (:meth:`Session.pace`); units whose
+    sessions report none are absent. ``placed``: (unit label, sessions by graph role)."""
+    units: dict[str, PaceRecord] = {}
+    for label, sessions in placed:
+        for session in sessions.values():
+            record = session.pace()
+            if record is not None:
+                units[label] = units.get(label, PaceRecord()) + record
+    return units
+
+
+def record_pace(devices: list[dict[str, Any]], placed: Sequence[tuple[str, dict[str, Any]]],
+                since: dict[str, PaceRecord]) -> tuple[str, str] | None:
+    """Add what set the pace since ``since`` (a :func:`pace_snapshot` taken when LoadGen's
+    test began) to each unit of ``devices`` that reports it: ``modelled_batches``,
+    ``host_bound_batches``, ``host_compute_s``, ``modelled_s``. Where the host set it, the
+    :func:`pace_warning` is printed into the test's log (harness.log) and returned."""
+    by_label = {unit["device"]: unit for unit in devices}
+    for label, total in pace_snapshot(placed).items():
+        unit = by_label.get(label)
+        if unit is None:
+            continue
+        record = total - since.get(label, PaceRecord())
+        unit.update(modelled_batches=record.modelled_batches, host_bound_batches=record.host_bound_batches,
+                    host_compute_s=round(record.host_compute_s, 6), modelled_s=round(record.modelled_s, 6))
+    warning = pace_warning(devices)
+    if warning is not None:
+        print(f"mlpi: warning: {warning[0]}\nmlpi: hint: {warning[1]}", flush=True)
+    return warning
+
+
+#: A unit is host-bound when host computation, not its device model, timed more than this
+#: share of its batches.
+HOST_BOUND_SHARE = 0.5
+
+
+def pace_warning(devices: Sequence[dict[str, Any]]) -> tuple[str, str] | None:
+    """The warning (message, hint) when host computation set the pace of a simulated device:
+    on more than :data:`HOST_BOUND_SHARE` of some unit's batches; ``None`` otherwise, and for
+    units that report no pace."""
+    paced = [u for u in devices if isinstance(u.get("modelled_batches"), int) and u["modelled_batches"] > 0
+             and isinstance(u.get("host_bound_batches"), int)]
+    bound = [u for u in paced if u["host_bound_batches"] > HOST_BOUND_SHARE * u["modelled_batches"]]
+    if not bound:
+        return None
+    share = math.floor(100 * sum(u["host_bound_batches"] for u in bound) / sum(u["modelled_batches"] for u in bound))
+    host_s = sum(float(u.get("host_compute_s") or 0.0) for u in bound)
+    modelled_s = sum(float(u.get("modelled_s") or 0.0) for u in bound)
+    where = "" if len(bound) == len(paced) else f" of {', '.join(str(u['device']) for u in bound)}"
+    message = (f"host computation set the pace on {share}% of batches{where} ({_seconds(host_s)} of host "
+               f"compute against {_seconds(modelled_s)} modelled): this result measures the host CPU, not the "
+               "simulated device")
+    hint = ("to time the simulated device alone, use the backend's performance-only option that skips computing "
+            "outputs, where it has one (`mlpi backends --json` lists its options); or use fewer device units, "
+            "--instances or host threads per unit")
+    return message, hint
+
+
+def _seconds(value: float) -> str:
+    """Seconds as a warning shows them: whole seconds from 100 s, else three significant digits."""
+    return f"{value:,.0f} s" if value >= 100 else f"{value:.3g} s"

@@ -18,12 +18,20 @@ from typing import Any
 from mlpi.core.contract.backend import fixed_batch_size
 from mlpi.core.contract.dataset import DatasetRequest
 from mlpi.core.contract.device import Device
-from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError, suggest
+from mlpi.core.contract.errors import (
+    DeviceError,
+    ModelError,
+    PluginError,
+    UsageError,
+    suggest,
+)
 from mlpi.core.contract.model import ModelSpec
 from mlpi.core.contract.pipeline import MAIN_GRAPH
 from mlpi.core.contract.rules import MODES, SCENARIOS
 from mlpi.core.engine.artifacts import cached, recorded_fingerprint
 from mlpi.core.engine.cache import cache_root
+from mlpi.core.engine.loadgen_conf import EXTRA_KEY as CONF_KEY
+from mlpi.core.engine.loadgen_conf import ConfFile, check_applies, loadgen_model_key
 from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.core.engine.plan import GraphRef, ModelRef, Plan, combined_digest
 from mlpi.core.plugins.config import PluginsConfig
@@ -64,6 +72,9 @@ class RunRequest:
     #: mlpi.core.engine.scenario_settings. ``profile``: where they came from, kept in the plan.
     scenario_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
+    #: LoadGen conf files merged into each test's user.conf (mlpi.core.engine.loadgen_conf).
+    user_conf: str | None = None
+    mlperf_conf: str | None = None
 
 
 def parse_scenarios(values: list[str]) -> list[str]:
@@ -162,6 +173,7 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     data_key = (dataset_name, str(Path(request.dataset_path).resolve()) if request.dataset_path else None,
                 request.dataset_count)
     audits = check_audits(request.audits, spec, modes, scenarios, against, model_ref, data_key)
+    conf_files = _conf_files(request, loadgen_model_key(spec.rules.loadgen_key, model_ref.name), scenarios)
 
     return Plan(
         backend=backend.name,
@@ -188,8 +200,19 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
                **({"audits": audits} if audits else {}),
                **({"audit_reference": str(against)} if audits and against is not None else {}),
                **({"scenario_settings": scenario_settings} if scenario_settings else {}),
-               **({"profile": request.profile} if request.profile else {})},
+               **({"profile": request.profile} if request.profile else {}),
+               **({CONF_KEY: {role: conf.to_json() for role, conf in conf_files.items()}} if conf_files else {})},
     )
+
+
+def _conf_files(request: RunRequest, model_key: str, scenarios: list[str]) -> dict[str, ConfFile]:
+    """``--mlperf-conf`` and ``--user-conf``, read and checked line by line now (a test that
+    fails on its conf file after minutes of preprocessing loses those minutes)."""
+    files = {role: ConfFile.read(role, path)
+             for role, path in (("mlperf_conf", request.mlperf_conf), ("user_conf", request.user_conf)) if path}
+    for conf in files.values():
+        check_applies(conf, model_key, scenarios)
+    return files
 
 
 def _check_target_memory(request: RunRequest, scenarios: list[str]) -> None:

@@ -35,9 +35,11 @@ from mlpi.core.contract.errors import (
     MlpiError,
     ResultError,
     RunFailed,
+    UsageError,
 )
 from mlpi.core.contract.model import ModelSpec
 from mlpi.core.engine.child import EXIT_UNWRITABLE, OUTCOME
+from mlpi.core.engine.loadgen_conf import files_of
 from mlpi.core.engine.plan import Plan
 from mlpi.core.engine.planning import spec_of_plan
 from mlpi.core.engine.progress import read_progress
@@ -108,6 +110,7 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
     with _Interrupts() as interrupts:
         registry = Registry(PluginsConfig.load(plan.plugins_file))
         backend = registry.backend(plan.backend)
+        performance_only = _performance_only(plan, backend)  # refused here for accuracy and audits
         spec = spec_of_plan(registry, plan)
         run_dir = create_run_dir(output_root, run_stem(plan.model.name, plan.backend, plan.device))
         result = RunResult(
@@ -115,7 +118,8 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
             status="running",
             started=_now(),
             backend=BackendInfo(backend.name, backend.version(), dict(plan.backend_options),
-                                extra={"plugin": registry.provenance("backends", plan.backend)}),
+                                extra={"plugin": registry.provenance("backends", plan.backend),
+                                       **({"performance_only": performance_only} if performance_only else {})}),
             device=plan.device,
             precision=plan.precision,
             model=ModelInfo(
@@ -129,8 +133,9 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
             settings=RunSettings(
                 batch_size=plan.batch_size, instances=plan.instances, target_qps=plan.target_qps, quick=plan.quick,
                 duration_s=plan.min_duration_s, batch_timeout_ms=plan.batch_timeout_ms,
+                extra={role: {"path": conf.path, "sha256": conf.sha256} for role, conf in files_of(plan).items()},
             ),
-            submission_valid=not plan.quick and plan.duration_s is None,
+            submission_valid=not plan.quick and plan.duration_s is None and performance_only is None,
             simulated=False,
             system=system_info(backend.runtime_distributions(), backends=[backend]),  # the devices this run could use
             extra={"plugins_files": list(registry.config.sources), "owner": process_owner()},
@@ -146,6 +151,26 @@ def _model_note(plan: Plan, spec: ModelSpec) -> str | None:
     notes = ([weights] if plan.model.random_weights else []) + (
         [f"not the official model: {spec.unofficial}"] if spec.unofficial else [])
     return "; ".join(notes) or None
+
+
+def _performance_only(plan: Plan, backend: Any) -> str | None:
+    """Why the backend's outputs are not the model's with the plan's options (its
+    performance-only mode), or None. Such a run times the device and nothing else, so an
+    accuracy test or a compliance audit of it is refused before anything starts."""
+    from mlpi.core.plugins.options import build_options
+
+    options = build_options(backend.Options, [("plan", plan.backend_options)], backend.name)
+    reason = backend.performance_only(options)
+    if reason is None:
+        return None
+    needing = (["an accuracy test"] if "accuracy" in plan.modes else []) + [
+        f"a {audit} audit" for audit in plan.extra.get("audits", [])]
+    if needing:
+        raise UsageError(f"{reason}: {' and '.join(needing)} {'needs' if len(needing) == 1 else 'need'} the model's "
+                         "real outputs",
+                         "run it with --mode performance and no --audit, and the accuracy test and audits without "
+                         "the performance-only option")
+    return reason
 
 
 def _model_extra(plan: Plan, registry: Registry, spec: ModelSpec) -> dict[str, Any]:
@@ -227,6 +252,8 @@ class _Run:
                     self.result = self.result.with_test(test)
                     if test.mode == "accuracy" and test.status == "ok" and test.accuracy is None:
                         self.result = replace(self.result, submission_valid=False)  # an accuracy run without a score
+                    if test.extra.get("conf_departures"):
+                        self.result = replace(self.result, submission_valid=False)  # a user's conf broke a rule
                     self._save()
                     self._tell(self.reporter.test_finished, test)
                 if status == "interrupted":
@@ -566,7 +593,8 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> Test
         extra={**({"batch_unit": "rows"} if outcome.get("batch_unit") == "rows" else {}),
                **({"peak_rss_mb": outcome["peak_rss_mb"]} if isinstance(outcome.get("peak_rss_mb"), (int, float)) else {}),
                **({"nonfinite_batches": outcome["nonfinite_batches"]}
-                  if isinstance(outcome.get("nonfinite_batches"), int) and outcome["nonfinite_batches"] > 0 else {})},
+                  if isinstance(outcome.get("nonfinite_batches"), int) and outcome["nonfinite_batches"] > 0 else {}),
+               **_conf_record(outcome, log)},
     )
     if mode == "accuracy":
         if outcome.get("accuracy") is not None:
@@ -595,6 +623,20 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> Test
 
 
 _BUG_HINT = "report this as a bug in mlpi or in the plugin that ran the test"
+
+
+def _conf_record(outcome: dict[str, Any], log: DetailLog) -> dict[str, Any]:
+    """What the test's result keeps of its LoadGen configuration: the settings LoadGen ran
+    with, as its detail log states them (``effective_<name>``, under ``<name>``), and where
+    the user's conf files departed from the MLPerf rules."""
+    record: dict[str, Any] = {}
+    ran = {key.removeprefix("effective_"): value for key, value in log.values.items() if key.startswith("effective_")}
+    if ran:
+        record["loadgen_settings"] = ran
+    departed = outcome.get("conf_departures")
+    if isinstance(departed, list) and departed and all(isinstance(d, str) for d in departed):
+        record["conf_departures"] = departed
+    return record
 
 
 def _last_words(log: Path) -> str | None:
