@@ -101,6 +101,9 @@ def main(debug: bool) -> None:
 @click.option("--profile", "profile_file", type=click.Path(dir_okay=False),
               help="A tuned profile from `mlpi tune`: each scenario's batch size, instances and expected QPS or "
                    "latency (flags given win, and say so).")
+@click.option("--shape", "shapes", multiple=True,
+              help="Fix dynamic dimensions: INPUT=1x3x640x640 (? keeps one dynamic) or DIM_NAME=128 for every "
+                   "dimension the file names so; repeatable.")
 @click.option("--user-conf", "user_conf", type=click.Path(dir_okay=False),
               help="A LoadGen user.conf merged over mlpi's own settings (its lines win); each test's user.conf "
                    "shows the merge.")
@@ -146,6 +149,7 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
         profile = take_profile(kwargs, printer)  # --profile: a tuned profile's settings, under the flags given
         kwargs["scenarios"] = list(kwargs["scenarios"]) or ["Offline"]
         kwargs["audits"] = list(kwargs["audits"])
+        kwargs["shapes"] = list(kwargs["shapes"])
         if kwargs["against"] is not None:
             from mlpi.core.engine.audit_plan import resolve_against
 

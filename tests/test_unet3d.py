@@ -335,7 +335,8 @@ def test_synthetic_volumes_run_as_pieces_in_a_short_single_stream_test(tmp_path:
     out = tmp_path / "r"
     proc = run_cli(["run", "--model", "3d-unet-99", "--model-path", str(graph), "-s", "SingleStream", "--duration", "2",
                     "--output", str(out)], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    # 3: INVALID, which a 2 s test of 188 ms volumes may be on a loaded machine (early stopping)
+    assert proc.returncode in (0, 3), proc.stderr
     test_dir = only_run_dir(out) / "SingleStream" / "performance"
     detail = (test_dir / "mlperf_log_detail.txt").read_text(encoding="utf-8")
     assert '"key": "effective_sample_concatenate_permutation", "value": false' in detail

@@ -95,7 +95,8 @@ def _declared_shape(spec: TensorSpec, shape: Sequence[int] | None) -> TensorSpec
     if shape is None:
         raise DatasetError(
             f"input '{spec.name}' has shape {format_shape(spec.shape)}: synthetic data cannot choose a size for the dynamic dimensions",
-            "export the model with fixed sizes for every dimension but the batch",
+            f"fix them with --shape {spec.name}={'x'.join('?' if d is None else str(d) for d in spec.shape[:1])}"
+            f"{''.join('x' + ('N' if d is None else str(d)) for d in spec.shape[1:])} (N: the size to run)",
         )
     sample = tuple(int(d) for d in shape)
     fits = len(sample) == len(spec.sample_shape) and all(

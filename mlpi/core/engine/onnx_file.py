@@ -102,5 +102,8 @@ def _spec(value: object) -> TensorSpec:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
     except (KeyError, TypeError, ValueError):
         dtype = "unknown"
-    shape = tuple(dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim)
+    # -1 and 0 (exporters write them for "any size"; a PaddlePaddle batch is -1) are dynamic,
+    # like a symbolic name or no value: never a size of -1 for a backend to build
+    shape = tuple(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+                  for dim in tensor_type.shape.dim)
     return TensorSpec(name=value.name, dtype=dtype, shape=shape)  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ error that names the fix; ``recheck_plan`` checks a saved plan against this mach
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.contract.backend import fixed_batch_size
+from mlpi.core.contract.backend import TensorSpec, fixed_batch_size
 from mlpi.core.contract.dataset import DatasetRequest
 from mlpi.core.contract.device import Device
 from mlpi.core.contract.errors import (
@@ -34,6 +35,8 @@ from mlpi.core.engine.loadgen_conf import EXTRA_KEY as CONF_KEY
 from mlpi.core.engine.loadgen_conf import ConfFile, check_applies, loadgen_model_key
 from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.core.engine.plan import GraphRef, ModelRef, Plan, combined_digest
+from mlpi.core.engine.shapes import EXTRA_KEY as SHAPES_KEY
+from mlpi.core.engine.shapes import apply_shapes, parse_shape_options, symbolic_dims
 from mlpi.core.plugins.config import PluginsConfig
 from mlpi.core.plugins.options import build_options, options_to_json, thread_limit
 from mlpi.core.plugins.registry import Registry
@@ -75,6 +78,8 @@ class RunRequest:
     #: LoadGen conf files merged into each test's user.conf (mlpi.core.engine.loadgen_conf).
     user_conf: str | None = None
     mlperf_conf: str | None = None
+    #: --shape values, NAME=DIMS: dynamic dimensions fixed (mlpi.core.engine.shapes).
+    shapes: list[str] = field(default_factory=list)
 
 
 def parse_scenarios(values: list[str]) -> list[str]:
@@ -134,6 +139,10 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
 
     _check_target_memory(request, scenarios)
     model_ref, spec, registered = _resolve_model(request, registry)
+    shapes = parse_shape_options(request.shapes)
+    if shapes:
+        model_ref = _with_shapes(model_ref, shapes)
+    _check_batched_inputs(model_ref.inputs)
     # A model with an official file to fetch is scored only with it; one whose official
     # weights mlpi cannot fetch (DLRM-v2's) may run its accuracy path on random weights, as the
     # reference's debug profile does: the result says the score is not the model's.
@@ -201,8 +210,31 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
                **({"audit_reference": str(against)} if audits and against is not None else {}),
                **({"scenario_settings": scenario_settings} if scenario_settings else {}),
                **({"profile": request.profile} if request.profile else {}),
-               **({CONF_KEY: {role: conf.to_json() for role, conf in conf_files.items()}} if conf_files else {})},
+               **({CONF_KEY: {role: conf.to_json() for role, conf in conf_files.items()}} if conf_files else {}),
+               **({SHAPES_KEY: shapes} if shapes else {})},
     )
+
+
+def _check_batched_inputs(inputs: list[TensorSpec]) -> None:
+    """Every input is batched along its first dimension; a scalar input has none, and feeding
+    it a batch of values would be a shape error at best and a wrong broadcast at worst."""
+    scalars = [spec.name for spec in inputs if not spec.shape]
+    if scalars:
+        raise UsageError(
+            f"input{'s' if len(scalars) > 1 else ''} {', '.join(repr(n) for n in scalars)} of this model "
+            f"{'are scalars' if len(scalars) > 1 else 'is a scalar'} (shape []): mlpi batches every input along its "
+            "first dimension, and cannot feed one value to every batch yet",
+            "export the model with that value as a constant (an initializer), or give it a batch dimension",
+        )
+
+
+def _with_shapes(model_ref: ModelRef, shapes: dict[str, str]) -> ModelRef:
+    """The model with ``--shape``'s sizes in its main graph's inputs (the file is unchanged)."""
+    inputs = apply_shapes(model_ref.inputs, symbolic_dims(Path(model_ref.path)), shapes)
+    graphs = dict(model_ref.graphs)
+    if model_ref.main_role in graphs:
+        graphs[model_ref.main_role] = dataclasses.replace(graphs[model_ref.main_role], inputs=inputs)
+    return dataclasses.replace(model_ref, inputs=inputs, graphs=graphs)
 
 
 def _conf_files(request: RunRequest, model_key: str, scenarios: list[str]) -> dict[str, ConfFile]:

@@ -133,7 +133,8 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
             settings=RunSettings(
                 batch_size=plan.batch_size, instances=plan.instances, target_qps=plan.target_qps, quick=plan.quick,
                 duration_s=plan.min_duration_s, batch_timeout_ms=plan.batch_timeout_ms,
-                extra={role: {"path": conf.path, "sha256": conf.sha256} for role, conf in files_of(plan).items()},
+                extra={**{role: {"path": conf.path, "sha256": conf.sha256} for role, conf in files_of(plan).items()},
+                       **({"shapes": plan.extra["shapes"]} if plan.extra.get("shapes") else {})},
             ),
             submission_valid=not plan.quick and plan.duration_s is None and performance_only is None,
             simulated=False,
