@@ -60,21 +60,6 @@ def _echo(text: str, err: bool = False) -> None:
     click.echo(printable(text), err=err)
 
 
-def _table(title: str, columns: list[str] | tuple[str, ...], right: tuple[str, ...] = ()) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="right" if right and column.endswith(right) else "left")
-    return table
-
-
-def _print(renderable: Any) -> None:
-    from rich.console import Console
-
-    Console(highlight=False, soft_wrap=True).print(renderable)
-
-
 @click.group()
 def results() -> None:
     """The results store: list, show and import runs (see 'mlpi compare')."""
@@ -266,11 +251,9 @@ def sysinfo(as_json: bool, plugins_file: str | None) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    table = _table("mlpi sysinfo (MLPerf system description)", ("field", "value"))
-    for key in MLPERF_FIELDS:
-        value = info.get(key)
-        table.add_row(key, str(value) if value not in (None, "") else "[dim](not detected: fill in)[/dim]")
-    _print(table)
+    rows = [[key, str(info.get(key)) if info.get(key) not in (None, "") else "(not detected: fill in)"]
+            for key in MLPERF_FIELDS]
+    _emit("mlpi sysinfo (MLPerf system description)", [_Column("field"), _Column("value")], rows)
     click.echo(f"hostname {info['hostname']}, {info['machine']}, Python {info['python']}")
     for accelerator in info["accelerators"]:
         click.echo(f"accelerator: {accelerator['name']}, {accelerator['memory']}, driver {accelerator['driver']}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -218,23 +217,25 @@ def _figure(test: dict[str, Any]) -> str:
 def print_sweep(state: Any) -> None:
     """The final table: one row per cell, then why each failed cell failed."""
     from rich.console import Console
-    from rich.table import Table
 
-    # Piped output keeps the table on one line per cell instead of wrapping at 80 columns.
-    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-    table = Table(title=f"mlpi sweep {state.sweep_id}", title_justify="left")
-    for column in ("#", "backend", "device", "batch", "inst", "scenario", "status", "result", "validity", "run"):
-        table.add_column(column)
+    from mlpi.cli_table import Column, emit
+
+    out = Console(highlight=False, soft_wrap=True)
+    rows = []
     for record in state.cells:
         cell = record.cell
         tests = record.tests
         shown = next((t for t in tests if t.get("mode") == "performance"), tests[0] if tests else None)
-        table.add_row(
+        rows.append([
             str(record.index + 1), cell.backend, cell.device, "auto" if cell.batch_size is None else str(cell.batch_size),
             str(cell.instances), cell.scenario, record.status.upper() if record.status != "done" else "done",
             _figure(shown) if shown else "-", _validity(shown) if shown else "-", record.run_id or "-",
-        )
-    out.print(table)
+        ])
+    # never a cut run id: plain rows when piped, columns folded or left out on a narrow terminal
+    columns = [Column("#", right=True), Column("backend"), Column("device"), Column("batch", right=True),
+               Column("inst", right=True), Column("scenario"), Column("status", drop=1), Column("result"),
+               Column("validity", whole=True), Column("run")]
+    emit(f"mlpi sweep {state.sweep_id}", columns, rows)
     for record in state.cells:
         if record.status == "failed" and record.error:
             hint = f" (hint: {record.error['hint']})" if record.error.get("hint") else ""

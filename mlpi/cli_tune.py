@@ -224,24 +224,23 @@ class TunePrinter:
 
     def summary(self, outcome: Any) -> None:
         from rich.console import Console
-        from rich.table import Table
 
-        from mlpi.cli_output import terminal_cell
+        from mlpi.cli_table import Column, emit
         from mlpi.core.results.rundir import format_figure
 
         profile = outcome.profile
-        out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-        table = Table(title=f"mlpi tune {profile.tune.get('id')}: {profile.model['name']} on {profile.backend['name']} "
-                            f"{profile.device}", title_justify="left")
-        for column in ("scenario", "tuned", "confirmed result", "validity", "confirming run", "length"):
-            table.add_column(column)
+        out = Console(highlight=False, soft_wrap=True)
+        rows = []
         for scenario, entry in profile.scenarios.items():
             confirm = entry.found_by.get("confirm") or {}
             validity = "VALID" if entry.confirmed else "INVALID"
             length = "full (official)" if confirm.get("full_length") else f"{confirm.get('duration_s'):g} s (not official)"
-            table.add_row(scenario, entry.describe(), format_figure(entry.result.get("value"), entry.result.get("unit")),
-                          validity, terminal_cell(confirm.get("run_id") or "-"), length)
-        out.print(table)
+            rows.append([scenario, entry.describe(), format_figure(entry.result.get("value"), entry.result.get("unit")),
+                         validity, confirm.get("run_id") or "-", length])
+        columns = [Column("scenario"), Column("tuned"), Column("confirmed result"), Column("validity", whole=True),
+                   Column("confirming run"), Column("length", drop=1)]
+        emit(f"mlpi tune {profile.tune.get('id')}: {profile.model['name']} on {profile.backend['name']} {profile.device}",
+             columns, rows)
         for scenario, why in outcome.problems.items():
             if scenario not in profile.scenarios:
                 out.print(f"{scenario}: {why}", markup=False)
