@@ -199,6 +199,8 @@ class RunPrinter:
                 if bad:
                     _out.print(f"{test.scenario} accuracy: the backend answered NaN or infinite values in {bad} "
                                "batch(es): the score reflects outputs that are not numbers")
+        for detail in dict.fromkeys(str(t.extra["precision_detail"]) for t in result.tests if t.extra.get("precision_detail")):
+            _out.print(f"precision: {printable(detail)}", markup=False)  # what changed the numbers beyond the label
         for test in result.tests:
             devices = test.devices or ()
             if len(devices) > 1:

@@ -2,7 +2,9 @@
 with ONNX Runtime, on the real runtime (CPU plugin). Skipped where openvino is missing.
 
 Precision checks never assume this machine's CPU: OpenVINO picks bf16 by default where the
-CPU has AVX-512 BF16 or AMX, so what is expected is read from OpenVINO itself.
+CPU has AVX-512 BF16 or AMX, so what is expected is read from OpenVINO itself. Likewise it
+quantizes activations at run time only on CPUs with VNNI, so what a session records of that
+is checked against what its outputs show.
 """
 
 from __future__ import annotations
@@ -18,19 +20,20 @@ import pytest
 
 ov = pytest.importorskip("openvino")
 
-import onnxruntime  # noqa: E402
+import onnxruntime
+from conftest import one_error, run_cli
 
-from mlpi.backends import ov as ov_backend  # noqa: E402
-from mlpi.backends.ov import OpenVinoBackend, OvOptions  # noqa: E402
-from mlpi.core.contract.backend import ModelArtifact  # noqa: E402
+from mlpi.backends import ov as ov_backend
+from mlpi.backends.ov import OpenVinoBackend, OvOptions
+from mlpi.core.contract.backend import ModelArtifact
 from mlpi.core.contract.dataset import DatasetRequest
-from mlpi.core.contract.device import Device  # noqa: E402
-from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError  # noqa: E402
-from mlpi.core.contract.postprocess import RawOutputs  # noqa: E402
-from mlpi.core.engine.onnx_file import inspect_onnx  # noqa: E402
-from mlpi.core.engine.sut import BatchExecutor, OfflineSUT  # noqa: E402
-from mlpi.datasets.synthetic import Synthetic  # noqa: E402
-from mlpi.testing import tiny_models  # noqa: E402
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError
+from mlpi.core.contract.postprocess import RawOutputs
+from mlpi.core.engine.onnx_file import inspect_onnx
+from mlpi.core.engine.sut import BatchExecutor, OfflineSUT
+from mlpi.datasets.synthetic import Synthetic
+from mlpi.testing import tiny_models
 
 RTOL, ATOL = 1e-4, 1e-5
 PRECISION_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
@@ -435,3 +438,197 @@ def test_a_bfloat16_output_is_refused_not_returned_as_float16_bits(tmp_path: Pat
     onnx.save(model, str(tmp_path / "bf16.onnx"))
     with pytest.raises(ModelError, match="'y' is bfloat16"):
         load(tmp_path / "bf16.onnx", precision=None)
+
+
+# -- precision end to end: dynamic quantization, read-only inputs ------------------------------
+
+
+def int8_weights_model(path: Path, depth: int = 256, width: int = 32) -> Path:
+    """x @ DequantizeLinear(int8 W): a layer OpenVINO may run with int8 activations."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).integers(-127, 128, (depth, width), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"]), helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "int8_weights", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", depth])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        initializer=[numpy_helper.from_array(weights, "w_q"), numpy_helper.from_array(np.array(0.02, np.float32), "w_scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def spread_activations(rows: int = 16, depth: int = 256) -> np.ndarray:
+    """Activations from 1e-3 to 1e3 side by side: int8 groups of them lose the small ones."""
+    rng = np.random.default_rng(1)
+    return (rng.standard_normal((rows, depth)) * np.logspace(-3, 3, depth)).astype(np.float32)
+
+
+def onnxruntime_fp32(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """ONNX Runtime's answer in f32. Its extended graph optimizations fuse DequantizeLinear and
+    MatMul into MatMulNBits, which quantizes activations too, so only the basic ones run."""
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def scale_error(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest difference over the largest output: f32 rounding is ~1e-7 of it, int8 ~1e-2."""
+    return float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return int8_weights_model(tmp_path_factory.mktemp("ov-int8") / "int8_weights.onnx")
+
+
+def test_fp32_is_f32_end_to_end_and_agrees_with_onnxruntime(int8_model: Path) -> None:
+    feeds = {"x": spread_activations()}
+    want = onnxruntime_fp32(int8_model, feeds)
+    for attempt in ("compiled", "from the model cache"):
+        session = load(int8_model, "fp32")
+        compiled = session.compiled
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32", attempt
+        assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0, attempt
+        assert compiled.get_property("EXECUTION_MODE_HINT").name == "ACCURACY", attempt
+        for key in ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION"):
+            assert compiled.get_property(key).get_type_name() == "f32", (attempt, key)
+        assert (session.precision, session.precision_detail) == ("fp32", None)
+        assert ov_backend._compressed_layers(compiled) == 1  # the layer dynamic quantization would touch
+        assert scale_error(session.run(feeds)["y"], want) < 1e-5, attempt
+
+
+def test_dynamic_quantization_on_and_off_are_recorded_as_they_ran(int8_model: Path) -> None:
+    feeds = {"x": spread_activations()}
+    on = load(int8_model, None, dynamic_quantization="on")
+    off = load(int8_model, None, dynamic_quantization="off")
+    assert on.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 32
+    assert off.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
+    assert off.precision_detail is None and off.precision == on.precision
+    # What is recorded is what ran: OpenVINO quantizes only on some CPUs (VNNI, f32 compute),
+    # so the outputs decide which of the two this machine must report.
+    moved = scale_error(on.run(feeds)["y"], off.run(feeds)["y"].astype(np.float64))
+    if on.precision_detail is None:
+        assert moved < 1e-6, moved
+    else:
+        assert moved > 1e-3, moved
+        assert on.precision_detail == "int8 dynamic quantization of activations (groups of 32) in 1 layer with integer weights"
+
+
+def test_quantization_at_work_is_described_and_refused_for_fp32(
+    int8_model: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever this CPU does: where OpenVINO quantizes, the session says so, and fp32 is refused
+    when the compiled model does not report the setting that would turn it off."""
+    monkeypatch.setattr(ov_backend, "_quantizes_activations", lambda core, plugin, settings: True)
+    assert load(int8_model, None, dynamic_quantization="on").precision_detail == (
+        "int8 dynamic quantization of activations (groups of 32) in 1 layer with integer weights"
+    )
+    assert load(int8_model, None, dynamic_quantization="off").precision_detail is None
+    assert load(models["matmul"], None, dynamic_quantization="on").precision_detail is None  # no integer weights
+
+    real = ov_backend._read_properties
+    monkeypatch.setattr(ov_backend, "_read_properties",
+                        lambda compiled: {k: v for k, v in real(compiled).items() if k != "DYNAMIC_QUANTIZATION_GROUP_SIZE"})
+    with pytest.raises(UsageError, match="still quantize activations to int8") as info:
+        load(int8_model, "fp32")
+    assert "drop --precision fp32" in (info.value.hint or "")
+    monkeypatch.setattr(ov_backend, "_quantizes_activations", lambda core, plugin, settings: None)
+    assert load(int8_model, None, dynamic_quantization="on").precision_detail == (
+        "int8 dynamic quantization of activations (group size not reported) may apply in 1 layer with integer weights "
+        "(checking it failed)"
+    )
+
+
+def test_fp32_is_refused_when_the_compiled_model_kept_a_lower_setting(
+    int8_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ov_backend._read_properties
+    monkeypatch.setattr(ov_backend, "_read_properties",
+                        lambda compiled: {**real(compiled), "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32, "KV_CACHE_PRECISION": "u8"})
+    with pytest.raises(UsageError, match="DYNAMIC_QUANTIZATION_GROUP_SIZE=32, KV_CACHE_PRECISION=u8: not f32 end to end"):
+        load(int8_model, "fp32")
+    with pytest.raises(UsageError, match="not as -o dynamic_quantization=off asks"):
+        load(int8_model, None, dynamic_quantization="off")
+
+
+def test_the_activation_check_says_no_when_off_and_unknown_without_a_device() -> None:
+    """The check itself where its answer is known on any CPU: with the group size 0 nothing is
+    quantized; a device that cannot run it is unknown, not 'no'."""
+    core = ov.Core()
+    assert ov_backend._quantizes_activations(core, "CPU", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}) is False
+    assert ov_backend._quantizes_activations(core, "NO_SUCH_DEVICE", {}) is None
+
+
+def test_dynamic_quantization_option_errors(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlpi.core.plugins.options import build_options
+
+    with pytest.raises(UsageError, match="choose one of: default, off, on"):
+        build_options(OvOptions, [("--option", {"dynamic_quantization": "maybe"})], "openvino")
+    artifact = inspect_onnx(models["matmul"])
+    with pytest.raises(UsageError, match="rules out") as info:
+        OpenVinoBackend().check(artifact, Device("cpu"), OvOptions(dynamic_quantization="on"), "fp32")
+    assert "drop one" in (info.value.hint or "")
+    real = ov_backend._device_property
+
+    def without_it(core: object, plugin: str, key: str) -> object:
+        value = real(core, plugin, key)
+        return {k: v for k, v in value.items() if k != "DYNAMIC_QUANTIZATION_GROUP_SIZE"} if key == "SUPPORTED_PROPERTIES" else value
+
+    monkeypatch.setattr(ov_backend, "_device_property", without_it)
+    with pytest.raises(UsageError, match="has no DYNAMIC_QUANTIZATION_GROUP_SIZE setting"):
+        OpenVinoBackend().check(artifact, Device("cpu"), OvOptions(dynamic_quantization="off"), None)
+
+
+def test_mlpi_run_refuses_fp32_with_dynamic_quantization_in_one_error(int8_model: Path, tmp_path: Path) -> None:
+    proc = run_cli(["run", "--backend", "openvino", "--model-path", str(int8_model), "--precision", "fp32",
+                    "-o", "dynamic_quantization=on", "-s", "Offline", "--quick", "--output", str(tmp_path / "out")], tmp_path)
+    one_error(proc, "dynamic_quantization=on", "--precision fp32")
+    assert any(line.startswith("hint: ") for line in proc.stderr.splitlines())
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def scalar_input_model(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"])], "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]), helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    array = np.array(array)
+    array.setflags(write=False)
+    return array
+
+
+def test_read_only_inputs_run(tmp_path: Path) -> None:
+    """A scalar from a constant, a broadcast and a read-only memmap: OpenVINO refused the
+    read-only 0-d ones ('array is not writeable')."""
+    session = load(scalar_input_model(tmp_path / "scaled.onnx"), num_requests=2)
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    rows.tofile(tmp_path / "rows.bin")
+    mapped = np.memmap(tmp_path / "rows.bin", np.float32, "r", shape=(3, 4))
+    for x in (rows, read_only(rows), mapped, np.broadcast_to(rows[:1], (3, 4))):
+        for scale in (read_only(np.float32(2.5)), np.broadcast_to(np.float32(2.5), ()), np.array(2.5, np.float32)):
+            np.testing.assert_array_equal(session.run({"x": x, "scale": scale})["y"], np.asarray(x) * np.float32(2.5))
+
+
+def test_only_read_only_scalars_are_copied() -> None:
+    writeable, matrix = np.array(2.5, np.float32), read_only(np.ones((2, 2), np.float32))
+    assert ov_backend._shareable(writeable) is writeable  # shared, as before
+    assert ov_backend._shareable(matrix) is matrix  # OpenVINO copies these itself
+    scalar = read_only(np.float32(2.5))
+    copied = ov_backend._shareable(scalar)
+    assert copied is not scalar and copied.flags.writeable and copied == scalar

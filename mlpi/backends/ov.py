@@ -6,10 +6,20 @@ chooses (bf16 on CPUs with AVX-512 BF16 or AMX, f32 on other CPUs, f16 on GPUs),
 precision the compiled model really runs is read back and reported, never assumed.
 A precision the device lacks is refused: OpenVINO would otherwise quietly run f32.
 
+``--precision fp32`` means f32 end to end: beside the hint it sets ACCURACY execution mode,
+turns off dynamic quantization of activations and keeps any KV cache in f32, then reads each
+back from the compiled model and refuses to run if one did not take. Without it, OpenVINO's
+CPU plugin quantizes the activations of layers with 8- or 4-bit integer weights to int8 at
+run time (``DYNAMIC_QUANTIZATION_GROUP_SIZE``, groups of 32, on CPUs with AVX2-VNNI or
+AVX-512 VNNI); ``-o dynamic_quantization=off|on`` decides it, and when it is really at work
+the session says so in ``precision_detail``.
+
 A session keeps a pool of infer requests. ``run`` takes one and, when others are idle,
 spreads the batch's rows over them as well, so that one caller keeps every stream of the
 throughput hint busy (a single request runs on a single stream). Inputs are handed to
-OpenVINO zero-copy and outputs are copied out, so results stay valid after later runs.
+OpenVINO zero-copy (OpenVINO copies a read-only array itself, except a 0-d one, which it
+refuses: that one is copied here) and outputs are copied out, so results stay valid after
+later runs.
 """
 
 from __future__ import annotations
@@ -34,6 +44,9 @@ from mlpi.core.contract.backend import (
 from mlpi.core.contract.device import Device
 from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError
 
+#: ``load``'s default: nothing known about the run ahead (LoadContext is frozen, so one will do).
+_NO_CONTEXT = LoadContext()
+
 #: mlpi device kind -> OpenVINO plugin name.
 _PLUGINS = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 
@@ -43,6 +56,25 @@ _FROM_HINT = {hint: precision for precision, (hint, _) in _HINTS.items()}
 
 #: What a device runs when INFERENCE_PRECISION_HINT cannot be read back from it.
 _DEFAULT_PRECISION = {"cpu": "fp32", "gpu": "fp16", "npu": "fp16"}
+
+#: What ``--precision fp32`` sets, each where the plugin has it, and expects back from the
+#: compiled model: no bf16/f16 lowering, no fast-math kernels (ACCURACY mode), no int8
+#: activations (dynamic quantization off) and no u8 KV cache (the CPU's default).
+_FP32_END_TO_END: dict[str, Any] = {
+    "INFERENCE_PRECISION_HINT": "f32",
+    "EXECUTION_MODE_HINT": "ACCURACY",
+    "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+    "KV_CACHE_PRECISION": "f32",
+    "KEY_CACHE_PRECISION": "f32",
+    "VALUE_CACHE_PRECISION": "f32",
+}
+
+#: ``-o dynamic_quantization`` -> DYNAMIC_QUANTIZATION_GROUP_SIZE (``default`` sets nothing).
+#: 32 activations a group is the CPU plugin's own default.
+_DYNAMIC_QUANTIZATION_GROUPS = {"off": 0, "on": 32}
+
+#: Weight element types of a layer OpenVINO may run with dynamically quantized activations.
+_COMPRESSED_WEIGHTS = frozenset({"i8", "u8", "i4", "u4", "nf4"})
 
 #: OpenVINO element type names -> numpy dtype names (``Type.to_dtype`` maps bf16 to float16).
 _OV_TYPES = {
@@ -85,10 +117,22 @@ class OvOptions:
     cache: bool = field(
         default=True, metadata={"help": "keep compiled models in <mlpi cache>/openvino (OpenVINO's CACHE_DIR)"}
     )
+    dynamic_quantization: Literal["default", "off", "on"] = field(
+        default="default",
+        metadata={
+            "help": "int8 quantization of the activations of layers with integer weights, at run time "
+            "(DYNAMIC_QUANTIZATION_GROUP_SIZE): off, on (groups of 32), default (OpenVINO decides: on for "
+            "CPUs with VNNI; off with --precision fp32)"
+        },
+    )
 
 
 class OpenVinoSession(Session):
     """One compiled model; ``run`` is thread-safe through a pool of infer requests."""
+
+    #: What changes the numbers beyond ``precision``, in words (int8 dynamic quantization of
+    #: activations); ``None`` when nothing does.
+    precision_detail: str | None = None
 
     def __init__(self, compiled: Any, model: ModelArtifact, device: Device, options: OvOptions, precision: str | None) -> None:
         self._compiled = compiled
@@ -149,7 +193,7 @@ class OpenVinoSession(Session):
         if pool is None:
             raise RuntimeError("this OpenVINO session is closed")
         index = self._input_index
-        keyed = {index.get(name, name): array for name, array in feeds.items()}
+        keyed = {index.get(name, name): _shareable(array) for name, array in feeds.items()}
         requests = [pool.get()]
         started: list[Any] = []
         try:
@@ -204,6 +248,8 @@ class OpenVinoBackend(Backend):
 
     def __init__(self) -> None:
         self._core: Any = None
+        #: (plugin, settings) -> whether it quantizes activations (see _quantizes_activations).
+        self._quantizes: dict[tuple[str, tuple[tuple[str, Any], ...]], bool | None] = {}
 
     def version(self) -> str:
         ov = self._import()
@@ -240,7 +286,13 @@ class OpenVinoBackend(Backend):
             "NUM_STREAMS": options.num_streams > 0,
             "INFERENCE_NUM_THREADS": options.num_threads > 0,
             "INFERENCE_PRECISION_HINT": precision is not None,
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": options.dynamic_quantization != "default",
         }
+        if precision == "fp32" and options.dynamic_quantization == "on":
+            raise UsageError(
+                "-o dynamic_quantization=on quantizes activations to int8, which --precision fp32 rules out",
+                "drop one: --precision fp32 runs f32 end to end; without it, dynamic_quantization=on applies",
+            )
         for prop, used in wanted.items():
             if used and supported and prop not in supported:
                 raise UsageError(
@@ -262,7 +314,7 @@ class OpenVinoBackend(Backend):
                 )
 
     def load(
-        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = _NO_CONTEXT
     ) -> Session:
         self.check(model, device, options, precision)
         plugin = self._plugin(device)
@@ -274,8 +326,8 @@ class OpenVinoBackend(Backend):
             config["NUM_STREAMS"] = options.num_streams
         if options.num_threads > 0:
             config["INFERENCE_NUM_THREADS"] = options.num_threads
-        if precision is not None:
-            config["INFERENCE_PRECISION_HINT"] = _HINTS[precision][0]
+        expected = _expected_settings(precision, options, _device_property(core, plugin, "SUPPORTED_PROPERTIES") or {})
+        config.update(expected)
         if options.cache:
             config["CACHE_DIR"] = str(_cache_dir())
         try:
@@ -297,7 +349,63 @@ class OpenVinoBackend(Backend):
                 f"OpenVINO compiled the model for {plugin} in {session.precision}, not the {precision} asked for",
                 "drop --precision to let OpenVINO choose, or pass one the device has",
             )
+        try:
+            self._record_quantization(session, plugin, expected, precision, options.dynamic_quantization)
+        except BaseException:
+            session.close()
+            raise
         return session
+
+    def _record_quantization(self, session: OpenVinoSession, plugin: str, expected: Mapping[str, Any],
+                             precision: str | None, dynamic_quantization: str) -> None:
+        """Check that the compiled model kept the settings asked for, and set ``precision_detail``
+        when it quantizes activations at run time; a UsageError where fp32 would not be f32 end to end."""
+        properties = session.properties
+        unmet = [f"{key}={properties[key]}" for key, value in expected.items()
+                 if key in properties and properties[key] != value]
+        if unmet and precision == "fp32":
+            raise UsageError(
+                f"OpenVINO compiled the model for {plugin} with {', '.join(unmet)}: not f32 end to end, "
+                "as --precision fp32 asks",
+                "this OpenVINO ignores the setting: drop --precision fp32 to let OpenVINO choose, "
+                "or run f32 on the onnxruntime backend",
+            )
+        if unmet:
+            raise UsageError(
+                f"OpenVINO compiled the model for {plugin} with {', '.join(unmet)}, not as "
+                f"-o dynamic_quantization={dynamic_quantization} asks",
+                "this OpenVINO ignores the setting: drop -o dynamic_quantization",
+            )
+        layers = _compressed_layers(session.compiled)
+        group = properties.get("DYNAMIC_QUANTIZATION_GROUP_SIZE")
+        if not layers or group == 0:
+            return
+        quantizes = self._quantizes_activations(plugin, properties)
+        if quantizes is False:
+            return
+        if precision == "fp32":
+            raise UsageError(
+                f"OpenVINO on {plugin} {'still' if quantizes else 'may still'} quantize activations to int8 with "
+                f"DYNAMIC_QUANTIZATION_GROUP_SIZE={group}: not f32 end to end, as --precision fp32 asks",
+                "drop --precision fp32 to let OpenVINO choose, or run f32 on the onnxruntime backend",
+            )
+        groups = f"groups of {group}" if group is not None else "group size not reported"
+        where = f"{layers} layer{'s' if layers != 1 else ''} with integer weights"
+        session.precision_detail = (
+            f"int8 dynamic quantization of activations ({groups}) in {where}" if quantizes
+            else f"int8 dynamic quantization of activations ({groups}) may apply in {where} (checking it failed)"
+        )
+
+    def _quantizes_activations(self, plugin: str, properties: Mapping[str, Any]) -> bool | None:
+        """Whether ``plugin`` with the compiled model's precision settings quantizes the
+        activations of a layer with int8 weights, found by running a small such layer once
+        (OpenVINO does it only on some processors, and says so nowhere); ``None``: unknown."""
+        keys = ("INFERENCE_PRECISION_HINT", "EXECUTION_MODE_HINT", "DYNAMIC_QUANTIZATION_GROUP_SIZE")
+        settings = tuple((key, properties[key]) for key in keys
+                         if key in properties and (key != "INFERENCE_PRECISION_HINT" or properties[key] in _FROM_HINT))
+        if (plugin, settings) not in self._quantizes:
+            self._quantizes[(plugin, settings)] = _quantizes_activations(self._get_core(), plugin, dict(settings))
+        return self._quantizes[(plugin, settings)]
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -363,10 +471,16 @@ def _device_property(core: Any, plugin: str, key: str) -> Any:
 
 
 def _read_properties(compiled: Any) -> dict[str, Any]:
-    """What the compiled model really runs with (plain Python values; absent when unknown)."""
+    """What the compiled model really runs with (plain Python values: ``"f32"``, ``"ACCURACY"``,
+    ``32``; absent when unknown)."""
     out: dict[str, Any] = {}
     for key in (
         "INFERENCE_PRECISION_HINT",
+        "EXECUTION_MODE_HINT",
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE",
+        "KV_CACHE_PRECISION",
+        "KEY_CACHE_PRECISION",
+        "VALUE_CACHE_PRECISION",
         "PERFORMANCE_HINT",
         "NUM_STREAMS",
         "INFERENCE_NUM_THREADS",
@@ -379,10 +493,78 @@ def _read_properties(compiled: Any) -> dict[str, Any]:
             continue
         if hasattr(value, "get_type_name"):
             value = value.get_type_name()
+        elif isinstance(getattr(value, "name", None), str) and not isinstance(value, (int, float, str, list, tuple)):
+            value = value.name  # an enum such as ExecutionMode.ACCURACY
         elif not isinstance(value, (int, float, str, list, tuple)):
             value = str(value)
         out[key] = value
     return out
+
+
+def _expected_settings(precision: str | None, options: Any, supported: Mapping[str, Any]) -> dict[str, Any]:
+    """The compile settings for ``precision`` and ``-o dynamic_quantization``, each of which the
+    compiled model must report back as set: for fp32 every one of :data:`_FP32_END_TO_END` the
+    plugin has (or only the hint when it does not list its properties)."""
+    settings: dict[str, Any] = {}
+    if precision == "fp32":
+        settings = {key: value for key, value in _FP32_END_TO_END.items()
+                    if key in supported or key == "INFERENCE_PRECISION_HINT"}
+    elif precision is not None:
+        settings["INFERENCE_PRECISION_HINT"] = _HINTS[precision][0]
+    if options.dynamic_quantization != "default":
+        settings["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = _DYNAMIC_QUANTIZATION_GROUPS[options.dynamic_quantization]
+    return settings
+
+
+def _compressed_layers(compiled: Any) -> int:
+    """Layers of the compiled model that multiply float activations by 8- or 4-bit integer
+    weights: the ones OpenVINO may quantize activations for. 0 where the runtime model
+    cannot be read."""
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except Exception:  # noqa: BLE001 - a plugin without a runtime model: nothing to count
+        return 0
+    count = 0
+    for op in ops:
+        info = op.get_rt_info()
+        kind = str(info["layerType"].astype(str)).lower().replace("_", "") if "layerType" in info else ""
+        if not any(word in kind for word in ("fullyconnected", "matmul", "gemm")) or op.get_input_size() < 2:
+            continue
+        data, weights = (op.input(k).get_element_type().get_type_name() for k in (0, 1))
+        count += data in ("f32", "f16", "bf16") and weights in _COMPRESSED_WEIGHTS
+    return count
+
+
+def _quantizes_activations(core: Any, plugin: str, settings: Mapping[str, Any]) -> bool | None:
+    """Run one layer with int8 weights (2, scaled by 0.5) under ``settings``: activations of 1000
+    and 0.01 in every group of 16, with weights 0 for the 1000s and 1 for the rest, give 0.6 in
+    f32, f16 or bf16 and 0 once each group is quantized to int8 (0.01 rounds to 0 next to 1000).
+    ``None`` when the plugin cannot run it."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rows, depth = 64, 64
+    x = ops.parameter([rows, depth], np.float32, name="x")
+    weights = np.full((depth, 8), 2, np.int8)
+    weights[::16] = 0
+    scaled = ops.multiply(ops.convert(ops.constant(weights), np.float32), ops.constant(np.float32(0.5)))
+    model = ov.Model([ops.matmul(x, scaled, False, False)], [x], "activation_quantization_check")
+    try:
+        compiled = core.compile_model(model, plugin, {"PERFORMANCE_HINT": "LATENCY", **settings})
+        feed = np.full((rows, depth), 0.01, np.float32)
+        feed[:, ::16] = 1000.0
+        out = compiled.create_infer_request().infer({0: feed})[0]
+    except Exception:  # noqa: BLE001 - a plugin that cannot run the check: unknown
+        return None
+    return bool(np.abs(np.asarray(out, np.float64) - 0.6).max() > 0.1)
+
+
+def _shareable(array: Any) -> Any:
+    """``array`` as OpenVINO can share it: a read-only 0-d array (a scalar from a constant, a
+    ``np.broadcast_to`` of one) copied, since OpenVINO refuses to share it and copies no other."""
+    if isinstance(array, np.ndarray) and array.ndim == 0 and not array.flags.writeable:
+        return array.copy()
+    return array
 
 
 def _refuse_unfaithful_outputs(ov_model: Any, model: ModelArtifact) -> None:

@@ -159,7 +159,9 @@ class Session(ABC):
 
     Instances must set ``inputs``, ``outputs``, ``capabilities`` and ``precision``; a session
     whose timing comes from a device model rather than real hardware sets ``simulated``,
-    and every result it produces says so.
+    and every result it produces says so. ``precision_detail`` says what changes the numbers
+    beyond ``precision`` (a runtime quantizing activations of an fp32 run on its own, say);
+    results record it and the run's summary prints it.
     ``run`` receives one C-contiguous array per input with the batch as the first
     dimension and returns one array per output, batch first. The core never calls
     ``run`` concurrently on one session unless ``capabilities.concurrent`` is true.
@@ -170,6 +172,7 @@ class Session(ABC):
     capabilities: Capabilities
     precision: str
     simulated: bool = False
+    precision_detail: str | None = None
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:

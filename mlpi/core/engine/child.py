@@ -165,6 +165,8 @@ def run_test(plan_path: Path, scenario: str, mode: str, out: Path) -> dict[str, 
         "batch_unit": "rows" if loaded.sample_rows is not None else "samples",
         "sessions": len(loaded.placed),
         "precision": loaded.main(0).precision,
+        **({"precision_detail": detail} if isinstance(detail := getattr(loaded.main(0), "precision_detail", None), str)
+           else {}),
         "samples_per_query": MULTISTREAM_SAMPLES_PER_QUERY if scenario == "MultiStream" else None,
         "expectations": expect.__dict__,
         "slots": len(executors),

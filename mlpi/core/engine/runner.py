@@ -593,6 +593,8 @@ def _collect(plan: Plan, out: Path, scenario: str, mode: str, code: int) -> Test
         expectations=outcome.get("expectations"),
         extra={**({"batch_unit": "rows"} if outcome.get("batch_unit") == "rows" else {}),
                **({"peak_rss_mb": outcome["peak_rss_mb"]} if isinstance(outcome.get("peak_rss_mb"), (int, float)) else {}),
+               **({"precision_detail": outcome["precision_detail"]} if isinstance(outcome.get("precision_detail"), str)
+                  else {}),
                **({"nonfinite_batches": outcome["nonfinite_batches"]}
                   if isinstance(outcome.get("nonfinite_batches"), int) and outcome["nonfinite_batches"] > 0 else {}),
                **_conf_record(outcome, log)},
