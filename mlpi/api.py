@@ -94,7 +94,8 @@ from mlpi.core.results.rundir import write_bytes_atomic, write_json_atomic
 #: PipelineContext.unit, placed and session_for).
 #: 2.5: Backend.device_hint (why a device kind has no usable unit here), Backend.performance_only
 #: (sessions whose outputs are not the model's: no accuracy, no audits), Session.pace and
-#: PaceRecord (what set a simulated session's pace: its device model or the host).
+#: PaceRecord (what set a simulated session's pace: its device model or the host),
+#: Session.precision_detail (what changes the numbers beyond the session's precision).
 API_VERSION = "2.5"
 
 __all__ = [

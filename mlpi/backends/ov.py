@@ -122,7 +122,7 @@ class OvOptions:
         metadata={
             "help": "int8 quantization of the activations of layers with integer weights, at run time "
             "(DYNAMIC_QUANTIZATION_GROUP_SIZE): off, on (groups of 32), default (OpenVINO decides: on for "
-            "CPUs with VNNI; off with --precision fp32)"
+            "CPUs with VNNI; off with --precision fp32); each test's result records it where it is at work"
         },
     )
 
