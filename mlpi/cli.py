@@ -24,6 +24,10 @@ def _debug_requested(args: list[str]) -> bool:
     return "--debug" in args
 
 
+#: Click 8.2+ raises this for a group given no command (earlier ones printed the help).
+_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError", type("_Never", (click.UsageError,), {}))
+
+
 class MlpiGroup(click.Group):
     """Maps every failure to ``error:`` + ``hint:`` lines and an exit code; no traceback
     unless ``--debug``."""
@@ -33,6 +37,9 @@ class MlpiGroup(click.Group):
         debug = _debug_requested(argv)
         try:
             code = super().main(args=argv, prog_name=prog_name or "mlpi", standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # `mlpi` or `mlpi results` alone: its help, as asked
+            click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            sys.exit(0)
         except click.UsageError as exc:
             where = f"mlpi {exc.ctx.command_path.partition(' ')[2]}".strip() if exc.ctx else "mlpi"
             _fail(exc.format_message(), f"see '{where} --help'", EXIT_USAGE)

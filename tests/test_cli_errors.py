@@ -362,3 +362,13 @@ def test_unreadable_plan_or_plugins_file_is_a_usage_error(cli, tmp_path, args, m
     result = cli(*args)
     error, _ = assert_clean_error(result, EXIT_USAGE, (args[-1],))
     assert "internal error" not in error
+
+
+@pytest.mark.parametrize("args", [(), ("results",), ("submission",)])
+def test_a_command_group_alone_prints_its_help(cli, args: tuple[str, ...]) -> None:
+    """Asking for no subcommand is asking what there is: the help, not an ``error:`` wrapped
+    around it (click 8.2 and later raise for it)."""
+    res = cli(*args)
+    assert res.rc == 0, res.stderr
+    assert res.stdout.startswith(f"Usage: mlpi {' '.join(args)}".rstrip() + " [OPTIONS] COMMAND") and "Commands:" in res.stdout
+    assert "error:" not in res.stderr

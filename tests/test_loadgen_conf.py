@@ -195,6 +195,28 @@ def test_each_rounds_seeds_are_the_checkers_and_loadgens() -> None:
     assert round_seeds("v6.1") == {name: getattr(built_in, name) for name in SEED_NAMES}
 
 
+@pytest.mark.parametrize("scenario", ["Offline", "Server", "SingleStream", "MultiStream"])
+def test_mlcommons_own_mlperf_conf_merges_for_every_scenario(tmp_path: Path, scenario: str) -> None:
+    """The pinned round's mlperf.conf as a --mlperf-conf: every setting it gives resnet50 is
+    written under the exact key (LoadGen reads it back so), and its seeds are the round's."""
+    source = SHARED / "loadgen" / "mlperf.conf"
+    if not source.is_file():
+        pytest.skip(f"the pinned MLCommons tree is not beside the tree ({SHARED})")
+    round_conf = ConfFile.read("mlperf_conf", str(source))
+    got = seeds({"mlperf_conf": round_conf}, "resnet50", scenario)
+    assert {name: got[name] for name in SEED_NAMES} == round_seeds("v6.1")
+    text = merged("", "resnet50", scenario, {"mlperf_conf": round_conf})
+    from_file = loadgen_reads(tmp_path, text, "resnet50", scenario)
+    built_in = lg.TestSettings()
+    built_in.FromConfig("", "resnet50", scenario, 0)
+    own = {"Server": ("server_target_latency_ns", "server_target_latency_percentile"),
+           "MultiStream": ("multi_stream_samples_per_query", "multi_stream_target_latency_percentile"),
+           "SingleStream": ("single_stream_target_latency_percentile",)}.get(scenario, ())
+    for name in ("min_duration_ms", "min_query_count", "performance_sample_count_override",
+                 "sample_concatenate_permutation", *own):
+        assert getattr(from_file, name) == getattr(built_in, name), name
+
+
 def test_every_registered_models_round_has_its_seeds() -> None:
     """A model keeping an earlier round's rules runs with that round's seeds: the round must be
     one mlpi knows."""

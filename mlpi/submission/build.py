@@ -36,7 +36,7 @@ from mlpi.submission.measurements import measurements
 from mlpi.submission.readme import scenario_readme
 from mlpi.submission.select import Request, Row, Selection, select
 from mlpi.submission.src import write_src
-from mlpi.submission.system import describe_system, read_user_file
+from mlpi.submission.system import SYSINFO_DETAILS, describe_system, read_user_file
 from mlpi.submission.truncate import truncate
 
 #: A submitter's or system's name: it becomes a folder and a file name.
@@ -117,7 +117,7 @@ def plan_build(records: Sequence[RunRecord], request: BuildRequest, named: Seque
     layout = check_request(request)
     selection = select(records, request.selection_request(layout), named=named)
     plan = BuildPlan(request, layout, selection)
-    user_system = read_user_file(request.system_file, "--system-file")
+    user_system = read_user_file(request.system_file, "--system-file", SYSINFO_DETAILS)  # sysinfo --json's output fits
     user_measurements = read_user_file(request.measurements_file, "--measurements-file")
     chosen = selection.records() or list(records)  # nothing usable: still say what the system lacks
     recorded = chosen[0].result.system if chosen else {}

@@ -56,9 +56,15 @@ WHOLE_NUMBER_FIELDS: tuple[str, ...] = ("number_of_nodes", "accelerators_per_nod
 _FROM_OPTIONS = {"division": "--division", "submitter": "--submitter", "system_type": "--category"}
 
 
-def read_user_file(path: Path | None, what: str = "--system-file") -> dict[str, Any]:
-    """The user's JSON object (empty without a file); one :class:`UsageError` naming the
-    file when it is missing, not JSON, or not an object of plain values."""
+#: What ``mlpi sysinfo --json`` prints beyond the description's fields (the machine's details,
+#: which every run records anyway): a system file made from its output may keep them.
+SYSINFO_DETAILS: tuple[str, ...] = ("hostname", "machine", "python", "host_memory_bytes", "accelerators", "packages")
+
+
+def read_user_file(path: Path | None, what: str = "--system-file", ignored: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The user's JSON object (empty without a file), less the ``ignored`` keys; one
+    :class:`UsageError` naming the file when it is missing, not JSON, or not an object of
+    plain values."""
     if path is None:
         return {}
     try:
@@ -74,6 +80,7 @@ def read_user_file(path: Path | None, what: str = "--system-file") -> dict[str, 
                          'write one JSON object of "field": "value" pairs') from None
     if not isinstance(data, dict):
         raise UsageError(f"{what} {path} is not a JSON object", 'write one JSON object of "field": "value" pairs')
+    data = {key: value for key, value in data.items() if key not in ignored}
     for key, value in data.items():
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise UsageError(f"{what} {path}: field {key} is {type(value).__name__}, not text or a number",

@@ -303,8 +303,11 @@ def seeds(files: Mapping[str, ConfFile], model: str, scenario: str) -> dict[str,
     if "mlperf_conf" not in files:
         return {}
     chosen = resolve(files["mlperf_conf"].lines(), model, scenario)
-    return {SETTINGS[param].attribute: _scaled(_number(line.value), SETTINGS[param].factor)
-            for param, line in chosen.items() if SETTINGS[param].policy == "seed"}
+    found: dict[str, float] = {}
+    for param, line in chosen.items():
+        if _policy_of(param) == "seed":  # seeds apply to every scenario: their name is their key
+            found[SETTINGS[param].attribute] = _scaled(_number(line.value), SETTINGS[param].factor)
+    return found
 
 
 def departures(own: str, model: str, scenario: str, files: Mapping[str, ConfFile], settings: Any, rules: Any) -> list[str]:
