@@ -40,13 +40,44 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     target = os.environ.get(SKIPPED_FILE_ENV)
-    if target:
+    # Under pytest-xdist each worker sees only its own tests; the controller is given every
+    # worker's reports (skipped collections included), so it alone writes the whole list.
+    if target and not _is_xdist_worker(session.config):
         Path(target).write_text("".join(f"{nodeid}\n" for nodeid in dict.fromkeys(_skipped)), encoding="utf-8")
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` (pyproject.toml) for one test file is no workers: ``--dist loadfile`` would
+    give the whole file to a single worker on one CPU, slower than pytest alone on all of them."""
+    files = {str(arg).split("::")[0] for arg in config.args}
+    if len(files) == 1 and next(iter(files)).endswith(".py"):
+        return 0
+    return None  # pytest-xdist's own count: one worker per CPU core
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``), each worker and every process its tests start run on one
+    CPU of their own. Many tests judge what LoadGen measured (calibration, then a test that
+    must not outrun it; latency bounds; watchdog delays): sharing the CPUs with another
+    worker's test would make those results depend on what ran beside them."""
+    if not _is_xdist_worker(config) or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    workers = int(config.workerinput["workercount"])  # type: ignore[attr-defined]
+    index = int(config.workerinput["workerid"].removeprefix("gw"))  # type: ignore[attr-defined]
+    if workers <= len(cpus):  # more workers than CPUs: leave the scheduler to it
+        os.sched_setaffinity(0, {cpus[index]})
 
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Every test (and every mlpi process it starts) uses a fresh cache, never the user's."""
+    """Every test (and every mlpi process it starts) uses a fresh cache, never the user's; one
+    per xdist worker (its own temp folder), since a random-weights graph is written in place
+    and another worker's process must not read it half written."""
     path = tmp_path_factory.mktemp("mlpi-cache")
     old = os.environ.get("MLPI_CACHE")
     os.environ["MLPI_CACHE"] = str(path)
@@ -90,7 +121,8 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
     full_env = {k: v for k, v in os.environ.items() if k != "MLPI_PLUGINS"}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "mlpi", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "mlpi", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        check=False,
     )
 
 

@@ -211,7 +211,7 @@ def test_a_wrong_compute_backend_is_one_clear_error_listing_the_valid_ones(matmu
 def test_qaic_finds_its_compute_backend_through_the_registry_only() -> None:
     import ast
 
-    import mlpi.backends.qaic as qaic
+    from mlpi.backends import qaic
 
     tree = ast.parse(Path(qaic.__file__).read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
@@ -232,15 +232,17 @@ def test_four_simulated_cards_through_the_cli(model_dir: Path, tmp_path: Path) -
     out = tmp_path / "R"
     result = run_cli(
         ["run", "--backend", "qaic", "--device", "qaic:0-3", "--model-path", str(model_dir / "matmul.onnx"),
-         "--scenario", "Offline", "--quick", "--batch-size", "8", "--output", str(out)],
+         "--scenario", "Offline", "--duration", "1", "--batch-size", "8", "--output", str(out)],
         cwd=tmp_path, env={"COLUMNS": "200"},
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    # What is checked is how the batches spread over the cards; a short Offline run may end
+    # INVALID (3: LoadGen outran the calibration) on a busy machine, which says nothing of that.
+    assert result.returncode in (0, 3), result.stdout + result.stderr
     assert "SIMULATED" in result.stdout, result.stdout
     saved = read_result(out)
     assert saved["simulated"] is True
     (test,) = saved["tests"]
-    assert test["simulated"] is True and test["slots"] == 4 * 6
+    assert test["status"] == "ok" and test["simulated"] is True and test["slots"] == 4 * 6
     devices = {unit["device"]: unit for unit in test["devices"]}
     assert set(devices) == {"qaic:0", "qaic:1", "qaic:2", "qaic:3"}
     assert all(unit["batches"] > 0 and unit["busy_s"] > 0 for unit in devices.values())

@@ -33,7 +33,7 @@ def test_random_graph_has_the_official_signature(random_resnet: Path) -> None:
 def test_random_graph_is_deterministic_and_depends_on_the_seed(random_resnet: Path, tmp_path: Path) -> None:
     again = write_resnet50(tmp_path / "again.onnx", seed=0)
     other = write_resnet50(tmp_path / "other.onnx", seed=1)
-    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
     assert digest(again) == digest(random_resnet)
     assert digest(other) != digest(random_resnet)
 
@@ -101,12 +101,14 @@ def test_fetch_without_network_names_both_ways_on(tmp_path: Path) -> None:
 def test_embedded_default_runs_resnet50_with_random_weights(tmp_path: Path) -> None:
     # The real default uses onnxruntime; null keeps this test fast and exercises the same path.
     proc = run_cli(["run", "--backend", "null", "--duration", "0.5", "--output", str(tmp_path / "r")], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    # What is checked is what ran; a 0.5 s Offline run of the null backend may end INVALID (3:
+    # LoadGen outran the calibration) on a busy machine, which says nothing of that.
+    assert proc.returncode in (0, 3), proc.stderr
     assert "embedded default" in proc.stderr
     result = read_result(tmp_path / "r")
     assert result["model"]["name"] == "resnet50" and result["model"]["weights"] == "random"
     assert "performance only" in result["model"]["note"]
-    assert [(t["scenario"], t["mode"]) for t in result["tests"]] == [("Offline", "performance")]
+    assert [(t["scenario"], t["mode"], t["status"]) for t in result["tests"]] == [("Offline", "performance", "ok")]
     assert "performance only" in proc.stdout
 
 
@@ -121,7 +123,7 @@ def official_style_accuracy(log: Path, labels: list[int]) -> str:
         seen.add(idx)
         if labels[idx] == int(np.frombuffer(bytes.fromhex(entry["data"]), np.float32)[0]):
             good += 1
-    return "accuracy={:.3f}%, good={}, total={}".format(100.0 * good / len(seen), good, len(seen))
+    return f"accuracy={100.0 * good / len(seen):.3f}%, good={good}, total={len(seen)}"
 
 
 def test_accuracy_known_by_construction_offset_included(tmp_path: Path) -> None:
