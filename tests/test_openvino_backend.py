@@ -632,3 +632,34 @@ def test_only_read_only_scalars_are_copied() -> None:
     scalar = read_only(np.float32(2.5))
     copied = ov_backend._shareable(scalar)
     assert copied is not scalar and copied.flags.writeable and copied == scalar
+
+
+def test_the_model_cache_is_off_unless_asked_for_it_answers_wrongly(tmp_path: Path, cache: Path) -> None:
+    """OpenVINO 2026.4's CPU model cache: a rotary-embedding graph (ONNX RotaryEmbedding,
+    interleaved) answers right when compiled and wrong once loaded from the cache. By default
+    the backend never writes or reads that cache, so the second load is as right as the first;
+    with ``cache=true`` the second load shows the bug this default avoids (where OpenVINO has it)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    batch, seq, heads, size = 2, 3, 4, 8
+    graph = helper.make_graph(
+        [helper.make_node("RotaryEmbedding", ["x", "cos", "sin", "pos"], ["y"], interleaved=1, num_heads=heads)], "rope",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, heads * size]),
+         helper.make_tensor_value_info("cos", TensorProto.FLOAT, [50, size // 2]),
+         helper.make_tensor_value_info("sin", TensorProto.FLOAT, [50, size // 2]),
+         helper.make_tensor_value_info("pos", TensorProto.INT64, [batch, seq])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, heads * size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 11
+    onnx.save(model, str(tmp_path / "rope.onnx"))
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((batch, seq, heads * size)).astype(np.float32),
+             "cos": rng.standard_normal((50, size // 2)).astype(np.float32),
+             "sin": rng.standard_normal((50, size // 2)).astype(np.float32),
+             "pos": rng.integers(0, 50, (batch, seq)).astype(np.int64)}
+    expected = onnxruntime.InferenceSession(str(tmp_path / "rope.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert OvOptions().cache is False
+    for _ in range(2):
+        assert np.abs(load(tmp_path / "rope.onnx").run(feeds)["y"] - expected).max() < 1e-4
+    assert not (cache / "openvino").exists() or not any((cache / "openvino").iterdir())

@@ -115,7 +115,9 @@ class OvOptions:
         metadata={"help": "infer requests per session (0: OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS)", "threads": True},
     )
     cache: bool = field(
-        default=True, metadata={"help": "keep compiled models in <mlpi cache>/openvino (OpenVINO's CACHE_DIR)"}
+        default=False,
+        metadata={"help": "keep compiled models in <mlpi cache>/openvino (OpenVINO's CACHE_DIR); off by default: "
+                          "OpenVINO 2026.4's CPU cache answers wrongly for rotary-embedding graphs loaded from it"}
     )
     dynamic_quantization: Literal["default", "off", "on"] = field(
         default="default",

@@ -14,6 +14,8 @@ prints one line per check (``PASS``/``FAIL``/``SKIP`` with the reason) and a sum
 code is 0 only when no check failed (1 otherwise). What stops the kit from starting (an
 unknown backend, a bad option, a device or runtime missing here) is reported like the rest
 of mlpi: an ``error:`` and a ``hint:`` line, exit 2 for usage errors, 1 for the others.
+``--onnx-node-tests [--sample N] [--op OP ...]`` runs the extended tier instead: the installed
+onnx's node test cases, compared with onnxruntime (:mod:`mlpi.testing.onnx_node_tier`).
 
 In a plugin's own test suite::
 
@@ -432,7 +434,7 @@ class _Kit:
             if loaded.session is not None:
                 try:
                     loaded.session.close()
-                except Exception:  # noqa: BLE001 - reported by reload[]; here only cleanup
+                except Exception:  # noqa: BLE001, S110 - reported by reload[]; here only cleanup
                     pass
                 loaded.session = None
 
@@ -584,12 +586,11 @@ class _Kit:
         if not isinstance(caps.concurrent, bool) or not isinstance(caps.fixed_batch, bool):
             problems.append("concurrent and fixed_batch must be booleans")
         fixed = loaded.fixed_in_file
-        if fixed is not None:
-            if not caps.fixed_batch or mbs != fixed:
-                problems.append(
-                    f"the model's batch is fixed at {fixed}, but the session reports fixed_batch={caps.fixed_batch}, "
-                    f"max_batch_size={caps.max_batch_size}"
-                )
+        if fixed is not None and (not caps.fixed_batch or mbs != fixed):
+            problems.append(
+                f"the model's batch is fixed at {fixed}, but the session reports fixed_batch={caps.fixed_batch}, "
+                f"max_batch_size={caps.max_batch_size}"
+            )
         if problems:
             raise Fail("; ".join(problems))
         return (
@@ -784,7 +785,7 @@ class _Kit:
             raise Fail(f"raised {_describe(exc)}, not mlpi.core.contract.errors.ModelError") from None
         try:
             session.close()
-        except Exception:  # noqa: BLE001 - the failure below is what matters
+        except Exception:  # noqa: BLE001, S110 - the failure below is what matters
             pass
         raise Fail(f"load() accepted a {'file of random bytes' if kind == 'random' else 'truncated model'} and returned a session")
 
@@ -935,9 +936,21 @@ def main(argv: list[str] | None = None) -> int:
     @click.option("--option", "-o", "options", multiple=True, help="Backend option KEY=VALUE; repeatable.")
     @click.option("--plugins", "plugins_file", type=click.Path(), help="plugins.toml to merge over the packaged one.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+    @click.option("--onnx-node-tests", "node_tests", is_flag=True,
+                  help="Instead of the checks: run the installed onnx's node test cases, compared with onnxruntime (CPU).")
+    @click.option("--sample", type=click.IntRange(min=1), help="With --onnx-node-tests: N cases spread over the "
+                  "operators, the same ones every time for a given onnx version.")
+    @click.option("--op", "ops", multiple=True, help="With --onnx-node-tests: only this operator's cases; repeatable.")
     def command(backend: str, device: str, precision: str | None, options: tuple[str, ...], plugins_file: str | None,
-                as_json: bool) -> int:
+                as_json: bool, node_tests: bool, sample: int | None, ops: tuple[str, ...]) -> int:
         from mlpi.core.plugins.options import parse_assignments
+
+        if node_tests:
+            from mlpi.testing.onnx_node_tier import main_node_tests
+
+            return main_node_tests(backend, device, precision, parse_assignments(options), plugins_file, ops, sample, as_json)
+        if sample is not None or ops:
+            raise UsageError("--sample and --op choose ONNX node test cases", "add --onnx-node-tests, or drop them")
 
         width = max(map(len, check_names()))
 
