@@ -290,7 +290,7 @@ def _collect() -> list[Any]:
             warnings.simplefilter("ignore")
             from onnx.backend.test.case.node import collect_testcases
 
-            return list(collect_testcases())
+            return list(collect_testcases(None))  # None: every operator (onnx before 1.16 has no default)
     except Exception as exc:  # noqa: BLE001 - a broken case definition of the installed onnx
         raise MlpiError(
             f"onnx {onnx_version()} could not build its node test cases ({type(exc).__name__}: {str(exc)[:200]})",
@@ -303,7 +303,8 @@ def _collect() -> list[Any]:
 def _write_cache(folder: Path) -> None:
     from mlpi.core.engine.cache import staged_folder
 
-    cases = _collect()
+    # onnx before 1.16 may define a case name twice (and appends on every call): the first counts
+    cases = list({case.name: case for case in reversed(_collect())}.values())[::-1]
     ops = {case.name: operator_of(case.model) for case in cases if not _EXPANDED.search(case.name)}
     rows = []
     try:
