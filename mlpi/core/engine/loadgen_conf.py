@@ -227,12 +227,17 @@ def resolve(lines: list[ConfLine], model: str, scenario: str) -> dict[str, ConfL
         param = name.partition("@")[0]
         if setting.scenario not in (None, scenario):
             continue  # another scenario's setting: it does not change this test
-        for model_part, scenario_part in ((model, scenario), ("*", scenario), (model, "*"), ("*", "*")):
-            line = by_key.get(f"{model_part}.{scenario_part}.{param}")
+        for key in lookup_keys(model, scenario, param):
+            line = by_key.get(key)
             if line is not None:
                 chosen[param] = line
                 break
     return chosen
+
+
+def lookup_keys(model: str, scenario: str, param: str) -> tuple[str, str, str, str]:
+    """The keys LoadGen tries for a setting of one test, the first found winning."""
+    return f"{model}.{scenario}.{param}", f"*.{scenario}.{param}", f"{model}.*.{param}", f"*.*.{param}"
 
 
 def check_applies(conf: ConfFile, model: str, scenarios: list[str]) -> None:
@@ -268,8 +273,7 @@ def merged(own: str, model: str, scenario: str, files: Mapping[str, ConfFile]) -
         body = text_line.split("#", 1)[0]
         key = body.partition("=")[0].strip()
         param = key.rpartition(".")[2] if "=" in body else ""
-        if param and param in user and key in (f"{model}.{scenario}.{param}", f"*.{scenario}.{param}",
-                                               f"{model}.*.{param}", f"*.*.{param}"):
+        if param and param in user and key in lookup_keys(model, scenario, param):
             out.append(f"# {text_line.strip()}  (replaced by {FLAGS['user_conf']})")
             continue
         out.append(text_line)
@@ -379,4 +383,4 @@ def files_of(plan: Any) -> dict[str, ConfFile]:
 
 
 __all__ = ["EXTRA_KEY", "FLAGS", "SETTINGS", "ConfFile", "ConfLine", "check_applies", "departures", "files_of",
-           "loadgen_model_key", "merged", "overridden", "parse", "resolve", "seeds"]
+           "loadgen_model_key", "lookup_keys", "merged", "overridden", "parse", "resolve", "seeds"]
