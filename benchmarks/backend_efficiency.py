@@ -15,6 +15,10 @@ preloaded samples, postprocessing, completing).
     python benchmarks/backend_efficiency.py --backend onnxruntime --model bert-99 --batch-size 4 --duration 60
     python benchmarks/backend_efficiency.py --backend onnxruntime --model rnnt --batch-size 1 --duration 60
     python benchmarks/backend_efficiency.py --backend all --model dlrm-v2 --batch-size 2048 --duration 30   # rows/s
+    python benchmarks/backend_efficiency.py --backend onnxruntime --model resnet50 --precision int8 [--batch-size 8]
+    python benchmarks/backend_efficiency.py --backend openvino --model resnet50 --precision int8 --duration 20
+    python benchmarks/backend_efficiency.py --backend deepsparse --model resnet50 --precision int8   # its own environment
+    python benchmarks/backend_efficiency.py --backend all --model conv --precision fp16
 
 Own loops: ONNX Runtime ``InferenceSession.run``; OpenVINO an ``AsyncInferQueue`` kept full
 (its recommended throughput pattern); PyTorch the converted module under ``inference_mode``;
@@ -37,6 +41,20 @@ postprocessor on the graph's real outputs and reports its share of the time per 
 loads (the criteo dataset's fake groups, seed 0) in batches of ``--batch-size`` rows; mlpi's
 figure is its samples/s times the mean rows of the samples it ran (from the run's per-unit
 figures). Its graph is the random-weights one, tables capped at 10,000 rows.
+
+``--precision int8|fp16`` compares the two sides on the file mlpi's precision transform derives
+(:mod:`mlpi.core.engine.precision`), not on the fp32 one: the script first derives it with
+``mlpi quantize --precision P --json`` (int8: static Q/DQ calibrated on the first
+``--calibration-count`` samples of the benchmark's synthetic data, ``--calibration dataset``),
+the own loop loads that file, and mlpi's run asks for the same precision with the same
+calibration settings, so it finds the same file in the cache. The script checks that the run
+really ran it (``result.json`` ``model.sha256`` is the derived file's, ``model.precision.method``
+is ``transform``) and stops with an error where it did not. Both sides then run the graph's own
+precision: no OpenVINO precision hint, and on ONNX Runtime no
+``session.qdq_matmulnbits_accuracy_level`` for int8 (mlpi sets it to 0 for every other
+precision, and so does the own loop). ``--backend all`` covers onnxruntime and openvino there
+(the pytorch backend runs no Q/DQ graph, and makes fp16 its own way); rnnt (three graphs) and
+dlrm-v2 are compared in fp32 only.
 """
 
 from __future__ import annotations
@@ -47,17 +65,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 Feeds = dict[str, np.ndarray]
 
 
-def tight_loop(backend: str, model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
-    """The runtime's own fastest loop over preloaded batches, with the knobs mlpi uses."""
+def tight_loop(backend: str, model: Path, batches: list[Feeds], seconds: float, threads: int,
+               derived: str | None = None) -> float:
+    """The runtime's own fastest loop over preloaded batches, with the knobs mlpi uses;
+    ``derived``: the precision ``model`` was derived for (it then runs the graph's own types)."""
     loops = {"onnxruntime": ort_loop, "openvino": openvino_loop, "pytorch": torch_loop, "deepsparse": deepsparse_loop}
-    return loops[backend](model, batches, seconds, threads)
+    return loops[backend](model, batches, seconds, threads, derived)
 
 
 def run_batches(model_name: str | None, model: Path, batch: int, count: int = 8) -> list[Feeds]:
@@ -103,12 +125,15 @@ def _rows(batches: list[Feeds]) -> int:
     return len(next(iter(batches[0].values())))
 
 
-def openvino_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
-    """OpenVINO's recommended throughput pattern: an AsyncInferQueue kept full, f32."""
+def openvino_loop(model: Path, batches: list[Feeds], seconds: float, threads: int, derived: str | None = None) -> float:
+    """OpenVINO's recommended throughput pattern: an AsyncInferQueue kept full; f32, or for a
+    derived file no precision hint, as mlpi compiles one."""
     import openvino as ov
 
     core = ov.Core()
-    config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, object] = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    if derived is None:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(core.read_model(str(model)), "CPU", config)
@@ -126,7 +151,7 @@ def openvino_loop(model: Path, batches: list[Feeds], seconds: float, threads: in
     return done / (time.perf_counter() - start)
 
 
-def torch_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
+def torch_loop(model: Path, batches: list[Feeds], seconds: float, threads: int, derived: str | None = None) -> float:
     """The converted torch module called directly under inference_mode."""
     import torch
 
@@ -146,22 +171,16 @@ def torch_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) 
     return _timed(step, tensors, _rows(batches), seconds)
 
 
-def deepsparse_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
+def deepsparse_loop(model: Path, batches: list[Feeds], seconds: float, threads: int, derived: str | None = None) -> float:
     """The engine compiled as mlpi compiles it (batch, cores, default scheduler), called
     on preloaded full batches."""
     import deepsparse
-    import onnx
 
-    from mlpi.backends.deepsparse_backend import (
-        MAX_IR_VERSION,
-        DeepSparseOptions,
-        runnable_copy,
-    )
+    from mlpi.backends.deepsparse_backend import DeepSparseOptions, engine_source
     from mlpi.core.engine.onnx_file import inspect_onnx
 
     artifact = inspect_onnx(model)
-    ir_version = onnx.load(str(model), load_external_data=False).ir_version
-    path = runnable_copy(artifact) if ir_version > MAX_IR_VERSION else model
+    path = engine_source(artifact)  # the file itself, or the copy mlpi's session compiles
     defaults = DeepSparseOptions()
     batch = _rows(batches)
     engine = deepsparse.compile_model(
@@ -256,12 +275,15 @@ def mlpi_rows_per_s(backend: str, batch: int, seconds: float, threads: int, root
     return samples_per_s * rows / samples, valid
 
 
-def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int) -> float:
+def ort_loop(model: Path, batches: list[Feeds], seconds: float, threads: int, derived: str | None = None) -> float:
+    """``InferenceSession.run`` with mlpi's session options (mlpi.backends.ort)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if derived != "int8":  # as mlpi's session: float activations for any DQ+MatMul it fuses
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return _timed(lambda feeds: session.run(names, feeds), batches, _rows(batches), seconds)
@@ -276,15 +298,83 @@ THREAD_OPTION = {
 }
 
 
-def mlpi_offline(backend: str, model_args: list[str], batch: int, seconds: float, threads: int, root: Path) -> tuple[float, bool]:
+#: ``mlpi run``'s exit code when its tests ran and LoadGen judged one INVALID: a measurement
+#: still (the table says INVALID), not a failure.
+INVALID_EXIT = 3
+
+#: Calibration samples (the benchmark's synthetic data) a derived int8 file is calibrated on:
+#: enough for the activation ranges of a performance measurement, quick to run.
+CALIBRATION_COUNT = 32
+
+
+@dataclass(frozen=True)
+class DerivedFile:
+    """The file mlpi's precision transform derived, and the ``mlpi run`` flags that find it again."""
+
+    precision: str
+    path: Path
+    sha256: str
+    run_args: tuple[str, ...]
+
+
+def precision_flags(precision: str, calibration_count: int) -> list[str]:
+    """``--precision`` and, for int8, the calibration settings, the same for quantize and run."""
+    if precision != "int8":
+        return ["--precision", precision]
+    return ["--precision", "int8", "--calibration", "dataset", "-P", f"calibration_count={calibration_count}"]
+
+
+def derive_file(model_args: list[str], precision: str, calibration_count: int) -> DerivedFile:
+    """``mlpi quantize ... --json``: the derived file (built once into mlpi's cache)."""
+    flags = precision_flags(precision, calibration_count)
+    command = [sys.executable, "-m", "mlpi", "quantize", *model_args, *flags, "--json"]
+    print(f"deriving the {precision} file: mlpi quantize {' '.join([*model_args, *flags])} --json", file=sys.stderr, flush=True)
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)  # its progress and errors show
+    if done.returncode != 0:
+        _fail(f"mlpi quantize could not derive the {precision} file (its error is above)",
+              f"run it by hand: python {' '.join(command[1:])}")
+    answer = json.loads(done.stdout)
+    return DerivedFile(precision, Path(answer["path"]), str(answer["sha256"]), tuple(flags))
+
+
+def mlpi_offline(backend: str, model_args: list[str], batch: int, seconds: float, threads: int, root: Path,
+                 derived: DerivedFile | None = None) -> tuple[float, bool]:
+    """mlpi's Offline samples/s and validity: fp32, or the derived file, checked to be what ran."""
     command = [
-        sys.executable, "-m", "mlpi", "run", "--backend", backend, *model_args, "-s", "Offline", "--precision", "fp32",
+        sys.executable, "-m", "mlpi", "run", "--backend", backend, *model_args, "-s", "Offline",
+        *(derived.run_args if derived else ("--precision", "fp32")),
         "--batch-size", str(batch), "--duration", str(seconds), "--output", str(root), "-o", f"{THREAD_OPTION[backend]}={threads}",
     ]
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]  # the root also holds the results index
-    test = json.loads((run_dir / "result.json").read_text())["tests"][0]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []  # the root also holds the results index
+    if done.returncode not in (0, INVALID_EXIT) or len(runs) != 1:
+        _fail(f"mlpi run on {backend} failed: {_error_line(done.stderr)}", f"run it by hand to see why: python {' '.join(command[1:])}")
+    result = json.loads((runs[0] / "result.json").read_text())
+    if derived is not None:
+        check_ran_derived(result["model"], derived, backend)
+    test = result["tests"][0]
     return float(test["value"]), bool(test["valid"])
+
+
+def check_ran_derived(model: dict[str, object], derived: DerivedFile, backend: str) -> None:
+    """Stop unless mlpi's run loaded the very file the own loop runs, made by the transform."""
+    record = model.get("precision") or {}
+    method = record.get("method") if isinstance(record, dict) else None
+    if model.get("sha256") != derived.sha256 or method != "transform":
+        _fail(f"mlpi's {backend} run ran {model.get('path')} (sha256 {str(model.get('sha256'))[:12]}, precision method "
+              f"{method}), not the derived {derived.precision} file {derived.path} (sha256 {derived.sha256[:12]})",
+              "the cached file changed between the two steps: run the benchmark again")
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["no output"])[-1].removeprefix("error:").strip()
+
+
+def _fail(error: str, hint: str) -> NoReturn:
+    print(f"error: {error}\nhint: {hint}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def registered_file(name: str) -> tuple[Path, str]:
@@ -337,7 +427,18 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64, help="image side of the generated conv model")
     parser.add_argument("--width", type=int, default=64, help="channels of the generated conv model")
     parser.add_argument("--json", dest="json_path", type=Path, help="also write the measurements here (mlpi report --efficiency)")
+    parser.add_argument("--precision", choices=["int8", "fp16"],
+                        help="compare on the file mlpi derives for this precision (default: the fp32 file)")
+    parser.add_argument("--calibration-count", type=int, default=CALIBRATION_COUNT,
+                        help="int8: synthetic samples the derived file is calibrated on")
     args = parser.parse_args()
+    if args.precision and args.model in ("rnnt", "dlrm-v2"):
+        parser.error(f"--model {args.model} is compared in fp32 only: drop --precision")
+    if args.precision and args.backend == "pytorch":
+        parser.error("the pytorch backend runs no file derived for int8 or fp16: use --backend onnxruntime or openvino")
+    if args.calibration_count < 1:
+        parser.error("--calibration-count must be 1 or more")
+    precision = args.precision or "fp32"
 
     from mlpi.testing.tiny_models import conv_model
 
@@ -386,28 +487,38 @@ def main() -> int:
             model = conv_model(work / "conv.onnx", size=args.size, width=args.width)
             model_args = ["--model-path", str(model)]
             label = f"conv {args.size}x{args.size}x{args.width}"
-        backends = ["onnxruntime", "openvino", "pytorch"] if args.backend == "all" else [args.backend]
+        derived = derive_file(model_args, args.precision, args.calibration_count) if args.precision else None
+        if derived is not None:
+            model = derived.path  # what both sides run from here on
+            label += f", {derived.precision} file derived by mlpi"
+        main_env = ["onnxruntime", "openvino"] if derived else ["onnxruntime", "openvino", "pytorch"]
+        backends = main_env if args.backend == "all" else [args.backend]
         batches = run_batches(model_name, model, args.batch_size)
         rows = []
         for number, backend in enumerate(backends):
-            loop = tight_loop(backend, model, batches, args.duration, args.threads)
+            loop = tight_loop(backend, model, batches, args.duration, args.threads, args.precision)
             # mlpi runs at least as long as the loop's MIN_BATCHES took
             seconds = max(args.duration, MIN_BATCHES * args.batch_size / loop)
             mine, valid = mlpi_offline(backend, model_args, args.batch_size, seconds, args.threads,
-                                       work / f"results-{number}")
+                                       work / f"results-{number}", derived)
             rows.append((backend, loop, mine, valid, seconds))
         share = postprocess_share(args.model, model, batches[0], rows[0][1]) if args.model in DETECTORS else None
     print(f"model: {label}, batch {args.batch_size}, at least {args.duration}s and {MIN_BATCHES} batches per side, "
-          f"fp32, threads {args.threads or 'default'}")
-    print(f"{'backend':<13}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity  seconds")
+          f"{precision}, threads {args.threads or 'default'}")
+    if derived is not None:
+        how = f", calibrated on the first {args.calibration_count} synthetic samples" if derived.precision == "int8" else ""
+        print(f"file: {derived.path} (sha256 {derived.sha256}{how}); both sides ran it")
+    print(f"{'backend':<13}{'precision':<11}{'own loop':>12}{'mlpi Offline':>14}{'ratio':>8}  validity  seconds")
     for backend, loop, mine, valid, seconds in rows:
-        print(f"{backend:<13}{loop:>12,.3f}{mine:>14,.3f}{mine / loop:>8.3f}  {'VALID' if valid else 'INVALID':<8}  {seconds:,.0f}")
+        print(f"{backend:<13}{precision:<11}{loop:>12,.3f}{mine:>14,.3f}{mine / loop:>8.3f}  "
+              f"{'VALID' if valid else 'INVALID':<8}  {seconds:,.0f}")
     if share is not None:
         print(f"postprocess: {share[0] * 1e6:,.1f} us per sample = {share[1] * 100:.3f}% of the time per sample of {rows[0][0]}'s own loop")
     if args.json_path:
         args.json_path.write_text(json.dumps({
             "format": "mlpi-backend-efficiency/1", "model": label, "batch_size": args.batch_size,
-            "duration_s": args.duration, "precision": "fp32", "threads": args.threads,
+            "duration_s": args.duration, "precision": precision, "threads": args.threads,
+            **({"model_file": str(derived.path), "model_sha256": derived.sha256} if derived else {}),
             "rows": [{"backend": b, "own_loop_samples_per_s": loop, "mlpi_offline_samples_per_s": mine, "valid": valid,
                       "mlpi_duration_s": seconds}
                      for b, loop, mine, valid, seconds in rows],

@@ -87,7 +87,16 @@ def main(debug: bool) -> None:
 @click.option("--mode", default="performance", show_default=True, help="performance, accuracy or both.")
 @click.option("--batch-size", type=int, help="Samples per batch (default: the backend's preference).")
 @click.option("--instances", type=int, default=1, show_default=True, help="Sessions per device unit.")
-@click.option("--precision", help="fp32, fp16, bf16 or int8, where the backend can.")
+@click.option("--precision", help="fp32, fp16, bf16 or int8: mlpi derives fp16/bf16/int8 from the fp32 model "
+                                    "(cached), unless a backend option asks for the backend's own method.")
+@click.option("--calibration", help="int8: official (the benchmark's calibration list; the default where the model "
+                                    "has one), dataset (this run's first samples) or FILE (a list of names); only "
+                                    "official is valid for the closed division.")
+@click.option("--calibration-path", type=click.Path(), help="int8: the folder holding the calibration samples "
+                                                            "(default: --dataset-path).")
+@click.option("--precision-option", "-P", "precision_options", multiple=True,
+              help="How the precision is derived, KEY=VALUE: calibration_method=minmax|entropy|percentile, "
+                   "per_channel=true, block_ops=OP,OP, calibration_count=N; repeatable.")
 @click.option("--target-qps", type=float, help="Offline expected QPS / Server target QPS (default: calibrated).")
 @click.option("--quick", is_flag=True, help="Short development run (10 s per test); not valid for submission.")
 @click.option("--duration", "duration_s", type=float, help="Minimum test duration in seconds (implies not valid for submission).")
@@ -111,6 +120,10 @@ def main(debug: bool) -> None:
 @click.option("--shape", "shapes", multiple=True,
               help="Fix dynamic dimensions: INPUT=1x3x640x640 (? keeps one dynamic) or DIM_NAME=128 for every "
                    "dimension the file names so; repeatable.")
+@click.option("--batch-axis", "batch_axes", multiple=True,
+              help="An input's or output's batch dimension: NAME=1 (an LSTM state [layers, batch, hidden]) or "
+                   "NAME=none (not batched: one value fed to every batch). Default: 0, none for a scalar, or the "
+                   "dimension the file names like the others' batch; repeatable.")
 @click.option("--user-conf", "user_conf", type=click.Path(dir_okay=False),
               help="A LoadGen user.conf merged over mlpi's own settings (its lines win); each test's user.conf "
                    "shows the merge.")
@@ -151,12 +164,14 @@ def run(plan_file: str | None, output: str, debug: bool, **kwargs: Any) -> int:
     else:
         kwargs["options"] = parse_assignments(kwargs["options"])
         kwargs["model_options"] = parse_assignments(kwargs["model_options"], "-M max_rows=100000")
+        kwargs["precision_options"] = parse_assignments(kwargs["precision_options"], "-P calibration_method=entropy")
         from mlpi.cli_tune import take_profile
 
         profile = take_profile(kwargs, printer)  # --profile: a tuned profile's settings, under the flags given
         kwargs["scenarios"] = list(kwargs["scenarios"]) or ["Offline"]
         kwargs["audits"] = list(kwargs["audits"])
         kwargs["shapes"] = list(kwargs["shapes"])
+        kwargs["batch_axes"] = list(kwargs["batch_axes"])
         if kwargs["against"] is not None:
             from mlpi.core.engine.audit_plan import resolve_against
 
@@ -314,6 +329,11 @@ main.add_command(_sweep)
 from mlpi.cli_submission import submission as _submission  # noqa: E402 - registered after the group is defined
 
 main.add_command(_submission)
+
+
+from mlpi.cli_quantize import quantize as _quantize  # noqa: E402 - registered after the group is defined
+
+main.add_command(_quantize)
 
 
 from mlpi.cli_tune import tune as _tune  # noqa: E402 - registered after the group is defined

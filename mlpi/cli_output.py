@@ -142,6 +142,9 @@ class RunPrinter:
             f"mlpi: {plan.model.name}{weights} on {plan.backend} {plan.device}, dataset {plan.dataset}, "
             f"{', '.join(plan.scenarios)} x {', '.join(plan.modes)}{quick}"
         )
+        line = precision_line(plan.extra.get("precision"))
+        if line:
+            _err.print(f"mlpi: {printable(line)}", markup=False)
 
     def test_started(self, scenario: str, mode: str, index: int, total: int) -> None:
         _err.print(f"[{index}/{total}] {scenario} {mode} ...")
@@ -309,6 +312,26 @@ def print_models(rows: list[dict[str, Any]]) -> None:
             _out.print(escape(f"{row['name']}: -M {option['name']}={option['default']}  {option['help']}"))
         if row.get("unofficial"):
             _out.print(escape(f"{row['name']}: not the official model as configured: {row['unofficial']}"))
+
+
+def precision_line(record: Any) -> str | None:
+    """How ``--precision`` was made, in one line (None when no precision was asked for)."""
+    if not isinstance(record, dict) or not record.get("requested"):
+        return None
+    wanted, method = record["requested"], record.get("method")
+    if method == "transform":
+        transform = record.get("transform") or {}
+        made = f"{wanted} model derived from the fp32 file by {transform.get('tool', '?')}"
+        calibration = transform.get("calibration")
+        if isinstance(calibration, dict):
+            made += f", calibrated on {calibration.get('count')} samples ({calibration.get('kind')})"
+    elif method == "backend":
+        made = f"{wanted} derived by the backend: {record.get('backend_method')}"
+    else:
+        made = f"{wanted}: the model file's own precision"
+    if record.get("closed_division") is False:
+        made += f"; not valid for the closed division: {record.get('closed_reason')}"
+    return f"precision: {made}"
 
 
 def submission_reasons(result: Any) -> str:

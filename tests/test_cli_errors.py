@@ -162,8 +162,9 @@ CASES = [
     ("seed-negative", ["run", "--backend", "null", "--model-path", "{model}", "--seed", "-1"], EXIT_USAGE,
      ("--seed", "-1"), ("--seed",)),
     # Found by the backend's own check while planning, before any run directory exists.
-    ("ort-precision-not-the-models", ["run", "--backend", "onnxruntime", "--model-path", "{model}", "--precision", "fp16"],
-     EXIT_USAGE, ("model's own precision (fp32)", "fp16"), ("--precision",)),
+    ("ort-dynamic-int8-not-int8", ["run", "--backend", "onnxruntime", "--model-path", "{model}", "--precision", "fp16",
+                                   "-o", "dynamic_int8=true"],
+     EXIT_USAGE, ("-o dynamic_int8 derives --precision int8", "fp16"), ("--precision int8",)),
     ("ort-provider-wrong-device", ["run", "--backend", "onnxruntime", "--model-path", "{model}", "-o", "provider=tensorrt"],
      EXIT_USAGE, ("provider 'tensorrt'", "'cpu'"), ("provider=default",)),
     ("ort-provider-not-in-build", ["run", "--backend", "onnxruntime", "--model-path", "{model}", "-o", "provider=openvino"],

@@ -404,14 +404,15 @@ def _builtin_backends() -> list[str]:
 
 
 #: Cases of the sample where a built-in backend answers unlike onnxruntime: real bugs,
-#: reported with the full run's list in the README (OpenVINO 2026.4, onnx 1.23.2). The
-#: sampled run must find no other wrong answer, and each of these is an xfail of its own.
-KNOWN_WRONG: dict[str, dict[str, str]] = {
+#: reported with the full run's list in the README (onnx 1.23.2). The sampled run must find
+#: no other wrong answer, and each of these is an xfail of its own.
+KNOWN_WRONG: dict[str, dict[str, str]] = {}
+#: Cases of the sample a built-in backend refuses because it would answer them wrongly
+#: (OpenVINO 2026.4: mlpi/backends/_ov_unfaithful.py), with the operator the refusal names.
+KNOWN_REFUSED: dict[str, dict[str, str]] = {
     "openvino": {
-        "test_attention_local_window_rank1_boolean_mask":
-            "OpenVINO ignores Attention's left_window_size (opset 25): every query sees the whole past",
-        "test_maxpool_2d_ceil_output_size_reduce_by_one":
-            "OpenVINO's ceil_mode MaxPool keeps a window that starts past the input: 2x2 output where ONNX has 1x1",
+        "test_attention_local_window_rank1_boolean_mask": "Attention",  # ignores left_window_size
+        "test_maxpool_2d_ceil_output_size_reduce_by_one": "MaxPool",  # keeps a window past the input
     },
 }
 #: Precisions the sampled runs ask for where the backend's default depends on the CPU
@@ -461,3 +462,12 @@ def test_builtin_backend_gives_no_other_wrong_answer_on_a_sample(cases, name):
 def test_known_wrong_answer(name, case):
     report = sampled_report(name)
     assert report.outcome(case) == PASS, next(r.detail for r in report.results if r.name == case)
+
+
+@pytest.mark.parametrize(
+    ("name", "case", "op"), [(name, case, op) for name, known in KNOWN_REFUSED.items() for case, op in known.items()]
+)
+def test_a_case_the_backend_would_answer_wrongly_is_refused_naming_the_operator(name, case, op):
+    result = next(r for r in sampled_report(name).results if r.name == case)
+    assert result.outcome == UNSUPPORTED, result
+    assert result.detail.startswith(f"ModelError: {case}.onnx: {op} node "), result.detail

@@ -140,8 +140,8 @@ def test_cuda_session_really_runs_on_cuda(model_dir: Path) -> None:
 
 
 def test_int8_quantizes_once_runs_close_to_fp32_and_says_int8(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    """--precision int8: the MatMul weights become int8 (MatMulInteger after a run-time
-    DynamicQuantizeLinear), made once into the cache; the answers stay close to fp32's."""
+    """-o dynamic_int8 with --precision int8: the MatMul weights become int8 (MatMulInteger after
+    a run-time DynamicQuantizeLinear), made once into the cache; the answers stay close to fp32's."""
     import onnx
 
     from mlpi.models.bert_graph import BertConfig, write_bert
@@ -149,8 +149,10 @@ def test_int8_quantizes_once_runs_close_to_fp32_and_says_int8(tmp_path: Path, ca
     path = write_bert(tmp_path / "bert.onnx", 5, BertConfig(layers=2, hidden=64, heads=4, intermediate=128))
     artifact = inspect_onnx(path)
     backend = OnnxRuntimeBackend()
-    backend.check(artifact, Device("cpu"), OrtOptions(), "int8")
-    int8 = backend.load(artifact, Device("cpu"), OrtOptions(), "int8")
+    dynamic = OrtOptions(dynamic_int8=True)
+    assert backend.native_precision(dynamic, "int8") and backend.native_precision(OrtOptions(), "int8") is None
+    backend.check(artifact, Device("cpu"), dynamic, "int8")
+    int8 = backend.load(artifact, Device("cpu"), dynamic, "int8")
     fp32 = backend.load(artifact, Device("cpu"), OrtOptions(), None)
     assert int8.precision == "int8" and fp32.precision == "fp32"
     assert "quantizing bert.onnx to int8" in capfd.readouterr().err
@@ -165,19 +167,21 @@ def test_int8_quantizes_once_runs_close_to_fp32_and_says_int8(tmp_path: Path, ca
     for name, expected in want.items():
         assert not np.array_equal(got[name], expected)  # really another computation
         np.testing.assert_allclose(got[name], expected, atol=0.05 * float(np.abs(expected).max()) + 1e-3)
-    backend.load(artifact, Device("cpu"), OrtOptions(), "int8")
+    backend.load(artifact, Device("cpu"), dynamic, "int8")
     assert "quantizing" not in capfd.readouterr().err  # from the cache the second time
 
 
 def test_int8_is_refused_off_the_cpu_provider_and_for_a_non_fp32_model(model_dir: Path) -> None:
     artifact = inspect_onnx(model_dir / "matmul.onnx")
     with pytest.raises(UsageError, match="CPU execution provider"):
-        OnnxRuntimeBackend().check(artifact, Device("cpu"), OrtOptions(provider="openvino"), "int8")
+        OnnxRuntimeBackend().check(artifact, Device("cpu"), OrtOptions(provider="openvino", dynamic_int8=True), "int8")
     from mlpi.core.contract.backend import ModelArtifact, TensorSpec
 
     half = ModelArtifact(artifact.path, artifact.sha256, (TensorSpec("x", "float16", (None, 4)),), artifact.outputs)
     with pytest.raises(UsageError, match="fp16"):
-        OnnxRuntimeBackend().check(half, Device("cpu"), OrtOptions(), "int8")
+        OnnxRuntimeBackend().check(half, Device("cpu"), OrtOptions(dynamic_int8=True), "int8")
+    with pytest.raises(UsageError, match="-o dynamic_int8 derives --precision int8"):
+        OnnxRuntimeBackend().check(artifact, Device("cpu"), OrtOptions(dynamic_int8=True), None)
 
 
 def test_int8_weights_of_an_fp32_model_run_with_float_activations(tmp_path: Path) -> None:

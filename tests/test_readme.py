@@ -504,6 +504,10 @@ OFFICIAL_DATA = ("needs the official data set, and the official weights (an accu
 SERVER_SEARCH = ("a Server search: about 12 trials of process start, calibration and LoadGen, 80 s on two cores "
                  "even at 1 s trials; tests/test_tune.py runs searches")
 
+CALIBRATION_IMAGES = ("needs the 500 ImageNet images of MLPerf's calibration list, and quantising ResNet50 on 500 "
+                      "images takes over a minute on two cores; tests/test_precision.py quantises the random-weights "
+                      "ResNet50 from a folder of images named as the list names them")
+
 #: README commands that do not run here, with the reason. Keyed by the command as written.
 NOT_RUN: dict[str, str] = {
     "mlpi fetch resnet50": NETWORK,
@@ -539,6 +543,9 @@ NOT_RUN: dict[str, str] = {
         "needs a profile with Server settings, which only a Server search makes (see the tunes above)",
     "mlpi sweep -b onnxruntime,openvino -d cpu --batch-size 1,8 --instances 1,2 -s Offline,Server --model resnet50 --quick":
         "16 cells, each a run of its own: minutes even on a tiny model; tests/test_sweep.py runs sweeps",
+    "mlpi quantize --model resnet50 --precision int8 --calibration-path ~/imagenet-calibration": CALIBRATION_IMAGES,
+    "mlpi run --model resnet50 --precision int8 --calibration-path ~/imagenet-calibration -b openvino":
+        CALIBRATION_IMAGES,
     "mlpi run --backend tensorrt --device cuda --model resnet50 --precision fp16 -s Offline":
         "needs an NVIDIA GPU with TensorRT; tests/test_tensorrt_backend.py runs the backend against a fake",
 }
@@ -901,6 +908,11 @@ RUN: dict[str, Step] = {
     "mlpi run --model-path detector.onnx --shape images=?x3x640x640 --quick": Step(
         "basics", expect_fixed_shape, swap=(("--quick", SHORT),), add=("--count", "8"),
         why="detector.onnx takes images [batch, 3, h, w]; 0.3 s instead of 10 s; 8 samples (4.9 MB each)"),
+    "mlpi run --model-path model.onnx --precision fp16": Step(
+        "basics", ran(("Offline", "performance")), add=SHORT, why="0.3 s tests"),
+    "mlpi run --model-path model.onnx --precision int8 --calibration dataset": Step(
+        "basics", ran(("Offline", "performance")), add=(*SHORT, "-P", "calibration_count=8"),
+        why="0.3 s tests; 8 calibration samples instead of 500"),
     "mlpi run --plan results/<run-id>/plan.json": Step(
         "basics", expect_plan_rerun, fill=(("<run-id>", "{plain}"),)),
     "mlpi run --model resnet50 -s Offline --user-conf user.conf": Step(

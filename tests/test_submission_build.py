@@ -372,6 +372,27 @@ def test_closed_division_refuses_random_weights(runs: SubmissionRuns) -> None:
     assert opened == []
 
 
+def test_closed_division_refuses_int8_calibrated_on_other_data(runs: SubmissionRuns) -> None:
+    """A run whose int8 model was calibrated on anything but the official calibration set
+    (result.json ``model.precision.closed_division`` false) is refused in the closed division only."""
+    import dataclasses
+
+    with Store(store_path(runs.root)) as store:
+        record = store.find(runs.main)
+    reason = "int8 calibrated on the first 500 samples of dataset 'imagenet', not the official calibration set"
+    model = dataclasses.replace(record.result.model, extra={**record.result.model.extra, "precision": {
+        "requested": "int8", "method": "transform", "closed_division": False, "closed_reason": reason}})
+    record = dataclasses.replace(record, result=dataclasses.replace(record.result, model=model))
+    test = next(t for t in record.result.tests if t.scenario == "Offline" and t.mode == "performance")
+    pick = TestPick(record, test, Setup.of(record.result, test.precision))
+    rules = BenchmarkRules.of(record.result)
+    assert rules is not None
+    dev = {"allow_short_runs": True, "allow_subset": True}
+    closed = performance_refusals(pick, rules, Request("closed", "edge", "v6.1", seeds=LAYOUTS["v6.1"].seeds, **dev))
+    assert f"its int8 precision: {reason}" in closed
+    assert performance_refusals(pick, rules, Request("open", "edge", "v6.1", seeds=LAYOUTS["v6.1"].seeds, **dev)) == []
+
+
 def test_a_run_with_another_rounds_loadgen_seeds_is_refused(runs: SubmissionRuns) -> None:
     """Each round has its own LoadGen seeds and its checker refuses others: a ResNet50 run
     (rules of v6.1) goes into v6.1's tree only, and the refusal names the way to another."""

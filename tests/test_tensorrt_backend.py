@@ -1,17 +1,21 @@
-"""TensorRT backend: engine cache, profiles, int8 calibration, contexts, errors.
+"""TensorRT backend: engine cache, profiles, precision, int8 calibration, contexts, errors.
 
 TensorRT and the CUDA driver cannot exist on the machines this suite runs on (no NVIDIA
 GPU), so most tests run the backend against FAKES of ``tensorrt`` and of cuda-python's
 runtime (``tests/fakes/``). The fakes are loaded from their files and put into
 ``sys.modules`` by the ``fake`` fixture only, and removed after each test. Their numbers
 are real: the fake engine runs the ONNX graph with onnxruntime on the bytes the backend
-copied into fake device memory. The tests marked ``gpu`` at the end run the same checks
-on the real runtime and skip unless TensorRT and an NVIDIA GPU are there. Tests of the
-machine as it is (no TensorRT) use no fake at all.
+copied into fake device memory. The ``fake`` fixture runs each test twice, against the
+fake as TensorRT 10 and as TensorRT 11 (whose removed APIs raise AttributeError);
+``fake10`` is for the builder-flag path only TensorRT 10 has, ``fake11`` for what only 11
+refuses. The tests marked ``gpu`` at the end run the same checks on the real runtime and
+skip unless TensorRT and an NVIDIA GPU are there. Tests of the machine as it is (no
+TensorRT) use no fake at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -61,6 +65,10 @@ class FakeGpu:
     cuda: types.ModuleType
     engines: Path  # <mlpi cache>/tensorrt
 
+    @property
+    def major(self) -> int:
+        return int(self.trt.MAJOR)
+
     def engine_files(self) -> set[Path]:
         return set(self.engines.glob("*.engine")) if self.engines.exists() else set()
 
@@ -74,9 +82,10 @@ def _load_fake(monkeypatch: pytest.MonkeyPatch, name: str, path: Path) -> types.
     return module
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeGpu:
-    """A fake GPU: fake ``tensorrt`` and ``cuda.bindings.runtime`` in sys.modules, for this test only."""
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, major: int) -> FakeGpu:
+    """A fake GPU: fake ``tensorrt`` (as TensorRT ``major``) and ``cuda.bindings.runtime`` in
+    sys.modules, for this test only."""
+    monkeypatch.setenv("FAKE_TENSORRT_MAJOR", str(major))
     runtime = _load_fake(monkeypatch, "cuda.bindings.runtime", FAKES / "cuda_runtime.py")
     bindings = types.ModuleType("cuda.bindings")
     bindings.__path__ = []  # type: ignore[attr-defined]
@@ -93,6 +102,121 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeGpu:
     return FakeGpu(trt, runtime, tmp_path / "cache" / "tensorrt")
 
 
+@pytest.fixture(params=[10, 11], ids=["trt10", "trt11"])
+def fake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeGpu:
+    """The fake GPU with TensorRT 10, then with TensorRT 11: what both must do alike."""
+    return _fake_gpu(monkeypatch, tmp_path, request.param)
+
+
+@pytest.fixture
+def fake10(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeGpu:
+    """The fake GPU with TensorRT 10: its builder flags and int8 calibrator (-o builder_precision)."""
+    return _fake_gpu(monkeypatch, tmp_path, 10)
+
+
+@pytest.fixture
+def fake11(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeGpu:
+    """The fake GPU with TensorRT 11, which removed weak typing."""
+    return _fake_gpu(monkeypatch, tmp_path, 11)
+
+
+# Graphs as mlpi's precision transform derives them: fp32 inputs and outputs, the precision inside.
+
+def _save_graph(path: Path, nodes: list, initializers: list, features: int = 16, classes: int = 10,
+                io_type: int = 1) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, path.stem,
+        [helper.make_tensor_value_info("x", io_type, ["N", features])],
+        [helper.make_tensor_value_info("logits", io_type, ["N", classes]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _weights(seed: int = 0, features: int = 16, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((features, classes)).astype(np.float32), rng.standard_normal(classes).astype(np.float32)
+
+
+def fp16_graph(path: Path) -> Path:
+    """Cast to fp16, MatMul + Add in fp16, Cast back: what an fp16 transform gives."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight, bias = _weights()
+    nodes = [
+        helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+        helper.make_node("MatMul", ["x16", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["logits16"]),
+        helper.make_node("Cast", ["logits16"], ["logits"], to=TensorProto.FLOAT),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    inits = [numpy_helper.from_array(weight.astype(np.float16), "W"), numpy_helper.from_array(bias.astype(np.float16), "B")]
+    return _save_graph(path, nodes, inits)
+
+
+def qdq_graph(path: Path) -> Path:
+    """QuantizeLinear/DequantizeLinear on the activation, int8 weights dequantized, MatMul in
+    between: what an int8 transform gives (the scales are in the graph)."""
+    from onnx import helper, numpy_helper
+
+    weight, bias = _weights()
+    w_scale = np.float32(np.abs(weight).max() / 127)
+    w_int8 = np.clip(np.round(weight / w_scale), -127, 127).astype(np.int8)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "zero"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["Wq", "w_scale", "zero"], ["W"]),
+        helper.make_node("MatMul", ["xd", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(4.0 / 127, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "zero"),
+        numpy_helper.from_array(w_int8, "Wq"),
+        numpy_helper.from_array(np.array(w_scale, np.float32), "w_scale"),
+        numpy_helper.from_array(bias, "B"),
+    ]
+    return _save_graph(path, nodes, inits)
+
+
+def bf16_graph(path: Path) -> Path:
+    """The input rounded through bfloat16 before an fp32 MatMul + Add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight, bias = _weights()
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xb"], to=TensorProto.BFLOAT16),
+        helper.make_node("Cast", ["xb"], ["xr"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["xr", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    return _save_graph(path, nodes, [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")])
+
+
+def fp16_file(path: Path) -> Path:
+    """A model exported in fp16 end to end (fp16 inputs and outputs), given as it is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight, bias = _weights()
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    inits = [numpy_helper.from_array(weight.astype(np.float16), "W"), numpy_helper.from_array(bias.astype(np.float16), "B")]
+    return _save_graph(path, nodes, inits, io_type=TensorProto.FLOAT16)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     path = tmp_path_factory.mktemp("trt-models")
@@ -102,13 +226,23 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "matmul_b4": tiny_models.matmul_model(path / "matmul_b4.onnx", batch=4),
         "two_inputs": tiny_models.two_input_model(path / "two_inputs.onnx"),
         "conv": tiny_models.conv_model(path / "conv.onnx"),
+        "fp16_graph": fp16_graph(path / "fp16_graph.onnx"),
+        "qdq_graph": qdq_graph(path / "qdq_graph.onnx"),
+        "bf16_graph": bf16_graph(path / "bf16_graph.onnx"),
+        "fp16_file": fp16_file(path / "fp16_file.onnx"),
     }
 
 
+def artifact(model: Path, derived: str | None = None):
+    """The model's artifact; ``derived``: the precision mlpi's transform derived the graph for."""
+    found = inspect_onnx(model)
+    return dataclasses.replace(found, precision=derived) if derived else found
+
+
 def load(model: Path, precision: str | None = None, batch: int | None = 8, device: str = "cuda",
-         calibration=None, **options: object):
+         calibration=None, derived: str | None = None, **options: object):
     return TensorRTBackend().load(
-        inspect_onnx(model), Device.parse(device), TrtOptions(**options), precision, LoadContext(batch, calibration)
+        artifact(model, derived), Device.parse(device), TrtOptions(**options), precision, LoadContext(batch, calibration)
     )
 
 
@@ -242,9 +376,11 @@ def test_version_and_probe_without_cuda_python(fake: FakeGpu, monkeypatch: pytes
     assert TensorRTBackend().probe() == []
 
 
-def test_other_tensorrt_major_versions_are_refused(fake: FakeGpu, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(fake.trt, "__version__", "8.6.1")
-    with pytest.raises(PluginError, match="TensorRT 8.6.1 is installed; the tensorrt backend needs TensorRT 10"):
+@pytest.mark.parametrize("version", ["8.6.1", "12.0.0.1", "unknown"])
+def test_other_tensorrt_major_versions_are_refused(fake: FakeGpu, monkeypatch: pytest.MonkeyPatch, version: str):
+    assert TensorRTBackend().version() == fake.trt.__version__ and fake.trt.__version__.startswith(f"{fake.major}.")
+    monkeypatch.setattr(fake.trt, "__version__", version)
+    with pytest.raises(PluginError, match=f"TensorRT {version} is installed; the tensorrt backend needs TensorRT 10 or 11"):
         TensorRTBackend().version()
     assert TensorRTBackend().probe() == []
 
@@ -284,7 +420,7 @@ def run_mlpi(tmp_path: Path, site: Path, *args: str) -> subprocess.CompletedProc
     env.update(PYTHONPATH=str(site), HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "xdg"), COLUMNS="200")
     return subprocess.run(
         [sys.executable, "-m", "mlpi", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=120, stdin=subprocess.DEVNULL,
+        timeout=120, stdin=subprocess.DEVNULL, check=False,
     )
 
 
@@ -296,8 +432,10 @@ def test_backends_lists_tensorrt_as_not_installed_with_the_hint(tmp_path: Path, 
     assert row["status"] == "not installed"
     assert "TensorRT is not installed" in row["error"]
     assert row["hint"].endswith(INSTALL_HINT)
-    assert row["device_kinds"] == ["cuda"] and row["precisions"] == ["fp32", "fp16", "int8"]
-    assert {"contexts", "workspace_mib", "builder_optimization_level", "calibration_cache"} <= set(row["options"])
+    assert row["device_kinds"] == ["cuda"] and row["precisions"] == ["fp32", "fp16", "bf16", "int8"]
+    assert {"contexts", "workspace_mib", "builder_optimization_level", "builder_precision",
+            "calibration_cache"} <= set(row["options"])
+    assert "TensorRT 11 removed" in row["options"]["builder_precision"]
     assert "default 2" in row["options"]["contexts"]
 
 
@@ -328,13 +466,33 @@ def test_cuda_wrapper_raises_with_the_call_and_error_name(fake: FakeGpu):
     assert (info.name, info.compute_capability) == ("NVIDIA Fake GPU", "9.0")
 
 
-@pytest.mark.parametrize("precision", [None, "fp16"])
-def test_conformance_kit_passes_on_the_fake_gpu(fake: FakeGpu, precision: str | None):
-    report = run_checks(TensorRTBackend, device="cuda", precision=precision)
+def _conformance(fake: FakeGpu, precision: str | None, options: dict[str, str]) -> None:
+    report = run_checks(TensorRTBackend, device="cuda", precision=precision, options=options)
     assert report.failed == [], [r.line() for r in report.failed]
     assert [r.name for r in report.passed] == check_names(), [r.line() for r in report.skipped]
     assert fake.cuda.live() == {"device": 0, "pinned": 0, "streams": 0}, "close() frees every buffer and stream"
     assert fake.cuda.PAGEABLE_ASYNC_COPIES == 0, "asynchronous copies go through pinned host memory"
+
+
+def test_conformance_kit_passes_on_the_fake_gpu(fake: FakeGpu):
+    _conformance(fake, None, {})
+    assert fake.trt.BUILDS and all(b["strongly_typed"] and b["flags"] == [] for b in fake.trt.BUILDS)
+
+
+def test_conformance_kit_passes_with_tensorrt_10_builder_fp16(fake10: FakeGpu):
+    _conformance(fake10, "fp16", {"builder_precision": "true"})
+    assert fake10.trt.BUILDS and all(not b["strongly_typed"] and b["flags"] == ["FP16"] for b in fake10.trt.BUILDS)
+
+
+def test_conformance_kit_passes_fp16_on_the_derived_files(fake: FakeGpu):
+    """Without builder flags (TensorRT 10) or with none to use (11), fp16 is mlpi's derived file,
+    built strongly typed as it is; the engines stay in the kit's own cache."""
+    _conformance(fake, "fp16", {})
+    builds = fake.trt.BUILDS
+    assert builds and all(b["strongly_typed"] and b["flags"] == [] for b in builds)
+    assert all(Path(b["onnx"]).parent.parent.name == "precision" and Path(b["onnx"]).name == "model.onnx"
+               for b in builds if "corrupt" not in b["onnx"]), [b["onnx"] for b in builds]
+    assert not fake.engine_files(), "the kit's engines are not left in the user's cache"
 
 
 def test_engine_is_built_once_then_reused(fake: FakeGpu, models, capsys):
@@ -358,21 +516,34 @@ def test_engine_is_built_once_then_reused(fake: FakeGpu, models, capsys):
 
 
 CHANGES = {
-    "precision": lambda fake, run: run.update(precision="fp16"),
+    "derived fp16 graph": lambda fake, run: run.update(model="fp16_graph", precision="fp16", derived="fp16"),
     "batch profile": lambda fake, run: run.update(batch=16),
     "profile count (contexts)": lambda fake, run: run.update(contexts=3),
     "GPU name": lambda fake, run: setattr(fake.cuda.DEVICES[0], "name", "NVIDIA Other GPU"),
     "compute capability": lambda fake, run: setattr(fake.cuda.DEVICES[0], "minor", 1),
-    "TensorRT version": lambda fake, run: setattr(fake.trt, "__version__", "10.9.1.0"),
+    "TensorRT version": lambda fake, run: setattr(fake.trt, "__version__", f"{fake.major}.9.1.0"),
     "workspace_mib": lambda fake, run: run.update(workspace_mib=256),
     "builder_optimization_level": lambda fake, run: run.update(builder_optimization_level=5),
     "tf32": lambda fake, run: run.update(tf32=True),
     "model weights": lambda fake, run: run.update(model="matmul_seed1"),
 }
+#: Changes only TensorRT 10 can make: the same file, its precision derived by the builder flags.
+TENSORRT_10_CHANGES = {
+    "builder fp16": lambda fake, run: run.update(precision="fp16", builder_precision=True),
+}
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_a_changed_input_gives_a_new_key_and_the_stale_engine_is_not_used(fake: FakeGpu, models, capsys, change):
+    _assert_new_engine(fake, models, capsys, CHANGES[change])
+
+
+@pytest.mark.parametrize("change", list(TENSORRT_10_CHANGES))
+def test_builder_precision_gives_a_new_key(fake10: FakeGpu, models, capsys, change):
+    _assert_new_engine(fake10, models, capsys, TENSORRT_10_CHANGES[change])
+
+
+def _assert_new_engine(fake: FakeGpu, models, capsys, change) -> None:
     run: dict[str, object] = {"model": "matmul"}
 
     def load_now():
@@ -384,7 +555,7 @@ def test_a_changed_input_gives_a_new_key_and_the_stale_engine_is_not_used(fake: 
     old_bytes = old.engine_path.read_bytes()
     capsys.readouterr()
 
-    CHANGES[change](fake, run)
+    change(fake, run)
     new = load_now()
     lines = stderr_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith("mlpi: tensorrt: built engine for "), lines
@@ -478,11 +649,188 @@ def test_builder_options_reach_the_builder(fake: FakeGpu, models):
     assert "TF32" not in fake.trt.BUILDS[-1]["flags"], "fp32 means fp32 unless -o tf32=true"
 
 
-def test_fp16_sets_the_flag_and_reports_it(fake: FakeGpu, models):
-    fp32 = load(models["conv"])
-    assert fake.trt.BUILDS[-1]["flags"] == [] and fp32.precision == "fp32"
-    fp16 = load(models["conv"], precision="fp16")
-    assert fake.trt.BUILDS[-1]["flags"] == ["FP16"] and fp16.precision == "fp16"
+def test_default_build_is_strongly_typed_with_no_precision_flags(fake: FakeGpu, models):
+    for precision in (None, "fp32"):
+        session = load(models["conv"], precision=precision)
+        build = fake.trt.BUILDS[-1]
+        assert build["strongly_typed"] and build["flags"] == [] and build["scales"] is None
+        assert session.precision == "fp32" and fake.trt.ENGINES[-1].doc["strongly_typed"]
+        feeds = feeds_for(session, 3)
+        assert_same(dict(session.run(feeds)), reference(models["conv"], feeds))
+        session.close()
+    assert not (fake.engines / "calibration").exists()
+
+
+def test_a_derived_fp16_graph_runs_as_it_is_typed(fake: FakeGpu, models):
+    session = load(models["fp16_graph"], precision="fp16", derived="fp16")
+    build = fake.trt.BUILDS[-1]
+    assert build["strongly_typed"] and build["flags"] == [], "the graph's types decide, no FP16 flag"
+    assert session.precision == "fp16"
+    assert [(t.name, t.dtype) for t in session.inputs] == [("x", "float32")], "the transform keeps fp32 inputs"
+    feeds = feeds_for(session, 5)
+    got = dict(session.run(feeds))
+    assert_same(got, reference(models["fp16_graph"], feeds), rtol=0, atol=0)
+    weight, bias = _weights()
+    fp32_logits = feeds["x"] @ weight + bias
+    np.testing.assert_allclose(got["logits"], fp32_logits, *TOLERANCES["fp16"])
+    assert not np.array_equal(got["logits"], fp32_logits), "the engine really ran the fp16 graph"
+    session.close()
+
+
+def test_a_derived_int8_graph_carries_its_scales_and_is_not_calibrated(fake: FakeGpu, models):
+    data = np.random.default_rng(5).standard_normal((8, 16)).astype(np.float32)
+    source, calls = calibration_source(data)
+    session = load(models["qdq_graph"], precision="int8", derived="int8", batch=4, calibration=source)
+    build = fake.trt.BUILDS[-1]
+    assert build["strongly_typed"] and build["flags"] == [] and build["scales"] is None
+    assert build["calibration_batches"] == [] and calls == [], "the Q/DQ nodes hold the scales: no calibrator"
+    assert not (fake.engines / "calibration").exists()
+    assert session.precision == "int8"
+    feeds = feeds_for(session, 4)
+    assert_same(dict(session.run(feeds)), reference(models["qdq_graph"], feeds), rtol=0, atol=0)
+    session.close()
+    again = load(models["qdq_graph"], precision="int8", derived="int8", batch=4)  # no calibration data needed
+    assert again.engine_reused and len(fake.trt.BUILDS) == 1
+    again.close()
+
+
+def test_a_bf16_graph_needs_compute_capability_8(fake: FakeGpu, models):
+    session = load(models["bf16_graph"], precision="bf16", derived="bf16")
+    assert session.precision == "bf16" and fake.trt.BUILDS[-1]["strongly_typed"] and fake.trt.BUILDS[-1]["flags"] == []
+    feeds = feeds_for(session, 3)
+    assert_same(dict(session.run(feeds)), reference(models["bf16_graph"], feeds), rtol=0, atol=0)
+    session.close()
+    fake.cuda.DEVICES[0].major, fake.cuda.DEVICES[0].minor = 7, 5
+    with pytest.raises(DeviceError, match=r"bf16 needs a GPU of compute capability 8.0 or newer; GPU 0 .* is 7.5") as raised:
+        load(models["bf16_graph"], precision="bf16", derived="bf16")
+    assert raised.value.hint == "run --precision fp16 on this GPU"
+    assert len(fake.trt.BUILDS) == 1
+
+
+def test_a_file_given_as_it_is_runs_and_reports_its_own_types(fake: FakeGpu, models):
+    session = load(models["fp16_file"])
+    assert session.precision == "fp16" and fake.trt.BUILDS[-1]["strongly_typed"] and fake.trt.BUILDS[-1]["flags"] == []
+    feeds = feeds_for(session, 3)
+    assert feeds["x"].dtype == np.float16
+    assert_same(dict(session.run(feeds)), reference(models["fp16_file"], feeds), rtol=0, atol=0)
+    session.close()
+    load(models["fp16_file"], precision="fp16").close()  # asking for the precision the file carries is fine
+    with pytest.raises(UsageError, match="fp16_file.onnx is fp16, not fp32"):
+        TensorRTBackend().check(artifact(models["fp16_file"]), Device("cuda"), TrtOptions(), "fp32")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "int8"])
+def test_a_precision_the_graph_was_not_derived_for_is_refused(fake: FakeGpu, models, precision: str):
+    backend = TensorRTBackend()
+    with pytest.raises(UsageError) as raised:
+        backend.check(artifact(models["matmul"]), Device("cuda"), TrtOptions(), precision)
+    assert raised.value.message == (f"backend 'tensorrt' runs the precision its graph carries, and matmul.onnx is fp32, "
+                                    f"not {precision} (the graph was not derived for it)")
+    hint = raised.value.hint or ""
+    assert f"`mlpi run --precision {precision}`" in hint
+    assert ("-o builder_precision=true" in hint) == (fake.major == 10 and precision != "bf16")
+    other = "int8" if precision == "fp16" else precision
+    with pytest.raises(UsageError, match=f"fp16_graph.onnx was derived for fp16, and the run asks for {other}"):
+        backend.check(artifact(models["fp16_graph"], "fp16"), Device("cuda"), TrtOptions(), other)
+    with pytest.raises(UsageError, match="cannot run precision 'fp8'"):
+        backend.check(artifact(models["matmul"]), Device("cuda"), TrtOptions(), "fp8")
+    assert fake.trt.BUILDS == []
+
+
+def test_calibration_cache_belongs_to_the_builder_int8_path(fake: FakeGpu, models, tmp_path: Path):
+    given = tmp_path / "given.cache"
+    given.write_text("scales\n")
+    options = TrtOptions(calibration_cache=str(given))
+    backend = TensorRTBackend()
+    for model, derived, precision, runs in ((models["qdq_graph"], "int8", "int8", "runs its int8 graph as it is typed"),
+                                            (models["matmul"], None, None, "runs its fp32 graph as it is typed")):
+        with pytest.raises(UsageError) as raised:
+            backend.check(artifact(model, derived), Device("cuda"), options, precision)
+        assert raised.value.message == ("option calibration_cache holds scales for TensorRT 10's int8 calibrator, used only "
+                                        f"with -o builder_precision=true --precision int8, and this run {runs}")
+        assert "drop -o calibration_cache" in (raised.value.hint or "")
+    assert fake.trt.BUILDS == []
+
+
+def test_native_precision_names_tensorrt_10_builder_flags():
+    backend = TensorRTBackend()  # needs no runtime: the core asks while it plans
+    native = TrtOptions(builder_precision=True)
+    assert backend.native_precision(native, "fp16") == (
+        "TensorRT 10 builder flag FP16 (TensorRT picks fp16 or fp32 kernels layer by layer)")
+    assert backend.native_precision(native, "int8") == "TensorRT 10 builder flags FP16+INT8 with its entropy calibrator"
+    assert backend.native_precision(native, "bf16") is None, "bf16 comes from mlpi's transform"
+    assert backend.native_precision(native, "fp32") is None
+    assert all(backend.native_precision(TrtOptions(), p) is None for p in ("fp16", "bf16", "int8"))
+
+
+def test_tensorrt_11_refuses_builder_precision(fake11: FakeGpu, models):
+    for precision in (None, "fp16", "int8"):
+        with pytest.raises(UsageError) as raised:
+            TensorRTBackend().check(artifact(models["matmul"]), Device("cuda"), TrtOptions(builder_precision=True), precision)
+        assert raised.value.message == ("-o builder_precision=true derives precision with TensorRT 10's builder flags "
+                                        "and calibrator, which TensorRT 11 removed")
+        assert raised.value.hint == ("drop -o builder_precision: mlpi's --precision transform gives the same precision in "
+                                     "the graph itself")
+    with pytest.raises(UsageError, match="which TensorRT 11 removed"):
+        load(models["fp16_graph"], precision="fp16", derived="fp16", builder_precision=True)
+    assert fake11.trt.BUILDS == [] and fake11.trt.REMOVED_REACHED == []
+
+
+def test_tensorrt_11_builds_reach_no_removed_api(fake11: FakeGpu, models):
+    trt = fake11.trt
+    runs = [("matmul", None, None), ("fp16_graph", "fp16", "fp16"), ("qdq_graph", "int8", "int8"),
+            ("bf16_graph", "bf16", "bf16"), ("fp16_file", None, None), ("conv", "fp32", None)]
+    for name, precision, derived in runs:
+        session = load(models[name], precision=precision, derived=derived, tf32=name == "conv")
+        feeds = feeds_for(session, 2)
+        assert_same(dict(session.run(feeds)), reference(models[name], feeds), rtol=0, atol=0)
+        session.close()
+    assert len(trt.BUILDS) == len(runs) and all(b["strongly_typed"] for b in trt.BUILDS)
+    assert trt.REMOVED_REACHED == [], "the backend reached APIs TensorRT 11 removed"
+    # The check above can fail: in 11.x mode every removed name raises and is recorded.
+    probes = [lambda: trt.BuilderFlag.FP16, lambda: trt.BuilderFlag.INT8, lambda: trt.BuilderFlag["BF16"],
+              lambda: trt.IInt8EntropyCalibrator2, lambda: trt.Builder(None).platform_has_fast_fp16,
+              lambda: trt.IBuilderConfig().set_calibration_profile, lambda: trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH,
+              lambda: setattr(trt.IBuilderConfig(), "int8_calibrator", object())]
+    for probe in probes:
+        with pytest.raises((AttributeError, KeyError)):
+            probe()
+    assert trt.REMOVED_REACHED == ["BuilderFlag.FP16", "BuilderFlag.INT8", "BuilderFlag.BF16", "IInt8EntropyCalibrator2",
+                                   "Builder.platform_has_fast_fp16", "IBuilderConfig.set_calibration_profile",
+                                   "NetworkDefinitionCreationFlag.EXPLICIT_BATCH", "IBuilderConfig.int8_calibrator"]
+    assert int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0 and trt.BuilderFlag.TF32
+
+
+def test_a_strongly_typed_network_refuses_precision_flags(fake10: FakeGpu, models):
+    """The fake holds TensorRT 10 to its rule, so a backend setting FP16 on the default path fails."""
+    trt = fake10.trt
+    builder = trt.Builder(trt.ILogger())
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert trt.OnnxParser(network, builder.logger).parse_from_file(str(models["matmul_b4"]))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    assert builder.build_serialized_network(network, config) is None
+    weak = builder.create_network(0)
+    assert not weak.strongly_typed and network.strongly_typed
+
+
+def test_the_engine_key_holds_the_major_version_and_the_network(fake: FakeGpu, models, monkeypatch: pytest.MonkeyPatch):
+    keys: list[dict] = []
+    real = tensorrt_backend.engine_key
+    monkeypatch.setattr(tensorrt_backend, "engine_key", lambda fields: keys.append(fields) or real(fields))
+    load(models["fp16_graph"], precision="fp16", derived="fp16").close()
+    fields = keys[-1]
+    assert fields["tensorrt_major"] == fake.major and fields["tensorrt"] == fake.trt.__version__
+    assert (fields["precision"], fields["artifact_precision"]) == ("fp16", "fp16")
+    assert fields["builder"]["network"] == "strongly typed"
+
+
+def test_builder_precision_fp16_sets_the_flag_on_a_weakly_typed_network(fake10: FakeGpu, models):
+    fp32 = load(models["conv"], builder_precision=True)  # no --precision: nothing for the builder to derive
+    assert fake10.trt.BUILDS[-1]["flags"] == [] and fake10.trt.BUILDS[-1]["strongly_typed"] and fp32.precision == "fp32"
+    fp16 = load(models["conv"], precision="fp16", builder_precision=True)
+    assert fake10.trt.BUILDS[-1]["flags"] == ["FP16"] and not fake10.trt.BUILDS[-1]["strongly_typed"]
+    assert fp16.precision == "fp16"
     feeds = feeds_for(fp16, 3)
     want = reference(models["conv"], feeds)
     assert_same(dict(fp32.run(feeds)), want)
@@ -506,12 +854,13 @@ def calibration_source(data: np.ndarray):
     return batches, calls
 
 
-def test_int8_calibrates_then_reuses_the_calibration_cache(fake: FakeGpu, models, capsys):
+def test_builder_int8_calibrates_then_reuses_the_calibration_cache(fake10: FakeGpu, models, capsys):
+    fake = fake10
     data = (np.random.default_rng(3).standard_normal((10, 16)) * 2).astype(np.float32)
     source, calls = calibration_source(data)
-    session = load(models["matmul"], precision="int8", batch=4, calibration=source)
+    session = load(models["matmul"], precision="int8", batch=4, calibration=source, builder_precision=True)
     build = fake.trt.BUILDS[-1]
-    assert build["flags"] == ["FP16", "INT8"] and session.precision == "int8"
+    assert build["flags"] == ["FP16", "INT8"] and not build["strongly_typed"] and session.precision == "int8"
     batches = [b["x"] for b in build["calibration_batches"]]
     assert calls == [4] and len(batches) == 3 and all(b.shape == (4, 16) for b in batches)
     np.testing.assert_array_equal(np.concatenate(batches[:2]), data[:8])
@@ -528,51 +877,55 @@ def test_int8_calibrates_then_reuses_the_calibration_cache(fake: FakeGpu, models
     assert labels.dtype == np.int64 and labels.shape == (4,)
     session.close()
 
-    again = load(models["matmul"], precision="int8", batch=4, calibration=source)
+    again = load(models["matmul"], precision="int8", batch=4, calibration=source, builder_precision=True)
     assert again.engine_reused and len(fake.trt.BUILDS) == 1 and calls == [4], "no new calibration, no new build"
     again.close()
 
     # Another profile needs another engine, but the scales come from the calibration cache.
-    bigger = load(models["matmul"], precision="int8", batch=8, calibration=None)
+    bigger = load(models["matmul"], precision="int8", batch=8, calibration=None, builder_precision=True)
     build = fake.trt.BUILDS[-1]
     assert len(fake.trt.BUILDS) == 2 and build["calibration_from_cache"] and build["calibration_batches"] == []
     assert build["scales"] == {"x": float(np.abs(data.astype(np.float64)).max())} and calls == [4]
     bigger.close()
 
 
-def test_int8_needs_calibration_data_or_a_cache(fake: FakeGpu, models, tmp_path: Path):
+def test_builder_int8_needs_calibration_data_or_a_cache(fake10: FakeGpu, models, tmp_path: Path):
+    fake = fake10
     backend = TensorRTBackend()
-    artifact = inspect_onnx(models["matmul"])
-    backend.check(artifact, Device("cuda"), TrtOptions(), "int8")  # the data only shows up in load
+    fp32 = inspect_onnx(models["matmul"])
+    backend.check(fp32, Device("cuda"), TrtOptions(builder_precision=True), "int8")  # the data only shows up in load
     with pytest.raises(UsageError, match="int8 needs calibration data or a calibration cache") as raised:
-        load(models["matmul"], precision="int8", batch=4)
+        load(models["matmul"], precision="int8", batch=4, builder_precision=True)
     assert "-o calibration_cache=FILE" in (raised.value.hint or "")
+    missing = TrtOptions(builder_precision=True, calibration_cache=str(tmp_path / "missing.cache"))
     with pytest.raises(UsageError, match="calibration cache .*missing.cache does not exist"):
-        backend.check(artifact, Device("cuda"), TrtOptions(calibration_cache=str(tmp_path / "missing.cache")), "int8")
+        backend.check(fp32, Device("cuda"), missing, "int8")
     given = tmp_path / "given.cache"
     given.write_text(f"FAKE-TRT-{fake.trt.__version__}-EntropyCalibration2\nx: 4.0\n")
-    with pytest.raises(UsageError, match="only used for int8"):
-        backend.check(artifact, Device("cuda"), TrtOptions(calibration_cache=str(given)), "fp16")
+    with pytest.raises(UsageError, match="and this run derives fp16 with the builder flags"):
+        backend.check(fp32, Device("cuda"), TrtOptions(builder_precision=True, calibration_cache=str(given)), "fp16")
 
-    session = load(models["matmul"], precision="int8", batch=4, calibration_cache=str(given))
+    session = load(models["matmul"], precision="int8", batch=4, calibration_cache=str(given), builder_precision=True)
     assert fake.trt.BUILDS[-1]["scales"] == {"x": 4.0} and fake.trt.BUILDS[-1]["calibration_batches"] == []
     session.close()
     assert given.read_text().endswith("x: 4.0\n"), "a given calibration cache is only read"
 
 
-def test_broken_calibration_data_is_reported_as_such(fake: FakeGpu, models):
+def test_broken_calibration_data_is_reported_as_such(fake10: FakeGpu, models):
+    fake = fake10
+
     def wrong_shape(batch_size: int):
         yield {"x": np.zeros((batch_size, 15), np.float32)}
 
     with pytest.raises(ModelError, match=r"int8 calibration failed: ValueError: calibration input 'x' has shape \(4, 15\)"):
-        load(models["matmul"], precision="int8", batch=4, calibration=wrong_shape)
+        load(models["matmul"], precision="int8", batch=4, calibration=wrong_shape, builder_precision=True)
 
     def dataset_gone(batch_size: int):
         raise DatasetError("the dataset folder is gone", "pass --dataset-path")
         yield  # a generator, like the core's
 
     with pytest.raises(DatasetError, match="the dataset folder is gone"):
-        load(models["matmul"], precision="int8", batch=4, calibration=dataset_gone)
+        load(models["matmul"], precision="int8", batch=4, calibration=dataset_gone, builder_precision=True)
     assert fake.trt.BUILDS == [] and fake.engine_files() == set()
     assert fake.cuda.live()["device"] == 0, "calibration buffers are freed after a failed build"
 
@@ -708,29 +1061,62 @@ def _real_gpu_missing() -> str | None:
 real_gpu = pytest.mark.skipif(_real_gpu_missing() is not None, reason=str(_real_gpu_missing()))
 
 
+def _real_major() -> int:
+    import tensorrt
+
+    return int(str(tensorrt.__version__).split(".")[0])
+
+
 @pytest.mark.gpu
 @real_gpu
-@pytest.mark.parametrize("precision", [None, "fp16"])
-def test_conformance_kit_on_a_real_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str | None):
+def test_conformance_kit_on_a_real_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MLPI_CACHE", str(tmp_path / "cache"))
-    report = run_checks(TensorRTBackend, device="cuda", precision=precision)
+    report = run_checks(TensorRTBackend, device="cuda")
     assert report.failed == [], [r.line() for r in report.failed]
 
 
 @pytest.mark.gpu
 @real_gpu
-def test_int8_calibration_and_engine_reuse_on_a_real_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models, capsys):
+@pytest.mark.parametrize(("name", "precision"), [("fp16_graph", "fp16"), ("qdq_graph", "int8"), ("bf16_graph", "bf16")])
+def test_derived_graphs_on_a_real_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models, name: str, precision: str):
+    monkeypatch.setenv("MLPI_CACHE", str(tmp_path / "cache"))
+    session = load(models[name], precision=precision, derived=precision)
+    assert session.precision == precision
+    data = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
+    got = dict(session.run({"x": data}))
+    want = reference(models[name], {"x": data})
+    np.testing.assert_allclose(got["logits"], want["logits"], *TOLERANCES["fp16"])
+    assert (got["label"] == want["label"]).mean() >= 0.75, (got["label"], want["label"])
+    session.close()
+
+
+@pytest.mark.gpu
+@real_gpu
+def test_builder_fp16_conformance_on_a_real_tensorrt_10_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    if _real_major() != 10:
+        pytest.skip("-o builder_precision needs TensorRT 10")
+    monkeypatch.setenv("MLPI_CACHE", str(tmp_path / "cache"))
+    report = run_checks(TensorRTBackend, device="cuda", precision="fp16", options={"builder_precision": "true"})
+    assert report.failed == [], [r.line() for r in report.failed]
+
+
+@pytest.mark.gpu
+@real_gpu
+def test_builder_int8_calibration_and_engine_reuse_on_a_real_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models,
+                                                                 capsys):
+    if _real_major() != 10:
+        pytest.skip("-o builder_precision needs TensorRT 10")
     monkeypatch.setenv("MLPI_CACHE", str(tmp_path / "cache"))
     data = np.random.default_rng(3).standard_normal((64, 16)).astype(np.float32)
     source, calls = calibration_source(data)
-    session = load(models["matmul"], precision="int8", batch=8, calibration=source)
+    session = load(models["matmul"], precision="int8", batch=8, calibration=source, builder_precision=True)
     assert session.precision == "int8" and calls == [8]
     assert list((tmp_path / "cache" / "tensorrt" / "calibration").glob("*.cache"))
     labels = dict(session.run({"x": data[:8]}))["label"]
     want = reference(models["matmul"], {"x": data[:8]})["label"]
     assert (labels == want).mean() >= 0.75, (labels, want)
     session.close()
-    again = load(models["matmul"], precision="int8", batch=8, calibration=source)
+    again = load(models["matmul"], precision="int8", batch=8, calibration=source, builder_precision=True)
     assert again.engine_reused and calls == [8]
     assert any(line.startswith("mlpi: tensorrt: reused engine") for line in stderr_lines(capsys))
     again.close()

@@ -11,15 +11,15 @@ import pytest
 torch = pytest.importorskip("torch")
 onnxruntime = pytest.importorskip("onnxruntime")  # the reference the values are checked against
 
-import onnx  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
+import onnx
+from onnx import TensorProto, helper
 
-from mlpi.backends.torch_backend import TorchBackend, TorchOptions  # noqa: E402
-from mlpi.core.contract.device import Device  # noqa: E402
-from mlpi.core.contract.errors import ModelError, UsageError  # noqa: E402
-from mlpi.core.engine.onnx_file import inspect_onnx  # noqa: E402
-from mlpi.testing import tiny_models  # noqa: E402
-from mlpi.testing.conformance import run_checks  # noqa: E402
+from mlpi.backends.torch_backend import TorchBackend, TorchOptions
+from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import ModelError, UsageError
+from mlpi.core.engine.onnx_file import inspect_onnx
+from mlpi.testing import tiny_models
+from mlpi.testing.conformance import run_checks
 
 HAS_CUDA = torch.cuda.is_available() and bool(torch.version.cuda)
 
@@ -154,16 +154,17 @@ def test_threads_option_sets_torch_threads(models: dict[str, Path]) -> None:
 
 def test_unsupported_operator_is_a_model_error_naming_it(tmp_path: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("LpNormalization", ["x"], ["y"], axis=1)], "lpnorm",
+        [helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5),
+         helper.make_node("Relu", ["y"], ["z"])], "binarizer",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    onnx.save(model, str(tmp_path / "lpnorm.onnx"))
-    with pytest.raises(ModelError, match="LpNormalization"):
-        load(tmp_path / "lpnorm.onnx")
+    onnx.save(model, str(tmp_path / "binarizer.onnx"))
+    with pytest.raises(ModelError, match=r"does not support operator ai\.onnx\.ml::Binarizer \(hint: use the onnxruntime backend"):
+        load(tmp_path / "binarizer.onnx")
 
 
 def test_corrupt_file_is_a_model_error(models: dict[str, Path], tmp_path: Path) -> None:
@@ -369,3 +370,180 @@ def test_a_narrow_3d_unet_matches_onnxruntime(tmp_path: Path) -> None:
     got, want = np.asarray(load(path).run(feeds)["output"]), reference(path, feeds)["output"]
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
     assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() > 0.999
+
+
+# --------------------------------------------------------------------------- operator semantics
+
+
+def _graph_model(path: Path, nodes: list, feeds: dict[str, np.ndarray], outputs: list[str], opset: int,
+                 consts: dict[str, np.ndarray] | None = None) -> Path:
+    from onnx import numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)) for k, v in feeds.items()],
+        [helper.make_empty_tensor_value_info(o) for o in outputs],
+        [numpy_helper.from_array(v, k) for k, v in (consts or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
+def _assert_same(model: Path, feeds: dict[str, np.ndarray], exact: bool = False) -> dict[str, np.ndarray]:
+    """The pytorch session's answers have onnxruntime's dtypes, shapes and values; onnxruntime's."""
+    got, want = load(model).run(feeds), reference(model, feeds)
+    for name, expected in want.items():
+        value = np.asarray(got[name])
+        assert (value.dtype, value.shape) == (expected.dtype, expected.shape), name
+        if exact or expected.dtype.kind != "f":
+            np.testing.assert_array_equal(value, expected, err_msg=name)
+        else:
+            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-5, err_msg=name)
+    return want
+
+
+ATTENTION_CASES = {
+    # grouped-query, causal on a past cache (the mask's diagonal moves right by the past length),
+    # a boolean mask that leaves one query row nothing to attend (zeros, not NaN), the scores asked for
+    "gqa_causal_past_bool_mask": ({"is_causal": 1, "qk_matmul_output_mode": 3}, (2, 6, 3, 4), (2, 2, 5, 4), 7, True),
+    # 3-d inputs with heads packed, softcap and a float mask
+    "packed_softcap_short_float_mask": ({"q_num_heads": 4, "kv_num_heads": 2, "softcap": 2.0, "scale": 0.3},
+                                        (2, 3, 16), (2, 5, 8), 0, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ATTENTION_CASES))
+def test_attention_matches_onnxruntime(case: str, tmp_path: Path) -> None:
+    attrs, q_shape, kv_shape, past, bool_mask = ATTENTION_CASES[case]
+    rng = np.random.default_rng(4)
+    feeds = {"Q": rng.standard_normal(q_shape).astype(np.float32), "K": rng.standard_normal(kv_shape).astype(np.float32),
+             "V": rng.standard_normal(kv_shape).astype(np.float32)}
+    sq, sk = q_shape[-2] if len(q_shape) == 4 else q_shape[1], kv_shape[-2] if len(kv_shape) == 4 else kv_shape[1]
+    inputs, outputs = ["Q", "K", "V", "mask"], ["Y"]
+    if bool_mask:
+        mask = rng.random((sq, past + sk)) > 0.3
+        mask[1, :] = False  # the second query attends nothing
+        feeds["mask"] = mask
+    else:
+        feeds["mask"] = rng.standard_normal((sq, sk)).astype(np.float32)
+    if past:
+        feeds["past_key"] = rng.standard_normal((*kv_shape[:2], past, kv_shape[3])).astype(np.float32)
+        feeds["past_value"] = rng.standard_normal((*kv_shape[:2], past, kv_shape[3])).astype(np.float32)
+        inputs += ["past_key", "past_value"]
+        outputs += ["present_key", "present_value", "qk"]
+    node = helper.make_node("Attention", inputs, outputs, **attrs)
+    model = _graph_model(tmp_path / "attention.onnx", [node], feeds, outputs, 23)
+    want = _assert_same(model, feeds)
+    if bool_mask:
+        assert not want["Y"][:, :, 1].any() and not np.isnan(want["Y"]).any()
+
+
+def test_attention_refuses_masked_scores_whose_value_runtimes_disagree_on(tmp_path: Path) -> None:
+    """qk_matmul_output_mode=2 with masked positions: the spec writes -inf there, onnxruntime
+    the lowest float; a refusal, not one of the two."""
+    rng = np.random.default_rng(5)
+    feeds = {k: rng.standard_normal((1, 2, 3, 4)).astype(np.float32) for k in ("Q", "K", "V")}
+    node = helper.make_node("Attention", ["Q", "K", "V"], ["Y", "", "", "qk"], is_causal=1, qk_matmul_output_mode=2)
+    session = load(_graph_model(tmp_path / "attention.onnx", [node], feeds, ["Y", "qk"], 23))
+    with pytest.raises(ModelError, match="qk_matmul_output_mode=2 with masked positions"):
+        session.run(feeds)
+
+
+RESIZE_CASES = {
+    "linear_antialias_down": ({"mode": "linear", "antialias": 1}, (1, 2, 9, 7), [1, 1, 0.45, 0.6]),
+    "cubic_exclude_outside_up": ({"mode": "cubic", "exclude_outside": 1, "cubic_coeff_a": -0.5}, (1, 1, 4, 5), [1, 1, 1.7, 2.3]),
+    "linear_crop_and_resize": ({"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize",
+                                "extrapolation_value": 7.0}, (1, 1, 6, 6), [1, 1, 1.5, 0.8]),
+    "linear_half_pixel_symmetric": ({"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"},
+                                    (2, 3, 5, 4), [1, 1, 0.7, 1.6]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESIZE_CASES))
+def test_resize_interpolation_matches_onnxruntime(case: str, tmp_path: Path) -> None:
+    """Linear and cubic as weight matrices per axis: antialias, exclude_outside, crop boxes."""
+    attrs, shape, scales = RESIZE_CASES[case]
+    feeds = {"x": np.random.default_rng(6).standard_normal(shape).astype(np.float32)}
+    consts = {"roi": np.array([0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3], np.float32), "scales": np.array(scales, np.float32)}
+    node = helper.make_node("Resize", ["x", "roi", "scales"], ["y"], **attrs)
+    want = _assert_same(_graph_model(tmp_path / "resize.onnx", [node], feeds, ["y"], 19, consts), feeds)
+    if "extrapolation_value" in attrs:
+        assert (want["y"] == 7.0).any()  # some outputs fall outside the crop box
+
+
+def test_resize_refuses_interpolating_integers(tmp_path: Path) -> None:
+    feeds = {"x": np.arange(16, dtype=np.uint8).reshape(1, 1, 4, 4)}
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
+    model = _graph_model(tmp_path / "resize.onnx", [node], feeds, ["y"], 19, {"scales": np.array([1, 1, 2, 2], np.float32)})
+    with pytest.raises(ModelError, match="mode=linear on torch.uint8 input, which is not supported"):
+        load(model).run(feeds)
+
+
+def test_quantization_matches_onnxruntime_exactly(tmp_path: Path) -> None:
+    """Per-axis and blocked scales, halves rounded to even, saturation, and the integer and
+    QLinear products requantised as onnxruntime does: every byte equal."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((4, 6)) * 40).astype(np.float32)
+    x[0, :3] = [2.5, -3.5, 1000.0]  # halves to even, and saturation
+    feeds = {"x": x, "a": rng.integers(0, 255, (3, 4), dtype=np.uint8)}
+    consts = {"axis_scale": np.array([0.5, 1.0, 2.0, 0.25], np.float32), "axis_zero": np.array([3, -4, 0, 7], np.int8),
+              "block_scale": rng.uniform(0.1, 1.0, (4, 2)).astype(np.float32),
+              "block_zero": rng.integers(-5, 5, (4, 2)).astype(np.int8),
+              "b": rng.integers(-128, 127, (4, 5), dtype=np.int8), "a_zero": np.array(128, np.uint8),
+              "a_scale": np.array(0.02, np.float32), "b_scale": np.array(0.05, np.float32),
+              "b_zero": np.array(3, np.int8), "y_scale": np.array(0.3, np.float32), "y_zero": np.array(9, np.uint8),
+              "bu": rng.integers(0, 255, (4, 5), dtype=np.uint8), "bu_zero": np.array(120, np.uint8)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "axis_scale", "axis_zero"], ["q_axis"], axis=0),
+        helper.make_node("DequantizeLinear", ["q_axis", "axis_scale", "axis_zero"], ["dq_axis"], axis=0),
+        helper.make_node("QuantizeLinear", ["x", "block_scale", "block_zero"], ["q_block"], axis=1, block_size=3),
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["q_dyn", "s_dyn", "z_dyn"]),
+        helper.make_node("MatMulInteger", ["a", "b", "a_zero", "b_zero"], ["mm_int"]),
+        helper.make_node("QLinearMatMul", ["a", "a_scale", "a_zero", "bu", "b_scale", "bu_zero", "y_scale", "y_zero"],
+                         ["q_mm"]),
+    ]
+    outputs = ["q_axis", "dq_axis", "q_block", "q_dyn", "s_dyn", "z_dyn", "mm_int", "q_mm"]
+    want = _assert_same(_graph_model(tmp_path / "quant.onnx", nodes, feeds, outputs, 21, consts), feeds, exact=True)
+    assert want["q_axis"][0, 2] == 127 and want["q_axis"][0, 0] == 8  # 2.5 / 0.5 = 5 -> 5 + 3
+
+
+def test_unsigned_arithmetic_past_the_signed_range_matches_onnxruntime(tmp_path: Path) -> None:
+    """torch has no uint32/uint64 kernels: values above 2**31 and 2**63 must still compare,
+    divide, wrap and shift as unsigned."""
+    feeds = {"a": np.array([3, 2**63 + 5, 2**64 - 1, 7], np.uint64), "b": np.array([2**63, 3, 2, 2**64 - 1], np.uint64),
+             "c": np.array([2**31 + 1, 5, 2**32 - 1], np.uint32), "d": np.array([2, 2**31, 2**32 - 2], np.uint32)}
+    nodes = [helper.make_node(op, [x, y], [f"{op}_{x}"]) for x, y in (("a", "b"), ("c", "d"))
+             for op in ("Add", "Sub", "Mul", "Div", "Mod", "Less", "GreaterOrEqual", "Max", "Min")]
+    nodes += [helper.make_node("BitShift", ["c", "shift"], ["shifted"], direction="RIGHT"),
+              helper.make_node("BitwiseNot", ["a"], ["not_a"])]
+    outputs = [node.output[0] for node in nodes]
+    consts = {"shift": np.array([31, 1, 33], np.uint32)}
+    _assert_same(_graph_model(tmp_path / "unsigned.onnx", nodes, feeds, outputs, 18, consts), feeds, exact=True)
+
+
+def test_if_and_loop_read_outer_values_and_keep_scalars_scalar(tmp_path: Path) -> None:
+    """Subgraphs read the outer graph's values by name; a 0-d input stays 0-d through the session."""
+    then_graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["t"])], "then", [],
+                                   [helper.make_empty_tensor_value_info("t")])
+    else_graph = helper.make_graph([helper.make_node("Sub", ["x", "k"], ["e"])], "else", [],
+                                   [helper.make_empty_tensor_value_info("e")])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+         helper.make_node("Mul", ["acc_out", "k"], ["scan_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("scan_out", TensorProto.FLOAT, [])],
+    )
+    nodes = [helper.make_node("If", ["flag"], ["chosen"], then_branch=then_graph, else_branch=else_graph),
+             helper.make_node("Loop", ["trips", "", "k"], ["final", "scanned"], body=body)]
+    for flag in (True, False):
+        feeds = {"flag": np.array(flag), "x": np.arange(3, dtype=np.float32), "k": np.array(1.5, np.float32),
+                 "step": np.array(0.5, np.float32), "trips": np.array(4, np.int64)}
+        model = _graph_model(tmp_path / "control.onnx", nodes, feeds, ["chosen", "final", "scanned"], 18)
+        want = _assert_same(model, feeds)
+        assert want["final"].shape == () and want["scanned"].shape == (4,)

@@ -1,5 +1,9 @@
 """int8 calibration for the ``tensorrt`` backend: an entropy calibrator fed by the run's data.
 
+Only for ``-o builder_precision=true --precision int8`` on TensorRT 10: TensorRT 11 removed
+``IInt8EntropyCalibrator2`` and ``IBuilderConfig.int8_calibrator`` (int8 there comes from the
+Q/DQ nodes of the graph mlpi derives), so this module is imported only on that path.
+
 TensorRT asks for batches of the calibration profile's size; the run's calibration set
 comes in batches whose last one may be short, which is padded by repeating its own rows
 (zeros would skew the activation ranges TensorRT measures). The calibration cache TensorRT

@@ -5,6 +5,10 @@ one model of GPU, one precision, one optimisation profile and one set of builder
 All of them go into the cache key, so an engine built for anything else is never found,
 and the engine file carries a checksum of itself, so a half-written or damaged file is
 rebuilt instead of being handed to TensorRT.
+
+The network is strongly typed (every tensor keeps the type the ONNX graph gives it, as
+``trtexec --stronglyTyped`` builds), except where TensorRT 10's builder flags are asked to
+choose precisions (``BuildSettings.builder_precision``), which needs a weakly typed network.
 """
 
 from __future__ import annotations
@@ -210,17 +214,36 @@ def last_error(log: Any, mark: int, default: str) -> str:
 
 @dataclass(frozen=True)
 class BuildSettings:
+    """What a build is asked for. ``precision`` is the one that runs; ``builder_precision``:
+    TensorRT 10's builder flags (and int8 calibrator) derive it from an fp32 graph, on a
+    weakly typed network; otherwise the graph's own types decide, on a strongly typed one."""
+
     precision: str
     workspace_mib: int
     builder_optimization_level: int
     tf32: bool
+    builder_precision: bool = False
+
+    @property
+    def network(self) -> str:
+        return "weakly typed, builder flags" if self.builder_precision else "strongly typed"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "workspace_mib": self.workspace_mib,
             "builder_optimization_level": self.builder_optimization_level,
             "tf32": self.tf32,
+            "network": self.network,
         }
+
+
+def network_flags(trt: Any, builder_precision: bool) -> int:
+    """``create_network`` flags: strongly typed unless TensorRT 10's builder flags choose the
+    precisions. TensorRT 10 is strongly typed only with this flag; TensorRT 11 always is, and
+    accepts the flag (its value there is 0, on 10 it is 1: ``int()`` of the enum gives each)."""
+    if builder_precision:
+        return 0  # TensorRT 10 networks are always explicit batch; weak typing is the default there
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def build_engine(
@@ -235,7 +258,7 @@ def build_engine(
     log = logger(trt)
     mark = log.errors.count
     builder = trt.Builder(log)
-    network = builder.create_network(0)  # TensorRT 10 networks are always explicit batch
+    network = builder.create_network(network_flags(trt, settings.builder_precision))
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(model.path)):
         reasons = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -255,10 +278,10 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
     config.builder_optimization_level = settings.builder_optimization_level
     if not settings.tf32:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if settings.precision in ("fp16", "int8"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default, in TensorRT 10 and 11 alike
+    if settings.builder_precision and settings.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # int8 engines run what cannot be int8 in fp16
-    if settings.precision == "int8":
+    if settings.builder_precision and settings.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator
         if profile.dynamic:
@@ -277,7 +300,8 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ModelError(
-            f"TensorRT could not build an engine for {model.path} ({settings.precision}, {profile.describe()}): "
+            f"TensorRT could not build an engine for {model.path} ({settings.precision}, {settings.network}, "
+            f"{profile.describe()}): "
             f"{last_error(log, mark, 'no reason given')}",
             "see TensorRT's message; a smaller --batch-size or -o workspace_mib=N may help, or export the model again",
         )

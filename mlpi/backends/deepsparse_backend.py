@@ -6,9 +6,12 @@ file's own fixed batch when it has one, else for the largest batch the run will 
 :data:`PREFERRED_BATCH`; it reports a fixed batch, so the core pads partial batches.
 
 DeepSparse 1.8 reads ONNX IR version 9 and opset 19 at most. A file with a newer IR
-version (what recent ``onnx`` stamps on any model it writes) runs from a copy with the IR
-version lowered, graph untouched, kept in ``<mlpi cache>/deepsparse/`` under the file's
-sha256; a newer opset is refused before the run, with the fix.
+version (what recent ``onnx`` stamps on any model it writes), or that imports operator sets
+no node uses (onnxruntime's ``quant_pre_process`` imports ``ai.onnx.ml`` 5, which DeepSparse's
+bundled ONNX Runtime refuses, on every file it prepares, mlpi's derived int8 files included),
+runs from a copy with the IR version lowered and those imports dropped, nodes untouched, kept
+in ``<mlpi cache>/deepsparse/`` under the file's sha256; a newer opset is refused before the
+run, with the fix.
 
 ``precision`` is the graph's numerics: ``int8`` when the graph quantizes (QDQ or
 QLinear/Integer operators), else ``fp32``. ``fraction_of_supported_ops`` says how much of
@@ -35,6 +38,7 @@ from mlpi.core.contract.backend import (
     Session,
     TensorSpec,
     fixed_batch_size,
+    require_batch_first,
 )
 from mlpi.core.contract.device import Device
 from mlpi.core.contract.errors import DeviceError, ModelError, PluginError, UsageError
@@ -49,6 +53,8 @@ PREFERRED_BATCH = 8
 #: The newest ONNX IR version and default-domain opset DeepSparse 1.8's loader accepts.
 MAX_IR_VERSION = 9
 MAX_OPSET = 19
+#: Bump when :func:`runnable_copy` changes what it writes, so older copies are not reused.
+COPY_VERSION = 2
 
 SCHEDULERS = ("single_stream", "multi_stream", "elastic")
 
@@ -90,6 +96,7 @@ class _GraphInfo:
     ir_version: int
     opset: int
     quantized: bool
+    unused_domains: tuple[str, ...] = ()  # operator sets imported that no node uses
 
 
 class DeepSparseSession(Session):
@@ -161,6 +168,7 @@ class DeepSparseBackend(Backend):
         deepsparse = self._import()
         if device.kind != "cpu":
             raise DeviceError(f"backend 'deepsparse' cannot use device kind '{device.kind}'", "it runs on: cpu")
+        require_batch_first(model, "deepsparse", "compiles an engine for batches")
         _check_options(options, int(deepsparse.cpu_architecture().num_available_physical_cores))
         half = [f"{s.name} ({s.dtype})" for s in model.inputs if s.dtype in _UNSUPPORTED_INPUTS]
         if half:
@@ -174,7 +182,7 @@ class DeepSparseBackend(Backend):
                 f"DeepSparse 1.8 runs ONNX opset {MAX_OPSET} or lower; {model.path} uses opset {info.opset}",
                 "export the model again with an older opset, e.g. torch.onnx.export(..., opset_version=17)",
             )
-        runs = "int8" if info.quantized else "fp32"
+        runs = model.precision or ("int8" if info.quantized else "fp32")
         if precision is not None and precision != runs:
             what = "quantized (int8) operators" if info.quantized else "no quantized operators"
             wanted = "quantized to int8" if precision == "int8" else f"exported in {precision}"
@@ -189,7 +197,7 @@ class DeepSparseBackend(Backend):
         deepsparse = self._import()
         self.check(model, device, options, precision)
         info = self._graph_info(model)
-        path = runnable_copy(model) if info.ir_version > MAX_IR_VERSION else model.path
+        path = engine_source(model, info)
         batch = engine_batch_size(model, context)
         try:
             engine = deepsparse.compile_model(
@@ -240,13 +248,20 @@ def engine_batch_size(model: ModelArtifact, context: LoadContext) -> int:
     return fixed_batch_size(model.inputs) or int(context.batch_size or PREFERRED_BATCH)
 
 
+def engine_source(model: ModelArtifact, info: _GraphInfo | None = None) -> Path:
+    """The file DeepSparse compiles for ``model``: the file itself, or its runnable copy."""
+    info = info or _read_graph_info(model.path)
+    return runnable_copy(model) if info.ir_version > MAX_IR_VERSION or info.unused_domains else model.path
+
+
 def runnable_copy(model: ModelArtifact) -> Path:
-    """``model`` with its IR version lowered to what DeepSparse reads, from the cache when
-    there (keyed by the file's sha256), else written there atomically."""
+    """``model`` with its IR version lowered to what DeepSparse reads and the operator sets no
+    node uses no longer imported, from the cache when there (keyed by the file's sha256), else
+    written there atomically."""
     from mlpi.core.engine.cache import cache_root
 
     folder = cache_root() / "deepsparse"
-    target = folder / f"{model.sha256}-ir{MAX_IR_VERSION}.onnx"
+    target = folder / f"{model.sha256}-ir{MAX_IR_VERSION}-v{COPY_VERSION}.onnx"
     if target.is_file():
         return target
     try:
@@ -262,7 +277,11 @@ def runnable_copy(model: ModelArtifact) -> Path:
         proto = onnx.load(str(model.path))  # with any external data, so the copy stands alone
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types
         raise ModelError(f"cannot read {model.path} to convert it for DeepSparse: {exc}", _MODEL_HINT) from None
-    proto.ir_version = MAX_IR_VERSION
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    used = _used_domains(proto)
+    kept = [o for o in proto.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
     try:
         write_bytes_atomic(target, proto.SerializeToString())
     except (OSError, ValueError) as exc:
@@ -285,7 +304,25 @@ def _read_graph_info(path: Path) -> _GraphInfo:
         raise ModelError(f"{path} is not an ONNX model or is corrupt (no graph)", _MODEL_HINT)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     quantized = any(node.op_type in _QUANTIZED_OPS for node in proto.graph.node)
-    return _GraphInfo(int(proto.ir_version), int(opset), quantized)
+    used = _used_domains(proto)
+    unused = tuple(o.domain for o in proto.opset_import if o.domain not in ("", "ai.onnx") and o.domain not in used)
+    return _GraphInfo(int(proto.ir_version), int(opset), quantized, unused)
+
+
+def _used_domains(proto: Any) -> set[str]:
+    """The operator sets the model's nodes and its local functions' nodes use."""
+    return _node_domains(proto.graph).union(*(_node_domains(function) for function in proto.functions))
+
+
+def _node_domains(graph: Any) -> set[str]:
+    """The operator set of every node, subgraphs (If, Loop, Scan bodies) included."""
+    domains: set[str] = set()
+    for node in graph.node:
+        domains.add(node.domain)
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                domains |= _node_domains(sub)
+    return domains
 
 
 def _check_options(options: Any, cores: int) -> None:

@@ -19,6 +19,7 @@ from mlpi.core.contract.backend import (
     LoadContext,
     ModelArtifact,
     Session,
+    TensorSpec,
 )
 from mlpi.core.contract.device import Device
 
@@ -36,19 +37,24 @@ class NullSession(Session):
         self.outputs = list(model.outputs)
         self.capabilities = Capabilities(concurrent=True, preferred_batch_size=options.preferred_batch_size)
         self.precision = "fp32"
-        self._first = self.inputs[0].name if self.inputs else None
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        n = len(feeds[self._first]) if self._first is not None else 1
+        first = next((s for s in self.inputs if s.batch_axis is not None), None)
+        n = int(np.shape(feeds[first.name])[first.batch_axis or 0]) if first is not None else 1
         outputs = self._cache.get(n)
         if outputs is not None:
             return outputs
-        outputs = self._cache[n] = {
-            spec.name: np.zeros((n, *(d or 1 for d in spec.sample_shape)), dtype=_dtype(spec.dtype))
-            for spec in self.outputs
-        }
+        outputs = self._cache[n] = {spec.name: np.zeros(_layout(spec, n), dtype=_dtype(spec.dtype)) for spec in self.outputs}
         return outputs
+
+
+def _layout(spec: TensorSpec, rows: int) -> tuple[int, ...]:
+    """``spec``'s shape in the file's layout for a batch of ``rows`` (dynamic dimensions 1)."""
+    shape = [d or 1 for d in spec.shape]
+    if spec.batch_axis is not None and spec.batch_axis < len(shape):
+        shape[spec.batch_axis] = rows
+    return tuple(shape)
 
 
 class NullBackend(Backend):

@@ -5,13 +5,22 @@
 to the CPU silently when a provider cannot start, so after creating the session the
 provider that really runs is checked and a fallback is an error, never a CPU run.
 
-``--precision int8`` (CPU): the fp32 model's MatMul/Gemm weights quantized to int8 and its
-activations quantized at run time (``quantize_dynamic``), made once into the cache; results
-record int8. Otherwise onnxruntime runs the model's own precision, which ``--precision``
-must name. An fp32 model whose weights are stored as int8 (DequantizeLinear before a MatMul)
-stays fp32: onnxruntime's default fuses that pair into MatMulNBits and computes it with int8
-activations (0.6% off on a test layer, under an fp32 label), so its accuracy level is set to
-keep float activations (``session.qdq_matmulnbits_accuracy_level`` 0).
+The TensorRT provider is given the GPU's index and nothing else (``tensorrt_provider_options``,
+with the CUDA provider behind it for what TensorRT does not take): no ``trt_fp16_enable``,
+``trt_int8_enable`` or int8 calibration table, which are TensorRT's weak typing, removed in
+TensorRT 11, so the graph's own types and Q/DQ nodes decide its precision; no engine cache
+either, so each session builds its engines anew.
+
+``--precision fp16|bf16|int8``: mlpi derives the model for that precision
+(:mod:`mlpi.core.engine.precision`: fp16 types, int8 Q/DQ nodes) and onnxruntime runs the
+derived file as it is. ``-o dynamic_int8=true`` (CPU) is onnxruntime's own int8 instead: the
+fp32 model's MatMul/Gemm weights quantized to int8 and its activations quantized at run time
+(``quantize_dynamic``), made once into the cache; results record it as the backend's method.
+Without ``--precision`` onnxruntime runs the model's own precision. An fp32 model whose
+weights are stored as int8 (DequantizeLinear before a MatMul) stays fp32: onnxruntime's
+default fuses that pair into MatMulNBits and computes it with int8 activations (0.6% off on a
+test layer, under an fp32 label), so its accuracy level is set to keep float activations
+(``session.qdq_matmulnbits_accuracy_level`` 0).
 """
 
 from __future__ import annotations
@@ -98,6 +107,11 @@ class OrtOptions:
     )
     execution_mode: Literal["sequential", "parallel"] = field(
         default="sequential", metadata={"help": "run independent operators one at a time or in parallel"}
+    )
+    dynamic_int8: bool = field(
+        default=False,
+        metadata={"help": "--precision int8 as onnxruntime's dynamic quantization (int8 MatMul/Gemm weights, "
+                          "activations quantized at run time; CPU) instead of mlpi's calibrated Q/DQ model"},
     )
     provider: Literal["default", "tensorrt", "openvino", "migraphx"] = field(
         default="default",
@@ -188,19 +202,28 @@ class OnnxRuntimeBackend(Backend):
             return f"onnxruntime has its ROCm provider, but {absent}" if absent else None
         return None
 
+    def native_precision(self, options: Any, precision: str) -> str | None:
+        if options.dynamic_int8 and precision == "int8":
+            return "onnxruntime quantize_dynamic: int8 MatMul/Gemm weights, activations quantized at run time"
+        return None
+
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
-        runs = _model_precision(model.inputs)
-        if precision == "int8":
+        if options.dynamic_int8:
+            if precision != "int8":
+                raise UsageError(f"-o dynamic_int8 derives --precision int8, and this run asks for {precision or 'none'}",
+                                 "add --precision int8, or drop -o dynamic_int8")
             if device.kind != "cpu" or options.provider != "default":
                 raise UsageError(
-                    "onnxruntime's int8 is dynamic quantization, which runs on its CPU execution provider only",
-                    "use --device cpu without -o provider, or drop --precision int8",
+                    "onnxruntime's dynamic quantization runs on its CPU execution provider only",
+                    "use --device cpu without -o provider, or drop -o dynamic_int8 (mlpi's Q/DQ model runs anywhere)",
                 )
+            runs = model.precision or _model_precision(model.inputs)
             if runs != "fp32":
                 raise UsageError(f"onnxruntime quantizes fp32 models to int8, and this one is {runs}",
-                                 "pass the fp32 model, or drop --precision int8")
+                                 "pass the fp32 model, or drop -o dynamic_int8")
         self._providers(device, options)
-        if precision is not None and precision not in ("int8", runs):
+        runs = model.precision or _model_precision(model.inputs)
+        if precision is not None and precision != runs and not options.dynamic_int8:
             raise UsageError(
                 f"onnxruntime runs the model's own precision ({runs}), not {precision}",
                 f"drop --precision, or pass a model exported in {precision}",
@@ -229,9 +252,11 @@ class OnnxRuntimeBackend(Backend):
                 providers.append((wanted, {"device_type": "CPU"}))
         else:
             unit = {"device_id": str(device.index)}
-            providers.append((wanted, unit))
             if wanted == "TensorrtExecutionProvider":
+                providers.append((wanted, tensorrt_provider_options(device.index)))
                 providers.append(("CUDAExecutionProvider", unit))
+            else:
+                providers.append((wanted, unit))
         providers.append("CPUExecutionProvider")
         return wanted, providers
 
@@ -258,7 +283,7 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = 3
         if precision != "int8":  # fp32 end to end: no int8 activations behind an fp32 label
             so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
-        path = dynamic_int8(model) if precision == "int8" else model.path
+        path = dynamic_int8(model) if options.dynamic_int8 else model.path
         try:
             session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
@@ -271,9 +296,19 @@ class OnnxRuntimeBackend(Backend):
                 "check the driver, CUDA/cuDNN (or ROCm) versions this onnxruntime build needs, or use --device cpu",
             )
         ort_session = OrtSession(session, wanted)
-        if precision == "int8":
-            ort_session.precision = "int8"
+        if model.precision is not None or options.dynamic_int8:
+            ort_session.precision = model.precision or "int8"
         return ort_session
+
+
+def tensorrt_provider_options(device_index: int) -> dict[str, str]:
+    """ONNX Runtime's TensorRT provider options: the GPU, and nothing that sets a precision.
+
+    ``trt_fp16_enable``, ``trt_int8_enable`` and ``trt_int8_calibration_table_name`` are
+    TensorRT's weak typing (builder flags and calibrator), which TensorRT 11 removed; left out,
+    they are off (a provider-options dict also makes ONNX Runtime ignore its ``ORT_TENSORRT_*``
+    environment variables), so the graph's own types and Q/DQ nodes decide the precision."""
+    return {"device_id": str(device_index)}
 
 
 def dynamic_int8(model: ModelArtifact) -> Path:
@@ -299,7 +334,7 @@ def dynamic_int8(model: ModelArtifact) -> Path:
     except Exception as exc:  # noqa: BLE001 - the quantizer raises whatever its passes raise
         raise ModelError(
             f"onnxruntime could not quantize {model.path.name} to int8: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-            "drop --precision int8, or pass a model quantized ahead of time",
+            "drop -o dynamic_int8 (mlpi's calibrated Q/DQ model is the default), or pass a model quantized ahead of time",
         ) from None
     finally:
         quiet.setLevel(level)

@@ -1,10 +1,15 @@
 """The ``openvino`` backend: any ONNX model on OpenVINO's CPU, GPU or NPU plugin.
 
 ``--device cpu|gpu|gpu:N|npu`` picks the plugin (``CPU``, ``GPU.N``, ``NPU``).
-``--precision`` sets OpenVINO's ``INFERENCE_PRECISION_HINT``; without it OpenVINO
+``--precision fp16|bf16|int8``: mlpi derives the model for that precision
+(:mod:`mlpi.core.engine.precision`: fp16/bf16 types, int8 Q/DQ nodes) and OpenVINO compiles
+the derived file with no precision hint of its own; the session reports the graph's precision,
+and ``precision_detail`` says what OpenVINO computes the remaining float layers in.
+``-o native_precision=true`` is OpenVINO's own fp16/bf16 instead: the fp32 model compiled with
+``INFERENCE_PRECISION_HINT`` (recorded as the backend's method). Without ``--precision`` OpenVINO
 chooses (bf16 on CPUs with AVX-512 BF16 or AMX, f32 on other CPUs, f16 on GPUs), and the
 precision the compiled model really runs is read back and reported, never assumed.
-A precision the device lacks is refused: OpenVINO would otherwise quietly run f32.
+A hinted precision the device lacks is refused: OpenVINO would otherwise quietly run f32.
 
 ``--precision fp32`` means f32 end to end: beside the hint it sets ACCURACY execution mode,
 turns off dynamic quantization of activations and keeps any KV cache in f32, then reads each
@@ -32,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mlpi.backends._model_hint import model_hint
+from mlpi.backends._ov_unfaithful import refuse_unfaithful_nodes, repair_unfaithful_ops
 from mlpi.core.contract.backend import (
     Backend,
     Capabilities,
@@ -119,6 +125,11 @@ class OvOptions:
         metadata={"help": "keep compiled models in <mlpi cache>/openvino (OpenVINO's CACHE_DIR); off by default: "
                           "OpenVINO 2026.4's CPU cache answers wrongly for rotary-embedding graphs loaded from it"}
     )
+    native_precision: bool = field(
+        default=False,
+        metadata={"help": "--precision fp16/bf16 as OpenVINO's INFERENCE_PRECISION_HINT on the fp32 model, instead "
+                          "of mlpi's derived fp16/bf16 model"},
+    )
     dynamic_quantization: Literal["default", "off", "on"] = field(
         default="default",
         metadata={
@@ -127,6 +138,11 @@ class OvOptions:
             "CPUs with VNNI; off with --precision fp32); each test's result records it where it is at work"
         },
     )
+
+
+def _hinted(model: ModelArtifact, precision: str | None) -> str | None:
+    """The precision to hint: none for a graph that carries its own (a derived fp16/int8 file)."""
+    return None if model.precision is not None else precision
 
 
 class OpenVinoSession(Session):
@@ -159,10 +175,12 @@ class OpenVinoSession(Session):
         max_batch = fixed_batch_size(self.inputs)
         fixed = max_batch is not None
         # Rows of one batch can go to several requests only when every tensor is batch-first
+        # (as the model says: an LSTM state is batched along dimension 1, a scalar not at all)
         # and dynamic; then one caller keeps all of OpenVINO's streams busy.
         self._splittable = (
             self.num_requests > 1
             and bool(self.inputs)
+            and all(spec.batch_axis == 0 for spec in [*model.inputs, *model.outputs])
             and all(spec.batch_dynamic for spec in [*self.inputs, *self.outputs])
         )
         if fixed:
@@ -244,7 +262,7 @@ class OpenVinoSession(Session):
 class OpenVinoBackend(Backend):
     name = "openvino"
     device_kinds = ("cpu", "gpu", "npu")
-    precisions = ("fp32", "fp16", "bf16")
+    precisions = ("fp32", "fp16", "bf16", "int8")
     Options = OvOptions
     install_hint = 'pip install "mlpi[openvino]"'
 
@@ -278,7 +296,17 @@ class OpenVinoBackend(Backend):
                 devices.append(device)
         return devices
 
+    def native_precision(self, options: Any, precision: str) -> str | None:
+        if options.native_precision and precision in ("fp16", "bf16"):
+            return f"OpenVINO INFERENCE_PRECISION_HINT={_HINTS[precision][0]} on the fp32 model"
+        return None
+
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
+        if options.native_precision and (precision not in ("fp16", "bf16") or model.precision is not None):
+            raise UsageError(f"-o native_precision derives --precision fp16 or bf16 from the fp32 model, and this run "
+                             f"{'asks for ' + precision if precision else 'gives no --precision'}",
+                             "add --precision fp16 (or bf16), or drop -o native_precision")
+        precision = _hinted(model, precision)
         self._import()
         plugin = self._plugin(device)
         core = self._get_core()
@@ -314,11 +342,13 @@ class OpenVinoBackend(Backend):
                     f"{plugin} cannot run {precision}{why}; OpenVINO reports it can do: {', '.join(map(str, capabilities))}",
                     "drop --precision to let OpenVINO choose, or pass one the device has (fp32 always works on CPU)",
                 )
+        refuse_unfaithful_nodes(model)
 
     def load(
         self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = _NO_CONTEXT
     ) -> Session:
         self.check(model, device, options, precision)
+        precision = _hinted(model, precision)
         plugin = self._plugin(device)
         core = self._get_core()
         config: dict[str, Any] = {}
@@ -337,6 +367,7 @@ class OpenVinoBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError
             raise ModelError(f"OpenVINO could not read {model.path}: {_first_line(exc)}", model_hint(self.name, str(exc))) from None
         _refuse_unfaithful_outputs(ov_model, model)
+        repair_unfaithful_ops(ov_model)
         try:
             compiled = core.compile_model(ov_model, plugin, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeError
@@ -356,6 +387,12 @@ class OpenVinoBackend(Backend):
         except BaseException:
             session.close()
             raise
+        if model.precision is not None:  # the graph's own precision; OpenVINO's hint covers the float layers left
+            computed, session.precision = session.precision, model.precision
+            if computed != model.precision:
+                rest = "layers outside its Q/DQ pairs" if model.precision == "int8" else "layers"
+                note = f"OpenVINO computes the {model.precision} model's {rest} in {computed}"
+                session.precision_detail = "; ".join(filter(None, [note, session.precision_detail]))
         return session
 
     def _record_quantization(self, session: OpenVinoSession, plugin: str, expected: Mapping[str, Any],

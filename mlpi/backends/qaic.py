@@ -161,7 +161,7 @@ class QaicSimSession(Session):
             own = compute.capabilities
             fixed, own_limit = own.fixed_batch, own.max_batch_size
         else:  # nothing computes: the model file's own signature, its fixed batch if it has one
-            self.inputs, self.outputs, self.precision = list(model.inputs), list(model.outputs), "fp32"
+            self.inputs, self.outputs, self.precision = list(model.inputs), list(model.outputs), model.precision or "fp32"
             own_limit = fixed_batch_size(model.inputs)
             fixed = own_limit is not None
         # a model with a fixed batch keeps it on the card too
@@ -223,7 +223,7 @@ def _rows_shape(spec: TensorSpec, rows: int) -> tuple[int, ...]:
 class QaicBackend(Backend):
     name = "qaic"
     device_kinds = ("qaic",)
-    precisions = ("fp32",)
+    precisions = ("fp32", "fp16", "bf16", "int8")
     Options = QaicOptions
     install_hint = 'pip install "mlpi[onnxruntime]" (the simulator computes outputs with ONNX Runtime by default)'
     #: Its cards are simulated: a system description lists no qaic hardware because of it.
@@ -268,8 +268,9 @@ class QaicBackend(Backend):
                 f"there is no card qaic:{index}: the simulator has qaic:0-{SIMULATED_CARDS - 1}",
                 f"use cards 0 to {SIMULATED_CARDS - 1}, e.g. --device qaic:0-3",
             )
-        if precision not in (None, "fp32"):
-            raise UsageError(f"the qaic simulator computes in fp32, not {precision}", "drop --precision")
+        if precision not in (None, "fp32", model.precision):
+            raise UsageError(f"the qaic simulator runs a model in its own precision, not {precision}",
+                             "drop --precision, or let mlpi derive that precision (the default)")
         if options.outputs == "skip":
             _check_zero_outputs(model)
         self._compute(options.compute_backend)
@@ -288,7 +289,7 @@ class QaicBackend(Backend):
             return QaicSimSession(None, card, options, model)
         compute = self._compute(options.compute_backend)
         compute_options = _compute_options(compute.Options, options.threads)
-        session = compute.load(model, Device("cpu"), compute_options, None, LoadContext(context.batch_size))
+        session = compute.load(model, Device("cpu"), compute_options, model.precision, LoadContext(context.batch_size))
         return QaicSimSession(session, card, options, model)
 
     # -- helpers -------------------------------------------------------------------------

@@ -1,12 +1,51 @@
-"""The ``tensorrt`` backend: the model's ONNX file compiled to a TensorRT 10 engine on an NVIDIA GPU.
+"""The ``tensorrt`` backend: the model's ONNX file compiled to a TensorRT 10 or 11 engine on an NVIDIA GPU.
 
-``--device cuda`` or ``cuda:N``; ``--precision fp32`` (the default), ``fp16`` or ``int8``.
-The engine is built for the batch sizes the run sends (an optimisation profile from batch 1
-to ``LoadContext.batch_size``, or ``-o default_batch_size`` when the run gives none) and
-kept in ``<mlpi cache>/tensorrt`` under a key covering everything it depends on (see
-:mod:`mlpi.backends._trt_engine`); a later run with the same key loads it in a second
-instead of building it again. int8 engines are calibrated with an entropy calibrator on
-the run's calibration set, or take their scales from a calibration cache.
+``--device cuda`` or ``cuda:N``. The engine is built for the batch sizes the run sends (an
+optimisation profile from batch 1 to ``LoadContext.batch_size``, or ``-o default_batch_size``
+when the run gives none) and kept in ``<mlpi cache>/tensorrt`` under a key covering everything
+it depends on, TensorRT's version and major version included (see
+:mod:`mlpi.backends._trt_engine`); a later run with the same key loads it in a second instead
+of building it again.
+
+Precision. By default, on TensorRT 10 and 11 alike, the network is strongly typed and built
+with no precision flags and no calibrator: the graph's own types decide. ``--precision
+fp16|bf16|int8`` reaches this backend as a graph mlpi derived from the fp32 model
+(``ModelArtifact.precision`` set: fp16/bf16 tensors, or int8 Q/DQ nodes), which runs as it is
+typed; so does a file given without ``--precision``, reported as its first floating input is
+typed (fp32, fp16 or bf16). bf16 needs a GPU of compute capability 8.0 or newer. The native path, TensorRT
+10 only: ``-o builder_precision=true`` derives ``--precision fp16|int8`` from the fp32 model
+with TensorRT 10's builder flags (FP16; FP16+INT8 with an entropy calibrator on the run's
+calibration set, or the scales of ``-o calibration_cache``), on a weakly typed network, as
+this backend did before TensorRT 11; :meth:`TensorRTBackend.native_precision` tells the core,
+whose results record the method. TensorRT 11 removed that API, so there it is refused.
+``-o tf32=true`` lets fp32 layers use TF32 math on both versions (TensorRT's default; mlpi
+clears it otherwise).
+
+TensorRT 11 facts this relies on (checked against NVIDIA's documentation and sources):
+
+- weak typing is gone: ``BuilderFlag.FP16/INT8/BF16/FP8/INT4/FP4``,
+  ``OBEY/PREFER_PRECISION_CONSTRAINTS``, ``DIRECT_IO``, ``IBuilderConfig.int8_calibrator``,
+  ``set/get_calibration_profile`` and the quantization flags were removed from the Python API;
+  reduced precision comes from the graph's types (fp16/bf16) and explicit Q/DQ nodes (int8):
+  https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html
+  and https://docs.nvidia.com/deeplearning/tensorrt/11.4.0/api/migration/tensorrt-10x-to-11x.html
+  ("Strongly Typed Networks Are Now Required");
+- the ``IInt8*Calibrator`` classes are gone (no ``pyInt8.cpp`` in the 11.1 Python bindings), as are
+  ``platform_has_fast_fp16/int8`` and ``IAlgorithm*``:
+  https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-c-api-reference.html
+  and https://github.com/NVIDIA/TensorRT (``python/src/infer/pyCore.cpp``, release 11.1);
+- ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is deprecated in 11 and ignored (always strongly
+  typed; its value is 0 there, 1 in 10, where it is needed for strong typing), and ``BuilderFlag.TF32``
+  still exists, on by default: ``include/NvInfer.h`` of https://github.com/NVIDIA/TensorRT (release 11.1);
+- explicit quantization is used with strong typing and needs no precision flags:
+  https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html
+
+Packages: ``pip install "mlpi[tensorrt]"`` installs ``tensorrt-cu12`` 10.x or 11.x with
+cuda-python 12. TensorRT 11 ships a CUDA 12 and a CUDA 13 variant (https://pypi.org/project/tensorrt-cu12/11.4.0.106/),
+and the bare ``tensorrt`` package installs the CUDA 13 one
+(https://docs.nvidia.com/deeplearning/tensorrt/11.4.1/installing-tensorrt/install-pip.html), so the
+extra names the CUDA 12 package, which matches the cuda-python 12 it pins; results record
+whichever TensorRT distributions are installed.
 
 A session holds ``-o contexts`` execution contexts, each with its own CUDA stream, pinned
 host buffers and device buffers allocated once for the largest batch. Each ``run`` takes a
@@ -14,8 +53,6 @@ free context, copies the batch in, runs it and copies the outputs out on that co
 stream, and returns fresh arrays (the pinned buffers are reused by the next call). The core
 keeps ``contexts`` batches in flight from as many threads, so copies and kernels of one
 batch overlap with those of the others.
-
-Needs ``tensorrt`` 10 and cuda-python (``pip install "mlpi[tensorrt]"``) plus an NVIDIA driver.
 """
 
 from __future__ import annotations
@@ -54,6 +91,7 @@ from mlpi.core.contract.backend import (
     ModelArtifact,
     Session,
     TensorSpec,
+    require_batch_first,
 )
 from mlpi.core.contract.device import Device
 from mlpi.core.contract.errors import (
@@ -65,7 +103,16 @@ from mlpi.core.contract.errors import (
 )
 
 _INSTALL_HINT = 'pip install "mlpi[tensorrt]"'
-_PRECISIONS = ("fp32", "fp16", "int8")
+_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: TensorRT major versions this backend drives.
+_MAJORS = (10, 11)
+#: What ``-o builder_precision=true`` makes of each precision it derives (TensorRT 10 only).
+_BUILDER_METHODS = {
+    "fp16": "TensorRT 10 builder flag FP16 (TensorRT picks fp16 or fp32 kernels layer by layer)",
+    "int8": "TensorRT 10 builder flags FP16+INT8 with its entropy calibrator",
+}
+_GRAPH_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+_NO_CONTEXT = LoadContext()  # frozen: one shared default
 _MAX_CONTEXTS = 32
 _MAX_OPT_LEVEL = 5
 
@@ -96,9 +143,19 @@ class TrtOptions:
     default_batch_size: int = field(
         default=32, metadata={"help": "largest batch the engine is built for when the run gives no --batch-size", "min": 1}
     )
+    builder_precision: bool = field(
+        default=False,
+        metadata={
+            "help": "derive --precision fp16|int8 with TensorRT 10's builder flags FP16/INT8 and its entropy "
+                    "calibrator instead of mlpi's model transform (results record it); TensorRT 11 removed them",
+        },
+    )
     calibration_cache: str = field(
         default="",
-        metadata={"help": "int8: a TensorRT calibration cache file to take the scales from instead of calibrating"},
+        metadata={
+            "help": "with builder_precision and --precision int8: a TensorRT 10 calibration cache file to take "
+                    "the scales from instead of calibrating",
+        },
     )
     cache: bool = field(
         default=True, metadata={"help": "keep built engines in <mlpi cache>/tensorrt and reuse them"}
@@ -355,7 +412,15 @@ class TensorRTBackend(Backend):
         return str(trt.__version__)
 
     def runtime_distributions(self) -> tuple[str, ...]:
-        return ("tensorrt", "tensorrt-cu12", "tensorrt-cu12-bindings", "tensorrt-cu12-libs", "cuda-python", "cuda-bindings")
+        return ("tensorrt", "tensorrt-cu12", "tensorrt-cu12-bindings", "tensorrt-cu12-libs", "tensorrt-cu13",
+                "tensorrt-cu13-bindings", "tensorrt-cu13-libs", "cuda-python", "cuda-bindings")
+
+    def native_precision(self, options: Any, precision: str) -> str | None:
+        """TensorRT 10's builder flags where ``-o builder_precision=true`` asks for them (``check``
+        refuses them on TensorRT 11); otherwise mlpi's transform derives the precision."""
+        if getattr(options, "builder_precision", False):
+            return _BUILDER_METHODS.get(precision)
+        return None
 
     def probe(self) -> list[Device]:
         try:
@@ -369,23 +434,23 @@ class TensorRTBackend(Backend):
         return cuda_absence() if kind == "cuda" else None
 
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
-        self._modules()
+        trt, _ = self._modules()
         if device.kind != "cuda":
             raise DeviceError(f"backend 'tensorrt' cannot use device kind '{device.kind}'", "it runs on: cuda")
         if len(device.indices) > 1:
             raise UsageError(f"one TensorRT session runs on one GPU, not {device}", "name a single unit, e.g. cuda:0")
-        if precision is not None and precision not in _PRECISIONS:
-            raise UsageError(f"backend 'tensorrt' cannot run precision '{precision}'", f"choose one of: {', '.join(_PRECISIONS)}")
-        _check_options(options, precision or "fp32")
+        require_batch_first(model, "tensorrt", "builds optimisation profiles for batches")
+        route = _route(_major(trt), model, options, precision)
+        _check_calibration_cache(options, route)
         plan_profile(model, options.default_batch_size, options.contexts)
 
     def load(
-        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = LoadContext()
+        self, model: ModelArtifact, device: Device, options: Any, precision: str | None, context: LoadContext = _NO_CONTEXT
     ) -> Session:
         self.check(model, device, options, precision)
         trt, runtime_module = self._modules()
+        route = _route(_major(trt), model, options, precision)
         cuda = Cuda(runtime_module)
-        runs = precision or "fp32"
         try:
             cuda.set_device(device.index)
             gpu = cuda.device_info(device.index)
@@ -393,11 +458,17 @@ class TensorRTBackend(Backend):
             raise DeviceError(
                 f"CUDA cannot use GPU {device.index} ({exc})", "check the driver with nvidia-smi, or pick a GPU `mlpi backends` lists"
             ) from None
+        if route.runs == "bf16" and gpu.major < 8:
+            raise DeviceError(
+                f"bf16 needs a GPU of compute capability 8.0 or newer; GPU {device.index} ({gpu.name}) is {gpu.compute_capability}",
+                "run --precision fp16 on this GPU",
+            )
         batch = context.batch_size or options.default_batch_size
         if batch < 1:
             raise UsageError(f"the run asks for batch size {batch}", "pass --batch-size 1 or more")
         profile = plan_profile(model, batch, options.contexts)
-        settings = BuildSettings(runs, options.workspace_mib, options.builder_optimization_level, options.tf32)
+        settings = BuildSettings(route.runs, options.workspace_mib, options.builder_optimization_level, options.tf32,
+                                 route.builder_precision)
         engines = _Engines(trt, cuda, model, gpu, profile, settings, options, context)
         payload, path, reused = engines.get()
         log = logger(trt)
@@ -414,7 +485,7 @@ class TensorRTBackend(Backend):
                 f"TensorRT could not load the engine it built for {model.path}: {last_error(log, mark, 'no reason given')}",
                 "see TensorRT's message; check that the driver supports this TensorRT version",
             )
-        return TensorRTSession(trt, cuda, runtime, engine, model, gpu, profile, runs, options.contexts, path, reused)
+        return TensorRTSession(trt, cuda, runtime, engine, model, gpu, profile, route.runs, options.contexts, path, reused)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -425,13 +496,67 @@ class TensorRTBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from a missing libnvinfer
             raise PluginError(f"TensorRT is not installed ({_first_line(exc)})", _with_gpu_absence(self.install_hint)) from None
         found = str(getattr(trt, "__version__", "?"))
-        if found.split(".")[0] != "10":
-            raise PluginError(f"TensorRT {found} is installed; the tensorrt backend needs TensorRT 10", self.install_hint)
+        if _major(trt) not in _MAJORS:
+            raise PluginError(f"TensorRT {found} is installed; the tensorrt backend needs TensorRT 10 or 11", self.install_hint)
         try:
             runtime_module = import_runtime()
         except Exception as exc:  # noqa: BLE001 - ImportError or a broken install
             raise PluginError(f"cuda-python is not installed ({_first_line(exc)})", self.install_hint) from None
         return trt, runtime_module
+
+
+def _major(trt: Any) -> int:
+    """TensorRT's major version, from ``tensorrt.__version__`` ("10.9.0.34" -> 10; 0 when unreadable)."""
+    head = str(getattr(trt, "__version__", "")).split(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How one load is built: the precision that runs, and whether TensorRT 10's builder flags
+    derive it from the fp32 graph (``builder_precision``) or the graph's own types decide."""
+
+    runs: str
+    builder_precision: bool
+
+
+def _route(major: int, model: ModelArtifact, options: TrtOptions, precision: str | None) -> _Route:
+    """The build a load asks for, or UsageError for what no build can honour."""
+    if options.builder_precision and major >= 11:
+        raise UsageError(
+            f"-o builder_precision=true derives precision with TensorRT 10's builder flags and calibrator, "
+            f"which TensorRT {major} removed",
+            "drop -o builder_precision: mlpi's --precision transform gives the same precision in the graph itself",
+        )
+    if precision is not None and precision not in _PRECISIONS:
+        raise UsageError(f"backend 'tensorrt' cannot run precision '{precision}'", f"choose one of: {', '.join(_PRECISIONS)}")
+    if model.precision is not None:
+        if model.precision not in _PRECISIONS:
+            raise UsageError(f"backend 'tensorrt' cannot run a graph derived for '{model.precision}'",
+                             f"derive one of: {', '.join(_PRECISIONS)}")
+        if precision is not None and precision != model.precision:
+            raise UsageError(
+                f"{model.path.name} was derived for {model.precision}, and the run asks for {precision}",
+                f"hand the backend the {precision} graph, or ask for {model.precision}",
+            )
+        return _Route(model.precision, False)  # the derived graph runs as it is typed
+    if options.builder_precision and precision in _BUILDER_METHODS:
+        return _Route(precision, True)
+    own = _graph_precision(model)
+    if precision is None or precision == own:
+        return _Route(own, False)
+    native = " or, on TensorRT 10, add -o builder_precision=true" if major == 10 and precision in _BUILDER_METHODS else ""
+    raise UsageError(
+        f"backend 'tensorrt' runs the precision its graph carries, and {model.path.name} is {own}, not {precision} "
+        "(the graph was not derived for it)",
+        f"let mlpi derive the {precision} graph (`mlpi run --precision {precision}` does){native}",
+    )
+
+
+def _graph_precision(model: ModelArtifact) -> str:
+    """The precision a file given as it is runs in, as its first floating input is typed."""
+    floats = [spec.dtype for spec in model.inputs if spec.dtype in _GRAPH_TYPES]
+    return _GRAPH_TYPES[floats[0]] if floats else "fp32"
 
 
 def _with_gpu_absence(hint: str) -> str:
@@ -455,7 +580,7 @@ class _Engines:
 
     def get(self, rebuild: bool = False) -> tuple[bytes, Path | None, bool]:
         """(engine bytes, where it is cached, whether it came from the cache)."""
-        int8 = self.settings.precision == "int8"
+        int8 = self.settings.builder_precision and self.settings.precision == "int8"  # calibrated by TensorRT 10
         scales = self._scales_source() if int8 else None
         if int8 and scales is None and self.context.calibration is None:
             raise UsageError(
@@ -490,7 +615,7 @@ class _Engines:
         from mlpi.backends._trt_calibrator import make_calibrator
 
         calibrator = None
-        if self.settings.precision == "int8":
+        if self.settings.builder_precision and self.settings.precision == "int8":
             ensure_dir(self.own_calibration.parent)
             inputs = {spec.name: (np.dtype(spec.dtype), tuple(int(d) for d in spec.shape[1:])) for spec in self.model.inputs}  # type: ignore[arg-type]
             calibrator = make_calibrator(
@@ -521,7 +646,9 @@ class _Engines:
     def _path(self, scales: Path | None) -> Path:
         fields = {
             "artifact": self.model.sha256,
+            "artifact_precision": self.model.precision,
             "tensorrt": str(self.trt.__version__),
+            "tensorrt_major": _major(self.trt),
             "gpu": self.gpu.name,
             "compute_capability": self.gpu.compute_capability,
             "precision": self.settings.precision,
@@ -580,16 +707,21 @@ def _io_tensors(trt: Any, engine: Any, model: ModelArtifact, profile: Profile) -
     return groups[0], groups[1]
 
 
-def _check_options(options: TrtOptions, precision: str) -> None:
-    if options.calibration_cache:
-        if precision != "int8":
-            raise UsageError(
-                f"option calibration_cache is only used for int8, and this run is {precision}",
-                "add --precision int8, or drop -o calibration_cache",
-            )
-        path = Path(options.calibration_cache).expanduser()
-        if not path.is_file():
-            raise UsageError(f"calibration cache {path} does not exist", "pass the path of a TensorRT calibration cache file")
+def _check_calibration_cache(options: TrtOptions, route: _Route) -> None:
+    """``-o calibration_cache`` feeds TensorRT 10's int8 calibrator, so it belongs to that build only."""
+    if not options.calibration_cache:
+        return
+    if not (route.builder_precision and route.runs == "int8"):
+        what = (f"derives {route.runs} with the builder flags" if route.builder_precision
+                else f"runs its {route.runs} graph as it is typed")
+        raise UsageError(
+            "option calibration_cache holds scales for TensorRT 10's int8 calibrator, used only with "
+            f"-o builder_precision=true --precision int8, and this run {what}",
+            "drop -o calibration_cache (an int8 graph mlpi derives carries its scales in its Q/DQ nodes)",
+        )
+    path = Path(options.calibration_cache).expanduser()
+    if not path.is_file():
+        raise UsageError(f"calibration cache {path} does not exist", "pass the path of a TensorRT calibration cache file")
 
 
 def _calibration_failed(error: BaseException) -> BaseException:

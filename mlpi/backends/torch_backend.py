@@ -107,7 +107,7 @@ class TorchSession(Session):
 
     def _to_tensor(self, name: str, array: np.ndarray) -> Any:
         torch = self._torch
-        array = np.ascontiguousarray(array)
+        array = np.require(array, requirements="C")  # ascontiguousarray would make a 0-d input 1-d
         if not array.flags.writeable:
             # torch warns about read-only arrays; the module never writes to its inputs.
             with warnings.catch_warnings():
@@ -224,6 +224,13 @@ class TorchBackend(Backend):
         except Exception:  # noqa: BLE001 - a broken driver means no GPU, not a crash
             pass
         return devices
+
+    def native_precision(self, options: Any, precision: str) -> str | None:
+        """fp16 and bf16 are the converted module cast to that type: the backend's own method,
+        always (its ONNX converter does not read a derived fp16/bf16 graph's casts as a plan)."""
+        if precision in ("fp16", "bf16"):
+            return f"the torch module's float weights and activations cast to {precision}"
+        return None
 
     def check(self, model: ModelArtifact, device: Device, options: Any, precision: str | None) -> None:
         if device.kind not in self.device_kinds:

@@ -55,6 +55,25 @@ def escapes_folder(name: str) -> str:
     return ""
 
 
+def check_listed_images(folder: Path, names: Sequence[str], what: str) -> None:
+    """Every image a calibration list names is a file inside ``folder``: one DatasetError that
+    names the missing ones (the first ten, and how many there are), before any is decoded."""
+    for name in names:
+        problem = escapes_folder(name)
+        if problem:
+            raise DatasetError(f"{what} names {name!r}, {problem}: every image must be inside {folder}",
+                               "use the benchmark's calibration list as published")
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise DatasetError(
+            f"{len(missing)} of the {len(names)} images {what} names {'is' if len(missing) == 1 else 'are'} "
+            f"not in {folder}: {shown}",
+            "copy (or symlink) every listed image into that folder, or point --calibration-path at the folder "
+            "that holds them",
+        )
+
+
 #: JPEG's start-of-image, start-of-scan and end-of-image markers.
 _SOI, _SOS, _EOI = b"\xff\xd8\xff", b"\xff\xda", b"\xff\xd9"
 #: Bytes read from a JPEG's end to find its end-of-image marker (past any padding).

@@ -70,7 +70,7 @@ from mlpi.core.contract.dataset import (
     PreloadedDataset,
 )
 from mlpi.core.contract.errors import DatasetError
-from mlpi.datasets.image_cache import ImageCache, escapes_folder
+from mlpi.datasets.image_cache import ImageCache, check_listed_images, escapes_folder
 
 #: Bump when the preprocessing code changes in a way that changes the cached pixels.
 PREPROCESS_VERSION = 1
@@ -163,6 +163,7 @@ class ImageNet(DatasetFactory):
     name = "imagenet"
     needs_path = True
     description = "ImageNet 2012 val (JPEGs + val_map.txt), MLPerf ResNet50 preprocessing, cached"
+    opens_by_name = True
 
     def open(self, request: DatasetRequest) -> Dataset:
         check_params(request.params)
@@ -176,6 +177,11 @@ class ImageNet(DatasetFactory):
         if request.params.get("layout") not in (None, layout):
             raise DatasetError(f"the model declares layout {request.params.get('layout')} but its input is {layout}", "fix the model plugin's data parameters")
         folder = _folder(request.path)
+        if request.names is not None:  # a calibration list: these images, no labels needed
+            check_listed_images(folder, request.names, "the calibration list")
+            names = list(request.names)
+            key, cache_file = image_cache(height, width).prepare(folder, names, build=not request.for_scoring)
+            return ImageNetDataset(spec, layout, folder, np.full(len(names), -1, np.int64), cache_file, key)
         names, labels = read_val_map(folder / VAL_MAP)
         if count is not None and count < 1:
             raise DatasetError(f"--count {count} leaves no samples", "pass --count 1 or more")

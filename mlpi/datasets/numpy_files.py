@@ -20,6 +20,11 @@ The rest of an array's shape must match the model input's shape after the batch 
 input's with ``np.can_cast(..., "same_kind")`` (float64 data feeds a float32 input;
 floats never feed an integer input). ``labels`` (the ground truth, e.g. class ids) must be
 1-D with one entry per sample.
+
+Arrays are batch first even where the model's input is not: an input batched along another
+dimension (``--batch-axis``) is stored as ``[samples, *its shape without that dimension]``,
+and an input that is not batched (a scalar, ``--batch-axis NAME=none``) as ``[samples, *its
+shape]`` with every sample the same: mlpi feeds that one value to every batch.
 """
 
 from __future__ import annotations

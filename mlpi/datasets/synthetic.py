@@ -6,6 +6,8 @@ booleans fair coins. An input whose sample size is dynamic (a whole CT volume) g
 the shape its model declares for it, ``sample_shapes={name: shape}``. A model whose integer inputs index a table (token ids, segment ids,
 embedding rows) declares each one's range in its DataParams, ``value_ranges={name: (low,
 high)}`` (uniform in [low, high)), so synthetic data never indexes past a table's end.
+An input that is not batched (``DatasetRequest.constant_inputs``) holds sample 0's value in
+every sample: one value is fed to every batch.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ MAX_COUNT = 1 << 24
 
 class SyntheticDataset(PreloadedDataset):
     def __init__(self, inputs: Sequence[TensorSpec], count: int, seed: int,
-                 ranges: Mapping[str, tuple[int, int]] | None = None) -> None:
+                 ranges: Mapping[str, tuple[int, int]] | None = None, constants: Sequence[str] = ()) -> None:
         super().__init__(inputs)
         self._count = count
         self._seed = seed
         self._ranges = dict(ranges or {})
+        self._constants = set(constants)  # inputs that are not batched: sample 0's value for every sample
 
     @property
     def count(self) -> int:
@@ -51,7 +54,7 @@ class SyntheticDataset(PreloadedDataset):
             shape = tuple(int(d) for d in spec.sample_shape)  # type: ignore[arg-type]
             array = np.empty((len(indices), *shape), dtype=spec.dtype)
             for row, index in enumerate(indices):
-                rng = np.random.default_rng((self._seed, k, int(index)))
+                rng = np.random.default_rng((self._seed, k, 0 if spec.name in self._constants else int(index)))
                 array[row] = _random(rng, shape, np.dtype(spec.dtype), self._ranges.get(spec.name, INT_RANGE))
             out[spec.name] = array
         return out
@@ -87,7 +90,8 @@ class Synthetic(DatasetFactory):
                 f"--count {count} is more samples than synthetic data makes (at most {MAX_COUNT:,})",
                 f"pass --count {MAX_COUNT} or less: LoadGen keeps only a few thousand loaded anyway",
             )
-        return SyntheticDataset(concrete, count, seed, _ranges(request.params.get("value_ranges") or {}))
+        return SyntheticDataset(concrete, count, seed, _ranges(request.params.get("value_ranges") or {}),
+                                request.constant_inputs)
 
 
 def _declared_shape(spec: TensorSpec, shape: Sequence[int] | None) -> TensorSpec:

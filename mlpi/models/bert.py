@@ -30,6 +30,7 @@ from mlpi.core.contract.model import GraphSpec, ModelSpec
 from mlpi.core.contract.postprocess import Postprocessor
 from mlpi.core.contract.rules import QualityTarget, Rules
 from mlpi.core.engine.artifacts import Artifact
+from mlpi.models import calibration_lists
 from mlpi.models.squad_f1 import squad_f1
 
 SEQ_LEN = 384
@@ -140,6 +141,7 @@ def _bert(name: str, fraction: float) -> ModelSpec:
     from mlpi.models.bert_graph import GRAPH_VERSION
 
     return ModelSpec(
+        calibration=calibration_lists.SQUAD,
         name=name,
         description=f"BERT-large, SQuAD v1.1 question answering, F1 >= {fraction:.1%} of FP32 (MLPerf Inference)",
         artifact=ARTIFACT,

@@ -21,6 +21,7 @@ from mlpi.core.contract.model import GraphSpec, ModelSpec
 from mlpi.core.contract.postprocess import ClassIdResponse, Postprocessor
 from mlpi.core.contract.rules import QualityTarget, Rules
 from mlpi.core.engine.artifacts import Artifact
+from mlpi.models import calibration_lists
 
 #: The FP32 reference top-1 (percent) the quality target is a fraction of.
 REFERENCE_TOP1 = 76.456
@@ -90,6 +91,7 @@ def resnet50() -> ModelSpec:
     from mlpi.models.resnet50_graph import GRAPH_VERSION
 
     return ModelSpec(
+        calibration=calibration_lists.IMAGENET,
         name="resnet50",
         description="ResNet50-v1.5, ImageNet 2012 classification (MLPerf Inference)",
         artifact=ARTIFACT,

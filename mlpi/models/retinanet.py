@@ -24,6 +24,7 @@ from mlpi.core.contract.dataset import DataParams
 from mlpi.core.contract.model import GraphSpec, ModelSpec
 from mlpi.core.contract.rules import QualityTarget, Rules
 from mlpi.core.engine.artifacts import Artifact
+from mlpi.models import calibration_lists
 from mlpi.models.detection import SCORE_THRESHOLD, DetectionResponses, coco_map
 
 IMAGE_SIZE = 800
@@ -86,6 +87,7 @@ def retinanet() -> ModelSpec:
     from mlpi.models.retinanet_graph import GRAPH_VERSION
 
     return ModelSpec(
+        calibration=calibration_lists.OPENIMAGES,
         name="retinanet",
         description="RetinaNet ResNeXt50-32x4d FPN, OpenImages object detection (MLPerf Inference)",
         artifact=ARTIFACT,

@@ -38,6 +38,7 @@ from mlpi.core.contract.pipeline import Pipeline, PipelineContext
 from mlpi.core.contract.postprocess import Responses
 from mlpi.core.contract.rules import QualityTarget, Rules
 from mlpi.core.engine.artifacts import Artifact
+from mlpi.models import calibration_lists
 from mlpi.models.rnnt_features import FeatureParams, Featurizer
 from mlpi.models.rnnt_graph import (
     BLANK,
@@ -281,6 +282,7 @@ def rnnt() -> ModelSpec:
     from mlpi.models.rnnt_graph import GRAPH_VERSION
 
     return ModelSpec(
+        calibration=calibration_lists.LIBRISPEECH,
         name="rnnt",
         description="RNN-T, LibriSpeech dev-clean speech recognition, WER (MLPerf Inference, retired after v4.0)",
         artifact=ARTIFACT,

@@ -37,6 +37,7 @@ from mlpi.core.contract.backend import TensorSpec
 from mlpi.core.contract.dataset import DataParams
 from mlpi.core.contract.model import GraphSpec, ModelSpec
 from mlpi.core.contract.rules import QualityTarget, Rules
+from mlpi.models import calibration_lists
 from mlpi.models.detection import DetectionResponses, coco_map, coco_map_inv
 
 #: Images in COCO 2017 validation: what an accuracy run covers.
@@ -111,6 +112,7 @@ def ssd_mobilenet() -> ModelSpec:
     from mlpi.models.ssd_graph import GRAPH_VERSION
 
     return ModelSpec(
+        calibration=calibration_lists.COCO,
         name="ssd-mobilenet",
         description="SSD-MobileNet-v1 300x300, COCO object detection (MLPerf Inference, retired after v2.0)",
         graphs={"model": GraphSpec(MOBILENET_INPUTS, MOBILENET_OUTPUTS)},
@@ -131,6 +133,7 @@ def ssd_resnet34() -> ModelSpec:
     from mlpi.models.ssd_graph import GRAPH_VERSION
 
     return ModelSpec(
+        calibration=calibration_lists.COCO,
         name="ssd-resnet34",
         description="SSD-ResNet34 1200x1200, COCO object detection (MLPerf Inference, retired after v2.0)",
         graphs={"model": GraphSpec(RESNET34_INPUTS, RESNET34_OUTPUTS)},

@@ -52,6 +52,7 @@ from mlpi.core.contract.pipeline import Pieces, Pipeline, PipelineContext
 from mlpi.core.contract.postprocess import Responses
 from mlpi.core.contract.rules import QualityTarget, Rules
 from mlpi.core.engine.artifacts import Artifact
+from mlpi.models import calibration_lists
 from mlpi.models.kits_dice import kits_dice
 
 ROI = 128
@@ -426,6 +427,7 @@ def _unet(name: str, fraction: float) -> ModelSpec:
     from mlpi.models.unet3d_graph import GRAPH_VERSION
 
     return ModelSpec(
+        calibration=calibration_lists.KITS,
         name=name,
         description=f"3D-UNet, KiTS19 kidney tumour segmentation, mean DICE >= {fraction:.1%} of FP32 (MLPerf Inference)",
         artifact=ARTIFACT,

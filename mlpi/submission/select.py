@@ -386,6 +386,9 @@ def _closed_model_refusals(pick: TestPick, request: Request) -> list[str]:
         reasons.append("random weights (the closed division measures the model's own weights)")
     if not official_model(result):
         reasons.append(f"not the official model ({result.model.note or 'configured away from MLPerf'})")
+    derived = result.model.extra.get("precision")
+    if isinstance(derived, dict) and derived.get("closed_division") is False:
+        reasons.append(f"its {derived.get('requested')} precision: {derived.get('closed_reason')}")
     return reasons
 
 

@@ -32,28 +32,56 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 class TensorSpec:
     """Name, element type and shape of one model input or output.
 
-    ``shape[0]`` is the batch dimension. A dimension that is ``None`` is dynamic.
+    ``batch_axis`` is the batch dimension: ``0`` (the first, as almost every model has it),
+    another (an LSTM state ``[layers, batch, hidden]`` has 1), or ``None``: not batched, the
+    tensor is the same for every batch (a scalar sample rate, a constant state) and is fed as
+    it is. A dimension that is ``None`` is dynamic. Sessions always see and answer tensors in
+    the file's own layout; the core moves batch axes to the front for datasets, batching and
+    responses (:mod:`mlpi.core.engine.batch_axes`).
     """
 
     name: str
     dtype: str
     shape: tuple[int | None, ...]
+    batch_axis: int | None = 0
 
     @property
     def batch_dynamic(self) -> bool:
-        return bool(self.shape) and self.shape[0] is None
+        return self.batch_axis is not None and len(self.shape) > self.batch_axis and self.shape[self.batch_axis] is None
+
+    @property
+    def batch_dim(self) -> int | None:
+        """The batch dimension's size in the file (``None``: dynamic, or not batched)."""
+        if self.batch_axis is None or len(self.shape) <= self.batch_axis:
+            return None
+        return self.shape[self.batch_axis]
 
     @property
     def sample_shape(self) -> tuple[int | None, ...]:
-        """The shape of one sample: everything after the batch dimension."""
-        return self.shape[1:]
+        """The shape of one sample: every dimension but the batch's (all of them, not batched)."""
+        if self.batch_axis is None:
+            return self.shape
+        return self.shape[: self.batch_axis] + self.shape[self.batch_axis + 1 :]
+
+    def batch_first(self) -> TensorSpec:
+        """This tensor as the core batches it: the batch dimension first (a dynamic one for a
+        tensor that is not batched, whose every sample holds the whole tensor)."""
+        if self.batch_axis == 0:
+            return self
+        return TensorSpec(self.name, self.dtype, (self.batch_dim, *self.sample_shape))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        data: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.batch_axis != 0:
+            data["batch_axis"] = self.batch_axis
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+        axis = data.get("batch_axis", 0)
+        if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool) or axis < 0):
+            raise ValueError(f"batch_axis of {data.get('name')!r} is {axis!r}, not a dimension or null")
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), axis)
 
 
 def format_shape(shape: Iterable[int | None]) -> str:
@@ -64,12 +92,26 @@ def format_shape(shape: Iterable[int | None]) -> str:
 def fixed_batch_size(specs: Iterable[TensorSpec]) -> int | None:
     """The batch size a model's inputs fix, or ``None`` when its batch is dynamic.
 
-    ``shape[0]`` is the batch dimension (see :class:`TensorSpec`); inputs without any
-    dimension have none and are ignored. When several inputs fix it, the smallest is the
-    most any batch can be.
+    Each input's ``batch_axis`` is its batch dimension (see :class:`TensorSpec`); inputs that
+    are not batched, or have no dimension, are ignored. When several inputs fix it, the
+    smallest is the most any batch can be.
     """
-    fixed = [int(spec.shape[0]) for spec in specs if spec.shape and spec.shape[0] is not None]
+    fixed = [int(dim) for spec in specs if (dim := spec.batch_dim) is not None]
     return min(fixed) if fixed else None
+
+
+def require_batch_first(model: ModelArtifact, backend: str, why: str) -> None:
+    """For a backend that builds for batches along every tensor's first dimension (an engine
+    per batch size): a UsageError naming the tensors the model batches along another dimension,
+    or not at all (``why``: what the backend builds)."""
+    from mlpi.core.contract.errors import UsageError
+
+    other = [f"'{s.name}' ({'not batched' if s.batch_axis is None else f'batched along dimension {s.batch_axis}'})"
+             for s in (*model.inputs, *model.outputs) if s.batch_axis != 0]
+    if other:
+        raise UsageError(f"backend '{backend}' {why} along each tensor's first dimension, and this model has "
+                         f"{', '.join(other)}",
+                         "use --backend onnxruntime or openvino, or export the model with the batch first")
 
 
 @dataclass(frozen=True)
@@ -99,12 +141,20 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class ModelArtifact:
-    """The canonical model file (ONNX) a session is built from, with its signature."""
+    """The canonical model file (ONNX) a session is built from, with its signature.
+
+    ``precision``: the precision the graph itself carries where ``--precision`` asked for it:
+    a file mlpi derived from the model's fp32 file (:mod:`mlpi.core.engine.precision`: fp16/bf16
+    types, or int8 Q/DQ nodes, in the graph), or a file quantised before. The backend runs the
+    graph as it is, with no precision flags or calibrator of its own. ``None``: no precision
+    was asked for, or the backend derives it itself (``Backend.native_precision``).
+    """
 
     path: Path
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +310,16 @@ class Backend(ABC):
         """Python distributions whose versions belong in results (e.g. ``("onnxruntime",)``)."""
         return ()
 
+    def native_precision(self, options: Any, precision: str) -> str | None:
+        """Optional: where ``options`` ask this backend to derive ``precision`` from the fp32
+        model itself (its builder's flags and calibrator, a runtime quantizer), that method in
+        words, for results ("TensorRT 10 builder flags FP16+INT8, entropy calibrator");
+        ``None`` (the default): the core derives ``precision`` as a model transform
+        (:mod:`mlpi.core.engine.precision`) and the backend is given the transformed graph, an
+        artifact whose ``precision`` is set. Must be cheap and never raise for options the
+        backend accepts; ``check`` refuses a native method the installed runtime lacks."""
+        return None
+
     def performance_only(self, options: Any) -> str | None:
         """Optional: with ``options``, why this backend's sessions return outputs that are not the
         model's (zeros of the outputs' shapes and dtypes, say, in a mode that times the device
@@ -287,4 +347,5 @@ __all__ = [
     "TensorSpec",
     "fixed_batch_size",
     "format_shape",
+    "require_batch_first",
 ]

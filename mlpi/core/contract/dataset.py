@@ -73,6 +73,14 @@ class DatasetRequest:
     - ``path`` / ``count`` / ``seed``: ``--dataset-path``, ``--count``, ``--seed``.
     - ``performance_count``: the model's performance sample count (``None``: the dataset's own).
     - ``for_scoring``: only the ground truth is needed (``mlpi score``): build no caches.
+    - ``names``: open exactly these samples, in this order, by the names a benchmark's
+      calibration list gives them (:class:`~mlpi.core.contract.calibration.CalibrationSet`),
+      instead of the dataset's own list; only a factory with ``opens_by_name`` is asked. A
+      name that is missing is a DatasetError naming it; labels are not needed.
+    - ``constant_inputs``: inputs that are not batched (``TensorSpec.batch_axis`` None): one
+      value is fed to every batch, the first loaded sample's, and every sample must hold the
+      same (the core checks); a dataset that makes its data (synthetic) makes one for all.
+      ``inputs`` are always batch first (:meth:`TensorSpec.batch_first`).
     """
 
     inputs: Sequence[TensorSpec]
@@ -82,6 +90,8 @@ class DatasetRequest:
     seed: int = 0
     performance_count: int | None = None
     for_scoring: bool = False
+    names: tuple[str, ...] | None = None
+    constant_inputs: tuple[str, ...] = ()
 
     def performance_count_of(self, count: int) -> int:
         """The performance sample count of ``count`` samples: the model's, bounded by what
@@ -217,11 +227,13 @@ class DatasetFactory(ABC):
     - ``name``: what users type after ``--dataset``.
     - ``needs_path``: whether ``--dataset-path`` is required.
     - ``description``: one line for ``mlpi datasets``.
+    - ``opens_by_name``: ``open`` honours ``DatasetRequest.names`` (it can read a calibration list).
     """
 
     name: ClassVar[str]
     needs_path: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    opens_by_name: ClassVar[bool] = False
 
     @abstractmethod
     def open(self, request: DatasetRequest) -> Dataset:

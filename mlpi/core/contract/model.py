@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlpi.core.contract.accuracy import REPEATED_RESPONSES
 from mlpi.core.contract.backend import TensorSpec
+from mlpi.core.contract.calibration import CalibrationSet
 from mlpi.core.contract.dataset import DataParams
 from mlpi.core.contract.pipeline import MAIN_GRAPH, PipelineFactory
 from mlpi.core.contract.postprocess import Postprocessor, RawOutputs
@@ -111,6 +112,8 @@ class ModelSpec:
       graph, data parameters...) and ``options`` holds the values a spec was made for.
       Results record them. ``unofficial``: why this configuration is not the official
       MLPerf model (DLRM's tables capped in rows), ``None`` where it is.
+    - ``calibration``: the benchmark's official calibration set, the only data the closed
+      division lets int8 quantisation see (:class:`CalibrationSet`); ``None``: none declared.
     """
 
     name: str
@@ -137,6 +140,7 @@ class ModelSpec:
     configure: Callable[[Any], ModelSpec] | None = None
     options: Any = None
     unofficial: str | None = None
+    calibration: CalibrationSet | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

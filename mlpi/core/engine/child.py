@@ -191,6 +191,7 @@ class TestSetup:
         they give: batches in flight for the SUT, or piece workers for a model with pieces."""
         from mlpi.core.contract.backend import LoadContext
         from mlpi.core.contract.device import Device
+        from mlpi.core.engine.batch_axes import adapt
         from mlpi.core.engine.rows import row_batch_size
 
         plan = self.plan
@@ -208,7 +209,7 @@ class TestSetup:
         units = device.units()
         where = placed_roles(self.spec, len(units))
         placed = [
-            (str(unit), {role: self.backend.load(artifact, unit, self.options, plan.precision, context)
+            (str(unit), {role: adapt(self.backend.load(artifact, unit, self.options, plan.precision, context), artifact)
                          for role, artifact in self.artifacts.items() if position in where.get(role, (position,))})
             for position, unit in enumerate(units)
             for _ in range(instances)
@@ -330,6 +331,7 @@ def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out
 
     spec, dataset, batch_size = setup.spec, setup.dataset, loaded.batch_size
     dataset.load(setup.loaded)
+    _feed_constants(setup, loaded)
     if spec.sample_inputs is None:
         try:
             outputs = observed_outputs(loaded.main(0), dataset, setup.loaded[0], batch_first=spec.outputs_batch_first,
@@ -358,6 +360,22 @@ def build_executors(setup: TestSetup, loaded: LoadedSessions, scenario: str, out
             )
         )
     return executors, outputs
+
+
+def _feed_constants(setup: TestSetup, loaded: LoadedSessions) -> None:
+    """The value each input that is not batched gets in every batch: the first loaded sample's,
+    which every loaded sample must share (a UsageError names two that differ)."""
+    from mlpi.core.engine.batch_axes import AxesSession, check_constants
+
+    names = [s.name for s in setup.artifacts[setup.spec.main_role].inputs if s.batch_axis is None]
+    if not names or not setup.loaded:
+        return
+    check_constants(setup.dataset, setup.loaded, names)
+    sample = setup.dataset.sample(setup.loaded[0])
+    for _, sessions in loaded.placed:
+        for session in sessions.values():
+            if isinstance(session, AxesSession):
+                session.set_constants(sample)
 
 
 #: A model without MLPerf rules keeps at most this many bytes of samples loaded ...

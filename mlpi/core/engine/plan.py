@@ -57,7 +57,9 @@ class GraphRef:
 class ModelRef:
     """The model a plan runs. ``path``, ``inputs`` and ``outputs`` are its main graph's
     (the one the dataset feeds). A model with several graphs lists every one in ``graphs``
-    by role, and its ``sha256`` covers all of them; a one-graph model's is its file's."""
+    by role, and its ``sha256`` covers all of them; a one-graph model's is its file's.
+    ``precision``: what the graph itself carries where ``--precision`` made it so (a derived
+    file, or a file quantised before): the backend runs it as it is (``ModelArtifact.precision``)."""
 
     name: str
     path: str
@@ -68,12 +70,14 @@ class ModelRef:
     random_weights: bool = False
     graphs: dict[str, GraphRef] = field(default_factory=dict)
     main_role: str = MAIN_GRAPH
+    precision: str | None = None
 
     def artifacts(self) -> dict[str, ModelArtifact]:
         """Every graph to load, by role, the main one first."""
         if self.graphs:
             return {role: graph.artifact() for role, graph in self.graphs.items()}
-        return {self.main_role: ModelArtifact(Path(self.path), self.sha256, tuple(self.inputs), tuple(self.outputs))}
+        return {self.main_role: ModelArtifact(Path(self.path), self.sha256, tuple(self.inputs), tuple(self.outputs),
+                                              self.precision)}
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpi.core.contract.backend import TensorSpec, fixed_batch_size
+from mlpi.core.contract.backend import fixed_batch_size
 from mlpi.core.contract.dataset import DatasetRequest
 from mlpi.core.contract.device import Device
 from mlpi.core.contract.errors import (
@@ -30,11 +30,20 @@ from mlpi.core.contract.model import ModelSpec
 from mlpi.core.contract.pipeline import MAIN_GRAPH
 from mlpi.core.contract.rules import MODES, SCENARIOS
 from mlpi.core.engine.artifacts import cached, recorded_fingerprint
+from mlpi.core.engine.batch_axes import EXTRA_KEY as AXES_KEY
+from mlpi.core.engine.batch_axes import parse_batch_axes, resolve_batch_axes
 from mlpi.core.engine.cache import cache_root
 from mlpi.core.engine.loadgen_conf import EXTRA_KEY as CONF_KEY
 from mlpi.core.engine.loadgen_conf import ConfFile, check_applies, loadgen_model_key
 from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.core.engine.plan import GraphRef, ModelRef, Plan, combined_digest
+from mlpi.core.engine.precision import DERIVED
+from mlpi.core.engine.precision_plan import EXTRA_KEY as PRECISION_KEY
+from mlpi.core.engine.precision_plan import (
+    PrecisionRequest,
+    calibrates_on_run_data,
+    model_precision,
+)
 from mlpi.core.engine.shapes import EXTRA_KEY as SHAPES_KEY
 from mlpi.core.engine.shapes import apply_shapes, parse_shape_options, symbolic_dims
 from mlpi.core.plugins.config import PluginsConfig
@@ -80,6 +89,13 @@ class RunRequest:
     mlperf_conf: str | None = None
     #: --shape values, NAME=DIMS: dynamic dimensions fixed (mlpi.core.engine.shapes).
     shapes: list[str] = field(default_factory=list)
+    #: --batch-axis values, NAME=K or NAME=none (mlpi.core.engine.batch_axes).
+    batch_axes: list[str] = field(default_factory=list)
+    #: How --precision is derived (mlpi.core.engine.precision_plan): --calibration (official,
+    #: dataset or a list file), --calibration-path, -P KEY=VALUE.
+    calibration: str | None = None
+    calibration_path: str | None = None
+    precision_options: dict[str, str] = field(default_factory=dict)
 
 
 def parse_scenarios(values: list[str]) -> list[str]:
@@ -142,7 +158,7 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     shapes = parse_shape_options(request.shapes)
     if shapes:
         model_ref = _with_shapes(model_ref, shapes)
-    _check_batched_inputs(model_ref.inputs)
+    model_ref, batch_axes = with_batch_axes(model_ref, spec, parse_batch_axes(request.batch_axes))
     # A model with an official file to fetch is scored only with it; one whose official
     # weights mlpi cannot fetch (DLRM-v2's) may run its accuracy path on random weights, as the
     # reference's debug profile does: the result says the score is not the model's.
@@ -151,9 +167,17 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
             f"accuracy mode needs the official {model_ref.name} weights; random weights are for performance only",
             f"run `mlpi fetch {model_ref.name}`, or pass --model-path FILE, or use --mode performance",
         )
-    for artifact in model_ref.artifacts().values():
-        for unit in device.units():
-            backend.check(artifact, unit, options, request.precision)
+    wanted = PrecisionRequest(request.precision, request.calibration, request.calibration_path, request.precision_options)
+    native = backend.native_precision(options, request.precision) if request.precision in DERIVED else None
+    on_run_data = calibrates_on_run_data(wanted, spec)
+    derives = request.precision in DERIVED and native is None
+    # before deriving anything (minutes, for int8): would the backend run a file of that precision?
+    _check_backend(backend, model_ref, device, options, request.precision, provisional=derives)
+    precision_record = None
+    if not on_run_data:  # derived now (from the cache, usually), so the backend checks the file it will load
+        model_ref, precision_record = model_precision(model_ref, wanted, spec, registry, native, seed=request.seed)
+        if derives:
+            _check_backend(backend, model_ref, device, options, request.precision)
     _check_batch_size(request.batch_size, model_ref.inputs)
     batch_memory = (request.batch_size, request.instances, len(device.units()))
     flag = ("--batch-size", "pass --batch-size {fits} or less")
@@ -167,6 +191,10 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
     if dataset.count < 1:
         raise UsageError(f"dataset '{dataset_name}' has no samples", "check --dataset-path and --count")
     _check_grouping(spec, dataset, dataset_name)
+    if on_run_data:
+        model_ref, precision_record = model_precision(model_ref, wanted, spec, registry, native, dataset, dataset_name,
+                                                      request.dataset_path, request.seed)
+        _check_backend(backend, model_ref, device, options, request.precision)
     _check_batch_memory(*batch_memory, dataset.inputs, model_ref.outputs, *flag)
     scenario_settings = _check_scenario_settings(request, scenarios, model_ref, dataset.inputs, len(device.units()))
     if "accuracy" in modes and spec.score is not None and not spec.scoring_optional and not dataset.has_ground_truth:
@@ -211,21 +239,63 @@ def build_plan(request: RunRequest, config: PluginsConfig | None = None) -> Plan
                **({"scenario_settings": scenario_settings} if scenario_settings else {}),
                **({"profile": request.profile} if request.profile else {}),
                **({CONF_KEY: {role: conf.to_json() for role, conf in conf_files.items()}} if conf_files else {}),
-               **({SHAPES_KEY: shapes} if shapes else {})},
+               **({SHAPES_KEY: shapes} if shapes else {}),
+               **({PRECISION_KEY: precision_record} if precision_record else {}),
+               **({AXES_KEY: batch_axes} if batch_axes else {})},
     )
 
 
-def _check_batched_inputs(inputs: list[TensorSpec]) -> None:
-    """Every input is batched along its first dimension; a scalar input has none, and feeding
-    it a batch of values would be a shape error at best and a wrong broadcast at worst."""
-    scalars = [spec.name for spec in inputs if not spec.shape]
-    if scalars:
-        raise UsageError(
-            f"input{'s' if len(scalars) > 1 else ''} {', '.join(repr(n) for n in scalars)} of this model "
-            f"{'are scalars' if len(scalars) > 1 else 'is a scalar'} (shape []): mlpi batches every input along its "
-            "first dimension, and cannot feed one value to every batch yet",
-            "export the model with that value as a constant (an initializer), or give it a batch dimension",
-        )
+def derive_precision(request: RunRequest) -> tuple[ModelRef, dict[str, Any] | None]:
+    """``mlpi quantize``: the model ``request`` names, derived for its precision ahead of any run
+    (no backend: a backend's own method is a run's choice), with the record a run keeps."""
+    if request.precision not in DERIVED:
+        raise UsageError(f"mlpi quantize derives fp16, bf16 or int8, not {request.precision or 'nothing'}",
+                         "pass --precision int8 (or fp16, bf16)")
+    registry = Registry(PluginsConfig.load(request.plugins_file))
+    _check_numbers(vars(request))
+    model_ref, spec, _ = _resolve_model(request, registry)
+    shapes = parse_shape_options(request.shapes)
+    if shapes:
+        model_ref = _with_shapes(model_ref, shapes)
+    model_ref, _ = with_batch_axes(model_ref, spec, parse_batch_axes(request.batch_axes))
+    wanted = PrecisionRequest(request.precision, request.calibration, request.calibration_path, request.precision_options)
+    dataset = name = None
+    if calibrates_on_run_data(wanted, spec):
+        name = request.dataset if request.dataset is not None else default_dataset(spec)
+        dataset = open_dataset(registry, spec, model_ref.inputs, name, request.dataset_path, request.dataset_count,
+                               request.seed)
+    return model_precision(model_ref, wanted, spec, registry, None, dataset, name, request.dataset_path, request.seed)
+
+
+def _check_backend(backend: Any, model_ref: ModelRef, device: Device, options: Any, precision: str | None,
+                   provisional: bool = False) -> None:
+    """The backend's own checks of every graph on every unit; ``provisional``: the file is yet to
+    be derived for ``precision``, so the backend is asked about a graph of that precision."""
+    for artifact in model_ref.artifacts().values():
+        if provisional:
+            artifact = dataclasses.replace(artifact, precision=precision)
+        for unit in device.units():
+            backend.check(artifact, unit, options, precision)
+
+
+def with_batch_axes(model_ref: ModelRef, spec: ModelSpec, given: dict[str, int | None]) -> tuple[ModelRef, dict[str, Any]]:
+    """The main graph's signature with each tensor's batch axis (:mod:`mlpi.core.engine.batch_axes`)
+    and the record of those that are not dimension 0. A model that runs its own pipeline
+    feeds its graphs itself: its tensors stay as its plugin declares them."""
+    graph = spec.main_graph
+    declared = {t.name: t.batch_axis for t in (*graph.inputs, *graph.outputs) if t.batch_axis != 0}
+    if spec.pipeline is not None:
+        if given:
+            raise UsageError(f"{spec.name} runs its own pipeline, which feeds its graphs itself",
+                             "drop --batch-axis")
+        return model_ref, {}
+    path = Path(model_ref.path)
+    names = {**symbolic_dims(path, outputs=True), **symbolic_dims(path)}
+    resolved = resolve_batch_axes(model_ref.inputs, model_ref.outputs, names, given, declared)
+    record = resolved.record()
+    if not record:
+        return model_ref, {}
+    return dataclasses.replace(model_ref, inputs=resolved.inputs, outputs=resolved.outputs), record
 
 
 def _with_shapes(model_ref: ModelRef, shapes: dict[str, str]) -> ModelRef:
@@ -385,6 +455,8 @@ def open_dataset(
     it declares them, else the main graph's), data parameters and sample count."""
     if spec.sample_inputs is not None:
         inputs = list(spec.sample_inputs)
+    constants = tuple(s.name for s in inputs if s.batch_axis is None)
+    inputs = [s.batch_first() for s in inputs]  # datasets make samples; the core batches them along the front
     factory = registry.dataset(name)
     if factory.needs_path and not path:
         raise UsageError(f"dataset '{name}' needs --dataset-path", "point it at the dataset's folder")
@@ -397,6 +469,7 @@ def open_dataset(
             seed=seed,
             performance_count=spec.rules.performance_sample_count,
             for_scoring=for_scoring,
+            constant_inputs=constants,
         )
     )
 

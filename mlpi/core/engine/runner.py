@@ -134,7 +134,8 @@ def execute(plan: Plan, output_root: Path, reporter: Reporter, *, keep_child_out
                 batch_size=plan.batch_size, instances=plan.instances, target_qps=plan.target_qps, quick=plan.quick,
                 duration_s=plan.min_duration_s, batch_timeout_ms=plan.batch_timeout_ms,
                 extra={**{role: {"path": conf.path, "sha256": conf.sha256} for role, conf in files_of(plan).items()},
-                       **({"shapes": plan.extra["shapes"]} if plan.extra.get("shapes") else {})},
+                       **({"shapes": plan.extra["shapes"]} if plan.extra.get("shapes") else {}),
+                       **({"batch_axes": plan.extra["batch_axes"]} if plan.extra.get("batch_axes") else {})},
             ),
             submission_valid=not plan.quick and plan.duration_s is None and performance_only is None,
             simulated=False,
@@ -175,9 +176,12 @@ def _performance_only(plan: Plan, backend: Any) -> str | None:
 
 
 def _model_extra(plan: Plan, registry: Registry, spec: ModelSpec) -> dict[str, Any]:
+    from mlpi.core.engine.precision_plan import EXTRA_KEY as PRECISION_KEY
+
+    derived = {"precision": plan.extra[PRECISION_KEY]} if plan.extra.get(PRECISION_KEY) else {}
     if not plan.extra.get("registered_model"):
-        return {}
-    extra: dict[str, Any] = {"plugin": registry.provenance("models", plan.model.name)}
+        return derived
+    extra: dict[str, Any] = {"plugin": registry.provenance("models", plan.model.name), **derived}
     if plan.extra.get("model_options") is not None:
         extra["options"] = plan.extra["model_options"]
     if spec.unofficial:

@@ -100,16 +100,18 @@ def _size(name: str, text: str, whole: str | None = None) -> int:
     return size
 
 
-def symbolic_dims(path: Path) -> dict[str, tuple[str | None, ...]]:
-    """Each graph input's ``dim_param`` per dimension (None where it has a value or no name)."""
+def symbolic_dims(path: Path, outputs: bool = False) -> dict[str, tuple[str | None, ...]]:
+    """Each graph input's (or output's) ``dim_param`` per dimension (None where it has a value
+    or no name)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     initializers = {init.name for init in graph.initializer}
+    values = graph.output if outputs else [value for value in graph.input if value.name not in initializers]
     return {
         value.name: tuple(dim.dim_param or None if not dim.HasField("dim_value") else None
                           for dim in value.type.tensor_type.shape.dim)
-        for value in graph.input if value.name not in initializers
+        for value in values
     }
 
 

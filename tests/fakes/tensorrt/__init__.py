@@ -1,4 +1,4 @@
-"""FAKE of the TensorRT 10 Python module, for tests only.
+"""FAKE of the TensorRT 10 or 11 Python module, for tests only.
 
 This is a fake for a runtime that cannot exist on the machines the test suite runs on:
 TensorRT needs an NVIDIA GPU and its libraries, which these machines do not have. It is
@@ -6,24 +6,37 @@ never installed: tests load this file and put it into ``sys.modules`` as ``tenso
 themselves (together with the fake CUDA runtime in ``../cuda_runtime.py``), and take
 it out again afterwards.
 
+``FAKE_TENSORRT_MAJOR`` (read when the file is loaded: ``10``, the default, or ``11``) picks
+which TensorRT it is. As 11.x it lacks what TensorRT 11 removed from the Python API (weak
+typing: the precision builder flags, ``IBuilderConfig.int8_calibrator`` and the calibration
+profile, the ``IInt8*Calibrator`` classes, ``platform_has_fast_fp16/int8``, ``IAlgorithm*``,
+``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``): reaching one raises ``AttributeError``, as
+the real module does, and is also recorded in ``REMOVED_REACHED``, so a test sees an attempt
+even where the caller swallows the error. ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is 1
+on 10.x and 0 on 11.x, as in TensorRT's headers.
+
 It has exactly the API surface mlpi's ``tensorrt`` backend uses, and its numbers are real:
 
 - ``OnnxParser.parse_from_file`` reads the ONNX file with the ``onnx`` package and fails,
   with errors, on what onnx rejects;
+- ``Builder.create_network`` makes a strongly typed network when asked (10.x) or always
+  (11.x); a strongly typed network refuses precision builder flags at build time;
 - ``Builder.build_serialized_network`` checks the optimisation profiles against the
   network (dynamic inputs need one; shapes must be consistent), runs int8 calibration
-  through the given calibrator on the bytes it hands over in fake device memory, and
-  serialises what it recorded (flags, profiles, calibration, the ONNX path) as the "engine";
-  every build is also appended to ``BUILDS`` for tests to inspect;
+  through the given calibrator on the bytes it hands over in fake device memory (10.x,
+  weakly typed), and serialises what it recorded (flags, profiles, calibration, the ONNX
+  path, strong typing) as the "engine"; every build is also appended to ``BUILDS`` for
+  tests to inspect;
 - ``Runtime.deserialize_cuda_engine`` refuses bytes that are not such an engine, or that
   were built by another TensorRT version or for another compute capability;
 - an execution context honours ``set_input_shape`` only within its profile's limits,
   and ``execute_async_v3`` queues, on the given stream, a run of the ONNX graph with
   onnxruntime on the CPU: inputs are read from, and outputs written to, the fake device
-  memory at the addresses given by ``set_tensor_address``. Engines built with the FP16
-  flag round float inputs and outputs through float16. It refuses to run on another
-  device than the one the context was made on, and refuses two contexts of one
-  dynamic-shape engine working at once on the same profile (TensorRT's documented rule).
+  memory at the addresses given by ``set_tensor_address``. A strongly typed engine runs
+  the graph as its types say (an fp16 or Q/DQ graph runs as it is); a weakly typed engine
+  built with the FP16 flag rounds float inputs and outputs through float16. It refuses to
+  run on another device than the one the context was made on, and refuses two contexts of
+  one dynamic-shape engine working at once on the same profile (TensorRT's documented rule).
 """
 
 from __future__ import annotations
@@ -32,18 +45,66 @@ import hashlib
 import json
 import os
 import threading
-from enum import Enum, IntEnum
+from enum import Enum, EnumMeta, IntEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__version__ = "10.9.0.34"
+MAJOR = int(os.environ.get("FAKE_TENSORRT_MAJOR", "10"))
+if MAJOR not in (10, 11):
+    raise ImportError(f"FAKE_TENSORRT_MAJOR is {MAJOR}; the fake is TensorRT 10 or 11")
+__version__ = "10.9.0.34" if MAJOR == 10 else "11.4.0.106"
 
 #: One record per build_serialized_network call that produced an engine.
 BUILDS: list[dict[str, Any]] = []
 #: Every engine deserialized, in order.
 ENGINES: list[ICudaEngine] = []
+#: Every attempt to reach an API TensorRT 11 removed ("BuilderFlag.FP16", ...), on 11.x.
+REMOVED_REACHED: list[str] = []
+
+#: What TensorRT 11 removed, per owner ("" is the module).
+_REMOVED_IN_11: dict[str, frozenset[str]] = {
+    "": frozenset({"IInt8Calibrator", "IInt8EntropyCalibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator",
+                   "IInt8LegacyCalibrator", "CalibrationAlgoType", "QuantizationFlag", "IAlgorithm",
+                   "IAlgorithmContext", "IAlgorithmIOInfo", "IAlgorithmSelector", "IAlgorithmVariant"}),
+    "BuilderFlag": frozenset({"FP16", "INT8", "BF16", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
+                              "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO"}),
+    "NetworkDefinitionCreationFlag": frozenset({"EXPLICIT_BATCH"}),
+    "IBuilderConfig": frozenset({"int8_calibrator", "set_calibration_profile", "get_calibration_profile",
+                                 "set_quantization_flag", "get_quantization_flag", "clear_quantization_flag",
+                                 "quantization_flags", "algorithm_selector"}),
+    "Builder": frozenset({"platform_has_fast_fp16", "platform_has_fast_int8", "platform_has_tf32"}),
+}
+
+
+def _removed(owner: str, name: str) -> AttributeError:
+    """The error for a missing attribute, recording the attempt when TensorRT 11 removed it."""
+    if MAJOR >= 11 and name in _REMOVED_IN_11.get(owner, frozenset()):
+        REMOVED_REACHED.append(f"{owner}.{name}" if owner else name)
+    where = f"type object '{owner}'" if owner in ("BuilderFlag", "NetworkDefinitionCreationFlag") else (
+        f"'tensorrt.{owner}' object" if owner else "module 'tensorrt'")
+    return AttributeError(f"{where} has no attribute '{name}'")
+
+
+def __getattr__(name: str) -> Any:
+    raise _removed("", name)
+
+
+class _RecordingEnumMeta(EnumMeta):
+    """An enum whose missing members are looked up through :func:`_removed`."""
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise _removed(cls.__name__, name)
+
+    def __getitem__(cls, name: str) -> Any:
+        try:
+            return super().__getitem__(name)
+        except KeyError:
+            _removed(cls.__name__, name)  # recorded; the lookup still fails as Enum's does
+            raise
 
 _MAGIC = b"FAKE-TRT-ENGINE\n"
 
@@ -111,10 +172,32 @@ class TensorIOMode(Enum):
     OUTPUT = 2
 
 
-class BuilderFlag(Enum):
-    FP16 = 0
-    INT8 = 1
-    TF32 = 7
+_BUILDER_FLAGS = {"FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6,
+                  "SPARSE_WEIGHTS": 7, "OBEY_PRECISION_CONSTRAINTS": 9, "PREFER_PRECISION_CONSTRAINTS": 10,
+                  "DIRECT_IO": 11, "FP8": 15, "BF16": 17, "INT4": 22, "FP4": 26}
+#: The precision flags a strongly typed network refuses (those this TensorRT has).
+_PRECISION_FLAGS = ("FP16", "INT8", "BF16", "FP8", "INT4", "FP4")
+
+
+class _RecordingEnum(Enum, metaclass=_RecordingEnumMeta):
+    pass
+
+
+BuilderFlag = _RecordingEnum(
+    "BuilderFlag", {n: v for n, v in _BUILDER_FLAGS.items() if MAJOR == 10 or n not in _REMOVED_IN_11["BuilderFlag"]}
+)
+
+
+class NetworkDefinitionCreationFlag(IntEnum, metaclass=_RecordingEnumMeta):
+    if MAJOR == 10:
+        EXPLICIT_BATCH = 0  # deprecated in 10: networks are always explicit batch
+        STRONGLY_TYPED = 1
+        PREFER_JIT_PYTHON_PLUGINS = 2
+        PREFER_AOT_PYTHON_PLUGINS = 3
+    else:
+        STRONGLY_TYPED = 0  # deprecated in 11 and ignored: networks are always strongly typed
+        PREFER_JIT_PYTHON_PLUGINS = 1
+        PREFER_AOT_PYTHON_PLUGINS = 2
 
 
 class MemoryPoolType(Enum):
@@ -137,6 +220,7 @@ class INetworkDefinition:
         self.inputs: list[ITensor] = []
         self.outputs: list[ITensor] = []
         self.onnx_path: str | None = None
+        self.strongly_typed = False
 
     @property
     def num_inputs(self) -> int:
@@ -218,24 +302,37 @@ class IOptimizationProfile:
     def __init__(self) -> None:
         self.shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
 
-    def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - TensorRT's names
+    def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # TensorRT's names
         low, mid, high = (tuple(int(d) for d in s) for s in (min, opt, max))
         if not (len(low) == len(mid) == len(high)) or any(not a <= b <= c for a, b, c in zip(low, mid, high)):
             raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
         self.shapes[input] = (low, mid, high)
 
-    def get_shape(self, input: str) -> list[tuple[int, ...]]:  # noqa: A002
+    def get_shape(self, input: str) -> list[tuple[int, ...]]:
         return list(self.shapes.get(input, ()))
 
 
 class IBuilderConfig:
+    """Builder settings; on 11.x without the int8 calibrator and calibration profile, and, like
+    the real (pybind) object, refusing to be given attributes it does not have."""
+
+    _SETTABLE = frozenset({"builder_optimization_level", *(("int8_calibrator",) if MAJOR == 10 else ())})
+
     def __init__(self) -> None:
         self._flags = {BuilderFlag.TF32}  # TensorRT's default
         self._pools: dict[MemoryPoolType, int] = {}
+        self._profiles: list[IOptimizationProfile] = []
+        self._int8_calibrator: Any = None
+        self._calibration_profile: IOptimizationProfile | None = None
         self.builder_optimization_level = 3
-        self.int8_calibrator: Any = None
-        self.profiles: list[IOptimizationProfile] = []
-        self.calibration_profile: IOptimizationProfile | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_") and name not in self._SETTABLE:
+            raise _removed("IBuilderConfig", name)
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        raise _removed("IBuilderConfig", name)
 
     def set_memory_pool_limit(self, pool: MemoryPoolType, pool_size: int) -> None:
         self._pools[pool] = int(pool_size)
@@ -253,21 +350,36 @@ class IBuilderConfig:
         return flag in self._flags
 
     def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
-        self.profiles.append(profile)
-        return len(self.profiles) - 1
-
-    def set_calibration_profile(self, profile: IOptimizationProfile) -> bool:
-        self.calibration_profile = profile
-        return True
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
 
     @property
     def num_optimization_profiles(self) -> int:
-        return len(self.profiles)
+        return len(self._profiles)
+
+    if MAJOR == 10:
+
+        @property
+        def int8_calibrator(self) -> Any:
+            return self._int8_calibrator
+
+        @int8_calibrator.setter
+        def int8_calibrator(self, calibrator: Any) -> None:
+            self._int8_calibrator = calibrator
+
+        def set_calibration_profile(self, profile: IOptimizationProfile) -> bool:
+            self._calibration_profile = profile
+            return True
+
+        def get_calibration_profile(self) -> IOptimizationProfile | None:
+            return self._calibration_profile
 
 
-class IInt8EntropyCalibrator2:
-    def __init__(self) -> None:
-        pass
+if MAJOR == 10:
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self) -> None:
+            pass
 
 
 def _dynamic(tensor: ITensor) -> bool:
@@ -282,8 +394,19 @@ class Builder:
     def __init__(self, logger: Any) -> None:
         self.logger = logger
 
+    def __getattr__(self, name: str) -> Any:
+        raise _removed("Builder", name)
+
+    if MAJOR == 10:
+        platform_has_fast_fp16 = True
+        platform_has_fast_int8 = True
+        platform_has_tf32 = True
+
     def create_network(self, flags: int = 0) -> INetworkDefinition:
-        return INetworkDefinition()
+        network = INetworkDefinition()
+        strongly_typed = 1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network.strongly_typed = MAJOR >= 11 or bool(int(flags) & strongly_typed)
+        return network
 
     def create_builder_config(self) -> IBuilderConfig:
         return IBuilderConfig()
@@ -298,11 +421,16 @@ class Builder:
         if network.onnx_path is None:
             _error(self.logger, "Network must have at least one output")
             return None
+        precision_flags = sorted(f.name for f in config._flags if f.name in _PRECISION_FLAGS)
+        if network.strongly_typed and precision_flags:
+            _error(self.logger, f"Builder flags {precision_flags} set precisions, which a strongly typed network does not "
+                                "allow: its types come from the network")
+            return None
         dynamic = [t for t in network.inputs if _dynamic(t)]
-        if dynamic and not config.profiles:
+        if dynamic and not config._profiles:
             _error(self.logger, "Network has dynamic or shape inputs, but no optimization profile has been defined.")
             return None
-        for index, profile in enumerate(config.profiles):
+        for index, profile in enumerate(config._profiles):
             for tensor in dynamic:
                 shapes = profile.shapes.get(tensor.name)
                 if shapes is None:
@@ -321,12 +449,13 @@ class Builder:
             "flags": sorted(flag.name for flag in config._flags),
             "workspace": config._pools.get(MemoryPoolType.WORKSPACE),
             "opt_level": config.builder_optimization_level,
-            "profiles": [{n: [list(s) for s in mmo] for n, mmo in p.shapes.items()} for p in config.profiles],
+            "strongly_typed": network.strongly_typed,
+            "profiles": [{n: [list(s) for s in mmo] for n, mmo in p.shapes.items()} for p in config._profiles],
             "calibration_batches": [],
             "calibration_from_cache": False,
             "scales": None,
         }
-        if BuilderFlag.INT8 in config._flags:
+        if "INT8" in {f.name for f in config._flags}:  # only 10.x has the flag, on weakly typed networks
             scales = self._calibrate(network, config, record)
             if scales is None:
                 return None
@@ -338,6 +467,7 @@ class Builder:
             "onnx": network.onnx_path,
             "onnx_sha256": hashlib.sha256(Path(network.onnx_path).read_bytes()).hexdigest(),
             "flags": record["flags"],
+            "strongly_typed": network.strongly_typed,
             "inputs": [_tensor_doc(t) for t in network.inputs],
             "outputs": [_tensor_doc(t) for t in network.outputs],
             "profiles": record["profiles"],
@@ -347,7 +477,7 @@ class Builder:
         return _MAGIC + json.dumps(doc).encode()
 
     def _calibrate(self, network: INetworkDefinition, config: IBuilderConfig, record: dict[str, Any]) -> dict[str, float] | None:
-        calibrator = config.int8_calibrator
+        calibrator = config._int8_calibrator
         if calibrator is None:
             _error(self.logger, "INT8 is set but no calibrator and no dynamic ranges are given")
             return None
@@ -361,7 +491,7 @@ class Builder:
         shapes = {}
         for tensor in network.inputs:
             if _dynamic(tensor):
-                profile = config.calibration_profile
+                profile = config._calibration_profile
                 if profile is None or tensor.name not in profile.shapes:
                     _error(self.logger, "Calibration with dynamic shapes needs a calibration profile")
                     return None

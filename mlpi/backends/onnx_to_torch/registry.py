@@ -1,0 +1,28 @@
+"""Every operator the converter implements: op type -> builder, from the ``ops_*`` modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mlpi.backends.onnx_to_torch import (
+    ops_attention,
+    ops_control,
+    ops_detection,
+    ops_loss,
+    ops_math,
+    ops_nn,
+    ops_quant,
+    ops_reduce,
+    ops_resize,
+    ops_rnn,
+    ops_shape,
+)
+from mlpi.backends.onnx_to_torch.node import Node, Step
+
+BUILDERS: dict[str, Callable[[Node], Step]] = {}
+for _module in (ops_attention, ops_control, ops_loss, ops_math, ops_shape, ops_reduce, ops_nn, ops_quant, ops_rnn, ops_resize, ops_detection):
+    _overlap = set(BUILDERS) & set(_module.BUILDERS)
+    assert not _overlap, f"{_module.__name__} redefines {sorted(_overlap)}"
+    BUILDERS.update(_module.BUILDERS)
+
+SUPPORTED_OPS = frozenset(BUILDERS) | {"Constant"}
