@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mlpi.core.contract.backend import ModelArtifact
 from mlpi.core.contract.device import Device
+from mlpi.core.contract.errors import MlpiError
 from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.core.engine.precision import PrecisionOptions, derive
 from mlpi.core.engine.precision_convert import bfloat16_bits, graph_precision
@@ -178,10 +179,14 @@ def _int8_sessions(path: Path) -> dict:
         backend = registry.backend(name)
         try:
             backend.version()
-        except Exception:  # noqa: BLE001 - a runtime not installed here
+        except MlpiError:  # a runtime not installed here
             continue
         sessions[name] = backend.load(artifact, Device("cpu"), backend.Options(), "int8")
-    assert {"onnxruntime", "openvino"} <= set(sessions)
+    if "openvino" not in sessions:  # the environment the README installs has onnxruntime only
+        for session in sessions.values():
+            session.close()
+        pytest.skip("openvino is not installed (pip install \"mlpi[openvino]\"): the int8 file is compared across "
+                    "onnxruntime and openvino")
     return sessions
 
 
