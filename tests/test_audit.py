@@ -183,7 +183,8 @@ def test_verdicts_equal_mlcommons_scripts_on_broken_logs(honest: dict[str, Any],
         return
     if case == "invalid_reference":
         ref_detail = _edit_detail(ref_detail, tmp_path / "detail.txt", result_validity="INVALID")
-        ref_summary = _edit_summary(ref_summary, tmp_path / "summary.txt", r"^Result is : VALID", "Result is : INVALID")
+        # the honest run may be INVALID already on a loaded machine: the reference ends INVALID either way
+        ref_summary = _edit_summary(ref_summary, tmp_path / "summary.txt", r"^Result is : (IN)?VALID", "Result is : INVALID")
     elif case == "test_faster":
         value = json.loads(next(line for line in test_detail.read_text().splitlines()
                             if '"result_samples_per_second"' in line)[len(":::MLLOG"):])["value"]
@@ -191,7 +192,7 @@ def test_verdicts_equal_mlcommons_scripts_on_broken_logs(honest: dict[str, Any],
         test_summary = _edit_summary(test_summary, tmp_path / "summary.txt", r"^Samples per second: .*$", "Samples per second: 99999999")
     elif case == "test_invalid":
         test_detail = _edit_detail(test_detail, tmp_path / "detail.txt", result_validity="INVALID")
-        test_summary = _edit_summary(test_summary, tmp_path / "summary.txt", r"^Result is : VALID", "Result is : INVALID")
+        test_summary = _edit_summary(test_summary, tmp_path / "summary.txt", r"^Result is : (IN)?VALID", "Result is : INVALID")
     elif case == "other_scenario":
         test_detail = _edit_detail(test_detail, tmp_path / "detail.txt", effective_scenario="SingleStream",
                                    early_stopping_latency_ss=12345)

@@ -288,7 +288,7 @@ def test_a_run_records_what_ran(cache: Path, tmp_path: Path) -> None:
     proc = run_cli(["run", "--backend", "onnxruntime", "--model-path", str(model), "--precision", "int8",
                     "--calibration", "dataset", "-P", "calibration_count=8", "--quick", "--duration", "0.5",
                     "--output", str(tmp_path / "results")], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode in (0, 3), proc.stderr  # 3: a 0.5 s run a loaded machine judges INVALID; it is recorded alike
     assert "not valid for the closed division" in proc.stderr
     (result_file,) = (tmp_path / "results").glob("*/result.json")
     result = json.loads(result_file.read_text())
