@@ -27,7 +27,8 @@ HIDDEN, FEATURES, STEPS = 8, 6, 5
 SAMPLES = 12
 
 
-def _save(graph: onnx.GraphProto, path: Path, opset: int = 17) -> Path:
+def save_model(graph: onnx.GraphProto, path: Path, opset: int = 17) -> Path:
+    """``graph`` as a checked model file at ``path``."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -61,7 +62,7 @@ def vad_model(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", HIDDEN]),
          helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "batch", HIDDEN])],
         [w, scale, axes])
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def seq_lstm_model(path: Path) -> Path:
@@ -78,7 +79,7 @@ def seq_lstm_model(path: Path) -> Path:
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [STEPS, 1, "batch", HIDDEN]),
          helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "batch", HIDDEN])],
         inits)
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 #: The built-in backends that run on this machine's CPU.

@@ -14,22 +14,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_cli
 from tests.test_batch_axes import CPU_BACKENDS, SAMPLES, needs
+from tests.test_batch_axes import save_model as _save
 
 SEQ = 7
-
-
-def _save(graph: onnx.GraphProto, path: Path, opset: int = 17) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def dynamic_seq_model(path: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +33,10 @@ PROOF_COUNT = 24
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the module: derived files are reused across its tests, as across runs."""
-    root = tmp_path_factory.mktemp("cache")
-    before = os.environ.get("MLPI_CACHE")
-    os.environ["MLPI_CACHE"] = str(root)
-    yield root
-    if before is None:
-        os.environ.pop("MLPI_CACHE", None)
-    else:
-        os.environ["MLPI_CACHE"] = before
+def cache(isolated_cache: Path) -> Path:
+    """The test session's cache (tests/conftest.py): derived files are reused across the
+    module's tests, as across runs."""
+    return isolated_cache
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ import numpy as np
 
 from mlpi.core.contract.backend import ModelArtifact
 from mlpi.core.contract.errors import ModelError
+from mlpi.core.engine.onnx_file import graphs_within, node_subgraphs
 
 #: The OpenVINO release every rule was found and checked on.
 CHECKED_ON = "OpenVINO 2026.4"
@@ -67,7 +68,7 @@ class Facts:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        graphs = list(_graphs(model.graph))
+        graphs = list(graphs_within(model.graph))
         inputs = {v.name for v in model.graph.input}
         #: the model's own inputs and outputs (subgraphs' are tensors inside the model)
         self.graph_inputs, self.graph_outputs = inputs, {v.name for v in model.graph.output}
@@ -428,32 +429,15 @@ def _unfaithful_nodes(path: str, sha256: str) -> tuple[str, ...]:
     return tuple(unfaithful_nodes(onnx_model))
 
 
-def _graphs(graph: Any) -> Iterator[Any]:
-    """``graph`` and every subgraph in it (If branches, Loop and Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            yield from _graphs(sub)
-
-
-def _subgraphs(node: Any) -> list[Any]:
-    found = []
-    for attribute in node.attribute:
-        if attribute.HasField("g"):
-            found.append(attribute.g)
-        found.extend(attribute.graphs)
-    return found
-
-
 def _nodes(model: Any) -> Iterator[tuple[str, int, Any]]:
     """(where, index in its graph, node) for every node: the main graph's, its subgraphs', and
     those of the model's local functions (which OpenVINO inlines)."""
-    for depth, graph in enumerate(_graphs(model.graph)):
+    for depth, graph in enumerate(graphs_within(model.graph)):
         where = f" in subgraph '{graph.name}'" if depth else ""
         for index, node in enumerate(graph.node):
             yield where, index, node
     for function in model.functions:
-        bodies = [function, *(graph for node in function.node for sub in _subgraphs(node) for graph in _graphs(sub))]
+        bodies = [function, *(graph for node in function.node for sub in node_subgraphs(node) for graph in graphs_within(sub))]
         for body in bodies:
             for index, node in enumerate(body.node):
                 yield f" in function '{function.name}'", index, node
@@ -519,7 +503,7 @@ def _inferred_values(model: Any) -> dict[str, tuple[int | None, Shape | None]]:
     if inferred is None:
         return {}
     values: dict[str, tuple[int | None, Shape | None]] = {}
-    for sub in _graphs(inferred.graph):
+    for sub in graphs_within(inferred.graph):
         for value in [*sub.input, *sub.output, *sub.value_info]:
             values.setdefault(value.name, _type_and_shape(value))
     return values

@@ -316,13 +316,9 @@ def _used_domains(proto: Any) -> set[str]:
 
 def _node_domains(graph: Any) -> set[str]:
     """The operator set of every node, subgraphs (If, Loop, Scan bodies) included."""
-    domains: set[str] = set()
-    for node in graph.node:
-        domains.add(node.domain)
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                domains |= _node_domains(sub)
-    return domains
+    from mlpi.core.engine.onnx_file import nodes_within
+
+    return {node.domain for node in nodes_within(graph)}
 
 
 def _check_options(options: Any, cores: int) -> None:

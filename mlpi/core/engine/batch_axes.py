@@ -133,6 +133,14 @@ def _from_names(names: Sequence[str | None], batch_name: str | None) -> int:
     return where[0] if len(where) == 1 else 0
 
 
+def to_file_layout(batch: np.ndarray, axis: int | None) -> np.ndarray:
+    """A batch-first input as the file takes it: the batch moved to ``axis``, or, for an input
+    that is not batched (``None``), the first sample's value (every sample holds the same)."""
+    if axis is None:
+        return np.array(batch[0])  # np.array keeps a scalar 0-d
+    return np.ascontiguousarray(np.moveaxis(batch, 0, axis)) if axis else batch
+
+
 def needs_axes(artifact: ModelArtifact) -> bool:
     return any(spec.batch_axis != 0 for spec in (*artifact.inputs, *artifact.outputs))
 
@@ -156,7 +164,7 @@ class AxesSession(Session):
     def set_constants(self, sample: Mapping[str, np.ndarray]) -> None:
         """The tensors fed to every batch for the inputs that are not batched: ``sample`` is one
         loaded sample's feeds, batch of one (the core checks every loaded sample agrees)."""
-        self._constants = {name: np.array(sample[name][0])  # np.array keeps a scalar 0-d
+        self._constants = {name: to_file_layout(sample[name], None)
                            for name, spec in self._in.items() if spec.batch_axis is None}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -164,12 +172,8 @@ class AxesSession(Session):
         real: dict[str, np.ndarray] = {}
         for name, array in feeds.items():
             axis = self._in[name].batch_axis if name in self._in else 0
-            if axis is None:
-                real[name] = self._constants[name] if name in self._constants else np.array(array[0])
-            elif axis == 0:
-                real[name] = array
-            else:
-                real[name] = np.ascontiguousarray(np.moveaxis(array, 0, axis))
+            constant = self._constants.get(name) if axis is None else None
+            real[name] = constant if constant is not None else to_file_layout(array, axis)
         answers = self._inner.run(real)
         out: dict[str, np.ndarray] = {}
         for name, array in answers.items():

@@ -9,7 +9,9 @@ built from weights that have since changed.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from mlpi.core.contract.backend import ModelArtifact, TensorSpec
 from mlpi.core.contract.errors import ModelError
@@ -107,3 +109,27 @@ def _spec(value: object) -> TensorSpec:
     shape = tuple(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
                   for dim in tensor_type.shape.dim)
     return TensorSpec(name=value.name, dtype=dtype, shape=shape)  # type: ignore[attr-defined]
+
+
+def node_subgraphs(node: Any) -> list[Any]:
+    """The graphs a node holds in its attributes (If branches, Loop and Scan bodies)."""
+    found = []
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            found.append(attribute.g)
+        found.extend(attribute.graphs)
+    return found
+
+
+def graphs_within(graph: Any) -> Iterator[Any]:
+    """``graph`` and every subgraph nested in it, depth first, ``graph`` itself first."""
+    yield graph
+    for node in graph.node:
+        for sub in node_subgraphs(node):
+            yield from graphs_within(sub)
+
+
+def nodes_within(graph: Any) -> Iterator[Any]:
+    """Every node of ``graph`` and of the subgraphs nested in it."""
+    for each in graphs_within(graph):
+        yield from each.node

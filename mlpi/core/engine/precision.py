@@ -227,6 +227,3 @@ def user_list(path: str) -> tuple[Path, tuple[str, ...]]:
         raise UsageError(f"calibration list {path} names no sample", "put one sample name per line")
     return file.resolve(), names
 
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from mlpi.core.engine.onnx_file import graphs_within, node_subgraphs, nodes_within
+
 #: Calibration methods by the name users give them.
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -63,7 +65,7 @@ def _without_bfloat16(model: Any) -> list[str]:
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), defs.onnx_opset_version())
     refused = []
-    for op in sorted({node.op_type for node in _all_nodes(model.graph) if node.domain in ("", "ai.onnx")}):
+    for op in sorted({node.op_type for node in nodes_within(model.graph) if node.domain in ("", "ai.onnx")}):
         if not defs.has(op):  # an operator onnx does not know: the converter decides
             continue
         schema = defs.get_schema(op, opset)
@@ -128,7 +130,7 @@ def graph_precision(path: Path) -> str:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    ops = {node.op_type for node in _all_nodes(model.graph)}
+    ops = {node.op_type for node in nodes_within(model.graph)}
     if ops & _INT8_OPS:
         return "int8"
     types = {tensor.data_type for tensor in _all_initializers(model.graph)}
@@ -184,10 +186,9 @@ def _sort_nodes(graph: Any) -> None:
 
 def _reads(node: Any) -> set[str]:
     names = {name for name in node.input if name}
-    for attribute in node.attribute:
-        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-            for inner in _all_nodes(sub):
-                names.update(name for name in inner.input if name)
+    for sub in node_subgraphs(node):
+        for inner in nodes_within(sub):
+            names.update(name for name in inner.input if name)
     return names
 
 
@@ -200,7 +201,7 @@ def _float_tensors(graph_owner: Any) -> Iterator[tuple[str, np.ndarray]]:
     for tensor in _all_initializers(graph):
         if tensor.data_type == TensorProto.FLOAT:
             yield tensor.name, numpy_helper.to_array(tensor)
-    for node in _all_nodes(graph):
+    for node in nodes_within(graph):
         if node.op_type == "Constant":
             for attribute in node.attribute:
                 if attribute.name == "value" and attribute.t.data_type == TensorProto.FLOAT:
@@ -226,7 +227,7 @@ def _retype_bfloat16(graph: Any, originals: Mapping[str, np.ndarray]) -> None:
 
     for tensor in _all_initializers(graph):
         retype(tensor, tensor.name)
-    for node in _all_nodes(graph):
+    for node in nodes_within(graph):
         for attribute in node.attribute:
             if attribute.name == "to" and node.op_type == "Cast" and attribute.i == TensorProto.FLOAT16:
                 attribute.i = TensorProto.BFLOAT16
@@ -246,29 +247,13 @@ def bfloat16_bits(values: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def _all_nodes(graph: Any) -> Iterator[Any]:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                yield from _all_nodes(sub)
-
-
-def _subgraphs(graph: Any) -> Iterator[Any]:
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                yield from _subgraphs(sub)
-
-
 def _all_initializers(graph: Any) -> Iterator[Any]:
-    for sub in _subgraphs(graph):
+    for sub in graphs_within(graph):
         yield from sub.initializer
 
 
 def _all_values(graph: Any) -> Iterator[Any]:
-    for sub in _subgraphs(graph):
+    for sub in graphs_within(graph):
         yield from (*sub.input, *sub.output, *sub.value_info)
 
 

@@ -23,6 +23,7 @@ from mlpi.core.contract.backend import TensorSpec
 from mlpi.core.contract.dataset import DatasetRequest
 from mlpi.core.contract.errors import UsageError
 from mlpi.core.contract.model import ModelSpec
+from mlpi.core.engine.onnx_file import sha256_of
 from mlpi.core.engine.plan import ModelRef
 from mlpi.core.engine.precision import (
     DATASET_CALIBRATION_COUNT,
@@ -30,7 +31,6 @@ from mlpi.core.engine.precision import (
     CalibrationData,
     PrecisionOptions,
     derive,
-    file_sha256,
     user_list,
 )
 from mlpi.core.plugins.options import build_options
@@ -164,7 +164,7 @@ def _calibration(request: PrecisionRequest, options: PrecisionOptions, spec: Mod
     else:
         path, names = user_list(choice)
         dataset_name = spec.calibration.dataset if spec.calibration is not None else (run_dataset or "")
-        kind, list_file, sha, source = "list", str(path), file_sha256(path), None
+        kind, list_file, sha, source = "list", str(path), sha256_of(path), None
     names = names[:limit] if limit else names
     folder = request.calibration_path or dataset_path
     if not folder:
@@ -187,20 +187,17 @@ def _feeds(data: Any, count: int, inputs: Sequence[TensorSpec]) -> Callable[[], 
     """``feeds()``: one feed dict per calibration sample, batch of one in the file's own layout
     (each batch axis where the file has it; an input that is not batched as it is), loaded
     when first asked."""
-    axes = {spec.name: spec.batch_axis for spec in inputs}
+    from mlpi.core.engine.batch_axes import to_file_layout
 
-    def layout(name: str, array: np.ndarray) -> np.ndarray:
-        axis = axes.get(name, 0)
-        if axis is None:
-            return np.array(array[0])
-        return np.ascontiguousarray(np.moveaxis(array, 0, axis)) if axis else np.array(array)
+    axes = {spec.name: spec.batch_axis for spec in inputs}
 
     def feeds() -> Iterator[Mapping[str, np.ndarray]]:
         indices = list(range(count))
         data.load(indices)
         try:
-            for index in indices:
-                yield {name: layout(name, array) for name, array in data.sample(index).items()}
+            for index in indices:  # copies: a sample's arrays are views of the loaded data
+                yield {name: np.array(to_file_layout(array, axes.get(name, 0)))
+                       for name, array in data.sample(index).items()}
         finally:
             data.unload(indices)
 
