@@ -23,10 +23,12 @@ test's user.conf (:func:`mlpi.core.engine.scenario.retired_rule_lines`).
   until a score below 0.5, boxes reordered to ``[qsl_idx, ymin, xmin, ymax, xmax, score,
   label]``; scoring maps label k to COCO's k-th category id. Target: 99% of 20.0 mAP.
 
-Neither artifact is declared downloadable: the checksums MLCommons' download scripts use for
-these two files could not be confirmed here, and mlpi does not fetch a file it cannot verify.
-``--model-path`` takes the official file; ``--weights random`` builds a seeded graph with the
-same signature and cost (:mod:`mlpi.models.ssd_graph`).
+``mlpi fetch`` downloads both from zenodo. MLCommons' scripts check neither file: SSD-ResNet34's
+sha256 and size are the ones OpenVINO's Open Model Zoo publishes for that same zenodo URL
+(``models/public/ssd-resnet34-1200-onnx/model.yml``); no published checksum was found for
+SSD-MobileNet's, so its first download is recorded and checked from then on (as RNN-T's
+checkpoint). ``--model-path`` takes either file; ``--weights random`` builds a seeded graph
+with the same signature and cost (:mod:`mlpi.models.ssd_graph`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mlpi.core.contract.backend import TensorSpec
 from mlpi.core.contract.dataset import DataParams
 from mlpi.core.contract.model import GraphSpec, ModelSpec
 from mlpi.core.contract.rules import QualityTarget, Rules
+from mlpi.core.engine.artifacts import Artifact
 from mlpi.models import calibration_lists
 from mlpi.models.detection import DetectionResponses, coco_map, coco_map_inv
 
@@ -45,6 +48,20 @@ COCO_IMAGES = 5000
 #: v2.0's ``*.Offline.min_query_count``.
 OFFLINE_MIN_SAMPLES = 24576
 EDGE = ("SingleStream", "MultiStream", "Offline")
+
+MOBILENET_ARTIFACT = Artifact(
+    name="ssd-mobilenet",
+    filename="ssd_mobilenet_v1_coco_2018_01_28.onnx",
+    url="https://zenodo.org/record/4735652/files/ssd_mobilenet_v1_coco_2018_01_28.onnx",
+    checksum=None,  # none published for this file: recorded on first download
+)
+RESNET34_ARTIFACT = Artifact(
+    name="ssd-resnet34",
+    filename="resnet34-ssd1200.onnx",
+    url="https://zenodo.org/record/3228411/files/resnet34-ssd1200.onnx",
+    checksum="sha256:b417a8186967f1e78670b0075aa72a10e5c7d1a6d5c08af9d13dc97f3d29ef0d",  # Open Model Zoo's model.yml
+    size=80363696,
+)
 
 MOBILENET_INPUTS = (TensorSpec("image_tensor:0", "uint8", (None, 300, 300, 3)),)
 MOBILENET_OUTPUTS = (
@@ -114,6 +131,7 @@ def ssd_mobilenet() -> ModelSpec:
     return ModelSpec(
         calibration=calibration_lists.COCO,
         name="ssd-mobilenet",
+        artifact=MOBILENET_ARTIFACT,
         description="SSD-MobileNet-v1 300x300, COCO object detection (MLPerf Inference, retired after v2.0)",
         graphs={"model": GraphSpec(MOBILENET_INPUTS, MOBILENET_OUTPUTS)},
         data=MOBILENET_DATA,
@@ -135,6 +153,7 @@ def ssd_resnet34() -> ModelSpec:
     return ModelSpec(
         calibration=calibration_lists.COCO,
         name="ssd-resnet34",
+        artifact=RESNET34_ARTIFACT,
         description="SSD-ResNet34 1200x1200, COCO object detection (MLPerf Inference, retired after v2.0)",
         graphs={"model": GraphSpec(RESNET34_INPUTS, RESNET34_OUTPUTS)},
         data=RESNET34_DATA,
