@@ -94,6 +94,42 @@ def test_loop_demo_runs_two_graphs_and_answers_ragged_responses(tmp_path: Path, 
         assert len(lengths) > 1, "the fixture should give responses of different sizes"
 
 
+def test_fp16_derives_every_graph_of_a_model_and_int8_is_refused(tmp_path: Path, demo_env: dict[str, str]) -> None:
+    """--precision fp16 on a model of two graphs: each graph is derived (its weights fp16, its
+    inputs and outputs kept fp32), the plan runs the derived pair and records each transform;
+    the loop's answers stay near fp32's. int8 cannot be calibrated past the first graph: one error."""
+    from mlpi.core.engine.precision_convert import graph_precision
+
+    graphs = tmp_path / "loop"
+    write_loop_graphs(graphs, seed=0)
+    env = {**demo_env, "MLPI_CACHE": str(tmp_path / "cache")}
+    count = 12
+    result = run_cli(["run", "--model", "loop-demo", "--model-path", str(graphs), "--precision", "fp16", "--count",
+                      str(count), "-s", "Offline", "--mode", "accuracy", "--quick", "--output", str(tmp_path / "out")],
+                     tmp_path, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path / "out")
+    plan = json.loads((run_dir / "plan.json").read_text())
+    for role in ("encoder", "step"):
+        derived = Path(plan["model"]["graphs"][role]["path"])
+        assert derived.is_relative_to(tmp_path / "cache" / "precision") and graph_precision(derived) == "fp16"
+        assert plan["model"]["graphs"][role]["sha256"] != sha256_of(graphs / f"{role}.onnx")
+    record = read_result(tmp_path / "out")["model"]["precision"]
+    assert record["method"] == "transform" and set(record["transform"]["graphs"]) == {"encoder", "step"}
+    x = synthetic_samples("x", FEATURES, count)
+    responses = read_accuracy_log(run_dir / "Offline" / "accuracy" / "mlperf_log_accuracy.json")
+    close = 0
+    for index, raw in responses.items():
+        got, want = np.frombuffer(raw, dtype=np.float32).reshape(-1, 8), loop_reference(x[index], seed=0)
+        close += got.shape == want.shape and bool(np.allclose(got, want, rtol=2e-2, atol=2e-2))
+    assert close >= count * 3 // 4, f"{close} of {count} fp16 answers near fp32's"
+
+    refused = run_cli(["run", "--model", "loop-demo", "--model-path", str(graphs), "--precision", "int8", "--quick"],
+                      tmp_path, env)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "loop-demo has 2 graphs, and mlpi calibrates int8 for one-graph models only" in refused.stderr
+
+
 def test_a_model_with_several_graphs_needs_every_file(tmp_path: Path, demo_env: dict[str, str]) -> None:
     graphs = tmp_path / "loop"
     write_loop_graphs(graphs, seed=0)

@@ -33,6 +33,13 @@ The model declares, in its DataParams: ``hotness`` (indices per row of each spar
 ``[N, 13]``, ``sparse_features`` int32 ``[N, sum(hotness)]`` (feature k's indices side by
 side) and may take ``labels`` float32 ``[N]`` (each row's click label) as a sample input.
 
+Calibration by name (``DatasetRequest.names``; MLCommons' ``calibration/CriteoTerabyte/README.md``:
+the first 128,000 rows of the second half of day 23, rows 89,137,319 to 89,265,318): each name
+is a row range ``FIRST-LAST``, 0-based and inclusive, of the whole files (for the official
+ones too, whose second half a run never reads). The ranges' rows, in the list's order, are cut
+into samples of :data:`CALIBRATION_CHUNK_ROWS` rows (a range's last one shorter): one batch of
+rows each, as the model's pipeline feeds them; no grouping, and labels are read but not needed.
+
 Ground truth (:class:`CriteoTruth`): each sample's labels, read when asked for. The DLRM
 scorer reads them from the accuracy log itself, as MLCommons' ``accuracy-dlrm.py`` does.
 """
@@ -40,6 +47,7 @@ scorer reads them from the accuracy log itself, as MLCommons' ``accuracy-dlrm.py
 from __future__ import annotations
 
 import math
+import re
 import struct
 import sys
 import time
@@ -75,6 +83,9 @@ LOAD_CHUNK_ROWS = 1 << 18
 CHECK_CHUNK_ROWS = 1 << 16
 #: Seconds a load may take before it reports its progress, and between reports.
 PROGRESS_AFTER_S = 2.0
+#: Rows of one sample opened by name (calibration): a batch of rows the pipeline would run as
+#: one, small enough that a calibrator's per-batch intermediates stay small (500 for MLPerf's set).
+CALIBRATION_CHUNK_ROWS = 256
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
 _MAKE_HINT = ("give the folder holding MLCommons' multi-hot day_23 files, write fake ones with "
               "`python -m mlpi.datasets.criteo_fake FOLDER --rows N`, or leave --dataset-path out for generated data")
@@ -290,8 +301,10 @@ class DayFiles:
         return self.variant == "official"
 
     @classmethod
-    def open(cls, folder: Path, params: CriteoParams) -> DayFiles:
-        """Open and check the files cheaply (headers only): shapes, dtypes, lengths."""
+    def open(cls, folder: Path, params: CriteoParams, *, whole: bool = False) -> DayFiles:
+        """Open and check the files cheaply (headers only): shapes, dtypes, lengths.
+        ``whole``: keep every row, not only the half the reference reads (calibration rows
+        lie in the official files' second half)."""
         variant, files = locate(folder)
         dense_path, sparse_path, labels_path = files
         dense = open_npy(dense_path)
@@ -320,15 +333,21 @@ class DayFiles:
             raise DatasetError(f"{labels_path.name} holds {labels.shape[0]} labels, but {dense_path.name} holds {rows} rows",
                                _fetch_again(labels_path))
         labels = labels.reshape(rows)
-        used = first_half(rows) if variant == "official" else rows
+        used = first_half(rows) if variant == "official" and not whole else rows
         return cls(folder, variant, files, dense[:used], [m[:used] for m in sparse], labels[:used], rows)
 
     def fill(self, groups: np.ndarray, offsets: np.ndarray, out: Mapping[str, np.ndarray],
              columns: np.ndarray) -> None:
-        """Copy the rows of ``groups`` (sorted) into ``out``, in that order, chunk by chunk
-        (the file rows of a chunk are worked out per chunk, so no index array spans the load)."""
-        starts = offsets[groups]
-        placed = np.concatenate(([0], np.cumsum(offsets[groups + 1] - starts)))  # where each group goes in out
+        """Copy the rows of ``groups`` (sorted) into ``out``, in that order."""
+        self.fill_spans(offsets[groups], offsets[groups + 1] - offsets[groups], out, columns)
+
+    def fill_spans(self, starts: np.ndarray, lengths: np.ndarray, out: Mapping[str, np.ndarray],
+                   columns: np.ndarray) -> None:
+        """Copy file rows ``starts[i]:starts[i] + lengths[i]`` for each ``i`` into ``out``, side
+        by side, chunk by chunk (the file rows of a chunk are worked out per chunk, so no index
+        array spans the load)."""
+        starts = np.asarray(starts, dtype=np.int64)
+        placed = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)  # where each span goes in out
         total = int(placed[-1])
         began = last = time.perf_counter()
         for a in range(0, total, LOAD_CHUNK_ROWS):
@@ -395,6 +414,61 @@ class FakeRows:
         return "generated data"
 
 
+# --------------------------------------------------------------------------- rows named by a calibration list
+
+
+def parse_row_range(name: str, rows: int, where: str) -> tuple[int, int]:
+    """``(first, last)`` of a calibration name ``FIRST-LAST`` (0-based, inclusive) within the
+    ``rows`` rows of ``where``; anything else is one DatasetError naming it and the row count."""
+    hint = (f"name row ranges FIRST-LAST, 0-based and inclusive, within the {rows} rows of {where} "
+            f"(0-{rows - 1} is all of them), one a line")
+    found = re.fullmatch(r"([0-9]+)-([0-9]+)", name.strip())
+    if found is None:
+        raise DatasetError(f"criteo calibration name {name!r} is not a row range FIRST-LAST of {where} ({rows} rows)", hint)
+    first, last = int(found[1]), int(found[2])
+    if first > last:
+        raise DatasetError(f"criteo calibration range {name!r} ends before it starts ({where} has {rows} rows)", hint)
+    if last >= rows:
+        raise DatasetError(f"criteo calibration range {name!r} runs past the {rows} rows of {where} "
+                           f"(the last is row {rows - 1})", hint)
+    return first, last
+
+
+def range_chunks(ranges: Sequence[tuple[int, int]], chunk: int = CALIBRATION_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """The samples ``ranges`` are cut into, in order: each one's first file row and its
+    ``[samples + 1]`` offsets among the named rows (``chunk`` rows each, a range's last fewer)."""
+    starts: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    for first, last in ranges:
+        begin = np.arange(first, last + 1, chunk, dtype=np.int64)
+        starts.append(begin)
+        lengths.append(np.minimum(begin + chunk, last + 1) - begin)
+    sizes = np.concatenate(lengths)
+    return np.concatenate(starts), np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+
+
+class RowRanges:
+    """The rows of a calibration list's ranges, read from the day-23 files: sample ``i`` is
+    file rows ``file_starts[i]`` onwards, as many as its offsets say."""
+
+    def __init__(self, files: DayFiles, file_starts: np.ndarray, offsets: np.ndarray) -> None:
+        self.files = files
+        self.file_starts = file_starts
+        self.offsets = offsets
+
+    def fill(self, groups: np.ndarray, offsets: np.ndarray, out: Mapping[str, np.ndarray],
+             columns: np.ndarray) -> None:
+        self.files.fill_spans(self.file_starts[groups], offsets[groups + 1] - offsets[groups], out, columns)
+
+    def read_labels(self, index: int, start: int, end: int) -> np.ndarray:
+        first = int(self.file_starts[index])
+        return np.asarray(self.files.labels[first : first + end - start], dtype=np.float32)
+
+    def where(self, row: int) -> str:
+        index = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self.files.where(int(self.file_starts[index]) + row - int(self.offsets[index]))
+
+
 # --------------------------------------------------------------------------- the dataset
 
 
@@ -435,7 +509,7 @@ class _Block:
 class CriteoDataset(Dataset):
     """Groups of rows, one per sample; loaded groups live in contiguous arrays, fed with :meth:`sample`."""
 
-    def __init__(self, inputs: Sequence[TensorSpec], source: DayFiles | FakeRows, params: CriteoParams,
+    def __init__(self, inputs: Sequence[TensorSpec], source: DayFiles | FakeRows | RowRanges, params: CriteoParams,
                  offsets: np.ndarray, performance_count: int, description: Mapping[str, Any]) -> None:
         self.inputs = list(inputs)
         self.source = source
@@ -545,16 +619,19 @@ class Criteo(DatasetFactory):
     name = NAME
     needs_path = False
     description = "Criteo 1TB multi-hot day 23 for DLRM-v2 (MLCommons' files, memory-mapped), or generated rows"
+    opens_by_name = True
 
     def open(self, request: DatasetRequest) -> Dataset:
         params = CriteoParams.from_params(request.params)
         inputs = [] if request.for_scoring else _inputs(request.inputs, params)
+        if request.names is not None:
+            return _open_ranges(request, params, inputs)
         if request.path is None:
             groups = DEFAULT_FAKE_GROUPS if request.count is None else request.count
             if groups < 1:
                 raise DatasetError(f"--count {groups} leaves no samples", "pass --count 1 or more")
             offsets = fake_group_offsets(groups, params.quantiles, params.grouping_seed)
-            source: DayFiles | FakeRows = FakeRows(request.seed, params)
+            source: DayFiles | FakeRows | RowRanges = FakeRows(request.seed, params)
             description: dict[str, Any] = {"path": None, "variant": "generated", "seed": request.seed,
                                            "rows_in_files": None, "first_half": False}
         else:
@@ -567,6 +644,25 @@ class Criteo(DatasetFactory):
         description["grouping_seed"] = params.grouping_seed
         count = len(offsets) - 1
         return CriteoDataset(inputs, source, params, offsets, request.performance_count_of(count), description)
+
+
+def _open_ranges(request: DatasetRequest, params: CriteoParams, inputs: list[TensorSpec]) -> CriteoDataset:
+    """The rows a calibration list's ranges name, of the whole day-23 files, as samples of
+    :data:`CALIBRATION_CHUNK_ROWS` rows in the list's order."""
+    if request.path is None:
+        raise DatasetError("criteo reads calibration row ranges from day-23 files, and no folder is given",
+                           "pass --calibration-path (or --dataset-path) with the folder holding the day_23 files")
+    if not request.names:
+        raise DatasetError("the criteo calibration list names no row range", "put one range FIRST-LAST a line")
+    files = DayFiles.open(Path(request.path), params, whole=True)
+    where = files.files[0].name
+    ranges = [parse_row_range(name, files.rows, where) for name in request.names]
+    file_starts, offsets = range_chunks(ranges)
+    description = {"path": str(files.folder), "variant": files.variant, "rows_in_files": files.rows_in_files,
+                   "row_ranges": list(request.names), "chunk_rows": CALIBRATION_CHUNK_ROWS, "first_half": False}
+    count = len(offsets) - 1
+    return CriteoDataset(inputs, RowRanges(files, file_starts, offsets), params, offsets,
+                         request.performance_count_of(count), description)
 
 
 def _inputs(inputs: Sequence[TensorSpec], params: CriteoParams) -> list[TensorSpec]:

@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in paths:
         print(f"{path} ({path.stat().st_size} bytes)")
     used = first_half(args.rows) if args.variant == "official" else args.rows
-    print(f"{args.rows} rows, variant {args.variant}, seed {args.seed}; the criteo dataset uses {used} of them")
+    print(f"{args.rows} rows, variant {args.variant}, seed {args.seed}; the criteo dataset uses {used} of them in a run, "
+          f"and int8 calibration lists may name any rows FIRST-LAST within 0-{args.rows - 1}")
     return 0
 
 

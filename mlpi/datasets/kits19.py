@@ -24,6 +24,14 @@ out the loaded volume itself and :meth:`Kits19Dataset.gather` refuses.
 
 ``--count N`` takes the first N cases.
 
+By name (``DatasetRequest.names``, int8 calibration on MLPerf's list of 20 KiTS19 cases,
+``calibration/KiTS/calibration_cases.txt``): exactly the named cases, in the list's order,
+without ground truth, from either form. The reference preprocesses them with ``preprocess.py
+--calibration``, which writes the same layout (its ``file_list`` the calibration cases) into
+the folder its Makefile calls ``build/calibration_data``; that folder, or the ``build`` folder
+holding it, or raw KiTS19 (where every case is; preprocessed as for a run, into the same
+cache, images only) all serve. A case that is not there is one error naming the first ten.
+
 The model declares, in its DataParams: ``roi_shape`` (the window, ``(128, 128, 128)``),
 ``overlap`` (0.5: windows advance by ``roi * (1 - overlap)`` voxels, the stride),
 ``target_spacing`` (mm per voxel along D, H, W), ``clip`` (the CT intensity range kept),
@@ -83,6 +91,8 @@ INDEX_FILE = "preprocessed_files.pkl"
 IMAGE_FILE = "imaging.nii.gz"
 LABEL_FILE = "segmentation.nii.gz"
 CACHE_INDEX = "cases.json"
+#: Where the reference's Makefile has ``preprocess.py --calibration`` write the calibration cases.
+CALIBRATION_FOLDER = "calibration_data"
 INSTALL_HINT = "pip install 'mlpi[kits19]'"
 #: Seconds a load may take before it reports its progress.
 PROGRESS_AFTER_S = 2.0
@@ -516,11 +526,12 @@ class Kits19(DatasetFactory):
     name = NAME
     needs_path = True
     description = "KiTS19 CT volumes for 3D-UNet: MLCommons' preprocessed folder, or raw KiTS19 preprocessed once, cached"
+    opens_by_name = True
 
     def open(self, request: DatasetRequest) -> Dataset:
         params = PreprocessParams.from_params(request.params)
         inputs = [] if request.for_scoring else _inputs(request.inputs)
-        form, folder = _locate(request.path)
+        form, folder = _locate(_calibration_folder(request.path) if request.names is not None else request.path)
         if form == "preprocessed":
             return _open_preprocessed(folder, params, inputs, request)
         return _open_raw(folder, params, inputs, request)
@@ -555,6 +566,16 @@ def _locate(path: Path | None) -> tuple[str, Path]:
             return "raw", root
     raise DatasetError(f"{path} is neither a KiTS19 preprocessed folder (no {INDEX_FILE}) "
                        "nor raw KiTS19 (no case_XXXXX folders)", f"pass --dataset-path pointing at {_EXPECTED}")
+
+
+def _calibration_folder(path: Path | None) -> Path | None:
+    """Where the named cases are: ``path``, or the ``calibration_data`` folder in it when
+    ``path`` is the reference's build folder (its Makefile preprocesses the calibration cases
+    there, beside ``preprocessed_data``)."""
+    if path is None or (path.expanduser() / INDEX_FILE).is_file():
+        return path
+    inside = path.expanduser() / CALIBRATION_FOLDER
+    return inside if (inside / INDEX_FILE).is_file() else path
 
 
 def _case_folders(root: Path) -> list[str]:
@@ -592,6 +613,8 @@ def _open_preprocessed(folder: Path, params: PreprocessParams, inputs: list[Tens
     if not isinstance(file_list, (list, tuple)) or not isinstance(auxes, dict) or not file_list:
         raise DatasetError(f"{index_file} is not what preprocess.py writes (a dict with a non-empty 'file_list' and 'cases')",
                            "regenerate the folder with MLCommons' preprocess.py")
+    if request.names is not None:
+        return _open_preprocessed_by_name(folder, auxes, params, inputs, request)
     count = _count(len(file_list), request.count, folder)
     cases: list[str] = []
     shapes: list[tuple[int, int, int]] = []
@@ -600,22 +623,56 @@ def _open_preprocessed(folder: Path, params: PreprocessParams, inputs: list[Tens
         if not isinstance(case, str) or not _CASE_NAME.fullmatch(case):
             raise DatasetError(f"{index_file} lists {case!r}, which is not a case name",
                                "regenerate the folder with MLCommons' preprocess.py")
-        aux = auxes.get(case)
-        shape = _aux_shape(aux.get("image_shape") if isinstance(aux, dict) else None)
-        if shape is None:
-            raise DatasetError(f"{index_file} holds no image_shape (1, D, H, W) for {case}",
-                               "regenerate the folder with MLCommons' preprocess.py")
-        if any(n < r for n, r in zip(shape, params.roi_shape)):
-            raise DatasetError(f"{case} is {shape[0]}x{shape[1]}x{shape[2]} voxels, smaller than the "
-                               f"{'x'.join(map(str, params.roi_shape))} window: no window would cover it",
-                               "preprocess it with MLCommons' preprocess.py, which pads every case to the window")
+        shape, affine = _indexed_case(index_file, case, auxes.get(case), params)
         if not (folder / f"{case}.pkl").is_file():
             raise DatasetError(f"{folder / f'{case}.pkl'} is missing ({INDEX_FILE} lists {case})",
                                "copy the whole folder preprocess.py wrote, or pass --count to use the cases before it")
         cases.append(case)
         shapes.append(shape)
-        affine = aux.get("reshaped_affine") if isinstance(aux, dict) else None
-        affines.append(np.asarray(affine, dtype=np.float64) if isinstance(affine, np.ndarray) else np.eye(4))
+        affines.append(affine)
+    read_image, read_label = _pickle_readers(folder, cases, shapes)
+    truth = Kits19Truth(cases, shapes, read_label, lambda i: affines[i].copy())
+    description = {"form": "preprocessed", "path": str(folder), "cases": list(cases), **params.to_json()}
+    return Kits19Dataset(inputs, cases, shapes, read_image, truth, request.performance_count_of(count), description)
+
+
+def _open_preprocessed_by_name(folder: Path, auxes: Mapping[Any, Any], params: PreprocessParams,
+                               inputs: list[TensorSpec], request: DatasetRequest) -> Kits19Dataset:
+    """The named cases of a preprocess.py folder, in the list's order, without ground truth.
+
+    A case is there when ``preprocessed_files.pkl`` describes it and its pickle exists, as in
+    the folder ``preprocess.py --calibration`` writes for the calibration cases."""
+    cases = _checked_names(request.names or ())
+    index_file = folder / INDEX_FILE
+    missing = [case for case in cases if case not in auxes or not (folder / f"{case}.pkl").is_file()]
+    if missing:
+        raise _missing_cases(folder, missing, len(cases),
+                             "preprocess them with MLCommons' preprocess.py --calibration and pass the folder it "
+                             "writes (the reference's build/calibration_data), or pass raw KiTS19 (its data/ folder)")
+    shapes = [_indexed_case(index_file, case, auxes[case], params)[0] for case in cases]
+    read_image, _ = _pickle_readers(folder, cases, shapes)
+    description = {"form": "preprocessed", "path": str(folder), "cases": list(cases), "selected_by": "names",
+                   **params.to_json()}
+    return Kits19Dataset(inputs, cases, shapes, read_image, None, request.performance_count_of(len(cases)), description)
+
+
+def _indexed_case(index_file: Path, case: str, aux: Any, params: PreprocessParams) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The shape and reshaped affine ``preprocessed_files.pkl`` gives ``case``, checked against the window."""
+    shape = _aux_shape(aux.get("image_shape") if isinstance(aux, dict) else None)
+    if shape is None:
+        raise DatasetError(f"{index_file} holds no image_shape (1, D, H, W) for {case}",
+                           "regenerate the folder with MLCommons' preprocess.py")
+    if any(n < r for n, r in zip(shape, params.roi_shape)):
+        raise DatasetError(f"{case} is {shape[0]}x{shape[1]}x{shape[2]} voxels, smaller than the "
+                           f"{'x'.join(map(str, params.roi_shape))} window: no window would cover it",
+                           "preprocess it with MLCommons' preprocess.py, which pads every case to the window")
+    affine = aux.get("reshaped_affine")
+    return shape, np.asarray(affine, dtype=np.float64) if isinstance(affine, np.ndarray) else np.eye(4)
+
+
+def _pickle_readers(folder: Path, cases: Sequence[str], shapes: Sequence[tuple[int, int, int]],
+                    ) -> tuple[Callable[[int], np.ndarray], Callable[[int], np.ndarray]]:
+    """``read_image(i)`` and ``read_label(i)`` of case ``i``'s ``<case>.pkl``, checked against its shape."""
 
     def read_case(i: int) -> tuple[np.ndarray, np.ndarray]:
         path = folder / f"{cases[i]}.pkl"
@@ -638,9 +695,24 @@ def _open_preprocessed(folder: Path, params: PreprocessParams, inputs: list[Tens
     def read_label(i: int) -> np.ndarray:
         return np.ascontiguousarray(read_case(i)[1].reshape(shapes[i]), dtype=np.uint8)
 
-    truth = Kits19Truth(cases, shapes, read_label, lambda i: affines[i].copy())
-    description = {"form": "preprocessed", "path": str(folder), "cases": list(cases), **params.to_json()}
-    return Kits19Dataset(inputs, cases, shapes, read_image, truth, request.performance_count_of(count), description)
+    return read_image, read_label
+
+
+def _checked_names(names: Sequence[str]) -> list[str]:
+    """A calibration list's case names, each a plain file name (none can reach out of the folder)."""
+    for name in names:
+        if not _CASE_NAME.fullmatch(name):
+            raise DatasetError(f"the calibration list names {name!r}, which is not a KiTS19 case name (case_XXXXX)",
+                               "use the benchmark's calibration list as published, one case name per line")
+    return list(names)
+
+
+def _missing_cases(where: Path, missing: Sequence[str], total: int, hint: str) -> DatasetError:
+    """One error naming the first ten cases of a calibration list that ``where`` lacks, and how many more."""
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    verb = "is" if len(missing) == 1 else "are"
+    return DatasetError(f"{len(missing)} of the {total} KiTS19 cases the calibration list names {verb} not in {where}: "
+                        f"{shown}", hint)
 
 
 def _aux_shape(value: Any) -> tuple[int, int, int] | None:
@@ -717,18 +789,29 @@ def _spacing(image: Any) -> list[float]:
 
 def _open_raw(root: Path, params: PreprocessParams, inputs: list[TensorSpec], request: DatasetRequest) -> Kits19Dataset:
     _require_libraries()
-    cases = select_raw_cases(root)
-    count = _count(len(cases), request.count, root)
-    cases = cases[:count]
-    for case in cases:
-        if not (root / case / IMAGE_FILE).is_file():
-            raise DatasetError(f"{root / case / IMAGE_FILE} is missing", "download the case's imaging (kits19's get_imaging.py)")
-    labelled = all((root / case / LABEL_FILE).is_file() for case in cases)
+    if request.names is not None:  # a calibration list: these cases' images, no labels needed
+        cases = _checked_names(request.names)
+        missing = [case for case in cases if not (root / case / IMAGE_FILE).is_file()]
+        if missing:
+            raise _missing_cases(root, missing, len(cases),
+                                 "download them (kits19's get_imaging.py fetches every case), or pass the folder "
+                                 "MLCommons' preprocess.py --calibration writes")
+        count, labelled = len(cases), False
+    else:
+        cases = select_raw_cases(root)
+        count = _count(len(cases), request.count, root)
+        cases = cases[:count]
+        for case in cases:
+            if not (root / case / IMAGE_FILE).is_file():
+                raise DatasetError(f"{root / case / IMAGE_FILE} is missing",
+                                   "download the case's imaging (kits19's get_imaging.py)")
+        labelled = all((root / case / LABEL_FILE).is_file() for case in cases)
     folder = cache_root() / "datasets" / NAME / _cache_key(root, cases, labelled, params)
     meta = _read_cache(folder, cases, labelled)
     if meta is None and not request.for_scoring:
         meta = _build_cache(folder, root, cases, labelled, params)
-    description = {"form": "raw", "path": str(root), "cases": list(cases), **params.to_json()}
+    description = {"form": "raw", "path": str(root), "cases": list(cases),
+                   **({"selected_by": "names"} if request.names is not None else {}), **params.to_json()}
     if meta is None:  # scoring without a cache: labels are preprocessed from the raw files when asked for
         return _raw_for_scoring(root, cases, labelled, params, inputs, request, description)
     description["cache"] = str(folder)

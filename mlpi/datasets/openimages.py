@@ -48,10 +48,22 @@ to its key only once complete, so an interrupted build leaves nothing a later ru
 
 ``request.for_scoring`` (``mlpi score``): only the annotations are read and checked; no
 image is touched and no cache is built.
+
+Calibration images by name
+--------------------------
+``request.names`` (int8 calibration on MLPerf's list, ``openimages_cal_images_list.txt``:
+500 file names like ``dd51a1780bcb3d28.jpg``, OpenImages *train* images) opens exactly those
+images, in list order, from ``request.path`` (``--calibration-path``). No annotation file is
+read and there is no ground truth. The folder is chosen once for the whole list
+(:func:`calibration_folder`): ``DIR`` itself, a flat folder of the listed JPEGs, or
+``DIR/calibration/data``, where MLCommons' ``openimages_calibration_mlperf.sh`` puts them.
+The images go through the same preprocessing, finish and cache as the run's; a missing one
+is one error naming the first ten missing and how many more.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -70,7 +82,7 @@ from mlpi.core.contract.dataset import (
     PreloadedDataset,
 )
 from mlpi.core.contract.errors import DatasetError
-from mlpi.datasets.image_cache import ImageCache, escapes_folder
+from mlpi.datasets.image_cache import ImageCache, check_listed_images, escapes_folder
 
 NAME = "openimages"
 #: Bump when the preprocessing code changes in a way that changes the cached pixels.
@@ -78,6 +90,10 @@ PREPROCESS_VERSION = 1
 #: Where the annotations and the images live under ``--dataset-path``.
 ANNOTATIONS = "annotations/openimages-mlperf.json"
 IMAGES = "validation/data"
+#: Where MLCommons' openimages_calibration_mlperf.sh puts the calibration images under its --dataset-path.
+CALIBRATION_IMAGES = "calibration/data"
+#: What messages call the list that ``request.names`` comes from.
+CALIBRATION_LIST = "the calibration list"
 #: The preprocessing this dataset implements, as a model declares it in its DataParams.
 #: All of these (and ``image_size``, ``layout``) must be declared; nothing else may be.
 SUPPORTED_PARAMS: dict[str, Any] = {
@@ -96,12 +112,18 @@ DIVISOR = np.float32(255.0)
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a COCO-format detection data set keeps its files, and what writes them."""
+    """Where a COCO-format detection data set keeps its files, and what writes them.
+
+    ``calibration`` / ``calibration_source``: the folder (under the calibration path) where
+    the tool that fetches the MLPerf calibration images puts them, and that tool; ``""``:
+    the images are read from a flat folder only."""
 
     name: str
     annotations: str
     images: str
     source: str
+    calibration: str = ""
+    calibration_source: str = ""
 
     @property
     def format_hint(self) -> str:
@@ -111,7 +133,8 @@ class Layout:
         )
 
 
-OPENIMAGES = Layout(NAME, ANNOTATIONS, IMAGES, "MLCommons' openimages download script")
+OPENIMAGES = Layout(NAME, ANNOTATIONS, IMAGES, "MLCommons' openimages download script",
+                    CALIBRATION_IMAGES, "MLCommons' openimages_calibration_mlperf.sh")
 
 
 @dataclass(frozen=True)
@@ -188,18 +211,22 @@ def model_input(pixels: np.ndarray, layout: str | Finish, out: np.ndarray | None
 
 
 class OpenImagesDataset(PreloadedDataset):
-    """The preprocessed images of one cache, read from its memory-mapped array on ``load``."""
+    """The preprocessed images of one cache, read from its memory-mapped array on ``load``.
+
+    ``truth`` is ``None`` for images opened by name (a calibration list): they have no
+    annotations, and ``count`` says how many there are."""
 
     def __init__(
         self,
         spec: TensorSpec | None,
         layout: str | Finish,
         root: Path,
-        truth: CocoGroundTruth,
+        truth: CocoGroundTruth | None,
         cache_file: Path | None,
         key: str | None,
         performance_count: int,
         kind: str = NAME,
+        count: int | None = None,
     ) -> None:
         super().__init__([] if spec is None else [spec])
         self.finish = layout if isinstance(layout, Finish) else Finish(layout)
@@ -209,12 +236,13 @@ class OpenImagesDataset(PreloadedDataset):
         self.cache_file = cache_file
         self.cache_key = key
         self._truth = truth
+        self._count = truth.count if truth is not None else int(count or 0)
         self._performance_count = performance_count
         self._images: np.ndarray | None = None
 
     @property
     def count(self) -> int:
-        return self._truth.count
+        return self._count
 
     @property
     def performance_count(self) -> int:
@@ -235,7 +263,7 @@ class OpenImagesDataset(PreloadedDataset):
             model_input(self._images[row : row + 1], self.finish, out=out[j : j + 1])
         return {spec.name: out}
 
-    def ground_truth(self) -> CocoGroundTruth:
+    def ground_truth(self) -> CocoGroundTruth | None:
         return self._truth
 
     def describe(self) -> dict[str, Any]:
@@ -243,7 +271,7 @@ class OpenImagesDataset(PreloadedDataset):
             "kind": self.kind,
             "path": str(self.root),
             "count": self.count,
-            "annotations": str(self._truth.annotation_file),
+            "annotations": None if self._truth is None else str(self._truth.annotation_file),
             "cache_key": self.cache_key,
         }
 
@@ -254,15 +282,18 @@ class CocoFormatDetection(DatasetFactory):
 
     files: Layout = OPENIMAGES
     needs_path = True
+    opens_by_name = True
 
     def open(self, request: DatasetRequest) -> Dataset:
         files = self.files
         spec: TensorSpec | None = None
         finish, height, width = Finish("NCHW"), 0, 0
-        if not request.for_scoring:
+        if not request.for_scoring or request.names is not None:
             # The model's declared preprocessing and its input are checked before any file.
             height, width, finish = check_params(request.params, files.name)
             spec = image_input(request.inputs, height, width, finish, files.name)
+        if request.names is not None:
+            return self._open_by_name(request, request.names, spec, finish, height, width)
         root = _folder(request.path, files)
         annotation_file = root / files.annotations
         images = read_annotations(annotation_file, files)
@@ -285,6 +316,30 @@ class CocoFormatDetection(DatasetFactory):
         names = [image["file_name"] for image in images]
         key, cache_file = image_cache(height, width, files).prepare(data_dir, names)
         return OpenImagesDataset(spec, finish, root, truth, cache_file, key, performance_count, files.name)
+
+    def _open_by_name(self, request: DatasetRequest, names: Sequence[str], spec: TensorSpec | None, finish: Finish,
+                      height: int, width: int) -> Dataset:
+        """The images a calibration list names, in its order, preprocessed and cached as the
+        run's images are; no annotations, no ground truth."""
+        files = self.files
+        root = _folder(request.path, files, calibration_hint(files))
+        if not names:
+            raise DatasetError(f"{CALIBRATION_LIST} for {files.name} names no images",
+                               "use the benchmark's calibration list as published")
+        folder = calibration_folder(root, names, files)
+        try:
+            check_listed_images(folder, names, CALIBRATION_LIST)
+        except DatasetError as exc:
+            raise DatasetError(exc.message, f"{exc.hint}; {calibration_hint(files, root)}") from None
+        cache = dataclasses.replace(
+            image_cache(height, width, files),
+            where=lambda index: f"line {index + 1} of {CALIBRATION_LIST}",
+            missing_fix=f"restore the missing image ({calibration_hint(files, root)})",
+            decode_fix=f"replace it with the valid JPEG ({files.calibration_source or files.source} fetches it again)",
+        )
+        key, cache_file = cache.prepare(folder, names, build=not request.for_scoring)
+        return OpenImagesDataset(spec, finish, folder, None, cache_file, key,
+                                 request.performance_count_of(len(names)), files.name, count=len(names))
 
 
 class OpenImages(CocoFormatDetection):
@@ -384,14 +439,36 @@ def image_input(inputs: Sequence[TensorSpec], height: int, width: int, layout: s
     return TensorSpec(spec.name, dtype, (shape[0], *sample))
 
 
-def _folder(path: Path | None, files: Layout = OPENIMAGES) -> Path:
+def _folder(path: Path | None, files: Layout = OPENIMAGES, hint: str | None = None) -> Path:
+    hint = hint or files.format_hint
     if path is None:
-        raise DatasetError(f"{files.name} needs --dataset-path", files.format_hint)
+        raise DatasetError(f"{files.name} needs --dataset-path", hint)
     if not path.exists():
-        raise DatasetError(f"{path} does not exist", files.format_hint)
+        raise DatasetError(f"{path} does not exist", hint)
     if not path.is_dir():
-        raise DatasetError(f"{path} is not a folder: {files.name} reads a folder", files.format_hint)
+        raise DatasetError(f"{path} is not a folder: {files.name} reads a folder", hint)
     return path.resolve()
+
+
+def calibration_folder(root: Path, names: Sequence[str], files: Layout = OPENIMAGES) -> Path:
+    """The one folder a calibration list's images are read from, chosen for the whole list:
+    ``root`` when it holds every listed image (a flat folder of them), else
+    ``root/<files.calibration>`` (where the calibration download puts them) when that does;
+    where neither holds them all, the one holding more (``root`` on a tie), so that the error
+    names the images missing from the folder the user most likely meant. Never a mix of both:
+    one place to look, and one to name in an error."""
+    candidates = [root] + ([root / files.calibration] if files.calibration else [])
+    held = [sum(1 for name in names if not escapes_folder(name) and (folder / name).is_file()) for folder in candidates]
+    return candidates[held.index(max(held))]  # the first of those holding the most: all, where one does
+
+
+def calibration_hint(files: Layout, root: Path | None = None) -> str:
+    """Where ``files.name`` reads a calibration list's images from (``root``: the folder given)."""
+    where = "DIR" if root is None else str(root)
+    hint = f"{files.name} reads the listed JPEGs from --calibration-path {where} itself"
+    if files.calibration:
+        hint += f" or from {where}/{files.calibration} (where {files.calibration_source} puts them)"
+    return hint
 
 
 def _is_int(value: Any) -> bool:

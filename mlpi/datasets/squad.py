@@ -10,6 +10,12 @@ vocabulary is ``vocab.txt`` beside it when there is one, else the model's (``mlp
 bert-99`` puts it in the cache); it must have as many tokens as the model's embedding table.
 ``--count N`` takes the first N features.
 
+Calibration (``DatasetRequest.names``): MLCommons' ``calibration/SQuAD-v1.1`` lists either
+feature indices (``bert_calibration_features.txt``: indices into the features
+``convert_examples_to_features`` makes with 384 / 128 / 64, so only a model with those
+parameters may use them) or question ids (``bert_calibration_qas_ids.txt``: every feature
+of each question, in list order). The features come from the run's own cache.
+
 The model declares, in its DataParams: ``seq_len``, ``doc_stride``, ``max_query_len``,
 ``lower_case``, ``vocab_size``, ``vocab`` (``{"name", "filename", "url", "checksum"}`` of
 its vocabulary artifact) and ``feeds`` (for each of ``input_ids``, ``input_mask`` and
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import time
 import unicodedata
@@ -116,6 +123,7 @@ class SquadDataset(PreloadedDataset):
 class Squad11(DatasetFactory):
     name = NAME
     description = "SQuAD v1.1 (dev-v1.1.json + vocab.txt) as BERT features, 384 tokens, stride 128, cached"
+    opens_by_name = True
 
     def open(self, request: DatasetRequest) -> Dataset:
         params = feature_params(request.params)
@@ -130,6 +138,16 @@ class Squad11(DatasetFactory):
             raise DatasetError(f"{data_file} holds no questions", "give SQuAD v1.1's dev-v1.1.json")
         vocab_size = request.params.get("vocab_size")
         features = load_features(data_file, vocab_file, squad, params, None if vocab_size is None else int(vocab_size))
+        description = {
+            "kind": NAME, "file": str(data_file), "questions": len(squad.examples), "features": features.count,
+            "vocab": str(vocab_file), "official_vocab": official_vocab, **params.to_json(),
+        }
+        if request.names is not None:  # a calibration list: these features, in its order
+            rows, selected_by = calibration_rows(request.names, squad, features, params)
+            chosen = take_features(features, rows)
+            truth = SquadTruth(squad, chosen, chosen.count, params.lower_case)
+            description = {**description, "selected_by": selected_by, "names": len(request.names)}
+            return SquadDataset(inputs, sources, truth, request.performance_count_of(chosen.count), description)
         count = features.count
         if request.count is not None:
             if request.count < 1:
@@ -142,10 +160,6 @@ class Squad11(DatasetFactory):
             count = request.count
         truth = SquadTruth(squad, features, count, params.lower_case)
         performance = request.performance_count_of(count)
-        description = {
-            "kind": NAME, "file": str(data_file), "questions": len(squad.examples), "features": features.count,
-            "vocab": str(vocab_file), "official_vocab": official_vocab, **params.to_json(),
-        }
         return SquadDataset(inputs, sources, truth, performance, description)
 
 
@@ -156,6 +170,86 @@ def feature_params(params: DataParams) -> FeatureParams:
         doc_stride=int(params.require("doc_stride", NAME)),
         max_query_len=int(params.require("max_query_len", NAME)),
         lower_case=bool(params.get("lower_case", True)),
+    )
+
+
+_INDEX = re.compile(r"[+-]?[0-9]+")
+
+
+def calibration_rows(names: Sequence[str], squad: Squad, features: Features, params: FeatureParams) -> tuple[np.ndarray, str]:
+    """The feature rows a calibration list names, in its order, and how it named them.
+
+    Integers are indices into the features (MLCommons defines them for the reference's
+    parameters only, so other parameters are refused); anything else is a question id,
+    standing for all of that question's features. A name that is an integer is an index
+    unless the file has a question of that id."""
+    if not names:
+        raise DatasetError("the calibration list names no samples", "give a list with one feature index or question id per line")
+    qas_ids = {example.qas_id for example in squad.examples}
+    numeric = [name for name in names if _INDEX.fullmatch(name)]
+    if len(numeric) == len(names) and not all(name in qas_ids for name in names):
+        return _index_rows(names, features, params), "feature indices"
+    mixed = [name for name in numeric if name not in qas_ids]
+    if mixed:
+        raise DatasetError(
+            f"the calibration list mixes feature indices ({', '.join(mixed[:3])}) with question ids "
+            f"({next(name for name in names if name not in mixed)})",
+            "give one kind of list: bert_calibration_features.txt (indices) or bert_calibration_qas_ids.txt (ids)",
+        )
+    return _question_rows(names, squad, features), "question ids"
+
+
+def _index_rows(names: Sequence[str], features: Features, params: FeatureParams) -> np.ndarray:
+    """Feature indices, checked against the parameters they are defined for and the count."""
+    reference = FeatureParams()
+    if params != reference:
+        differ = ", ".join(f"{key} {value} (not {reference.to_json()[key]})"
+                           for key, value in params.to_json().items() if value != reference.to_json()[key])
+        raise DatasetError(
+            f"the calibration list's feature indices are defined for features of seq_len 384, doc_stride 128, "
+            f"max_query_len 64, lower case; this model's features have {differ}",
+            "calibrate with a list of question ids (bert_calibration_qas_ids.txt), or --calibration dataset",
+        )
+    rows = np.asarray([int(name) for name in names], dtype=np.int64)
+    outside = [name for name, row in zip(names, rows) if not 0 <= row < features.count]
+    if outside:
+        raise DatasetError(
+            f"the calibration list names feature {', '.join(outside[:3])}, but the data has {features.count} "
+            f"features (0 to {features.count - 1})",
+            "give SQuAD v1.1's full dev-v1.1.json as --calibration-path, the file the list's indices count in",
+        )
+    return rows
+
+
+def _question_rows(names: Sequence[str], squad: Squad, features: Features) -> np.ndarray:
+    """Every feature of each named question, question by question in the list's order."""
+    number = {example.qas_id: n for n, example in enumerate(squad.examples)}
+    unknown = [name for name in names if name not in number]
+    if unknown:
+        raise DatasetError(
+            f"the calibration list names {len(unknown)} question(s) the SQuAD file does not hold: "
+            f"{', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}",
+            "give SQuAD v1.1's dev-v1.1.json as --calibration-path, the file whose question ids the list names",
+        )
+    by_question: dict[int, list[int]] = {}
+    for row, example in enumerate(features.example.tolist()):
+        by_question.setdefault(example, []).append(row)
+    rows = [row for name in names for row in by_question.get(number[name], [])]
+    if not rows:
+        raise DatasetError("the questions the calibration list names have no features (their contexts are empty)",
+                           "give a list naming questions that have context")
+    return np.asarray(rows, dtype=np.int64)
+
+
+def take_features(features: Features, rows: np.ndarray) -> Features:
+    """The features ``rows``, in that order, as features of their own (the paragraphs' pieces,
+    which rows point into through their questions, are kept whole)."""
+    return Features(
+        input_ids=features.input_ids[rows], input_mask=features.input_mask[rows],
+        segment_ids=features.segment_ids[rows], example=features.example[rows],
+        span_start=features.span_start[rows], span_length=features.span_length[rows],
+        query_length=features.query_length[rows], max_context=features.max_context[rows],
+        pieces=features.pieces, piece_word=features.piece_word,
     )
 
 

@@ -20,13 +20,20 @@ runs the reference architecture with seeded random weights (:mod:`mlpi.models.dl
 and every table capped at ``max_rows`` rows, read at ``index % rows`` as the reference's
 ``--max-ind-range`` does (``-M max_rows=N``). The dense part, and so most of the cost per
 row, is the official one; results record the cap and say the model is not the official one.
+
+int8 calibration: MLCommons' calibration set is the first 128,000 rows of day 23's second half
+(:data:`mlpi.models.calibration_lists.CRITEO`); the ``criteo`` dataset opens it as samples of
+256 rows, and :func:`calibration_feeds` feeds each as one batch, with :func:`row_feeds`, the
+pipeline's own feeds. Indices go in as the files hold them: the graph itself reads row
+``index % rows`` of its capped tables, as it does in a run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +44,7 @@ from mlpi.core.contract.model import GraphSpec, ModelSpec
 from mlpi.core.contract.pipeline import Pipeline, PipelineContext
 from mlpi.core.contract.postprocess import Responses
 from mlpi.core.contract.rules import QualityTarget, Rules
+from mlpi.models.calibration_lists import CRITEO
 from mlpi.models.dlrm_config import (
     DENSE_FEATURES,
     DENSE_INPUT,
@@ -119,6 +127,18 @@ def rules(fraction: float) -> Rules:
         dataset_size=ACCURACY_SAMPLES,
         required_scenarios={"datacenter": ("Server", "Offline")},
     )
+
+
+def row_feeds(dense: np.ndarray, sparse: np.ndarray) -> dict[str, np.ndarray]:
+    """The one-graph model's feeds for a batch of rows: what every run (and calibration) sends."""
+    return {DENSE_INPUT: dense, SPARSE_INPUT: sparse}
+
+
+def calibration_feeds(dataset: Any, index: int) -> Iterator[Mapping[str, np.ndarray]]:
+    """int8 calibration's feeds for loaded sample ``index``: its rows as one batch, as the
+    pipeline feeds a sample that fits one run (``ModelSpec.calibration_feeds``)."""
+    sample = dataset.sample(index)
+    yield row_feeds(sample[DENSE_INPUT], sample[SPARSE_INPUT])
 
 
 class GroupedRows(Pipeline):
@@ -208,7 +228,7 @@ class GroupedRows(Pipeline):
 
     def _infer(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         """The model's output for these feeds (every row)."""
-        return np.asarray(self.session.run({DENSE_INPUT: dense, SPARSE_INPUT: sparse})[self.output])
+        return np.asarray(self.session.run(row_feeds(dense, sparse))[self.output])
 
 
 class ShardedRows(GroupedRows):
@@ -317,6 +337,9 @@ def _spec(name: str, fraction: float, options: DlrmOptions) -> ModelSpec:
         configure=lambda chosen: _spec(name, fraction, chosen),
         options=options,
         unofficial=None if tables.official else f"embedding tables capped at {options.max_rows:,} rows (index % rows)",
+        calibration=CRITEO,
+        # only the one graph is derived; with shards the fed graph takes pooled embeddings
+        calibration_feeds=calibration_feeds if shards == 1 else None,
         # models differing only in their rules share one random graph per configuration
         extra={"random_graph_version": GRAPH_VERSION, "random_graph_name": graph_name, "download_hint": DOWNLOAD_HINT},
     )

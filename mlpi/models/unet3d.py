@@ -28,6 +28,9 @@ The windows are :class:`~mlpi.core.contract.pipeline.Pieces`: they run on every 
 unit and slot of the run, so ``--device qaic:0-3`` speeds up one case. Each piece's input
 is copied out of the volume in the worker that runs it; the outputs of windows that finish
 ahead of their turn are held until it comes (a few windows, not the volume's all).
+
+int8 calibration (:func:`calibration_feeds`) feeds the graph every window of each of MLPerf's
+20 KiTS19 calibration cases, cut by the same code, one window a batch.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -286,10 +290,10 @@ def _finish(case: _Case, box: tuple[slice, slice, slice]) -> None:
 
 
 class _WindowFeeds(Sequence[Mapping[str, np.ndarray]]):
-    """Piece ``k``'s input, copied out of the volumes when a worker asks for it."""
+    """Piece ``k``'s input, copied out of the volumes ``(1, 1, D, H, W)`` when a worker asks for it."""
 
-    def __init__(self, cases: list[_Case], pieces: list[list[tuple[int, tuple[int, int, int]]]], name: str) -> None:
-        self.cases = cases
+    def __init__(self, volumes: list[np.ndarray], pieces: list[list[tuple[int, tuple[int, int, int]]]], name: str) -> None:
+        self.volumes = volumes
         self.pieces = pieces
         self.name = name
 
@@ -300,8 +304,27 @@ class _WindowFeeds(Sequence[Mapping[str, np.ndarray]]):
         windows = self.pieces[k]
         batch = np.empty((len(windows), 1, ROI, ROI, ROI), dtype=np.float32)
         for row, (case_no, (z, y, x)) in enumerate(windows):
-            batch[row] = self.cases[case_no].volume[0, :, z : z + ROI, y : y + ROI, x : x + ROI]
+            batch[row] = self.volumes[case_no][0, :, z : z + ROI, y : y + ROI, x : x + ROI]
         return {self.name: batch}
+
+
+def sample_volume(dataset: Any, index: int, name: str) -> np.ndarray:
+    """Loaded sample ``index``'s volume ``(1, 1, D, H, W)``, or the ModelError saying it is not one."""
+    volume = np.asarray(dataset.sample(index)[name])
+    if volume.ndim != 5 or volume.shape[:2] != (1, 1):
+        raise ModelError(f"sample {index} is of shape {list(volume.shape)}, not one volume [1, 1, D, H, W]",
+                         "use the kits19 dataset, or data shaped as its volumes are")
+    return volume
+
+
+def calibration_feeds(dataset: Any, index: int) -> Iterator[Mapping[str, np.ndarray]]:
+    """int8 calibration's feeds for loaded sample ``index``: each window the pipeline cuts from
+    its volume, in its order, as a batch of one ``{INPUT: (1, 1, 128, 128, 128)}`` (the
+    pipeline's own window list and copying, one window a piece), so the quantiser sees what
+    the graph is fed in a run."""
+    volume = sample_volume(dataset, index, dataset.inputs[0].name)
+    windows = _WindowFeeds([volume], [[(0, start)] for start in window_starts(volume.shape[2:])], INPUT)
+    yield from windows
 
 
 #: Threads that blend windows and finish volumes, slab by slab.
@@ -343,10 +366,7 @@ class SlidingWindows(Pipeline):
         cases: list[_Case] = []
         windows: list[tuple[int, tuple[int, int, int]]] = []
         for case_no, index in enumerate(indices):
-            volume = np.asarray(self.dataset.sample(index)[self.sample_input])
-            if volume.ndim != 5 or volume.shape[:2] != (1, 1):
-                raise ModelError(f"sample {index} is of shape {list(volume.shape)}, not one volume [1, 1, D, H, W]",
-                                 "use the kits19 dataset, or data shaped as its volumes are")
+            volume = sample_volume(self.dataset, index, self.sample_input)
             shape = tuple(int(d) for d in volume.shape[2:])
             starts = window_starts(shape)
             windows += [(case_no, start) for start in starts]
@@ -362,7 +382,7 @@ class SlidingWindows(Pipeline):
         preparing = threading.Thread(target=self._prepare, args=(cases, ready, failed), daemon=True, name="mlpi-prepare")
         preparing.start()
         try:
-            self.pieces.run(_WindowFeeds(cases, groups, INPUT), consume=blend.consume)
+            self.pieces.run(_WindowFeeds([case.volume for case in cases], groups, INPUT), consume=blend.consume)
         finally:
             # Nothing may still write into the buffers the next call reuses.
             preparing.join()
@@ -428,6 +448,7 @@ def _unet(name: str, fraction: float) -> ModelSpec:
 
     return ModelSpec(
         calibration=calibration_lists.KITS,
+        calibration_feeds=calibration_feeds,
         name=name,
         description=f"3D-UNet, KiTS19 kidney tumour segmentation, mean DICE >= {fraction:.1%} of FP32 (MLPerf Inference)",
         artifact=ARTIFACT,

@@ -24,9 +24,14 @@ does not, says so in its detail: the reference is then the first thing to look a
 The core pass rate is ``pass / (pass + wrong + unsupported)`` over the ``core`` cases that
 have a reference (see :mod:`mlpi.testing.onnx_node_cases` for the categories).
 
+A backend whose native code can end the process (a C++ assert, a segfault) is run with
+``isolate=True`` (``--isolate``): its side of each case then runs in a worker process
+(:mod:`mlpi.testing.onnx_node_worker`), and a case that kills it is ``unsupported``, saying
+how the process ended, while a fresh worker goes on with the next case.
+
 Command line (the conformance kit's, with ``--onnx-node-tests``)::
 
-    python -m mlpi.testing.conformance --backend NAME --onnx-node-tests [--sample N] [--op OP ...] [--json]
+    python -m mlpi.testing.conformance --backend NAME --onnx-node-tests [--sample N] [--op OP ...] [--isolate] [--json]
 
 In a plugin's own tests: ``assert run_node_tests("mybackend", sample=100).wrong == []``.
 """
@@ -125,6 +130,7 @@ class NodeTestReport:
     sample: int | None = None
     ops: tuple[str, ...] = ()
     seconds: float = 0.0
+    isolated: bool = False
     results: list[CaseResult] = field(default_factory=list)
 
     def outcome(self, name: str) -> str:
@@ -195,6 +201,7 @@ class NodeTestReport:
             "sample": self.sample,
             "ops": list(self.ops),
             "seconds": round(self.seconds, 3),
+            "isolated": self.isolated,
             "counts": {outcome: len(self.having(outcome)) for outcome in OUTCOMES},
             "core_counts": {outcome: len(self.having(outcome, core=True)) for outcome in OUTCOMES},
             "core_pass_rate": None if rate is None else round(rate, 6),
@@ -228,6 +235,7 @@ def run_node_tests(
     on_start: Callable[[NodeTestReport, int], None] | None = None,
     on_result: Callable[[CaseResult], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    isolate: bool = False,
 ) -> NodeTestReport:
     """Run the installed onnx's node test cases (those of ``ops``, then ``sample`` of them)
     through ``backend`` and compare each answer with onnxruntime's on the CPU.
@@ -238,29 +246,43 @@ def run_node_tests(
     ``run_checks``, onnxruntime not installed, an operator no case tests). ``on_start`` gets
     the empty report and the number of cases to run, ``on_result`` each result as it comes,
     ``on_note`` a sentence before a long first collection.
+
+    ``isolate``: run the backend's side of each case (check, load, run, the comparison) in a
+    worker process that builds the backend from the same settings, so that a case which ends
+    the process is unsupported and the run goes on; ``backend`` must then be a name or an
+    importable class (UsageError for an instance).
     """
     from mlpi.testing.conformance import _Kit
 
     ops = tuple(ops)
     reference_version = _onnxruntime_version()
     kit = _Kit.setup(backend, device, precision, options, plugins_file)
+    settings = None
+    if isolate:
+        from mlpi.testing.onnx_node_worker import WorkerSettings
+
+        settings = WorkerSettings.of(backend, device, precision, options, plugins_file)
     cases = load_cases(on_collect=on_note)
     chosen = select(cases, ops, sample)
     report = NodeTestReport(
         kit.name, kit.origin, kit.version, str(kit.device), precision, onnx_version(),
-        f"onnxruntime {reference_version} CPU", len(cases), sample, ops,
+        f"onnxruntime {reference_version} CPU", len(cases), sample, ops, isolated=isolate,
     )
     if on_start is not None:
         on_start(report, len(chosen))
     started = time.monotonic()
     # a case left running past its time limit may still hold its file when the run ends
     with tempfile.TemporaryDirectory(prefix="mlpi-node-tests-", ignore_cleanup_errors=True) as tmp:
-        runner = _CaseRunner(kit, Path(tmp), case_timeout_s)
-        for case in chosen:
-            result = runner.run(case)
-            report.results.append(result)
-            if on_result is not None:
-                on_result(result)
+        runner = _CaseRunner(kit, Path(tmp), case_timeout_s) if settings is None else _IsolatedRunner(
+            kit, Path(tmp), case_timeout_s, settings)
+        try:
+            for case in chosen:
+                result = runner.run(case)
+                report.results.append(result)
+                if on_result is not None:
+                    on_result(result)
+        finally:
+            runner.close()
     report.seconds = time.monotonic() - started
     return report
 
@@ -301,27 +323,53 @@ class _CaseRunner:
                                        "mlpi feeds a session arrays only")
         path = self.workdir / f"{case.name}.onnx"
         shutil.copyfile(case.model_path, path)  # the backend gets a file of its own, the cache stays as it is
-        box: dict[str, CaseResult] = {}
+        return result(*self._backend_side(case, path, want))
+
+    def _backend_side(self, case: NodeCase, path: Path, want: dict[str, Any]) -> tuple[str, str]:
+        """(outcome, detail) of the backend on the case, in a thread given up on after the time limit."""
+        box: dict[str, tuple[str, str]] = {}
 
         def work() -> None:
-            outcome, detail = self._judge(case, path, want)
-            box["result"] = result(outcome, detail)
+            box["verdict"] = judge(self.kit, case, path, want)
 
         thread = threading.Thread(target=work, name=f"node-test-{case.name}", daemon=True)
         thread.start()
         thread.join(self.timeout_s)
         if thread.is_alive():
-            return result(UNSUPPORTED, f"no answer within {self.timeout_s:g} s (check, load and run; left running)")
+            return UNSUPPORTED, f"no answer within {self.timeout_s:g} s (check, load and run; left running)"
         path.unlink(missing_ok=True)
-        if "result" not in box:  # pragma: no cover - _judge catches everything
-            return result(UNSUPPORTED, "the case ended without a verdict")
-        return box["result"]
+        return box.get("verdict", (UNSUPPORTED, "the case ended without a verdict"))
 
-    def _judge(self, case: NodeCase, path: Path, want: dict[str, Any]) -> tuple[str, str]:
-        from mlpi.core.engine.onnx_file import inspect_onnx
+    def close(self) -> None:
+        """Nothing to end: a thread left running is a daemon."""
 
+
+class _IsolatedRunner(_CaseRunner):
+    """Runs the backend's side of each case in a worker process; a new one after a crash or a time-out."""
+
+    def __init__(self, kit: Any, workdir: Path, timeout_s: float, settings: Any) -> None:
+        from mlpi.testing.onnx_node_worker import Worker
+
+        super().__init__(kit, workdir, timeout_s)
+        self.worker = Worker(settings, workdir)
+
+    def _backend_side(self, case: NodeCase, path: Path, want: dict[str, Any]) -> tuple[str, str]:
+        try:
+            return self.worker.judge(case, path, want, self.timeout_s)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def judge(kit: Any, case: NodeCase, path: Path, want: Mapping[str, Any]) -> tuple[str, str]:
+    """(outcome, detail) of ``kit``'s backend on the case's model at ``path``: check, load, run,
+    compare with ``want``; whatever the backend raises is a refusal, never an error of the run."""
+    from mlpi.core.engine.onnx_file import inspect_onnx
+
+    if True:
         feeds = case.inputs()  # arrays of its own: the reference's stay untouched
-        kit = self.kit
         try:
             artifact = inspect_onnx(path)
             kit.backend.check(artifact, kit.device, kit.options, kit.precision)

@@ -12,7 +12,7 @@ outputs as responses, and top-1 scoring when the dataset has labels.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,8 @@ from mlpi.core.contract.postprocess import Postprocessor, RawOutputs
 from mlpi.core.contract.rules import NO_RULES, Rules
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mlpi.core.contract.accuracy import AccuracyResult
     from mlpi.core.contract.dataset import Dataset
     from mlpi.core.engine.artifacts import Artifact
@@ -114,6 +116,10 @@ class ModelSpec:
       MLPerf model (DLRM's tables capped in rows), ``None`` where it is.
     - ``calibration``: the benchmark's official calibration set, the only data the closed
       division lets int8 quantisation see (:class:`CalibrationSet`); ``None``: none declared.
+    - ``calibration_feeds``: for a model with ``sample_inputs``, how int8 calibration reaches
+      its graph: ``calibration_feeds(dataset, index)`` yields the main graph's feeds for loaded
+      sample ``index`` (batch first, each a batch of one or more rows: a volume's windows, a
+      group's rows), as its pipeline would make them. Without it such a model is not derived.
     """
 
     name: str
@@ -141,6 +147,7 @@ class ModelSpec:
     options: Any = None
     unofficial: str | None = None
     calibration: CalibrationSet | None = None
+    calibration_feeds: Callable[[Any, int], Iterable[Mapping[str, np.ndarray]]] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -33,8 +33,8 @@ class GraphRef:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
-    def artifact(self) -> ModelArtifact:
-        return ModelArtifact(Path(self.path), self.sha256, tuple(self.inputs), tuple(self.outputs))
+    def artifact(self, precision: str | None = None) -> ModelArtifact:
+        return ModelArtifact(Path(self.path), self.sha256, tuple(self.inputs), tuple(self.outputs), precision)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,7 +75,7 @@ class ModelRef:
     def artifacts(self) -> dict[str, ModelArtifact]:
         """Every graph to load, by role, the main one first."""
         if self.graphs:
-            return {role: graph.artifact() for role, graph in self.graphs.items()}
+            return {role: graph.artifact(self.precision) for role, graph in self.graphs.items()}
         return {self.main_role: ModelArtifact(Path(self.path), self.sha256, tuple(self.inputs), tuple(self.outputs),
                                               self.precision)}
 

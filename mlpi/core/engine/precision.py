@@ -25,13 +25,11 @@ import dataclasses
 import hashlib
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from mlpi.core.contract.calibration import read_names
 from mlpi.core.contract.errors import ModelError, UsageError
@@ -171,7 +169,7 @@ def derive(source: Path, source_sha256: str, precision: str, options: PrecisionO
                                   "retyped bfloat16 from the fp32 values")
             else:
                 assert calibration is not None and feeds is not None
-                prepared = convert.to_int8(source, target, _counted(feeds(), calibration.count), options.calibration_method,
+                prepared = convert.to_int8(source, target, feeds(), options.calibration_method,
                                            options.per_channel, options.blocked())
                 record["tool"] = "onnxruntime.quantization.quantize_static (QDQ, int8 symmetric activations and weights)"
                 record["prepared_with"] = prepared
@@ -184,8 +182,9 @@ def derive(source: Path, source_sha256: str, precision: str, options: PrecisionO
         versions = ", ".join(f"{name} {version}" for name, version in tool_versions().items())
         raise ModelError(f"onnxruntime's {precision} tools cannot run with this environment's packages ({versions}): "
                          f"{type(exc).__name__}: {str(exc).strip()[:200]}",
-                         f"derive the file where onnx>=1.16 is installed (`mlpi quantize ... --json` prints its path), "
-                         f"then run it here with --model-path FILE --precision {precision}") from None
+                         f"install onnxruntime<1.19 beside onnx<1.16 (or onnx>=1.16), or derive the file elsewhere "
+                         f"(`mlpi quantize ... --json` prints its path) and run it here with --model-path FILE "
+                         f"--precision {precision}") from None
     except Exception as exc:  # noqa: BLE001 - the converters raise whatever their passes raise
         text = str(exc).strip()
         first = (text.splitlines()[0] if text else type(exc).__name__)[:300]
@@ -202,15 +201,6 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or not isinstance(record.get("sha256"), str) or not (folder / MODEL_FILE).is_file():
         return None
     return record
-
-
-def _counted(feeds: Iterator[Mapping[str, np.ndarray]], total: int) -> Iterator[Mapping[str, np.ndarray]]:
-    """``feeds`` with a progress line on stderr every tenth of ``total``."""
-    step = max(1, total // 10)
-    for done, feed in enumerate(feeds, start=1):
-        yield feed
-        if done % step == 0 or done == total:
-            print(f"mlpi: calibrating: {done}/{total} samples", file=sys.stderr, flush=True)
 
 
 def user_list(path: str) -> tuple[Path, tuple[str, ...]]:

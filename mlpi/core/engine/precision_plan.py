@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,14 +122,13 @@ def model_precision(model_ref: ModelRef, request: PrecisionRequest, spec: ModelS
                            **({} if closed else {"closed_reason": "int8 derived by the backend itself: mlpi hands a "
                                                                   "backend's own calibrator the run's first samples, "
                                                                   "not the official calibration set"})}
-    if len(model_ref.artifacts()) > 1:
-        raise UsageError(f"{model_ref.name} has {len(model_ref.artifacts())} graphs, and mlpi derives a precision for "
-                         "one-graph models only", "pass graphs exported in that precision with --model-path")
+    if len(model_ref.graphs) > 1:
+        return _derive_every_graph(model_ref, wanted, options, record)
     calibration, feeds, identity = None, None, None
     if wanted == "int8":
         calibration, data = _calibration(request, options, spec, registry, model_ref, run_data, run_dataset,
                                          dataset_path, seed)
-        feeds, identity = _feeds(data, calibration.count, model_ref.inputs), data.describe()
+        feeds, identity = _feeds(data, calibration.count, model_ref.inputs, spec.calibration_feeds), data.describe()
     derived = derive(Path(model_ref.path), model_ref.sha256, wanted, options, calibration, feeds, identity)
     if derived.reused:
         print(f"mlpi: the {wanted} model was derived before: {derived.path}", file=sys.stderr, flush=True)
@@ -144,9 +143,10 @@ def _calibration(request: PrecisionRequest, options: PrecisionOptions, spec: Mod
                  model_ref: ModelRef, run_data: Any, run_dataset: str | None, dataset_path: str | None,
                  seed: int) -> tuple[CalibrationData, Any]:
     """Which samples calibrate int8, opened through their dataset plugin."""
-    if spec.sample_inputs is not None:
-        raise UsageError(f"{spec.name}'s samples are not its graph's inputs (it runs its own pipeline), so mlpi "
-                         "cannot calibrate the graph on them", "pass a model quantised to int8 with --model-path")
+    if spec.sample_inputs is not None and spec.calibration_feeds is None:
+        raise UsageError(f"{spec.name}'s samples are not its graph's inputs (it runs its own pipeline), and it does "
+                         "not say how to make the graph's feeds from them, so mlpi cannot calibrate the graph",
+                         "pass a model quantised to int8 with --model-path")
     choice = request.calibration or (OFFICIAL if spec.calibration is not None else RUN_DATA)
     limit = options.calibration_count or None
     if choice == RUN_DATA:
@@ -176,29 +176,67 @@ def _calibration(request: PrecisionRequest, options: PrecisionOptions, spec: Mod
     if not factory.opens_by_name:
         raise UsageError(f"dataset '{dataset_name}' cannot read samples by the names a calibration list gives",
                          "pass --calibration dataset to calibrate on this run's data (not valid for the closed division)")
-    data = factory.open(DatasetRequest(inputs=[s.batch_first() for s in model_ref.inputs], params=spec.data,
+    inputs = spec.sample_inputs if spec.sample_inputs is not None else model_ref.inputs
+    data = factory.open(DatasetRequest(inputs=[s.batch_first() for s in inputs], params=spec.data,
                                        path=Path(folder).expanduser(), seed=seed, names=tuple(names),
-                                       constant_inputs=tuple(s.name for s in model_ref.inputs if s.batch_axis is None)))
+                                       constant_inputs=tuple(s.name for s in inputs if s.batch_axis is None)))
     resolved = str(Path(folder).expanduser().resolve())
-    return CalibrationData(kind, dataset_name, resolved, len(names), tuple(names), list_file, sha, source), data
+    # The dataset's own count: a list may name more samples than its lines (SQuAD's question ids,
+    # Criteo's row ranges), and -P calibration_count bounds those too
+    count = min(data.count, limit) if limit else data.count
+    return CalibrationData(kind, dataset_name, resolved, count, tuple(names), list_file, sha, source), data
 
 
-def _feeds(data: Any, count: int, inputs: Sequence[TensorSpec]) -> Callable[[], Iterator[Mapping[str, np.ndarray]]]:
-    """``feeds()``: one feed dict per calibration sample, batch of one in the file's own layout
+def _feeds(data: Any, count: int, inputs: Sequence[TensorSpec],
+           sample_feeds: Callable[[Any, int], Iterable[Mapping[str, np.ndarray]]] | None = None,
+           ) -> Callable[[], Iterator[Mapping[str, np.ndarray]]]:
+    """``feeds()``: the feeds of the first ``count`` samples, each in the file's own layout
     (each batch axis where the file has it; an input that is not batched as it is), loaded
-    when first asked."""
+    when first asked: a sample itself as a batch of one, or what the model's
+    ``sample_feeds(data, index)`` makes of it (``ModelSpec.calibration_feeds``). A progress
+    line goes to stderr every tenth of the samples."""
     from mlpi.core.engine.batch_axes import to_file_layout
 
     axes = {spec.name: spec.batch_axis for spec in inputs}
+    step = max(1, count // 10)
 
     def feeds() -> Iterator[Mapping[str, np.ndarray]]:
         indices = list(range(count))
         data.load(indices)
         try:
-            for index in indices:  # copies: a sample's arrays are views of the loaded data
-                yield {name: np.array(to_file_layout(array, axes.get(name, 0)))
-                       for name, array in data.sample(index).items()}
+            for done, index in enumerate(indices, start=1):
+                made = sample_feeds(data, index) if sample_feeds is not None else (data.sample(index),)
+                for feed in made:  # copies: a sample's arrays are views of the loaded data
+                    yield {name: np.array(to_file_layout(array, axes.get(name, 0))) for name, array in feed.items()}
+                if done % step == 0 or done == count:
+                    print(f"mlpi: calibrating: {done}/{count} samples", file=sys.stderr, flush=True)
         finally:
             data.unload(indices)
 
     return feeds
+
+
+def _derive_every_graph(model_ref: ModelRef, wanted: str, options: PrecisionOptions,
+                        record: dict[str, Any]) -> tuple[ModelRef, dict[str, Any]]:
+    """fp16/bf16 for a model of several graphs (RNN-T): each graph derived on its own, as a
+    one-graph model's is. int8 is refused: its graphs other than the first are fed by the
+    pipeline's own loop, so no calibration list reaches them."""
+    from mlpi.core.engine.plan import combined_digest
+
+    if wanted == "int8":
+        raise UsageError(f"{model_ref.name} has {len(model_ref.graphs)} graphs, and mlpi calibrates int8 for one-graph "
+                         "models only (the others are fed by its pipeline's loop, not by the calibration samples)",
+                         "pass graphs quantised to int8 with --model-path DIR, or use --precision fp16 or bf16")
+    graphs, records = {}, {}
+    for role, graph in model_ref.graphs.items():
+        derived = derive(Path(graph.path), graph.sha256, wanted, options)
+        if derived.reused:
+            print(f"mlpi: the {wanted} {role} graph was derived before: {derived.path}", file=sys.stderr, flush=True)
+        graphs[role] = dataclasses.replace(graph, path=str(derived.path), sha256=derived.sha256)
+        records[role] = derived.record
+    main = graphs[model_ref.main_role]
+    transformed = dataclasses.replace(model_ref, path=main.path, sha256=combined_digest(graphs), graphs=graphs,
+                                      precision=wanted)
+    first = records[model_ref.main_role]
+    transform = {"tool": first.get("tool"), "graphs": records}
+    return transformed, {**record, "method": "transform", "transform": transform, "closed_division": True}
