@@ -43,7 +43,7 @@ DATASET_CALIBRATION_COUNT = 500
 MODEL_FILE = "model.onnx"
 RECORD_FILE = "transform.json"
 #: Bump when a conversion changes in a way that changes the file it writes.
-TRANSFORM_VERSION = 2
+TRANSFORM_VERSION = 3
 
 
 @dataclass

@@ -79,11 +79,16 @@ def _without_bfloat16(model: Any) -> list[str]:
     return refused
 
 
+#: The first default-domain opset whose DequantizeLinear takes a per-channel ``axis``.
+PER_CHANNEL_OPSET = 13
+
+
 def to_int8(source: Path, target: Path, feeds: Iterator[Mapping[str, np.ndarray]], method: str, per_channel: bool,
             block_ops: Sequence[str]) -> str:
     """Quantize ``source`` to a Q/DQ int8 graph calibrated on ``feeds``; returns how the graph
     was prepared first (``quant_pre_process``, or why it was skipped)."""
     import onnx
+    import onnx.version_converter
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -106,6 +111,15 @@ def to_int8(source: Path, target: Path, feeds: Iterator[Mapping[str, np.ndarray]
             prepared = source
             how = f"quant_pre_process skipped ({_first_line(exc)})"
         model = onnx.load(str(prepared), load_external_data=False)
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+        if per_channel and opset < PER_CHANNEL_OPSET:
+            # DequantizeLinear takes a per-channel axis from opset 13: onnxruntime's quantizer
+            # writes one into an older graph anyway, which no runtime then loads
+            upgraded = Path(work) / "upgraded.onnx"
+            onnx.save(onnx.version_converter.convert_version(onnx.load(str(prepared)), PER_CHANNEL_OPSET), str(upgraded))
+            prepared = upgraded
+            how += f"; opset {opset} converted to {PER_CHANNEL_OPSET} (per-channel Q/DQ needs DequantizeLinear's axis)"
+            model = onnx.load(str(prepared), load_external_data=False)
         excluded = [node.name for node in model.graph.node if node.op_type in set(block_ops) and node.name]
         import inspect
 
