@@ -469,6 +469,50 @@ def test_int8_resnet50_runs_on_deepsparse_or_is_refused_before_the_compiler_abor
     np.testing.assert_allclose(got, reference, atol=0.1 * float(np.abs(reference).max()))
 
 
+def _counting_loop(path: Path, scan_rank: int) -> Path:
+    """A Loop that counts 0, 1, 2... for ``n`` iterations and stacks the counter as its scan
+    output: each element a scalar (``scan_rank`` 0: the stacked output is ``[n]``) or a
+    one-element vector (``[n, 1]``)."""
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    body_nodes = [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Add", ["prev", "one"], ["next"])]
+    scan = "prev"
+    if scan_rank == 1:
+        body_nodes.append(helper.make_node("Unsqueeze", ["prev", "axes0"], ["prev_1"]))
+        scan = "prev_1"
+    body_nodes.append(helper.make_node("Identity", [scan], ["scan_out"]))
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("prev", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("next", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("scan_out", TensorProto.FLOAT, [1] if scan_rank else [])],
+        [one, numpy_helper.from_array(np.array([0], np.int64), "axes0")],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "", "start"], ["last", "stacked"], body=body)], "loop",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, []), helper.make_tensor_value_info("start", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("last", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("stacked", TensorProto.FLOAT, ["n"] + ([1] if scan_rank else []))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_loop_stacking_scalars_is_refused_and_one_stacking_vectors_is_not(tmp_path: Path) -> None:
+    """DeepSparse 1.8 stacks a Loop's scalar scan outputs as [N, 1] (onnx's Range cases): such a
+    model is refused before the run; the same Loop stacking one-element vectors is fine."""
+    backend, cpu = DeepSparseBackend(), Device("cpu")
+    scalars = inspect_onnx(_counting_loop(tmp_path / "scalars.onnx", 0))
+    with pytest.raises(ModelError, match=r"stacks a Loop's scalar scan outputs as \[N, 1\]") as info:
+        backend.check(scalars, cpu, DeepSparseOptions(), None)
+    assert "onnxruntime or openvino" in (info.value.hint or "")
+    vectors = inspect_onnx(_counting_loop(tmp_path / "vectors.onnx", 1))
+    backend.check(vectors, cpu, DeepSparseOptions(), None)
+    assert ds._scalar_scan_loops(onnx.load(str(vectors.path)).graph) == ()
+
+
 def test_float16_inputs_are_a_model_error(tmp_path: Path) -> None:
     weight = numpy_helper.from_array(np.ones((16, 10), np.float16), "W")
     graph = helper.make_graph(

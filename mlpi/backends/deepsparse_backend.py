@@ -97,6 +97,7 @@ class _GraphInfo:
     opset: int
     quantized: bool
     unused_domains: tuple[str, ...] = ()  # operator sets imported that no node uses
+    scalar_scan_loops: tuple[str, ...] = ()  # Loop nodes with a scan output of scalars (see _scalar_scan_loops)
 
 
 class DeepSparseSession(Session):
@@ -127,6 +128,9 @@ class DeepSparseSession(Session):
             max_in_flight=max(parallel, 1),
         )
         self.precision = "int8" if quantized else "fp32"
+        # Outputs the file declares scalar: DeepSparse 1.8 returns some of them shaped [1]
+        # (onnx's expanded DynamicQuantizeLinear cases); the one value is the scalar's.
+        self._scalars = frozenset(n for n in self._output_names if by_name[n].shape == ())
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         engine = self.engine
@@ -134,7 +138,11 @@ class DeepSparseSession(Session):
             raise RuntimeError("this DeepSparse session is closed")
         # DeepSparse checks shapes and dtypes itself; val_inp only re-checks the batch in Python.
         arrays = [np.ascontiguousarray(feeds[name]) for name in self._input_names]
-        return dict(zip(self._output_names, engine.run(arrays, val_inp=False)))
+        outputs = dict(zip(self._output_names, engine.run(arrays, val_inp=False)))
+        for name in self._scalars:
+            if outputs[name].shape == (1,):
+                outputs[name] = outputs[name].reshape(())
+        return outputs
 
     def close(self) -> None:
         # The engine's memory and worker threads go with its last reference.
@@ -181,6 +189,13 @@ class DeepSparseBackend(Backend):
             raise ModelError(
                 f"DeepSparse 1.8 runs ONNX opset {MAX_OPSET} or lower; {model.path} uses opset {info.opset}",
                 "export the model again with an older opset, e.g. torch.onnx.export(..., opset_version=17)",
+            )
+        if info.scalar_scan_loops:
+            raise ModelError(
+                f"DeepSparse 1.8 stacks a Loop's scalar scan outputs as [N, 1] where ONNX defines [N] (a wrong "
+                f"answer seen in onnx's Range cases); {model.path} has such a Loop: "
+                f"{', '.join(info.scalar_scan_loops[:3])}",
+                "run this model on onnxruntime or openvino",
             )
         runs = model.precision or ("int8" if info.quantized else "fp32")
         if precision is not None and precision != runs:
@@ -326,7 +341,33 @@ def _read_graph_info(path: Path) -> _GraphInfo:
     quantized = any(node.op_type in _QUANTIZED_OPS for node in proto.graph.node)
     used = _used_domains(proto)
     unused = tuple(o.domain for o in proto.opset_import if o.domain not in ("", "ai.onnx") and o.domain not in used)
-    return _GraphInfo(int(proto.ir_version), int(opset), quantized, unused)
+    return _GraphInfo(int(proto.ir_version), int(opset), quantized, unused, _scalar_scan_loops(proto.graph))
+
+
+def _scalar_scan_loops(graph: Any) -> tuple[str, ...]:
+    """Loop nodes (subgraphs included) with a scan output of scalars: DeepSparse 1.8 returns
+    those stacked as ``[N, 1]`` instead of ``[N]`` (onnx's ``test_range_*_expanded`` cases, a
+    silent wrong shape). A scan output is of scalars where the body declares it rank 0, or
+    where the graph declares the Loop's stacked output rank 1."""
+    from mlpi.core.engine.onnx_file import graphs_within
+
+    found = []
+    for owner in graphs_within(graph):
+        ranks = {value.name: len(value.type.tensor_type.shape.dim)
+                 for value in [*owner.output, *owner.value_info]
+                 if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape")}
+        for node in owner.node:
+            body = next((a.g for a in node.attribute if a.name == "body"), None) if node.op_type == "Loop" else None
+            if body is None:
+                continue
+            carried = max(0, len(node.input) - 2)
+            inner = list(body.output)[1 + carried:]
+            outer = list(node.output)[carried:]
+            scalar_inside = any(out.type.HasField("tensor_type") and out.type.tensor_type.HasField("shape")
+                                and len(out.type.tensor_type.shape.dim) == 0 for out in inner)
+            if scalar_inside or any(ranks.get(name) == 1 for name in outer):
+                found.append(node.name or f"Loop -> {node.output[0]}")
+    return tuple(found)
 
 
 def _used_domains(proto: Any) -> set[str]:

@@ -1103,14 +1103,19 @@ def main(argv: list[str] | None = None) -> int:
     @click.option("--sample", type=click.IntRange(min=1), help="With --onnx-node-tests: N cases spread over the "
                   "operators, the same ones every time for a given onnx version.")
     @click.option("--op", "ops", multiple=True, help="With --onnx-node-tests: only this operator's cases; repeatable.")
+    @click.option("--isolate", is_flag=True, help="With --onnx-node-tests: run the backend in a worker process, so a "
+                  "case that crashes it is unsupported and the run goes on.")
     def command(backend: str, device: str, precision: str | None, options: tuple[str, ...], plugins_file: str | None,
-                as_json: bool, node_tests: bool, sample: int | None, ops: tuple[str, ...]) -> int:
+                as_json: bool, node_tests: bool, sample: int | None, ops: tuple[str, ...], isolate: bool) -> int:
         from mlpi.core.plugins.options import parse_assignments
 
         if node_tests:
             from mlpi.testing.onnx_node_tier import main_node_tests
 
-            return main_node_tests(backend, device, precision, parse_assignments(options), plugins_file, ops, sample, as_json)
+            return main_node_tests(backend, device, precision, parse_assignments(options), plugins_file, ops, sample, as_json,
+                                   isolate)
+        if isolate:
+            raise UsageError("--isolate runs the ONNX node test cases in a worker process", "add --onnx-node-tests, or drop it")
         if sample is not None or ops:
             raise UsageError("--sample and --op choose ONNX node test cases", "add --onnx-node-tests, or drop them")
 

@@ -368,31 +368,30 @@ def judge(kit: Any, case: NodeCase, path: Path, want: Mapping[str, Any]) -> tupl
     compare with ``want``; whatever the backend raises is a refusal, never an error of the run."""
     from mlpi.core.engine.onnx_file import inspect_onnx
 
-    if True:
-        feeds = case.inputs()  # arrays of its own: the reference's stay untouched
+    feeds = case.inputs()  # arrays of its own: the reference's stay untouched
+    try:
+        artifact = inspect_onnx(path)
+        kit.backend.check(artifact, kit.device, kit.options, kit.precision)
+        session = kit.backend.load(artifact, kit.device, kit.options, kit.precision, LoadContext())
+    except MlpiError as exc:
+        return UNSUPPORTED, f"{type(exc).__name__}: {_clip(exc.message)}"
+    except Exception as exc:  # noqa: BLE001 - a refusal all the same; the detail names the type
+        return UNSUPPORTED, f"check()/load() raised {_describe(exc)}"
+    try:
         try:
-            artifact = inspect_onnx(path)
-            kit.backend.check(artifact, kit.device, kit.options, kit.precision)
-            session = kit.backend.load(artifact, kit.device, kit.options, kit.precision, LoadContext())
-        except MlpiError as exc:
-            return UNSUPPORTED, f"{type(exc).__name__}: {_clip(exc.message)}"
-        except Exception as exc:  # noqa: BLE001 - a refusal all the same; the detail names the type
-            return UNSUPPORTED, f"check()/load() raised {_describe(exc)}"
+            got = session.run(feeds)
+        except Exception as exc:  # noqa: BLE001 - a refusal at run time
+            return UNSUPPORTED, f"run() raised {_describe(exc)}"
+        precision = getattr(session, "precision", None)
+        problem = compare(got, want, precision)
+        if problem:
+            problem += _onnx_sides_with_backend(case, got, want, precision)
+    finally:
         try:
-            try:
-                got = session.run(feeds)
-            except Exception as exc:  # noqa: BLE001 - a refusal at run time
-                return UNSUPPORTED, f"run() raised {_describe(exc)}"
-            precision = getattr(session, "precision", None)
-            problem = compare(got, want, precision)
-            if problem:
-                problem += _onnx_sides_with_backend(case, got, want, precision)
-        finally:
-            try:
-                session.close()
-            except Exception:  # noqa: BLE001, S110 - the verdict is about the answer
-                pass
-        return (WRONG, problem) if problem else (PASS, "")
+            session.close()
+        except Exception:  # noqa: BLE001, S110 - the verdict is about the answer
+            pass
+    return (WRONG, problem) if problem else (PASS, "")
 
 
 def _onnx_sides_with_backend(case: NodeCase, got: Any, want: Mapping[str, Any], precision: str | None) -> str:
@@ -552,7 +551,7 @@ class Progress:
         print(
             f"mlpi onnx node tests: backend {report.backend} {report.version or '?'} ({report.origin}) on {report.device}, "
             f"precision {report.precision or 'default'}; {chosen} of onnx {report.onnx_version}; "
-            f"reference {report.reference}",
+            f"reference {report.reference}" + ("; the backend in a worker process" if report.isolated else ""),
             file=self.stream, flush=True,
         )
         self.started = self.last = time.monotonic()
@@ -576,7 +575,7 @@ class Progress:
 
 def main_node_tests(
     backend: str, device: str, precision: str | None, options: Mapping[str, Any], plugins_file: str | None,
-    ops: Sequence[str], sample: int | None, as_json: bool,
+    ops: Sequence[str], sample: int | None, as_json: bool, isolate: bool = False,
 ) -> int:
     """``--onnx-node-tests``: run, print, and return the exit code (1 on a wrong answer, else 0)."""
     import json
@@ -586,7 +585,7 @@ def main_node_tests(
     progress = Progress()
     report = run_node_tests(
         backend, device=device, precision=precision, options=options, plugins_file=plugins_file, ops=ops, sample=sample,
-        on_start=progress.start, on_result=progress.result, on_note=progress.note,
+        on_start=progress.start, on_result=progress.result, on_note=progress.note, isolate=isolate,
     )
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
