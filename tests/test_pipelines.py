@@ -31,8 +31,10 @@ from mlpi.core.engine.planning import official_graphs
 from mlpi.datasets.synthetic import Synthetic
 from mlpi.testing.pipeline_models import (
     FEATURES,
+    MAX_STEPS,
     SIGNAL,
     loop_reference,
+    loop_weights,
     write_loop_graphs,
     write_window_graph,
 )
@@ -94,40 +96,76 @@ def test_loop_demo_runs_two_graphs_and_answers_ragged_responses(tmp_path: Path, 
         assert len(lengths) > 1, "the fixture should give responses of different sizes"
 
 
-def test_fp16_derives_every_graph_of_a_model_and_int8_is_refused(tmp_path: Path, demo_env: dict[str, str]) -> None:
-    """--precision fp16 on a model of two graphs: each graph is derived (its weights fp16, its
-    inputs and outputs kept fp32), the plan runs the derived pair and records each transform;
-    the loop's answers stay near fp32's. int8 cannot be calibrated past the first graph: one error."""
+def _loop_demo_derived(tmp_path: Path, env: dict[str, str], graphs: Path, precision: str, count: int) -> tuple[Path, dict]:
+    """A loop-demo accuracy run at ``precision``: its run folder and result record."""
+    out = tmp_path / f"out-{precision}"
+    result = run_cli(["run", "--model", "loop-demo", "--model-path", str(graphs), "--precision", precision, "--count",
+                      str(count), "-s", "Offline", "--mode", "accuracy", "--quick", "--output", str(out)], tmp_path, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_dir(out), read_result(out)
+
+
+def _near_fp32(run_dir: Path, count: int, tolerance: float) -> int:
+    """How many of the run's responses have the fp32 reference's length and values."""
+    x = synthetic_samples("x", FEATURES, count)
+    responses = read_accuracy_log(run_dir / "Offline" / "accuracy" / "mlperf_log_accuracy.json")
+    close = 0
+    for index, raw in responses.items():
+        got, want = np.frombuffer(raw, dtype=np.float32).reshape(-1, 8), loop_reference(x[index], seed=0)
+        close += got.shape == want.shape and bool(np.allclose(got, want, rtol=tolerance, atol=tolerance))
+    return close
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_every_graph_of_a_model_is_derived(tmp_path: Path, demo_env: dict[str, str], precision: str) -> None:
+    """--precision on a model of two graphs: each graph is derived (fp16 weights; int8 Q/DQ),
+    the plan runs the derived pair and records each transform, and the loop's answers stay
+    near fp32's. int8 calibrates each graph on what the pipeline fed it while it answered the
+    calibration samples with the fp32 graphs: the step graph, which no sample feeds directly,
+    included."""
     from mlpi.core.engine.precision_convert import graph_precision
 
     graphs = tmp_path / "loop"
     write_loop_graphs(graphs, seed=0)
     env = {**demo_env, "MLPI_CACHE": str(tmp_path / "cache")}
     count = 12
-    result = run_cli(["run", "--model", "loop-demo", "--model-path", str(graphs), "--precision", "fp16", "--count",
-                      str(count), "-s", "Offline", "--mode", "accuracy", "--quick", "--output", str(tmp_path / "out")],
-                     tmp_path, env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = only_run_dir(tmp_path / "out")
+    run_dir, result = _loop_demo_derived(tmp_path, env, graphs, precision, count)
     plan = json.loads((run_dir / "plan.json").read_text())
     for role in ("encoder", "step"):
         derived = Path(plan["model"]["graphs"][role]["path"])
-        assert derived.is_relative_to(tmp_path / "cache" / "precision") and graph_precision(derived) == "fp16"
+        assert derived.is_relative_to(tmp_path / "cache" / "precision") and graph_precision(derived) == precision
         assert plan["model"]["graphs"][role]["sha256"] != sha256_of(graphs / f"{role}.onnx")
-    record = read_result(tmp_path / "out")["model"]["precision"]
+    record = result["model"]["precision"]
     assert record["method"] == "transform" and set(record["transform"]["graphs"]) == {"encoder", "step"}
+    if precision == "fp16":
+        close = _near_fp32(run_dir, count, 2e-2)
+        assert close >= count * 3 // 4, f"{close} of {count} fp16 answers near fp32's"
+        return
+    assert record["transform"]["calibration"]["kind"] == "dataset" and record["closed_division"] is False
+    assert "pipeline" in record["transform"]["calibrated_through"]
+    # The step graph was calibrated on what the loop fed it: every state but each sample's
+    # last (symmetric min-max: the input's scale is the largest magnitude / 127)
     x = synthetic_samples("x", FEATURES, count)
-    responses = read_accuracy_log(run_dir / "Offline" / "accuracy" / "mlperf_log_accuracy.json")
-    close = 0
-    for index, raw in responses.items():
-        got, want = np.frombuffer(raw, dtype=np.float32).reshape(-1, 8), loop_reference(x[index], seed=0)
-        close += got.shape == want.shape and bool(np.allclose(got, want, rtol=2e-2, atol=2e-2))
-    assert close >= count * 3 // 4, f"{close} of {count} fp16 answers near fp32's"
+    fed = [np.tanh(x[i] @ loop_weights(0)[0]) for i in range(count)]
+    fed += [state for i in range(count) for state in loop_reference(x[i], seed=0)[:-1]]
+    step = onnx.load(plan["model"]["graphs"]["step"]["path"])
+    values = {t.name: numpy_helper.to_array(t) for t in step.graph.initializer}
+    quantize = next(n for n in step.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "state")
+    assert float(values[quantize.input[1]]) == pytest.approx(float(np.abs(np.stack(fed)).max()) / 127, rel=1e-5)
+    # and the run's answers are the derived pair's, run as the loop runs them (int8 rounding
+    # flips the loop's stopping test on states near zero: fp32's are no yardstick here)
+    import onnxruntime as ort
 
-    refused = run_cli(["run", "--model", "loop-demo", "--model-path", str(graphs), "--precision", "int8", "--quick"],
-                      tmp_path, env)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "loop-demo has 2 graphs, and mlpi calibrates int8 for one-graph models only" in refused.stderr
+    encoder, stepper = (ort.InferenceSession(plan["model"]["graphs"][role]["path"]) for role in ("encoder", "step"))
+    responses = read_accuracy_log(run_dir / "Offline" / "accuracy" / "mlperf_log_accuracy.json")
+    for index, raw in responses.items():
+        state, states = encoder.run(None, {"x": x[index:index + 1]})[0], []
+        for _ in range(MAX_STEPS):
+            state = stepper.run(None, {"state": state})[0]
+            states.append(state[0])
+            if state[0, 0] > 0:
+                break
+        np.testing.assert_allclose(np.frombuffer(raw, dtype=np.float32).reshape(-1, 8), np.stack(states), atol=1e-6)
 
 
 def test_a_model_with_several_graphs_needs_every_file(tmp_path: Path, demo_env: dict[str, str]) -> None:

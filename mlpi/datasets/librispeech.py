@@ -18,6 +18,16 @@ original LibriSpeech FLAC when that is there (``dev-clean-wav/S/C/S-C-N.wav`` ->
 beside the ``.wav``): the conversion to WAV keeps every sample, so both give the same
 waveform.
 
+By name (``DatasetRequest.names``, int8 calibration on MLPerf's RNN-T list,
+``calibration/LibriSpeech/calibration_files.txt``: 500 train-clean-100 utterances under 15 s,
+named like ``train-clean-100-wav/103/1240/103-1240-0010.wav``): exactly the named files, in
+the list's order, relative to ``--calibration-path`` (the folder holding
+``train-clean-100-wav/``, which ``convert_librispeech.py`` writes for that subset as it does
+``dev-clean-wav/`` for a run), with the same FLAC fallback
+(``LibriSpeech/train-clean-100/S/C/S-C-N.flac`` ...) and the same audio reading. No manifest
+or transcript is read, and there is no ground truth. Names that are not there make one error
+naming the first ten; a name that would reach outside the folder is refused.
+
 The model declares, in its DataParams: ``sample_rate`` (16000), ``labels`` (the characters a
 label id stands for) and ``max_duration`` (15.0 s). A file of another sample rate is refused
 (the reference would resample it with librosa; MLPerf's data is 16 kHz throughout).
@@ -35,7 +45,7 @@ hands out the loaded waveform ``(1, samples)`` itself and :meth:`LibriSpeechData
 refuses.
 
 Ground truth (:class:`LibriSpeechTruth`): each sample's normalised transcript, as label ids
-and as text, for :func:`mlpi.models.librispeech_wer.librispeech_wer`.
+and as text, for :func:`mlpi.models.librispeech_wer.librispeech_wer` (none when opened by name).
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ import numpy as np
 from mlpi.core.contract.backend import TensorSpec, format_shape
 from mlpi.core.contract.dataset import Dataset, DatasetFactory, DatasetRequest
 from mlpi.core.contract.errors import DatasetError
+from mlpi.datasets.image_cache import escapes_folder
 from mlpi.datasets.librispeech_text import label_ids, normalize_transcript
 
 NAME = "librispeech"
@@ -241,16 +252,22 @@ def flac_candidates(folder: Path, fname: str) -> list[Path]:
     return list(dict.fromkeys([folder / "LibriSpeech" / subset / rest, folder / subset / rest, beside]))
 
 
-def locate_audio(folder: Path, fname: str) -> Path:
-    """The file to read for ``fname``: the named one, else its FLAC; a DatasetError naming
-    every place looked at when neither is there."""
+def find_audio(folder: Path, fname: str) -> Path | None:
+    """The file to read for ``fname``: the named one, else its FLAC; None when neither is there."""
     named = folder / fname
     if named.is_file():
         return named
+    return next((c for c in flac_candidates(folder, fname) if c.is_file()), None)
+
+
+def locate_audio(folder: Path, fname: str) -> Path:
+    """The file to read for ``fname`` (:func:`find_audio`); a DatasetError naming every place
+    looked at when there is none."""
+    found = find_audio(folder, fname)
+    if found is not None:
+        return found
+    named = folder / fname
     candidates = flac_candidates(folder, fname)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
     also = f" (nor its FLAC: {', '.join(str(c) for c in candidates)})" if candidates else ""
     raise DatasetError(f"{named} is missing{also}",
                        "copy the whole dev-clean-wav folder convert_librispeech.py wrote (or LibriSpeech/dev-clean), "
@@ -291,6 +308,13 @@ def read_waveform(path: Path, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(samples.mean(axis=1, dtype=np.float32))
 
 
+def checked_length(path: Path, sample_rate: int) -> int:
+    """Frames in ``path`` from its header, once its sample rate is checked to be ``sample_rate``."""
+    rate, _, frames = audio_header(path)
+    _check_rate(path, rate, sample_rate)
+    return frames
+
+
 def _check_rate(path: Path, rate: int, wanted: int) -> None:
     if rate != wanted:
         raise DatasetError(f"{path} is sampled at {rate} Hz, but the model takes {wanted} Hz audio",
@@ -298,7 +322,7 @@ def _check_rate(path: Path, rate: int, wanted: int) -> None:
 
 
 def _fetch_again(path: Path) -> str:
-    return f"{path.name} is damaged: copy it again, or convert LibriSpeech dev-clean again with convert_librispeech.py"
+    return f"{path.name} is damaged: copy it again, or convert its LibriSpeech subset again with convert_librispeech.py"
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -338,7 +362,7 @@ class LibriSpeechDataset(Dataset):
     """Waveforms of differing lengths, one per sample, fed one at a time through :meth:`sample`."""
 
     def __init__(self, inputs: Sequence[TensorSpec], utterances: Sequence[Utterance], files: Sequence[Path | None],
-                 lengths: Sequence[int], sample_rate: int, truth: LibriSpeechTruth, performance_count: int,
+                 lengths: Sequence[int], sample_rate: int, truth: LibriSpeechTruth | None, performance_count: int,
                  description: Mapping[str, Any]) -> None:
         self.inputs = list(inputs)
         self._utterances = tuple(utterances)
@@ -363,7 +387,7 @@ class LibriSpeechDataset(Dataset):
         return self._lengths[index]
 
     def duration(self, index: int) -> float:
-        """Seconds of utterance ``index``, as the manifest gives them."""
+        """Seconds of utterance ``index``, as the manifest gives them (from its header when opened by name)."""
         return self._utterances[index].duration
 
     def file(self, index: int) -> Path | None:
@@ -408,7 +432,8 @@ class LibriSpeechDataset(Dataset):
         raise ValueError("librispeech utterances differ in length and cannot be gathered into a batch: "
                          "the model's pipeline must feed them one at a time with sample()")
 
-    def ground_truth(self) -> LibriSpeechTruth:
+    def ground_truth(self) -> LibriSpeechTruth | None:
+        """The transcripts; None when opened by name (a calibration list needs none)."""
         return self._truth
 
     def describe(self) -> dict[str, Any]:
@@ -419,10 +444,13 @@ class LibriSpeech(DatasetFactory):
     name = NAME
     needs_path = True
     description = "LibriSpeech dev-clean for RNN-T: MLCommons' dev-clean-wav.json manifest and its WAV (or FLAC) files"
+    opens_by_name = True
 
     def open(self, request: DatasetRequest) -> Dataset:
         params = SpeechParams.from_params(request)
         inputs = [] if request.for_scoring else _inputs(request.inputs)
+        if request.names is not None:
+            return _open_by_name(request, request.names, params, inputs)
         manifest_path = locate_manifest(request.path)
         manifest = read_manifest(manifest_path, params)
         _report_dropped(manifest)
@@ -466,14 +494,68 @@ def _check_audio(folder: Path, manifest: Path, utterances: Sequence[Utterance],
         if utterance.fname is None:
             raise DatasetError(f"sample {number} of {manifest} has no audio file of speed 1", _CONVERT_HINT)
         path = locate_audio(folder, utterance.fname)
-        rate, _, frames = audio_header(path)
-        _check_rate(path, rate, params.sample_rate)
+        frames = checked_length(path, params.sample_rate)
         if utterance.num_samples is not None and frames != utterance.num_samples:
             raise DatasetError(f"{path} holds {frames} samples, but {manifest.name} says {utterance.num_samples}",
                                _fetch_again(path))
         files.append(path)
         lengths.append(frames)
     return files, lengths
+
+
+def _open_by_name(request: DatasetRequest, names: Sequence[str], params: SpeechParams,
+                  inputs: list[TensorSpec]) -> LibriSpeechDataset:
+    """The files a calibration list names, in its order, relative to ``request.path``: no
+    manifest, no transcripts, no ground truth; each file's header checked as a run's are."""
+    folder = _calibration_folder(request.path, names)
+    files = _named_files(folder, names)
+    lengths = [checked_length(file, params.sample_rate) for file in files]
+    utterances = [Utterance(name, frames / params.sample_rate, frames, "", ()) for name, frames in zip(names, lengths)]
+    description = {"path": str(folder), "selected_by": "names", "hours": sum(u.duration for u in utterances) / 3600,
+                   "sample_rate": params.sample_rate}
+    return LibriSpeechDataset(inputs, utterances, files, lengths, params.sample_rate, None,
+                              request.performance_count_of(len(files)), description)
+
+
+def _calibration_folder(path: Path | None, names: Sequence[str]) -> Path:
+    """The folder the list's names are relative to, with a non-empty list to read from it."""
+    expected = f"the folder holding {_listed_folders(names)}"
+    if path is None:
+        raise DatasetError("reading LibriSpeech by name needs a folder", f"pass --calibration-path pointing at {expected}")
+    folder = path.expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"there is no folder at {folder}", f"pass --calibration-path pointing at {expected}")
+    if not names:
+        raise DatasetError("the calibration list names no LibriSpeech files",
+                           "use the benchmark's calibration list as published, one file per line")
+    return folder
+
+
+def _named_files(folder: Path, names: Sequence[str]) -> list[Path]:
+    """Each named file (or its FLAC) inside ``folder``; one DatasetError naming the first ten
+    that are not there, before any is opened."""
+    for name in names:
+        problem = escapes_folder(name)
+        if problem:
+            raise DatasetError(f"the calibration list names {name!r}, {problem}: every file must be inside {folder}",
+                               "use the benchmark's calibration list as published")
+    found = [find_audio(folder, name) for name in names]
+    missing = [name for name, file in zip(names, found) if file is None]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        verb = "is" if len(missing) == 1 else "are"
+        raise DatasetError(f"{len(missing)} of the {len(names)} LibriSpeech files the calibration list names {verb} "
+                           f"not in {folder} (nor as LibriSpeech's FLAC): {shown}",
+                           f"convert them with MLCommons' convert_librispeech.py (or copy LibriSpeech's FLAC) and point "
+                           f"--calibration-path at the folder holding {_listed_folders(names)}")
+    return [file for file in found if file is not None]
+
+
+def _listed_folders(names: Sequence[str]) -> str:
+    """What a list's names start in (``train-clean-100-wav/``), for hints."""
+    tops = dict.fromkeys(Path(name).parts[0] + "/" for name in names
+                         if len(Path(name).parts) > 1 and not escapes_folder(name))
+    return " and ".join(list(tops)[:3]) or "the files the calibration list names"
 
 
 def _report_dropped(manifest: Manifest) -> None:

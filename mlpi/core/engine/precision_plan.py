@@ -123,7 +123,8 @@ def model_precision(model_ref: ModelRef, request: PrecisionRequest, spec: ModelS
                                                                   "backend's own calibrator the run's first samples, "
                                                                   "not the official calibration set"})}
     if len(model_ref.graphs) > 1:
-        return _derive_every_graph(model_ref, wanted, options, record)
+        return _derive_every_graph(model_ref, request, options, record, spec, registry, run_data, run_dataset,
+                                   dataset_path, seed)
     calibration, feeds, identity = None, None, None
     if wanted == "int8":
         calibration, data = _calibration(request, options, spec, registry, model_ref, run_data, run_dataset,
@@ -143,7 +144,7 @@ def _calibration(request: PrecisionRequest, options: PrecisionOptions, spec: Mod
                  model_ref: ModelRef, run_data: Any, run_dataset: str | None, dataset_path: str | None,
                  seed: int) -> tuple[CalibrationData, Any]:
     """Which samples calibrate int8, opened through their dataset plugin."""
-    if spec.sample_inputs is not None and spec.calibration_feeds is None:
+    if spec.sample_inputs is not None and spec.calibration_feeds is None and len(model_ref.graphs) <= 1:
         raise UsageError(f"{spec.name}'s samples are not its graph's inputs (it runs its own pipeline), and it does "
                          "not say how to make the graph's feeds from them, so mlpi cannot calibrate the graph",
                          "pass a model quantised to int8 with --model-path")
@@ -216,20 +217,32 @@ def _feeds(data: Any, count: int, inputs: Sequence[TensorSpec],
     return feeds
 
 
-def _derive_every_graph(model_ref: ModelRef, wanted: str, options: PrecisionOptions,
-                        record: dict[str, Any]) -> tuple[ModelRef, dict[str, Any]]:
-    """fp16/bf16 for a model of several graphs (RNN-T): each graph derived on its own, as a
-    one-graph model's is. int8 is refused: its graphs other than the first are fed by the
-    pipeline's own loop, so no calibration list reaches them."""
+def _derive_every_graph(model_ref: ModelRef, request: PrecisionRequest, options: PrecisionOptions,
+                        record: dict[str, Any], spec: ModelSpec, registry: Registry, run_data: Any,
+                        run_dataset: str | None, dataset_path: str | None, seed: int) -> tuple[ModelRef, dict[str, Any]]:
+    """A model of several graphs (RNN-T): each graph derived on its own, as a one-graph
+    model's is. For int8, the calibration samples go through the model's pipeline on the fp32
+    graphs, and each graph is calibrated on what the pipeline fed it
+    (:mod:`mlpi.core.engine.calibration_record`)."""
+    from mlpi.core.engine.calibration_record import (
+        MAX_FEEDS_PER_GRAPH,
+        record_graph_feeds,
+    )
     from mlpi.core.engine.plan import combined_digest
 
+    wanted = str(request.precision)
+    calibration, recorded, identity = None, {}, None
     if wanted == "int8":
-        raise UsageError(f"{model_ref.name} has {len(model_ref.graphs)} graphs, and mlpi calibrates int8 for one-graph "
-                         "models only (the others are fed by its pipeline's loop, not by the calibration samples)",
-                         "pass graphs quantised to int8 with --model-path DIR, or use --precision fp16 or bf16")
+        calibration, data = _calibration(request, options, spec, registry, model_ref, run_data, run_dataset,
+                                         dataset_path, seed)
+        recorded = record_graph_feeds(spec, model_ref.artifacts(), data, calibration.count, model_ref.main_role)
+        identity = data.describe()
     graphs, records = {}, {}
     for role, graph in model_ref.graphs.items():
-        derived = derive(Path(graph.path), graph.sha256, wanted, options)
+        feeds = recorded.get(role, [])
+        derived = derive(Path(graph.path), graph.sha256, wanted, options, calibration,
+                         (lambda feeds=feeds: iter(feeds)) if calibration is not None else None,
+                         {**identity, "graph": role, "most_calls": MAX_FEEDS_PER_GRAPH} if identity is not None else None)
         if derived.reused:
             print(f"mlpi: the {wanted} {role} graph was derived before: {derived.path}", file=sys.stderr, flush=True)
         graphs[role] = dataclasses.replace(graph, path=str(derived.path), sha256=derived.sha256)
@@ -238,5 +251,13 @@ def _derive_every_graph(model_ref: ModelRef, wanted: str, options: PrecisionOpti
     transformed = dataclasses.replace(model_ref, path=main.path, sha256=combined_digest(graphs), graphs=graphs,
                                       precision=wanted)
     first = records[model_ref.main_role]
-    transform = {"tool": first.get("tool"), "graphs": records}
-    return transformed, {**record, "method": "transform", "transform": transform, "closed_division": True}
+    transform: dict[str, Any] = {"tool": first.get("tool"), "graphs": records}
+    if calibration is not None:
+        transform["calibration"] = calibration.to_json()
+        transform["calibrated_through"] = (f"the model's pipeline on the fp32 graphs: each graph on the feeds it was "
+                                           f"given (at most {MAX_FEEDS_PER_GRAPH} calls, evenly spaced)")
+    closed = calibration is None or calibration.closed
+    return transformed, {**record, "method": "transform", "transform": transform, "closed_division": closed,
+                         **({} if closed or calibration is None else
+                            {"closed_reason": f"int8 calibrated on {calibration.describe()}, not the official "
+                                              "calibration set"})}
