@@ -523,7 +523,8 @@ def test_resuming_does_not_run_a_finished_trial_again(null_tune: SimpleNamespace
     runs_now = {p.name for p in (null_tune.root / "results").iterdir() if (p / "plan.json").is_file()}
     trial_runs = {t["run_id"] for t in null_tune.final["trials"]} | {r for t in null_tune.final["trials"] for r in t["previous_runs"]}
     profile_run = runs_now - trial_runs
-    assert len(profile_run) == 1  # the separate `mlpi run --profile`
+    # the separate `mlpi run --profile` runs: one, or more where a loaded machine made one INVALID
+    assert 1 <= len(profile_run) <= PROFILE_RUN_ATTEMPTS, profile_run
     assert runs_now - profile_run == trial_runs
     made_by_second = runs_now - null_tune.runs_then - profile_run
     assert len(made_by_second) == len(final) - len(before)
