@@ -137,6 +137,16 @@ def one_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
     return errors[0]
 
 
+def one_line_error(excinfo: pytest.ExceptionInfo[Any], *words: str) -> str:
+    """What the CLI would print of a raised MlpiError: one line of message (holding ``words``)
+    and a one-line hint; returns the message."""
+    error = excinfo.value
+    assert "\n" not in error.message and error.hint and "\n" not in error.hint, (error.message, error.hint)
+    for word in words:
+        assert word in error.message, (word, error.message)
+    return error.message
+
+
 def only_run_dir(root: Path) -> Path:
     runs = [p for p in root.iterdir() if p.is_dir()]
     assert len(runs) == 1, runs

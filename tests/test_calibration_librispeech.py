@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 pytest.importorskip("soundfile")
 pytest.importorskip("unidecode")
@@ -46,15 +47,6 @@ def _run(folder: Path) -> librispeech.LibriSpeechDataset:
     dataset = librispeech.LibriSpeech().open(DatasetRequest(inputs=[INPUT], params=PARAMS, path=folder))
     assert isinstance(dataset, librispeech.LibriSpeechDataset)
     return dataset
-
-
-def _error(excinfo: pytest.ExceptionInfo[DatasetError], *words: str) -> str:
-    """The one-line message (holding ``words``) and hint the CLI would print."""
-    error = excinfo.value
-    assert "\n" not in error.message and error.hint and "\n" not in error.hint, (error.message, error.hint)
-    for word in words:
-        assert word in error.message, (word, error.message)
-    return error.message
 
 
 def _waveforms(dataset: librispeech.LibriSpeechDataset) -> list[np.ndarray]:
@@ -146,12 +138,12 @@ def test_missing_files_are_named_first_ten_and_how_many_more(tmp_path: Path) -> 
     with pytest.raises(DatasetError) as excinfo:
         _by_name(tmp_path, names)
     missing = [name for name in names if name != names[4]]
-    message = _error(excinfo, "12 of the 13", str(tmp_path), *missing[:10], "and 2 more")
+    message = one_line_error(excinfo, "12 of the 13", str(tmp_path), *missing[:10], "and 2 more")
     assert missing[10] not in message and names[4] not in message
     assert "train-clean-100-wav/" in excinfo.value.hint
     with pytest.raises(DatasetError) as excinfo:
         _by_name(tmp_path, (names[4], names[0]))
-    _error(excinfo, "1 of the 2", "is not in", names[0])
+    one_line_error(excinfo, "1 of the 2", "is not in", names[0])
 
 
 @pytest.mark.parametrize("name", ["../outside.wav", "train-clean-100-wav/../../outside.wav", "ABSOLUTE"])
@@ -163,7 +155,7 @@ def test_a_name_reaching_outside_the_folder_is_refused(tmp_path: Path, name: str
     name = str(outside) if name == "ABSOLUTE" else name
     with pytest.raises(DatasetError) as excinfo:
         _by_name(folder.parent, (name,))
-    _error(excinfo, repr(name), "inside")
+    one_line_error(excinfo, repr(name), "inside")
 
 
 def test_another_sample_rate_is_refused_as_a_run_refuses_it(tmp_path: Path) -> None:
@@ -174,7 +166,7 @@ def test_another_sample_rate_is_refused_as_a_run_refuses_it(tmp_path: Path) -> N
         _run(tmp_path)
     with pytest.raises(DatasetError) as excinfo:
         _by_name(tmp_path, (DEFAULT_UTTERANCES[0].wav(), DEFAULT_UTTERANCES[1].wav()))
-    _error(excinfo, str(path), "8000 Hz", "16000 Hz")
+    one_line_error(excinfo, str(path), "8000 Hz", "16000 Hz")
     assert (excinfo.value.message, excinfo.value.hint) == (run_error.value.message, run_error.value.hint)
 
 
@@ -184,4 +176,4 @@ def test_no_folder_or_an_empty_list_is_refused(tmp_path: Path) -> None:
                                (tmp_path, (), ("names no",))):
         with pytest.raises(DatasetError) as excinfo:
             _by_name(path, names)
-        _error(excinfo, *words)
+        one_line_error(excinfo, *words)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 pytest.importorskip("nibabel", reason="the kits19 fixture writes NIfTI files (pip install 'mlpi[kits19]')")
 pytest.importorskip("scipy", reason="raw KiTS19 is resampled with scipy (pip install 'mlpi[kits19]')")
@@ -67,11 +68,6 @@ def _images(dataset: kits19.Kits19Dataset) -> list[np.ndarray]:
     return [np.array(dataset.sample(i)["input"]) for i in indices]
 
 
-def _error_line(caught: pytest.ExceptionInfo[DatasetError]) -> str:
-    assert "\n" not in caught.value.message and caught.value.hint and "\n" not in caught.value.hint
-    return caught.value.message
-
-
 # --------------------------------------------------------------------------- kits19 by name
 
 
@@ -111,7 +107,7 @@ def test_missing_named_cases_are_one_error_naming_the_first_ten(build: Path, raw
     for folder in (build, raw):
         with pytest.raises(DatasetError) as caught:
             _open(folder, ("case_00050", *absent))
-        message = _error_line(caught)
+        message = one_line_error(caught)
         assert "11 of the 12 KiTS19 cases" in message and message.endswith(
             ", ".join(absent[:10]) + " and 1 more"), message
         assert "case_00050" not in message and absent[10] not in message
@@ -122,7 +118,7 @@ def test_an_indexed_case_without_its_pickle_is_missing(tmp_path: Path) -> None:
     (folder / "case_00050.pkl").unlink()
     with pytest.raises(DatasetError) as caught:
         _open(folder, ("case_00050",))
-    assert _error_line(caught).endswith(f"is not in {folder}: case_00050")
+    assert one_line_error(caught).endswith(f"is not in {folder}: case_00050")
 
 
 def test_a_name_that_is_no_case_name_is_refused(build: Path) -> None:
@@ -227,6 +223,6 @@ def test_the_official_list_names_the_cases_a_folder_lacks(build: Path, tmp_path:
     request = PrecisionRequest("int8", calibration_path=str(build / "preprocessed_data"))
     with pytest.raises(DatasetError) as caught:
         _calibration(request, PrecisionOptions(), spec, registry, ref, None, None, None, 0)
-    message = _error_line(caught)
+    message = one_line_error(caught)
     assert message.startswith("20 of the 20 KiTS19 cases") and message.endswith(
         ", ".join(official[:10]) + " and 10 more"), message

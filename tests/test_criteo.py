@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 from mlpi.core.contract.backend import TensorSpec
 from mlpi.core.contract.dataset import DataParams, DatasetRequest
@@ -50,15 +51,6 @@ def _open(path: Path | None, count: int | None = None, seed: int = 0, inputs: li
     dataset = Criteo().open(request)
     assert isinstance(dataset, CriteoDataset)
     return dataset
-
-
-def _error(excinfo: pytest.ExceptionInfo[DatasetError], *words: str) -> str:
-    """What the CLI would print: one line of message holding ``words``, and a one-line hint."""
-    error = excinfo.value
-    assert "\n" not in error.message and error.hint and "\n" not in error.hint, (error.message, error.hint)
-    for word in words:
-        assert word in error.message, (word, error.message)
-    return error.message
 
 
 def _reference_offsets(n: int) -> list[int]:
@@ -176,14 +168,14 @@ def test_a_second_load_keeps_the_first_and_unload_releases(day23: Path) -> None:
     with pytest.raises(SampleIndexError) as excinfo:
         dataset.sample(1)
     assert isinstance(excinfo.value, IndexError)
-    _error(excinfo, "sample 1", "not loaded")
+    one_line_error(excinfo, "sample 1", "not loaded")
     dataset.sample(4)
     with pytest.raises(DatasetError) as excinfo:
         dataset.load([dataset.count])
-    _error(excinfo, f"sample {dataset.count}")
+    one_line_error(excinfo, f"sample {dataset.count}")
     with pytest.raises(DatasetError) as excinfo:
         dataset.gather([2], {})
-    _error(excinfo, "cannot be gathered")
+    one_line_error(excinfo, "cannot be gathered")
 
 
 def test_first_half_only_for_the_official_names(tmp_path: Path) -> None:
@@ -219,10 +211,10 @@ def test_count_keeps_the_first_groups(day23: Path) -> None:
     assert _open(day23, count=whole.count).count == whole.count
     with pytest.raises(DatasetError) as excinfo:
         _open(day23, count=0)
-    _error(excinfo, "--count 0", "no samples")
+    one_line_error(excinfo, "--count 0", "no samples")
     with pytest.raises(DatasetError) as excinfo:
         _open(day23, count=whole.count + 1)
-    _error(excinfo, f"--count {whole.count + 1}", f"{whole.count} criteo samples")
+    one_line_error(excinfo, f"--count {whole.count + 1}", f"{whole.count} criteo samples")
 
 
 def test_files_are_memory_mapped(day23: Path) -> None:
@@ -303,7 +295,7 @@ def test_generated_groups_depend_only_on_seed_and_index() -> None:
     assert crowd.describe()["variant"] == "generated" and crowd.describe()["path"] is None
     with pytest.raises(DatasetError) as excinfo:
         _open(None, count=0)
-    _error(excinfo, "--count 0")
+    one_line_error(excinfo, "--count 0")
 
 
 # --------------------------------------------------------------------------- refusals
@@ -312,16 +304,16 @@ def test_generated_groups_depend_only_on_seed_and_index() -> None:
 def test_missing_files(tmp_path: Path, copy23: Path) -> None:
     with pytest.raises(DatasetError) as excinfo:
         _open(tmp_path / "empty")
-    _error(excinfo, "not a folder")
+    one_line_error(excinfo, "not a folder")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError) as excinfo:
         _open(tmp_path / "empty")
-    _error(excinfo, "no criteo day-23 files", "day_23_dense.npy", "day_23_sparse_multi_hot.npz", "day_23_labels.npy",
+    one_line_error(excinfo, "no criteo day-23 files", "day_23_dense.npy", "day_23_sparse_multi_hot.npz", "day_23_labels.npy",
            "day_23_labels_debug.npy")
     (copy23 / "day_23_labels.npy").unlink()
     with pytest.raises(DatasetError) as excinfo:
         _open(copy23)
-    _error(excinfo, "only some", "day_23_labels.npy missing")
+    one_line_error(excinfo, "only some", "day_23_labels.npy missing")
 
 
 @pytest.mark.parametrize("keep", [10, 100, 0, -1000])
@@ -331,7 +323,7 @@ def test_truncated_npy(copy23: Path, keep: int) -> None:
     path.write_bytes(data[:keep])  # a negative keep drops the tail
     with pytest.raises(DatasetError) as excinfo:
         _open(copy23)
-    _error(excinfo, "day_23_dense.npy", "truncated or not a .npy")
+    one_line_error(excinfo, "day_23_dense.npy", "truncated or not a .npy")
 
 
 def test_truncated_npz(copy23: Path) -> None:
@@ -339,7 +331,7 @@ def test_truncated_npz(copy23: Path) -> None:
     path.write_bytes(path.read_bytes()[:-5000])
     with pytest.raises(DatasetError) as excinfo:
         _open(copy23)
-    _error(excinfo, "day_23_sparse_multi_hot.npz", "truncated")
+    one_line_error(excinfo, "day_23_sparse_multi_hot.npz", "truncated")
 
 
 def test_compressed_npz(copy23: Path) -> None:
@@ -348,7 +340,7 @@ def test_compressed_npz(copy23: Path) -> None:
     _rewrite_member(copy23, 0, member, compressed=True)
     with pytest.raises(DatasetError) as excinfo:
         _open(copy23)
-    _error(excinfo, "0.npy", "compressed")
+    one_line_error(excinfo, "0.npy", "compressed")
     assert "np.savez" in (excinfo.value.hint or "")
 
 
@@ -356,7 +348,7 @@ def test_missing_member(copy23: Path) -> None:
     _rewrite_member(copy23, 0, np.zeros((ROWS, 3), np.int32), drop=25)
     with pytest.raises(DatasetError) as excinfo:
         _open(copy23)
-    _error(excinfo, "no member 25.npy")
+    one_line_error(excinfo, "no member 25.npy")
 
 
 @pytest.mark.parametrize(("array", "words"), [
@@ -368,21 +360,21 @@ def test_member_of_the_wrong_shape_or_dtype(copy23: Path, array: np.ndarray, wor
     _rewrite_member(copy23, 2, array)
     with pytest.raises(DatasetError) as excinfo:
         _open(copy23)
-    _error(excinfo, *words)
+    one_line_error(excinfo, *words)
 
 
 def test_dense_of_the_wrong_width(copy23: Path) -> None:
     np.save(copy23 / "day_23_dense.npy", np.zeros((ROWS, 12), np.float32))
     with pytest.raises(DatasetError) as excinfo:
         _open(copy23)
-    _error(excinfo, "day_23_dense.npy", "[3001, 12]", "float32 [N, 13]")
+    one_line_error(excinfo, "day_23_dense.npy", "[3001, 12]", "float32 [N, 13]")
 
 
 def test_labels_of_the_wrong_length(copy23: Path) -> None:
     np.save(copy23 / "day_23_labels.npy", np.zeros((ROWS + 4, 1), np.int32))
     with pytest.raises(DatasetError) as excinfo:
         _open(copy23)
-    _error(excinfo, "day_23_labels.npy", "3005 labels", "3001 rows")
+    one_line_error(excinfo, "day_23_labels.npy", "3005 labels", "3001 rows")
 
 
 def test_flat_labels_are_accepted(copy23: Path) -> None:
@@ -407,7 +399,7 @@ def test_an_index_outside_its_table(copy23: Path, value: int) -> None:
     dataset.load([0, 1])  # the bad row is not in these groups
     with pytest.raises(DatasetError) as excinfo:
         dataset.load([2, group, 5])
-    _error(excinfo, "feature 3", f"sample {group}", f"index {value}", f"table of {TABLE_SIZES[3]} rows", f"row {row}")
+    one_line_error(excinfo, "feature 3", f"sample {group}", f"index {value}", f"table of {TABLE_SIZES[3]} rows", f"row {row}")
     with pytest.raises(SampleIndexError):
         dataset.sample(group)
 
@@ -423,7 +415,7 @@ def test_inputs_it_cannot_feed(day23: Path, inputs: list[TensorSpec], words: tup
     for path in (day23, None):
         with pytest.raises(DatasetError) as excinfo:
             _open(path, inputs=inputs)
-        _error(excinfo, *words)
+        one_line_error(excinfo, *words)
 
 
 def test_labels_input_is_optional(day23: Path) -> None:
@@ -435,13 +427,13 @@ def test_labels_input_is_optional(day23: Path) -> None:
 def test_model_without_the_data_parameters() -> None:
     with pytest.raises(DatasetError) as excinfo:
         _open(None, params=DataParams.of(hotness=HOTNESS))
-    _error(excinfo, "table_sizes")
+    one_line_error(excinfo, "table_sizes")
     with pytest.raises(DatasetError) as excinfo:
         _open(None, params=DataParams.of(**{**PARAMS.values, "group_size_quantiles": (100, 0)}))
-    _error(excinfo, "group_size_quantiles")
+    one_line_error(excinfo, "group_size_quantiles")
     with pytest.raises(DatasetError) as excinfo:
         _open(None, params=DataParams.of(**{**PARAMS.values, "table_sizes": TABLE_SIZES[:-1]}))
-    _error(excinfo, "26 hotness values but 25 table sizes")
+    one_line_error(excinfo, "26 hotness values but 25 table sizes")
 
 
 # --------------------------------------------------------------------------- the writer

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 pytest.importorskip("nibabel")
 pytest.importorskip("scipy")
@@ -40,15 +41,6 @@ def _open(path: Path, count: int | None = None, for_scoring: bool = False, **par
     dataset = kits19.Kits19().open(request)
     assert isinstance(dataset, kits19.Kits19Dataset)
     return dataset
-
-
-def _one_line_error(excinfo: pytest.ExceptionInfo[DatasetError], *words: str) -> str:
-    """What the CLI would print: one line of message (holding ``words``) and a hint."""
-    error = excinfo.value
-    assert "\n" not in error.message and error.hint and "\n" not in error.hint, (error.message, error.hint)
-    for word in words:
-        assert word in error.message, (word, error.message)
-    return error.message
 
 
 def _preprocessed_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -121,7 +113,7 @@ def test_count_takes_the_first_cases_and_scoring_reads_no_image(preprocessed: tu
     assert dataset.count == 2 and dataset.cases == tuple(cases)[:2]
     with pytest.raises(DatasetError) as excinfo:
         _open(folder, count=4)
-    _one_line_error(excinfo, "--count 4")
+    one_line_error(excinfo, "--count 4")
     scoring = kits19.Kits19().open(DatasetRequest(inputs=[], params=DataParams(PARAMS), path=folder, for_scoring=True))
     truth = scoring.ground_truth()
     assert truth.cases == tuple(cases) and np.array_equal(truth.label(2), cases["case_00044"][1])
@@ -144,7 +136,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, where: str) -> 
     (folder / ("preprocessed_files.pkl" if where == "index" else "case_00001.pkl")).write_bytes(evil)
     with pytest.raises(DatasetError) as excinfo:
         _open(folder).load([0])
-    message = _one_line_error(excinfo, "system", "refusing to load it", "pickles can run code")
+    message = one_line_error(excinfo, "system", "refusing to load it", "pickles can run code")
     assert "which a KiTS19 preprocessed file never holds" in message
     assert not target.exists()
 
@@ -195,7 +187,7 @@ def test_bad_preprocessed_data_is_one_error_line(tmp_path: Path, case: str) -> N
     words = _broken_preprocessed(tmp_path / "pre", case)
     with pytest.raises(DatasetError) as excinfo:
         _open(tmp_path / "pre").load([0, 1])
-    _one_line_error(excinfo, *words)
+    one_line_error(excinfo, *words)
 
 
 # --------------------------------------------------------------------------- forms and case selection
@@ -205,10 +197,10 @@ def test_a_folder_of_neither_form_says_what_it_expected(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     with pytest.raises(DatasetError) as excinfo:
         _open(tmp_path)
-    _one_line_error(excinfo, "neither", "preprocessed_files.pkl", "case_XXXXX")
+    one_line_error(excinfo, "neither", "preprocessed_files.pkl", "case_XXXXX")
     with pytest.raises(DatasetError) as excinfo:
         _open(tmp_path / "nothing-here")
-    _one_line_error(excinfo, "nothing-here")
+    one_line_error(excinfo, "nothing-here")
 
 
 def test_raw_cases_are_the_inference_cases_all_or_none(tmp_path: Path) -> None:
@@ -223,7 +215,7 @@ def test_raw_cases_are_the_inference_cases_all_or_none(tmp_path: Path) -> None:
         (tmp_path / "some" / case).mkdir(parents=True)
     with pytest.raises(DatasetError) as excinfo:
         _open(tmp_path / "some")
-    message = _one_line_error(excinfo, "2 of the 43", "case_00005, case_00006, case_00012, case_00024, case_00034")
+    message = one_line_error(excinfo, "2 of the 43", "case_00005, case_00006, case_00012, case_00024, case_00034")
     assert "and 36 more" in message and "case_00041" not in message
     # the kits19 repository's root holds them under data/
     (tmp_path / "repo" / "data").mkdir(parents=True)
@@ -231,14 +223,14 @@ def test_raw_cases_are_the_inference_cases_all_or_none(tmp_path: Path) -> None:
     (tmp_path / "repo" / "data" / "some" / "case_00000").rename(tmp_path / "repo" / "data" / "case_00000")
     with pytest.raises(DatasetError) as excinfo:
         _open(tmp_path / "repo")
-    _one_line_error(excinfo, str(tmp_path / "repo" / "data"), "1 of the 43")
+    one_line_error(excinfo, str(tmp_path / "repo" / "data"), "1 of the 43")
 
 
 def test_raw_data_without_nibabel_says_what_to_install(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nibabel", None)
     with pytest.raises(DatasetError) as excinfo:
         _open(raw)
-    _one_line_error(excinfo, "nibabel")
+    one_line_error(excinfo, "nibabel")
     assert excinfo.value.hint == "pip install 'mlpi[kits19]'"
 
 
@@ -249,7 +241,7 @@ def test_a_corrupt_nifti_is_one_error_line_naming_it(tmp_path: Path, damage: str
     bad.write_bytes(b"not a nifti" if damage == "garbage" else bad.read_bytes()[:2000])
     with pytest.raises(DatasetError) as excinfo:
         _open(folder)
-    _one_line_error(excinfo, str(bad), "not a readable NIfTI")
+    one_line_error(excinfo, str(bad), "not a readable NIfTI")
 
 
 # --------------------------------------------------------------------------- raw preprocessing
@@ -380,11 +372,11 @@ def test_parameters_come_from_the_model(preprocessed: tuple[Path, dict]) -> None
     params = {k: v for k, v in PARAMS.items() if k != "padding_value"}
     with pytest.raises(DatasetError) as excinfo:
         kits19.Kits19().open(DatasetRequest(inputs=[INPUT], params=DataParams(params), path=folder))
-    _one_line_error(excinfo, "padding_value")
+    one_line_error(excinfo, "padding_value")
     with pytest.raises(DatasetError) as excinfo:
         kits19.Kits19().open(DatasetRequest(inputs=[TensorSpec("input", "float32", (None, 3, 224, 224))],
                                             params=DataParams(PARAMS), path=folder))
-    _one_line_error(excinfo, "'input'")
+    one_line_error(excinfo, "'input'")
 
 
 def test_a_pickle_building_an_object_array_over_its_own_bytes_is_refused(tmp_path: Path) -> None:
@@ -404,4 +396,4 @@ def test_a_pickle_building_an_object_array_over_its_own_bytes_is_refused(tmp_pat
         path.write_bytes(pickle.dumps({"file_list": ["case_00000"], "cases": {"case_00000": {"reshaped_affine": payload}}}))
         with pytest.raises(DatasetError) as excinfo:
             kits19.read_pickle(path)
-        assert "refusing to load it" in _one_line_error(excinfo, str(path))
+        assert "refusing to load it" in one_line_error(excinfo, str(path))

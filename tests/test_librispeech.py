@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 pytest.importorskip("soundfile")
 pytest.importorskip("unidecode")
@@ -55,15 +56,6 @@ def _open(path: Path, count: int | None = None, for_scoring: bool = False, perfo
     dataset = librispeech.LibriSpeech().open(request)
     assert isinstance(dataset, librispeech.LibriSpeechDataset)
     return dataset
-
-
-def _one_line_error(excinfo: pytest.ExceptionInfo[DatasetError], *words: str) -> str:
-    """What the CLI would print: one line of message (holding ``words``) and a hint."""
-    error = excinfo.value
-    assert "\n" not in error.message and error.hint and "\n" not in error.hint, (error.message, error.hint)
-    for word in words:
-        assert word in error.message, (word, error.message)
-    return error.message
 
 
 def _ids(text: str) -> list[int]:
@@ -147,7 +139,7 @@ def test_the_manifest_file_itself_count_and_performance_count(fixture: LibriSpee
     for count, words in ((5, ("--count 5", "4 LibriSpeech utterances", "15 s", str(fixture.manifest))), (0, ("--count 0",))):
         with pytest.raises(DatasetError) as excinfo:
             _open(fixture.folder, count=count)
-        _one_line_error(excinfo, *words)
+        one_line_error(excinfo, *words)
 
 
 def test_stereo_is_averaged_and_floats_are_written_as_pcm(tmp_path: Path) -> None:
@@ -205,7 +197,7 @@ def test_a_missing_file_is_named_with_its_flac(tmp_path: Path) -> None:
     written.files[DEFAULT_UTTERANCES[3].id].unlink()
     with pytest.raises(DatasetError) as excinfo:
         _open(written.folder)
-    message = _one_line_error(excinfo, str(written.files[DEFAULT_UTTERANCES[3].id]), "is missing")
+    message = one_line_error(excinfo, str(written.files[DEFAULT_UTTERANCES[3].id]), "is missing")
     assert "LibriSpeech/dev-clean/2277/149896/2277-149896-0001.flac" in message
     assert _open(written.folder, count=2).count == 2  # the utterances before it are usable
 
@@ -218,7 +210,7 @@ def test_a_corrupt_file_is_refused_at_open(tmp_path: Path, kind: str) -> None:
     path.write_bytes(path.read_bytes()[:30])
     with pytest.raises(DatasetError) as excinfo:
         _open(written.folder)
-    _one_line_error(excinfo, str(path), "not a readable audio file")
+    one_line_error(excinfo, str(path), "not a readable audio file")
 
 
 def test_a_truncated_wav_disagrees_with_the_manifest(tmp_path: Path) -> None:
@@ -227,7 +219,7 @@ def test_a_truncated_wav_disagrees_with_the_manifest(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:20000])
     with pytest.raises(DatasetError) as excinfo:
         _open(written.folder)
-    _one_line_error(excinfo, str(path), "9978 samples", "says 20000")
+    one_line_error(excinfo, str(path), "9978 samples", "says 20000")
 
 
 def test_a_truncated_flac_is_refused_at_load(tmp_path: Path) -> None:
@@ -238,7 +230,7 @@ def test_a_truncated_flac_is_refused_at_load(tmp_path: Path) -> None:
     dataset = _open(written.folder)  # its header still gives the full length
     with pytest.raises(DatasetError) as excinfo:
         dataset.load([0])
-    _one_line_error(excinfo, str(path), "not a readable audio file")
+    one_line_error(excinfo, str(path), "not a readable audio file")
 
 
 def test_another_sample_rate_is_refused(tmp_path: Path) -> None:
@@ -247,7 +239,7 @@ def test_another_sample_rate_is_refused(tmp_path: Path) -> None:
     soundfile.write(str(path), np.zeros(12000, np.int16), 8000, subtype="PCM_16")
     with pytest.raises(DatasetError) as excinfo:
         _open(written.folder)
-    _one_line_error(excinfo, str(path), "8000 Hz", "16000 Hz")
+    one_line_error(excinfo, str(path), "8000 Hz", "16000 Hz")
 
 
 def test_a_missing_or_unreadable_manifest_is_refused(tmp_path: Path) -> None:
@@ -265,10 +257,10 @@ def test_a_missing_or_unreadable_manifest_is_refused(tmp_path: Path) -> None:
     for path, words in cases:
         with pytest.raises(DatasetError) as excinfo:
             _open(path)
-        _one_line_error(excinfo, *words)
+        one_line_error(excinfo, *words)
     with pytest.raises(DatasetError) as excinfo:
         _open(tmp_path / "empty", labels="abc")
-    _one_line_error(excinfo, "labels")
+    one_line_error(excinfo, "labels")
 
 
 # --------------------------------------------------------------------------- the scorer
@@ -307,7 +299,7 @@ def test_bad_responses_are_refused_and_no_words_give_inf(fixture: LibriSpeechFix
                              ({}, ("no responses",))):
         with pytest.raises(DatasetError) as excinfo:
             librispeech_wer(responses, dataset, [])
-        _one_line_error(excinfo, *words)
+        one_line_error(excinfo, *words)
     # a transcript of punctuation only normalises to no word: the script's WER is then inf
     write_librispeech(tmp_path, [FixtureUtterance("1-1-0000", "...", 0.25)])
     result = librispeech_wer(_responses({0: "a word"}), _open(tmp_path, for_scoring=True), [])

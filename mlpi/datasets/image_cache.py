@@ -65,13 +65,18 @@ def check_listed_images(folder: Path, names: Sequence[str], what: str) -> None:
                                "use the benchmark's calibration list as published")
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise DatasetError(
-            f"{len(missing)} of the {len(names)} images {what} names {'is' if len(missing) == 1 else 'are'} "
-            f"not in {folder}: {shown}",
+            missing_from_list(missing, len(names), f"images {what} names", str(folder)),
             "copy (or symlink) every listed image into that folder, or point --calibration-path at the folder "
             "that holds them",
         )
+
+
+def missing_from_list(missing: Sequence[str], total: int, things: str, where: str) -> str:
+    """The message for samples a calibration list names that ``where`` lacks: how many, and the
+    first ten of them (every dataset that reads a list by name says it alike)."""
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    return f"{len(missing)} of the {total} {things} {'is' if len(missing) == 1 else 'are'} not in {where}: {shown}"
 
 
 #: JPEG's start-of-image, start-of-scan and end-of-image markers.

@@ -82,6 +82,7 @@ from mlpi.core.contract.dataset import (
 )
 from mlpi.core.contract.errors import DatasetError
 from mlpi.core.engine.cache import cache_root, staged_folder
+from mlpi.datasets.image_cache import missing_from_list
 
 NAME = "kits19"
 #: Bumped whenever the cached volumes' meaning or layout changes.
@@ -709,10 +710,7 @@ def _checked_names(names: Sequence[str]) -> list[str]:
 
 def _missing_cases(where: Path, missing: Sequence[str], total: int, hint: str) -> DatasetError:
     """One error naming the first ten cases of a calibration list that ``where`` lacks, and how many more."""
-    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-    verb = "is" if len(missing) == 1 else "are"
-    return DatasetError(f"{len(missing)} of the {total} KiTS19 cases the calibration list names {verb} not in {where}: "
-                        f"{shown}", hint)
+    return DatasetError(missing_from_list(missing, total, "KiTS19 cases the calibration list names", str(where)), hint)
 
 
 def _aux_shape(value: Any) -> tuple[int, int, int] | None:

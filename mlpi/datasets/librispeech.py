@@ -64,7 +64,7 @@ import numpy as np
 from mlpi.core.contract.backend import TensorSpec, format_shape
 from mlpi.core.contract.dataset import Dataset, DatasetFactory, DatasetRequest
 from mlpi.core.contract.errors import DatasetError
-from mlpi.datasets.image_cache import escapes_folder
+from mlpi.datasets.image_cache import escapes_folder, missing_from_list
 from mlpi.datasets.librispeech_text import label_ids, normalize_transcript
 
 NAME = "librispeech"
@@ -542,10 +542,8 @@ def _named_files(folder: Path, names: Sequence[str]) -> list[Path]:
     found = [find_audio(folder, name) for name in names]
     missing = [name for name, file in zip(names, found) if file is None]
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        verb = "is" if len(missing) == 1 else "are"
-        raise DatasetError(f"{len(missing)} of the {len(names)} LibriSpeech files the calibration list names {verb} "
-                           f"not in {folder} (nor as LibriSpeech's FLAC): {shown}",
+        raise DatasetError(missing_from_list(missing, len(names), "LibriSpeech files the calibration list names",
+                                             f"{folder} (nor as LibriSpeech's FLAC)"),
                            f"convert them with MLCommons' convert_librispeech.py (or copy LibriSpeech's FLAC) and point "
                            f"--calibration-path at the folder holding {_listed_folders(names)}")
     return [file for file in found if file is not None]

@@ -201,10 +201,10 @@ def calibration_rows(names: Sequence[str], squad: Squad, features: Features, par
 
 def _index_rows(names: Sequence[str], features: Features, params: FeatureParams) -> np.ndarray:
     """Feature indices, checked against the parameters they are defined for and the count."""
-    reference = FeatureParams()
-    if params != reference:
-        differ = ", ".join(f"{key} {value} (not {reference.to_json()[key]})"
-                           for key, value in params.to_json().items() if value != reference.to_json()[key])
+    if params != FeatureParams():
+        reference = FeatureParams().to_json()
+        differ = ", ".join(f"{key} {value} (not {reference[key]})"
+                           for key, value in params.to_json().items() if value != reference[key])
         raise DatasetError(
             f"the calibration list's feature indices are defined for features of seq_len 384, doc_stride 128, "
             f"max_query_len 64, lower case; this model's features have {differ}",
