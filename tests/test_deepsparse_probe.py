@@ -35,16 +35,21 @@ def test_an_abort_is_reported_with_its_assertion_and_kept(tmp_path: Path, cache:
     model = tmp_path / "model.onnx"
     model.write_bytes(b"x")
     monkeypatch.setattr(probe, "_CHILD", ABORTS)
-    assert probe.compiles(model, 8, SETTINGS, "1.8.0") == (
+    assert probe.compiles(model, "aa11", 8, SETTINGS, "1.8.0") == (
         False, "Assertion at ./src/include/wand/jit/function/register_state.hpp:129")
     kept = list((cache / "deepsparse" / "probes").glob("*.json"))
-    assert [f.name for f in kept] == ["model-b8-0-0-single_stream-1.8.0.json"]
+    assert [f.name for f in kept] == ["aa11-b8-0-0-single_stream-1.8.0.json"]
     assert json.loads(kept[0].read_text())["compiles"] is False
     monkeypatch.setattr(probe, "_CHILD", COMPILES)  # a kept verdict is not probed again
-    assert probe.compiles(model, 8, SETTINGS, "1.8.0")[0] is False
+    assert probe.compiles(model, "aa11", 8, SETTINGS, "1.8.0")[0] is False
     assert not (tmp_path / "model.onnx.compiled").exists()
-    assert probe.compiles(model, 1, SETTINGS, "1.8.0") == (True, "")  # another batch is its own question
+    assert probe.compiles(model, "aa11", 1, SETTINGS, "1.8.0") == (True, "")  # another batch is its own question
     assert (tmp_path / "model.onnx.compiled").read_text() == "1"
+    other = tmp_path / "other" / "model.onnx"  # another file of the same name: its own question too
+    other.parent.mkdir()
+    other.write_bytes(b"y")
+    assert probe.compiles(other, "bb22", 8, SETTINGS, "1.8.0") == (True, "")
+    assert (other.parent / "model.onnx.compiled").read_text() == "8"
 
 
 def test_a_compile_error_is_left_to_the_session_and_not_kept(tmp_path: Path, cache: Path,
@@ -54,7 +59,7 @@ def test_a_compile_error_is_left_to_the_session_and_not_kept(tmp_path: Path, cac
     model = tmp_path / "model.onnx"
     model.write_bytes(b"x")
     monkeypatch.setattr(probe, "_CHILD", RAISES)
-    assert probe.compiles(model, 8, SETTINGS, "1.8.0") == (True, "")
+    assert probe.compiles(model, "aa11", 8, SETTINGS, "1.8.0") == (True, "")
     assert not (cache / "deepsparse" / "probes").exists()
 
 
@@ -62,4 +67,4 @@ def test_a_signal_without_an_assertion_is_an_abort(tmp_path: Path, monkeypatch: 
     model = tmp_path / "model.onnx"
     model.write_bytes(b"x")
     monkeypatch.setattr(probe, "_CHILD", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
-    assert probe.compiles(model, 2, SETTINGS, "1.8.0") == (False, "killed by signal 11")
+    assert probe.compiles(model, "aa11", 2, SETTINGS, "1.8.0") == (False, "killed by signal 11")

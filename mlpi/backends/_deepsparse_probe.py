@@ -35,12 +35,14 @@ def needs_probe(quantized: bool, cpu: Mapping[str, Any]) -> bool:
     return quantized and not bool(cpu.get("vnni")) and str(cpu.get("isa", "")) == "avx2"
 
 
-def compiles(path: Path, batch: int, settings: Mapping[str, Any], version: str) -> tuple[bool, str]:
+def compiles(path: Path, identity: str, batch: int, settings: Mapping[str, Any], version: str) -> tuple[bool, str]:
     """Whether DeepSparse compiles ``path`` at ``batch`` with ``settings`` without aborting,
-    and the abort's first line when it does not; from the cache when asked before."""
+    and the abort's first line when it does not; from the cache when asked before.
+    ``identity`` names the file's content (its sha256): two files of one name (every derived
+    ``model.onnx``) must not share a verdict."""
     from mlpi.core.engine.cache import cache_root
 
-    key = f"{path.stem}-b{batch}-{settings['num_cores']}-{settings['num_streams']}-{settings['scheduler']}-{version}"
+    key = f"{identity}-b{batch}-{settings['num_cores']}-{settings['num_streams']}-{settings['scheduler']}-{version}"
     verdict_file = cache_root() / "deepsparse" / "probes" / f"{key}.json"
     try:
         verdict = json.loads(verdict_file.read_text(encoding="utf-8"))

@@ -214,7 +214,7 @@ class DeepSparseBackend(Backend):
         info = self._graph_info(model)
         path = engine_source(model, info)
         batch = engine_batch_size(model, context)
-        self._refuse_compiler_abort(deepsparse, path, batch, options, info)
+        self._refuse_compiler_abort(deepsparse, model, path, batch, options, info)
         try:
             engine = deepsparse.compile_model(
                 str(path),
@@ -233,7 +233,8 @@ class DeepSparseBackend(Backend):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _refuse_compiler_abort(self, deepsparse: Any, path: Path, batch: int, options: Any, info: _GraphInfo) -> None:
+    def _refuse_compiler_abort(self, deepsparse: Any, model: ModelArtifact, path: Path, batch: int, options: Any,
+                              info: _GraphInfo) -> None:
         """An int8 graph DeepSparse's AVX2 code generator would abort on is an error, not a
         crashed test process (see :mod:`mlpi.backends._deepsparse_probe`)."""
         from mlpi.backends import _deepsparse_probe as probe
@@ -242,10 +243,12 @@ class DeepSparseBackend(Backend):
             return
         settings = {"num_cores": options.num_cores, "num_streams": options.num_streams, "scheduler": options.scheduler}
         version = str(deepsparse.__version__)
-        ok, why = probe.compiles(path, batch, settings, version)
+        # the runnable copy's name holds the source's sha256 and the copy's version
+        identity = model.sha256 if path == model.path else path.stem
+        ok, why = probe.compiles(path, identity, batch, settings, version)
         if ok:
             return
-        if batch > 1 and probe.compiles(path, 1, settings, version)[0]:
+        if batch > 1 and probe.compiles(path, identity, 1, settings, version)[0]:
             hint = "pass --batch-size 1 (DeepSparse compiles this graph at batch 1 here), or run it on onnxruntime or openvino"
         else:
             hint = "run this int8 model on onnxruntime or openvino, or on a CPU with VNNI (AVX512-VNNI or AVX-VNNI)"
