@@ -425,6 +425,21 @@ def test_nms_matches_onnxruntime(center: int, ties: bool, max_out: int, iou: flo
         assert len(want[0]) > 0
 
 
+@pytest.mark.parametrize(("center", "iou"), [(0, 0.3), (1, 0.6)])
+def test_nms_across_blocks_matches_onnxruntime(center: int, iou: float) -> None:
+    """Hundreds of clustered candidates with tied scores: boxes kept in one block of the greedy
+    selection suppress boxes in later blocks, and ties keep onnxruntime's order across blocks."""
+    from mlpi.backends.onnx_to_torch.ops_detection import BLOCK
+
+    boxes, scores = _nms_data(11 + center, batches=2, classes=2, n=7 * BLOCK + 5, center=center, ties=True)
+    inputs = {"boxes": boxes, "scores": scores, "max_out": np.array([400], np.int64),
+              "iou": np.array([iou], np.float32), "score": None}
+    model = _single("NonMaxSuppression", inputs, ["selected"], consts=("max_out", "iou"), center_point_box=center)
+    got, want = _both(model, {"boxes": boxes, "scores": scores})
+    _assert_same(got, want)
+    assert 2 * BLOCK < len(want[0]) < 2 * 2 * 7 * BLOCK  # several blocks kept from, and some suppressed
+
+
 def test_nms_optional_inputs_and_dynamic_thresholds() -> None:
     boxes, scores = _nms_data(5, batches=1, classes=4, n=40, center=0, ties=False)
     # only boxes and scores: max_output_boxes_per_class defaults to 0, so nothing is selected

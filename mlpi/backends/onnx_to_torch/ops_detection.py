@@ -16,6 +16,13 @@ from mlpi.backends.onnx_to_torch.node import Args, Node, Step
 from mlpi.core.contract.errors import ModelError
 
 
+#: Candidates resolved per step of the greedy selection: each step weighs a block against the
+#: boxes already kept and against itself with whole-array operations, so Python touches a
+#: candidate for one integer AND against a bitset of the block's kept boxes (a vector pass per
+#: kept box made an SSD-MobileNet batch of 8 take 3.3 s).
+BLOCK = 64
+
+
 def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, max_out: int, iou_threshold: float,
                score_threshold: float | None, center_point_box: int) -> np.ndarray:
     """ONNX NonMaxSuppression as onnxruntime's CPU kernel computes it, float32 throughout.
@@ -23,6 +30,8 @@ def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, max_out: int, iou_threshol
     Per batch, per class: the boxes above the score threshold by score descending (equal
     scores: lower index first); a box is kept unless its IoU with a box kept before it is
     above the threshold; at most ``max_out`` per class. Rows (batch, class, box) in that order.
+    IoU is symmetric bit for bit (max, min, one product, one sum), so weighing a candidate
+    against a kept box in either order gives onnxruntime's answer.
     """
     f32 = np.float32
     rows: list[tuple[int, int, int]] = []
@@ -45,24 +54,43 @@ def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, max_out: int, iou_threshol
             else:
                 candidates = np.flatnonzero(s > f32(score_threshold))
             order = candidates[np.argsort(-s[candidates], kind="stable")]
-            bx0, bx1, by0, by1, barea = x_lo[order], x_hi[order], y_lo[order], y_hi[order], area[order]
-            suppressed = np.zeros(order.shape[0], dtype=bool)
-            kept = 0
-            for i in range(order.shape[0]):
-                if suppressed[i]:
-                    continue
-                rows.append((b, c, int(order[i])))
-                kept += 1
-                if kept >= max_out:
-                    break
-                rest = slice(i + 1, None)
-                ix0, ix1 = np.maximum(bx0[i], bx0[rest]), np.minimum(bx1[i], bx1[rest])
-                iy0, iy1 = np.maximum(by0[i], by0[rest]), np.minimum(by1[i], by1[rest])
-                inter = (ix1 - ix0) * (iy1 - iy0)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    iou = inter / ((barea[rest] + barea[i]) - inter)
-                suppressed[rest] |= (ix1 > ix0) & (iy1 > iy0) & (inter > 0) & (iou > threshold)
+            corners = np.stack([x_lo[order], x_hi[order], y_lo[order], y_hi[order], area[order]])
+            rows += [(b, c, int(order[k])) for k in _greedy(corners, threshold, max_out)]
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def _overlaps(kept: np.ndarray, block: np.ndarray, threshold: np.float32) -> np.ndarray:
+    """[len(kept), len(block)]: whether each pair overlaps past the threshold (columns of [x0, x1, y0, y1, area])."""
+    ix0, ix1 = np.maximum(kept[0][:, None], block[0][None]), np.minimum(kept[1][:, None], block[1][None])
+    iy0, iy1 = np.maximum(kept[2][:, None], block[2][None]), np.minimum(kept[3][:, None], block[3][None])
+    inter = (ix1 - ix0) * (iy1 - iy0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / ((block[4][None] + kept[4][:, None]) - inter)
+    return (ix1 > ix0) & (iy1 > iy0) & (inter > 0) & (iou > threshold)
+
+
+def _greedy(corners: np.ndarray, threshold: np.float32, max_out: int) -> list[int]:
+    """Positions kept by greedy suppression over boxes in score order ([5, n] corner rows), at most ``max_out``."""
+    kept: list[int] = []
+    n = corners.shape[1]
+    for start in range(0, n, BLOCK):
+        block = corners[:, start:start + BLOCK]
+        alive = np.ones(block.shape[1], dtype=bool)
+        if kept:
+            alive &= ~_overlaps(corners[:, kept], block, threshold).any(axis=0)
+        # bit k of suppressors[t]: block box k (before t) overlaps box t past the threshold
+        before = np.triu(_overlaps(block, block, threshold), 1)
+        packed = np.packbits(before.T, axis=1, bitorder="little")
+        suppressors = [int.from_bytes(row.tobytes(), "little") for row in packed]
+        kept_here = 0
+        for t in np.flatnonzero(alive).tolist():
+            if suppressors[t] & kept_here:
+                continue
+            kept.append(start + t)
+            if len(kept) >= max_out:
+                return kept
+            kept_here |= 1 << t
+    return kept
 
 
 def _nms(n: Node) -> Step:
