@@ -15,7 +15,6 @@ import torch
 from mlpi.backends.onnx_to_torch.node import Args, Node, Step
 from mlpi.core.contract.errors import ModelError
 
-
 #: Candidates resolved per step of the greedy selection: each step weighs a block against the
 #: boxes already kept and against itself with whole-array operations, so Python touches a
 #: candidate for one integer AND against a bitset of the block's kept boxes (a vector pass per
