@@ -15,11 +15,13 @@ answers each sample with its rows' ``[prediction, label]`` pairs, float32, as th
 logs them.
 
 Weights: the official model is a sharded torchrec checkpoint of 26 tables holding 204M rows
-(97 GiB in fp32), with no checksum published and no ONNX; it cannot be converted here. mlpi
-runs the reference architecture with seeded random weights (:mod:`mlpi.models.dlrm_graph`)
-and every table capped at ``max_rows`` rows, read at ``index % rows`` as the reference's
-``--max-ind-range`` does (``-M max_rows=N``). The dense part, and so most of the cost per
-row, is the official one; results record the cap and say the model is not the official one.
+(97 GiB in fp32), with no checksum published and no ONNX. ``--model-path`` may name that
+checkpoint's folder: :mod:`mlpi.models.dlrm_checkpoint` converts it once into this graph
+(``-M max_rows=40000000`` for the official tables). Without it mlpi runs the reference
+architecture with seeded random weights (:mod:`mlpi.models.dlrm_graph`) and every table
+capped at ``max_rows`` rows, read at ``index % rows`` as the reference's ``--max-ind-range``
+does (``-M max_rows=N``). The dense part, and so most of the cost per row, is the official
+one; results record the cap and say the model is not the official one.
 
 int8 calibration: MLCommons' calibration set is the first 128,000 rows of day 23's second half
 (:data:`mlpi.models.calibration_lists.CRITEO`); the ``criteo`` dataset opens it as samples of
@@ -71,8 +73,9 @@ DEFAULT_MAX_ROWS = 10_000
 
 #: What ``mlpi fetch`` says: the official weights are not a file mlpi can fetch and convert.
 DOWNLOAD_HINT = (
-    "the official weights are a 97 GiB sharded torchrec checkpoint (MLCommons' rclone bucket, no ONNX); "
-    "mlpi runs dlrm-v2 with seeded random weights and capped tables (-M max_rows=N), or --model-path FILE.onnx"
+    "the official weights are a 97 GiB sharded torchrec checkpoint (MLCommons' R2 bucket, no ONNX): download it "
+    "as recommendation/dlrm_v2/pytorch/README.md says, then --model-path FOLDER -M max_rows=40000000 "
+    '(pip install "mlpi[dlrm-checkpoint]"); or run with seeded random weights and capped tables (-M max_rows=N)'
 )
 
 GRAPH = GraphSpec(
@@ -298,6 +301,7 @@ def _graphs(tables: Tables, shards: int) -> dict[str, GraphSpec]:
 
 def _spec(name: str, fraction: float, options: DlrmOptions) -> ModelSpec:
     from mlpi.models.criteo_auc import criteo_auc
+    from mlpi.models.dlrm_checkpoint import checkpoint_format
     from mlpi.models.dlrm_graph import (
         GRAPH_VERSION,
         shard_role,
@@ -333,6 +337,7 @@ def _spec(name: str, fraction: float, options: DlrmOptions) -> ModelSpec:
         placement=None if shards == 1 else placement,
         score=criteo_auc,
         build_random=build_random,
+        checkpoint=checkpoint_format(tables, shards),
         Options=DlrmOptions,
         configure=lambda chosen: _spec(name, fraction, chosen),
         options=options,

@@ -39,8 +39,9 @@ only; :func:`write_known` writes a graph of the same ops whose prediction
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import onnx
@@ -246,14 +247,84 @@ def _lookup_constants(tables: Tables) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return sizes[feature_of_column].astype(np.int32), starts[feature_of_column].astype(np.int32), pool
 
 
+class LazyWeights(Mapping[str, np.ndarray]):
+    """Weights read when a graph takes them (a checkpoint's, which may not fit memory at once):
+    ``shape_of(name)`` without reading, ``weights[name]`` reads float32."""
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+
+#: Initializers at least this large go to the external data file when a graph has one.
+EXTERNAL_MIN_BYTES = 1024
+#: Each external tensor starts on a page, so a runtime may map it rather than copy it.
+EXTERNAL_ALIGN = 4096
+
+
+class ExternalData:
+    """ONNX external data: a graph's large initializers written to one file beside it
+    (``<graph>.onnx.data``), part by part, so a graph of any size is written without holding
+    its weights at once and without protobuf's 2 GiB limit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("wb")
+        self._offset = 0
+
+    def __enter__(self) -> ExternalData:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._file.close()
+
+    def tensor(self, name: str, parts: Iterable[np.ndarray]) -> onnx.TensorProto:
+        """The parts, joined along their first axis, as an external initializer."""
+        pad = -self._offset % EXTERNAL_ALIGN
+        self._file.write(b"\0" * pad)
+        start = self._offset = self._offset + pad
+        rows, tail, dtype = 0, None, None
+        for part in parts:
+            array = np.ascontiguousarray(part)
+            if tail is not None and (array.shape[1:] != tail or array.dtype != dtype):
+                raise ValueError(f"{name}: parts of shapes {tail} and {array.shape[1:]} do not join")
+            tail, dtype = array.shape[1:], array.dtype
+            self._file.write(memoryview(array).cast("B"))
+            self._offset += array.nbytes
+            rows += array.shape[0]
+        if dtype is None:
+            raise ValueError(f"{name}: no parts")
+        tensor = onnx.TensorProto()
+        tensor.name = name
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(dtype)
+        tensor.dims.extend([rows, *tail])
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self.path.name), ("offset", start), ("length", self._offset - start)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        return tensor
+
+
 class _Graph:
-    def __init__(self) -> None:
+    def __init__(self, external: ExternalData | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.external = external
 
     def const(self, name: str, value: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.array(value, order="C"), name))
+        value = np.asarray(value)
+        if self.external is not None and value.nbytes >= EXTERNAL_MIN_BYTES:
+            self.initializers.append(self.external.tensor(name, [value]))
+        else:
+            self.initializers.append(numpy_helper.from_array(np.array(value, order="C"), name))
         return name
+
+    def const_rows(self, name: str, parts: Iterable[np.ndarray]) -> str:
+        """An initializer joined from ``parts`` along the first axis; with an external data
+        file, each part is taken only as it is written (a checkpoint's tables, one at a time)."""
+        if self.external is not None:
+            self.initializers.append(self.external.tensor(name, parts))
+            return name
+        return self.const(name, np.concatenate(list(parts)))
 
     def op(self, op: str, inputs: list[str], output: str | None = None, **attrs: float | list[int]) -> str:
         name = output or f"{op.lower()}_{len(self.nodes)}"
@@ -282,13 +353,21 @@ def _hash(g: _Graph, indices: str, rows: str) -> str:
     return g.op("Mod", [near, rows], fmod=0)
 
 
-def _checked(weights: Mapping[str, np.ndarray], tables: Tables) -> dict[str, np.ndarray]:
+def _checked(weights: Mapping[str, np.ndarray], tables: Tables) -> Mapping[str, np.ndarray]:
+    """The weights as float32, after checking every name and shape (lazy weights: by their
+    shapes, each read later, when its graph takes it)."""
     expected = weight_shapes(tables)
-    wrong = [f"{name} {None if name not in weights else tuple(weights[name].shape)} (expected {shape})"
-             for name, shape in expected.items() if name not in weights or tuple(weights[name].shape) != shape]
+    lazy = isinstance(weights, LazyWeights)
+
+    def shape(name: str) -> tuple[int, ...] | None:
+        if name not in weights:
+            return None
+        return weights.shape_of(name) if isinstance(weights, LazyWeights) else tuple(weights[name].shape)
+
+    wrong = [f"{name} {shape(name)} (expected {want})" for name, want in expected.items() if shape(name) != want]
     if wrong:
         raise ValueError(f"weights that do not fit the tables: {'; '.join(wrong[:3])}")
-    return {name: np.asarray(weights[name], np.float32) for name in expected}
+    return weights if lazy else {name: np.asarray(weights[name], np.float32) for name in expected}
 
 
 def _embeddings(g: _Graph, weights: Mapping[str, np.ndarray], tables: Tables, features: Sequence[int], output: str) -> str:
@@ -303,10 +382,10 @@ def _embeddings(g: _Graph, weights: Mapping[str, np.ndarray], tables: Tables, fe
     indices = SPARSE_INPUT
     if len(columns) != MULTI_HOT_WIDTH:  # a shard reads its own features' columns only
         indices = g.op("Gather", [SPARSE_INPUT, g.const("shard_columns", columns.astype(np.int64))], axis=1)
-    table = np.concatenate([weights[table_name(k)] for k in features])
     hashed = _hash(g, indices, g.const("table_rows", rows[columns]))
     rows_read = g.op("Add", [hashed, g.const("table_starts", local_starts)])
-    gathered = g.op("Gather", [g.const("embedding_tables", table), rows_read], axis=0)  # [N, columns, 128]
+    table = g.const_rows("embedding_tables", (weights[table_name(k)] for k in features))
+    gathered = g.op("Gather", [table, rows_read], axis=0)  # [N, columns, 128]
     assert starts is not None and pool is not None
     return g.op("MatMul", [g.const("pooling", local_pool), gathered], output)  # [N, features, 128]
 
@@ -334,11 +413,13 @@ def _dense_part(g: _Graph, weights: Mapping[str, np.ndarray], pooled: str) -> No
 
 def _model(g: _Graph, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
            doc: str) -> onnx.ModelProto:
+    """The graph as a model, checked (with external data, once it is written beside its data)."""
     graph = helper.make_graph(g.nodes, name, inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mlpi")
     model.ir_version = IR_VERSION
     model.doc_string = doc
-    onnx.checker.check_model(model)
+    if g.external is None:
+        onnx.checker.check_model(model)
     return model
 
 
@@ -347,10 +428,12 @@ _SPARSE_IN = helper.make_tensor_value_info(SPARSE_INPUT, TensorProto.INT32, ["N"
 _OUT = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", 1])
 
 
-def graph_from_weights(weights: Mapping[str, np.ndarray], tables: Tables, doc: str = "") -> onnx.ModelProto:
-    """The DLRM-v2 graph (see the module docstring) over ``weights`` (:func:`weight_shapes`)."""
+def graph_from_weights(weights: Mapping[str, np.ndarray], tables: Tables, doc: str = "",
+                       external: ExternalData | None = None) -> onnx.ModelProto:
+    """The DLRM-v2 graph (see the module docstring) over ``weights`` (:func:`weight_shapes`),
+    its large initializers in ``external`` where given."""
     weights = _checked(weights, tables)
-    g = _Graph()
+    g = _Graph(external)
     pooled = _embeddings(g, weights, tables, range(SPARSE_FEATURES), POOLED)
     _dense_part(g, weights, pooled)
     return _model(g, "dlrm_v2", [_DENSE_IN, _SPARSE_IN], [_OUT], doc)
@@ -378,21 +461,23 @@ def shard_role(shard: int) -> str:
     return f"tables{shard}"
 
 
-def shard_from_weights(weights: Mapping[str, np.ndarray], tables: Tables, features: Sequence[int], doc: str = "") -> onnx.ModelProto:
+def shard_from_weights(weights: Mapping[str, np.ndarray], tables: Tables, features: Sequence[int], doc: str = "",
+                       external: ExternalData | None = None) -> onnx.ModelProto:
     """One shard: ``sparse_features`` [N, 214] -> ``pooled`` [N, len(features), 128], the pooled
     embeddings of its features (their tables only)."""
     weights = _checked(weights, tables)
-    g = _Graph()
+    g = _Graph(external)
     _embeddings(g, weights, tables, features, SHARD_OUTPUT)
     out = helper.make_tensor_value_info(SHARD_OUTPUT, TensorProto.FLOAT, ["N", len(features), EMBEDDING_DIM])
     return _model(g, "dlrm_v2_tables", [_SPARSE_IN], [out], doc)
 
 
-def dense_from_weights(weights: Mapping[str, np.ndarray], tables: Tables, doc: str = "") -> onnx.ModelProto:
+def dense_from_weights(weights: Mapping[str, np.ndarray], tables: Tables, doc: str = "",
+                       external: ExternalData | None = None) -> onnx.ModelProto:
     """The dense part: ``dense_features`` [N, 13] and ``pooled_embeddings`` [N, 26, 128] (every
     feature's, in feature order) -> ``prediction`` [N, 1]."""
     weights = _checked(weights, tables)
-    g = _Graph()
+    g = _Graph(external)
     _dense_part(g, weights, POOLED)
     pooled = helper.make_tensor_value_info(POOLED, TensorProto.FLOAT, ["N", SPARSE_FEATURES, EMBEDDING_DIM])
     return _model(g, "dlrm_v2_dense", [_DENSE_IN, pooled], [_OUT], doc)

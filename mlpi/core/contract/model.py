@@ -64,6 +64,25 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointFormat:
+    """A framework checkpoint ``--model-path`` may name instead of the model's graphs: the form
+    MLCommons publishes a model's weights in where it publishes no ONNX (DLRM-v2's torchrec
+    snapshot).
+
+    - ``describes``: what it is, for messages ("a torchrec checkpoint (torchsnapshot folder)");
+    - ``recognises(path)``: whether ``path`` is one (cheap: a marker file, never the weights);
+    - ``identity(path)``: a digest of what the checkpoint holds, keying its converted graphs
+      (a checkpoint changed in place converts afresh);
+    - ``convert(path, folder) -> {role: onnx_path}``: writes the graphs into ``folder``, once.
+    """
+
+    describes: str
+    recognises: Callable[[Path], bool]
+    identity: Callable[[Path], str]
+    convert: Callable[[Path, Path], Mapping[str, Path]]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model's identity, artifact, data, rules, inference step and scoring.
 
@@ -73,6 +92,8 @@ class ModelSpec:
     - ``convert``: for an artifact that is not the graphs themselves (a framework
       checkpoint), ``convert(fetched_file, folder) -> {role: onnx_path}`` writes them once;
       the result is cached under the artifact's checksum.
+    - ``checkpoint``: a checkpoint format ``--model-path`` may name (:class:`CheckpointFormat`),
+      converted once into graphs kept under its identity and the model's options.
     - ``data``: what the dataset must produce for it.
     - ``sample_inputs``: what one LoadGen sample holds, where that is not the main graph's
       inputs (a whole volume cut into windows, a group of rows, raw audio); the dataset is
@@ -141,6 +162,7 @@ class ModelSpec:
     scoring_optional: bool = False
     build_random: Callable[[Path, int], Path | Mapping[str, Path]] | None = None
     convert: Callable[[Path, Path], Mapping[str, Path]] | None = None
+    checkpoint: CheckpointFormat | None = None
     placement: Callable[[int], Mapping[str, Sequence[int]]] | None = None
     Options: type | None = None
     configure: Callable[[Any], ModelSpec] | None = None

@@ -656,7 +656,11 @@ def _resolve_model(request: RunRequest, registry: Registry) -> tuple[ModelRef, M
     if request.model_path:
         if request.weights == "random":
             raise UsageError("--weights random and --model-path both choose the model file", "drop one of them")
-        files = _graph_files_at(Path(request.model_path).expanduser(), spec)
+        given = Path(request.model_path).expanduser()
+        if spec is not None and spec.checkpoint is not None and spec.checkpoint.recognises(given):
+            files = checkpoint_graphs(spec, given)
+        else:
+            files = _graph_files_at(given, spec)
     elif spec is None:
         raise UsageError("no model given", "pass --model NAME (see `mlpi models`) or --model-path FILE.onnx")
     else:
@@ -750,7 +754,24 @@ def official_graphs(spec: ModelSpec, fetched: Path) -> dict[str, Path]:
             f"the official {spec.name} model is not downloaded (or changed since it was)",
             f"run `mlpi fetch {spec.name}`",
         )
-    folder = fetched.parent / f"converted-{fingerprint[:16]}"
+    convert = spec.convert
+    return _converted_once(spec, fetched, fetched.parent / f"converted-{fingerprint[:16]}", lambda f: convert(fetched, f))
+
+
+def checkpoint_graphs(spec: ModelSpec, checkpoint: Path) -> dict[str, Path]:
+    """``--model-path`` naming the model's checkpoint format: its graphs, converted once and
+    kept under the checkpoint's identity and the model's configuration (its random graph's
+    name, which says the options that shape the graphs)."""
+    assert spec.checkpoint is not None
+    fmt = spec.checkpoint
+    name = spec.extra.get("random_graph_name", spec.name)
+    folder = cache_root() / "models" / name / f"checkpoint-{fmt.identity(checkpoint)[:16]}"
+    return _converted_once(spec, checkpoint, folder, lambda f: fmt.convert(checkpoint, f))
+
+
+def _converted_once(spec: ModelSpec, source: Path, folder: Path, convert: Any) -> dict[str, Path]:
+    """The graphs ``convert(folder)`` wrote from ``source`` on an earlier run, or written now;
+    ``graphs.json`` in ``folder`` is written last, so an interrupted conversion is redone."""
     index = folder / "graphs.json"
     try:
         made = json.loads(index.read_text(encoding="utf-8"))
@@ -759,8 +780,8 @@ def official_graphs(spec: ModelSpec, fetched: Path) -> dict[str, Path]:
             return graphs
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    print(f"mlpi: converting {fetched.name} into {', '.join(spec.roles)} (once)", file=sys.stderr)
-    converted = _write_model(spec, f"the converted graphs to {folder}", lambda: _made_in(folder, spec, lambda f: spec.convert(fetched, f)))  # type: ignore[misc]
+    print(f"mlpi: converting {source.name} into {', '.join(spec.roles)} (once)", file=sys.stderr)
+    converted = _write_model(spec, f"the converted graphs to {folder}", lambda: _made_in(folder, spec, convert))
     write_json_atomic(index, {role: Path(converted[role]).relative_to(folder).as_posix() for role in spec.roles})
     return {role: Path(converted[role]) for role in spec.roles}
 
