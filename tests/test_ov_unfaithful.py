@@ -427,3 +427,23 @@ def test_mlpi_run_refuses_the_model_before_any_test_in_one_error(tmp_path, build
     one_error(proc, "BitShift node #0 with direction=LEFT on uint8")
     assert "hint: use --backend onnxruntime" in proc.stderr
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("result.json"))
+
+
+# --------------------------------------------------------------------------- 64-bit integer inputs
+
+
+@pytest.mark.parametrize(("dtype", "element"), [(np.int64, I64), (np.uint64, TensorProto.UINT64)])
+def test_a_64_bit_input_past_int32_is_refused_at_run(backend: OpenVinoBackend, build, dtype: Any, element: int) -> None:
+    """OpenVINO narrows 64-bit integers to 32 bits: 3,000,000,000 through an Add would come back
+    wrapped. Values that fit int32 run, and answer as onnxruntime does."""
+    model = build([helper.make_node("Add", ["x", "x"], ["y"])], [("x", element, [3])], [("y", element, [3])])
+    assert_answers_like_onnxruntime(backend, model, {"x": np.array([2**31 - 1, 5, 0], dtype) // 2})
+    session = backend.load(model, CPU, OvOptions(), "fp32")
+    try:
+        with pytest.raises(ModelError) as caught:
+            session.run({"x": np.array([3_000_000_000, 5, 0], dtype)})
+    finally:
+        session.close()
+    message = caught.value.message
+    assert "input 'x' holds 3,000,000,000, past int32" in message and "\n" not in message
+    assert caught.value.hint.startswith("use --backend onnxruntime")

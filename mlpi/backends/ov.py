@@ -218,6 +218,8 @@ class OpenVinoSession(Session):
         if pool is None:
             raise RuntimeError("this OpenVINO session is closed")
         index = self._input_index
+        for name, array in feeds.items():
+            _check_fits_int32(name, array)
         keyed = {index.get(name, name): _shareable(array) for name, array in feeds.items()}
         with self._calls_lock:
             self._calls += 1
@@ -268,6 +270,28 @@ class OpenVinoSession(Session):
     def close(self) -> None:
         self._pool = None
         self._compiled = None
+
+
+#: 64-bit integer inputs OpenVINO narrows to 32 bits (its CPU plugin has no int64 kernels;
+#: openvinotoolkit/openvino#24072): an int64 past int32 wraps, silently, even through an
+#: Identity (3,000,000,000 comes back as -1,294,967,296), and uint64 arithmetic wraps at 2^32.
+#: uint32 is computed as uint32.
+_NARROWED_TO_INT32 = (np.dtype(np.int64), np.dtype(np.uint64))
+_INT32 = np.iinfo(np.int32)
+
+
+def _check_fits_int32(name: str, array: np.ndarray) -> None:
+    """``ModelError`` for a 64-bit integer input holding a value OpenVINO would wrap."""
+    if array.dtype not in _NARROWED_TO_INT32 or not array.size:
+        return
+    low, high = int(array.min()), int(array.max())
+    if low < _INT32.min or high > _INT32.max:
+        bad = high if high > _INT32.max else low
+        raise ModelError(
+            f"input '{name}' holds {bad:,}, past int32: OpenVINO computes {array.dtype} as int32 "
+            "and would wrap it without a word",
+            "use --backend onnxruntime, which computes int64 as int64",
+        )
 
 
 class OpenVinoBackend(Backend):
