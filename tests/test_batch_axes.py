@@ -237,3 +237,26 @@ def test_a_batch_axis_for_a_name_the_model_lacks_is_one_error(models: dict, tmp_
     model, _, _ = models["lstm"]
     proc = run_cli(["run", "--model-path", str(model), "--batch-axis", "h1=1", "--quick"], tmp_path)
     one_error(proc, "--batch-axis names 'h1'")
+
+
+def test_a_dimension_fixed_by_shape_is_not_the_batch(tmp_path: Path) -> None:
+    """An OCR recogniser exported as ``[1, 1, 64, image_width]`` (its only named dimension is the
+    width): with ``--shape image_width=32`` the samples are batched (of 1) along dimension 0, as
+    the array's first axis holds them, not along the width."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2], keepdims=0)], "ocr",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 64, "image_width"])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, "image_width"])],
+    )
+    model = save_model(graph, tmp_path / "ocr.onnx", opset=17)
+    images = np.random.default_rng(0).random((3, 1, 64, 32), dtype=np.float32)
+    np.savez(tmp_path / "images.npz", image=images)
+    proc = run_cli(["run", "--model-path", str(model), "--shape", "image_width=32", "--dataset", "numpy",
+                    "--dataset-path", str(tmp_path / "images.npz"), "--mode", "accuracy", "--output", str(tmp_path / "r")],
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = [p for p in (tmp_path / "r").iterdir() if p.is_dir()]
+    assert "batch_axes" not in json.loads((run_dir / "result.json").read_text())["settings"]
+    got = _logged(run_dir)
+    for answer, image in zip(got, images):
+        np.testing.assert_allclose(np.frombuffer(answer, np.float32), image.mean(axis=(0, 1)), rtol=1e-5)
