@@ -465,6 +465,10 @@ def test_backend_breaking_the_probe_contract(outcomes, case_id, backend, code, w
         ("tensorrt", "In node 3 (parseNode): UNSUPPORTED_NODE: No importer registered for op: Det",
          "operator Det is not supported by tensorrt"),
         ("onnxruntime", "Protobuf parsing failed.", "check the model with onnx.checker.check_model"),
+        ("openvino", ("FrontEnd API failed with OpConversionFailure: Model wasn't fully converted. Failed operations "
+                      "detailed log: -- Conv-16 with a message: While validating ONNX node "
+                      "'<Node(Conv): /decoder/2/Conv_output_0>': Check 'data.get_partial_shape().rank().is_static()' failed"),
+         "openvino could not convert a Conv node of it: run the model with --backend onnxruntime or pytorch"),
     ],
 )
 def test_model_hint_tells_a_missing_operator_from_a_broken_file(backend: str, message: str, says: str) -> None:

@@ -260,3 +260,26 @@ def test_a_dimension_fixed_by_shape_is_not_the_batch(tmp_path: Path) -> None:
     got = _logged(run_dir)
     for answer, image in zip(got, images):
         np.testing.assert_allclose(np.frombuffer(answer, np.float32), image.mean(axis=(0, 1)), rtol=1e-5)
+
+
+def test_an_output_batched_along_another_dimension_is_named_in_the_hint(tmp_path: Path) -> None:
+    """A CRNN's output is [time, batch, classes], though its file declares [1, seqlen] (ddddocr's
+    does): the error names the dimension where the batch is, and --batch-axis it runs."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["image"], ["scores"], perm=[2, 0, 1])], "crnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4, 6])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, "seqlen"])],
+    )
+    model = save_model(graph, tmp_path / "crnn.onnx")
+    images = np.random.default_rng(0).random((2, 4, 6), dtype=np.float32)
+    np.savez(tmp_path / "images.npz", image=images)
+    args = ["run", "--model-path", str(model), "--dataset", "numpy", "--dataset-path", str(tmp_path / "images.npz"),
+            "--mode", "accuracy", "--output", str(tmp_path / "r")]
+    refused = run_cli(args, tmp_path)
+    one_error(refused, "output 'scores' has shape (6, 1, 4), with no batch dimension of 1 first")
+    assert "hint: if its batch is dimension 1, say so: --batch-axis scores=1" in refused.stderr
+    proc = run_cli([*args, "--batch-axis", "scores=1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = max((p for p in (tmp_path / "r").iterdir() if p.is_dir()), key=lambda p: p.name)
+    for answer, image in zip(_logged(run_dir), images):
+        np.testing.assert_array_equal(np.frombuffer(answer, np.float32), image.T.reshape(-1))

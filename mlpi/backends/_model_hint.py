@@ -34,9 +34,19 @@ _PATTERNS: tuple[tuple[re.Pattern[str], bool], ...] = (
 )
 
 
+#: OpenVINO: a node its ONNX frontend could not convert, though the file may be valid (an If
+#: branch whose ranks it cannot infer: silero-vad's models).
+_NOT_CONVERTED = re.compile(r"While validating ONNX node '<Node\((?P<op>[A-Za-z_]\w*)\)")
+
+
 def model_hint(backend: str, message: str, default: str = CHECKER_HINT) -> str:
     """What to do about ``message``, a runtime's refusal of a model: another backend when it
     names an operator that ONNX defines but ``backend`` lacks; ``default`` otherwise."""
+    found = _NOT_CONVERTED.search(message)
+    if found is not None:
+        others = " or ".join(b for b in _OTHERS if b != backend)
+        return (f"{backend} could not convert a {found.group('op')} node of it: run the model with --backend {others}, "
+                f"and if they refuse it too, {default}")
     for pattern, valid in _PATTERNS:
         found = pattern.search(message)
         if found is None:

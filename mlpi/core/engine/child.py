@@ -729,16 +729,26 @@ def observed_outputs(session: Any, dataset: Any, index: int, *, batch_first: boo
     for spec in session.outputs:
         array = np.asarray(outputs[spec.name])
         declared = tuple(spec.shape)
+        axis = _batch_axis_hint(spec.name, array.shape, rows)
         if array.ndim and array.ndim == len(declared) and declared[0] in (None, rows) and array.shape[0] != rows:
             raise RunFailed(f"the backend answered {array.shape[0]} rows of output '{spec.name}' for a batch of {rows}",
+                            (f"{axis}; if not, " if axis else "") +
                             "the backend is broken: report it to its authors (mlpi checks every batch's outputs)")
         if array.ndim == 0 or array.shape[0] != rows:
             raise ModelError(
-                f"output '{spec.name}' has shape {array.shape}, with no batch dimension of {rows}",
-                "mlpi needs every output batch-first; export the model with a batch dimension",
+                f"output '{spec.name}' has shape {array.shape}, with no batch dimension of {rows} first"
+                + (f" (the file declares {list(declared)})" if declared and declared != array.shape else ""),
+                axis or "mlpi needs every output batch-first; export the model with a batch dimension",
             )
         specs.append(TensorSpec(spec.name, array.dtype.name, (None, *array.shape[1:])))
     return specs
+
+
+def _batch_axis_hint(name: str, shape: tuple[int, ...], rows: int) -> str:
+    """Where an output's batch may be when it is not first (a CRNN's ``[time, batch, classes]``,
+    which a file may declare as something else): the first later dimension of ``rows``."""
+    later = [k for k, size in enumerate(shape) if k and size == rows]
+    return f"if its batch is dimension {later[0]}, say so: --batch-axis {name}={later[0]}" if later else ""
 
 
 def _die_with_parent() -> None:
