@@ -89,7 +89,7 @@ def test_mlpi_run_converts_a_checkpoint_once(made: Path, tmp_path: Path) -> None
             "-s", "Offline", "--quick", "--output", str(tmp_path / "results")]
     first = run_cli(args, tmp_path, env)
     assert first.returncode in (0, 3), first.stderr  # 3: INVALID, as a loaded machine may make a quick run
-    assert "converting snapshot into model (once)" in first.stderr
+    assert "mlpi: converting the torchrec checkpoint snapshot into model (once)" in first.stderr
     second = run_cli(args, tmp_path, env)
     assert second.returncode in (0, 3), second.stderr
     assert "converting" not in second.stderr

@@ -228,7 +228,7 @@ def checkpoint_format(tables: Tables, shards: int) -> Any:
     from mlpi.core.contract.model import CheckpointFormat
 
     return CheckpointFormat(
-        describes="a torchrec checkpoint (torchsnapshot folder)",
+        describes="torchrec checkpoint",
         recognises=recognises,
         identity=identity,
         convert=lambda path, folder: convert_checkpoint(path, folder, tables, shards),

@@ -69,7 +69,8 @@ class CheckpointFormat:
     MLCommons publishes a model's weights in where it publishes no ONNX (DLRM-v2's torchrec
     snapshot).
 
-    - ``describes``: what it is, for messages ("a torchrec checkpoint (torchsnapshot folder)");
+    - ``describes``: what it is, for messages ("torchrec checkpoint": "converting the torchrec
+      checkpoint model_weights into ...");
     - ``recognises(path)``: whether ``path`` is one (cheap: a marker file, never the weights);
     - ``identity(path)``: a digest of what the checkpoint holds, keying its converted graphs
       (a checkpoint changed in place converts afresh);

@@ -771,10 +771,10 @@ def checkpoint_graphs(spec: ModelSpec, checkpoint: Path) -> dict[str, Path]:
     fmt = spec.checkpoint
     name = spec.extra.get("random_graph_name", spec.name)
     folder = cache_root() / "models" / name / f"checkpoint-{fmt.identity(checkpoint)[:16]}"
-    return _converted_once(spec, checkpoint, folder, lambda f: fmt.convert(checkpoint, f))
+    return _converted_once(spec, checkpoint, folder, lambda f: fmt.convert(checkpoint, f), f"the {fmt.describes} ")
 
 
-def _converted_once(spec: ModelSpec, source: Path, folder: Path, convert: Any) -> dict[str, Path]:
+def _converted_once(spec: ModelSpec, source: Path, folder: Path, convert: Any, what: str = "") -> dict[str, Path]:
     """The graphs ``convert(folder)`` wrote from ``source`` on an earlier run, or written now;
     ``graphs.json`` in ``folder`` is written last, so an interrupted conversion is redone."""
     index = folder / "graphs.json"
@@ -785,7 +785,7 @@ def _converted_once(spec: ModelSpec, source: Path, folder: Path, convert: Any) -
             return graphs
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    print(f"mlpi: converting {source.name} into {', '.join(spec.roles)} (once)", file=sys.stderr)
+    print(f"mlpi: converting {what}{source.name} into {', '.join(spec.roles)} (once)", file=sys.stderr)
     converted = _write_model(spec, f"the converted graphs to {folder}", lambda: _made_in(folder, spec, convert))
     write_json_atomic(index, {role: Path(converted[role]).relative_to(folder).as_posix() for role in spec.roles})
     return {role: Path(converted[role]) for role in spec.roles}
