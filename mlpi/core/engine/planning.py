@@ -293,9 +293,9 @@ def with_batch_axes(model_ref: ModelRef, spec: ModelSpec, given: dict[str, int |
     names = {**symbolic_dims(path, outputs=True), **symbolic_dims(path)}
     # A dimension --shape fixed is no longer a candidate for the batch: an OCR model's
     # [1, 1, 64, image_width] with image_width=128 is batched (of 1) along dimension 0.
-    for spec in model_ref.inputs:
-        if spec.name in names:
-            names[spec.name] = [name if size is None else None for name, size in zip(names[spec.name], spec.shape)]
+    for tensor in model_ref.inputs:
+        if tensor.name in names:
+            names[tensor.name] = [name if size is None else None for name, size in zip(names[tensor.name], tensor.shape)]
     resolved = resolve_batch_axes(model_ref.inputs, model_ref.outputs, names, given, declared)
     record = resolved.record()
     if not record:
