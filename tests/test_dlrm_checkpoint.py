@@ -137,3 +137,17 @@ def test_an_unreadable_manifest_is_one_error(tmp_path: Path) -> None:
     proc = run_cli(["run", "--model", "dlrm-v2-99", "--model-path", str(folder), "-s", "Offline", "--quick"],
                    tmp_path, {"MLPI_CACHE": str(tmp_path / "cache")})
     one_error(proc, "not a readable torchsnapshot manifest")
+
+
+def test_a_cross_bias_stored_as_a_column_is_read_as_the_graph_takes_it(tmp_path: Path) -> None:
+    """torchrec versions that keep a cross-net bias as [3456, 1]: read whole, given as [3456]."""
+    import torch
+    from torchsnapshot import Snapshot, StateDict
+
+    from mlpi.models.dlrm_checkpoint import SnapshotWeights
+
+    bias = torch.randn(3456, 1)
+    Snapshot.take(path=str(tmp_path / "snapshot"), app_state={"model": StateDict(**{"model.inter_arch.crossnet.bias.0": bias})})
+    weights = SnapshotWeights(tmp_path / "snapshot")
+    assert weights.shape_of("inter_arch.crossnet.bias.0") == (3456,)
+    np.testing.assert_array_equal(weights["inter_arch.crossnet.bias.0"], bias.numpy().reshape(-1))

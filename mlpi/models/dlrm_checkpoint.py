@@ -96,8 +96,8 @@ def _short_files(folder: Path, entry: Any) -> list[str]:
 
 
 class SnapshotWeights(LazyWeights):
-    """The checkpoint's weights by mlpi's names (torchrec's state-dict keys), read one at a time
-    when a graph takes them (:class:`mlpi.models.dlrm_graph.LazyWeights`)."""
+    """The checkpoint's weights by mlpi's names (torchrec's state-dict keys) in the graph's
+    shapes, read one at a time when a graph takes them (:class:`mlpi.models.dlrm_graph.LazyWeights`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -117,11 +117,17 @@ class SnapshotWeights(LazyWeights):
             raise ModelError(f"{path} holds no weights under '{APP_KEY}/{STATE_PREFIX}...' (not a DLRM-v2 checkpoint?)",
                              "point --model-path at MLCommons' DLRM-v2 model_weights folder")
 
-    def shape_of(self, name: str) -> tuple[int, ...]:
+    def _stored_shape(self, name: str) -> tuple[int, ...]:
         shape = _entry_shape(self._entries[name][1])
         if shape is None:
             raise ModelError(f"{self.path}: {name} is not a tensor in the checkpoint", "use MLCommons' DLRM-v2 checkpoint")
         return shape
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        """The graph's shape of ``name``: as stored, except a cross-net bias torchrec kept as
+        ``[3456, 1]``, given as ``[3456]`` (same values)."""
+        shape = self._stored_shape(name)
+        return shape[:1] if ".crossnet.bias." in name and len(shape) == 2 and shape[1] == 1 else shape
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -140,7 +146,7 @@ class SnapshotWeights(LazyWeights):
         # torchsnapshot logs a failed read of a batched file and returns (its asyncio task's
         # error is never retrieved), so the files are checked first and the tensor starts as
         # NaN: whatever is not read shows.
-        out = torch.full(self.shape_of(name), float("nan"), dtype=torch.float32)
+        out = torch.full(self._stored_shape(name), float("nan"), dtype=torch.float32)
         if not short:
             try:
                 self._snapshot.read_object(key, obj_out=out)
@@ -149,7 +155,7 @@ class SnapshotWeights(LazyWeights):
         if short or bool(torch.isnan(out).any()):
             raise ModelError(f"cannot read {name} from {self.path} ({'; '.join(short[:2]) or 'NaN where weights should be: left unread, or stored so'})",
                              "download the checkpoint again: a file of it is missing or cut short")
-        return out.numpy()
+        return out.numpy().reshape(self.shape_of(name))
 
     def table_sizes(self) -> tuple[int, ...]:
         """Rows of each of the 26 tables, from the manifest."""
@@ -158,18 +164,6 @@ class SnapshotWeights(LazyWeights):
             raise ModelError(f"{self.path} has no table for sparse feature(s) {', '.join(map(str, missing[:5]))}",
                              "use MLCommons' DLRM-v2 checkpoint: it holds the 26 tables t_cat_0 ... t_cat_25")
         return tuple(self.shape_of(table_name(k))[0] for k in range(SPARSE_FEATURES))
-
-
-class _Fitted(SnapshotWeights):
-    """The checkpoint's weights in the graph's shapes: a cross-net bias torchrec kept as
-    ``[3456, 1]`` is given as ``[3456]`` (same values)."""
-
-    def shape_of(self, name: str) -> tuple[int, ...]:
-        shape = super().shape_of(name)
-        return shape[:1] if ".crossnet.bias." in name and len(shape) == 2 and shape[1] == 1 else shape
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return super().__getitem__(name).reshape(self.shape_of(name))
 
 
 def _check_tables(weights: SnapshotWeights, tables: Tables) -> None:
@@ -198,7 +192,7 @@ def convert_checkpoint(path: Path, folder: Path, tables: Tables, shards: int) ->
         shard_role,
     )
 
-    weights = _Fitted(path)
+    weights = SnapshotWeights(path)
     _check_tables(weights, tables)
     folder.mkdir(parents=True, exist_ok=True)
     what = f"converted from the torchrec checkpoint {path.name} ({'official tables' if tables.official else f'tables of at most {tables.max_rows} rows'})"
