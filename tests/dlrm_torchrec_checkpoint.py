@@ -18,10 +18,18 @@ does before torchrec sees them) and writes ``OUT/rows.npz``: ``dense`` [N, 13], 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
 import numpy as np
+
+
+def _free_port() -> str:
+    """A port no one listens on: test workers writing checkpoints at once each need their own."""
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return str(probe.getsockname()[1])
 
 
 def main(out: Path, rows: int) -> None:
@@ -46,7 +54,7 @@ def main(out: Path, rows: int) -> None:
     from mlpi.models.dlrm_config import HOTNESS, Tables
 
     sizes = Tables(rows).sizes
-    os.environ.update(WORLD_SIZE="1", RANK="0", MASTER_ADDR="localhost", MASTER_PORT=os.environ.get("MASTER_PORT", "29531"))
+    os.environ.update(WORLD_SIZE="1", RANK="0", MASTER_ADDR="localhost", MASTER_PORT=os.environ.get("MASTER_PORT") or _free_port())
     dist.init_process_group(backend="gloo", rank=0, world_size=1)
     torch.manual_seed(0)
     tables = [EmbeddingBagConfig(name=f"t_{name}", embedding_dim=128, num_embeddings=sizes[k], feature_names=[name])
