@@ -299,39 +299,62 @@ def test_two_stacked_lstm_layers(direction: str, layout: int, lengths: list[int]
     _assert_close(*_both(*_stack(direction, layout, lengths)))
 
 
-REFUSED = {
-    "relu_activation": ("forward", {"activations": ["Sigmoid", "Relu", "Tanh"]}, "activations"),
-    "hardsigmoid_gate": ("forward", {"activations": ["HardSigmoid", "Tanh", "Tanh"]}, "activations"),
-    "one_direction_of_two_differs": ("bidirectional", {"activations": ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Tanh", "Relu"]},
-                                     "activations"),
-    "clip": ("forward", {"clip": 5.0}, "clip"),
-    "input_forget": ("reverse", {"input_forget": 1}, "input_forget"),
-    "direction": ("sideways", {}, "direction"),
-    "layout": ("forward", {"layout": 2}, "layout"),
+STEPWISE: dict[str, dict[str, object]] = {
+    "relu_cell": {"activations": ["Sigmoid", "Relu", "Tanh"]},
+    "hardsigmoid_gates_with_alpha_beta": {"activations": ["HardSigmoid", "Tanh", "Tanh"], "activation_alpha": [0.3],
+                                          "activation_beta": [0.4]},
+    "alphas_go_to_the_functions_that_take_one": {"activations": ["Tanh", "LeakyRelu", "ScaledTanh"],
+                                                 "activation_alpha": [0.05, 0.9], "activation_beta": [1.3]},
+    "clip": {"clip": 0.7},
+    "input_forget": {"input_forget": 1},
+    "peepholes": {},
 }
 
 
-@pytest.mark.parametrize("case", sorted(REFUSED))
-def test_lstm_refuses_what_the_fused_kernel_does_not_compute(case: str) -> None:
-    direction, attrs, word = REFUSED[case]
-    model, _ = _lstm_case(3, 2, 3, 4, "forward", **attrs)
+def _stepwise_case(case: str, direction: str, layout: int, lengths: list[int] | None,
+                   peepholes_as_input: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    attrs = dict(STEPWISE[case])
+    dirs = 2 if direction == "bidirectional" else 1
+    for key in ("activations", "activation_alpha", "activation_beta"):
+        if key in attrs:
+            attrs[key] = list(attrs[key]) * dirs  # type: ignore[call-overload]
+    hidden = 5
+    peepholes = (0.5 * np.random.default_rng(7).standard_normal((dirs, 3 * hidden))).astype(np.float32) \
+        if case == "peepholes" else None
+    return _lstm_case(6, 3 if lengths is None else len(lengths), 4, hidden, direction, layout, lengths=lengths,
+                      peepholes=peepholes, peepholes_as_input=peepholes_as_input, seed=3, **attrs)
+
+
+@pytest.mark.parametrize("lengths", [None, [6, 2, 0, 4]], ids=["full", "sequence_lens"])
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("case", sorted(STEPWISE))
+def test_what_the_fused_kernel_does_not_compute_runs_stepwise(case: str, direction: str, layout: int,
+                                                              lengths: list[int] | None) -> None:
+    """Other activations (with their alphas and betas), clip, input_forget and peepholes: one
+    step at a time, as onnxruntime computes them."""
+    model, feeds = _stepwise_case(case, direction, layout, lengths)
+    got, want = _both(model, feeds)
+    _assert_close(got, want)
+    plain, _ = _lstm_case(6, 3 if lengths is None else len(lengths), 4, 5, direction, layout, lengths=lengths, seed=3)
+    baseline, _ = _both(plain, feeds if case != "peepholes" else {k: v for k, v in feeds.items() if k != "P"})
+    assert not np.allclose(baseline[0], want[0], atol=1e-3)  # the case does change the answer
+
+
+def test_peepholes_known_only_at_run_time() -> None:
+    model, feeds = _stepwise_case("peepholes", "bidirectional", 0, None, peepholes_as_input=True)
+    assert "P" in feeds
+    _assert_close(*_both(model, feeds))
+
+
+@pytest.mark.parametrize("case", ["direction", "layout"])
+def test_lstm_refuses_a_direction_or_layout_onnx_does_not_define(case: str) -> None:
+    model, _ = _lstm_case(3, 2, 3, 4, "forward", **({"layout": 2} if case == "layout" else {}))
     for attr in model.graph.node[0].attribute:
-        if attr.name == "direction":
-            attr.s = direction.encode()
-    with pytest.raises(ModelError, match=f"LSTM node 'lstm' has {word}.*not supported"):
+        if attr.name == "direction" and case == "direction":
+            attr.s = b"sideways"
+    with pytest.raises(ModelError, match=f"LSTM node 'lstm' has {case}.*not supported"):
         convert(model)
-
-
-def test_lstm_refuses_non_zero_peepholes() -> None:
-    peepholes = np.zeros((1, 12), np.float32)
-    peepholes[0, 5] = 0.1
-    model, _ = _lstm_case(3, 2, 3, 4, peepholes=peepholes)
-    with pytest.raises(ModelError, match="non-zero peephole weights P, which is not supported"):
-        convert(model)
-    model, feeds = _lstm_case(3, 2, 3, 4, peepholes=peepholes, peepholes_as_input=True)
-    module = convert(model)  # P is only known at run time: refused then
-    with pytest.raises(ModelError, match="non-zero peephole weights P"):
-        module(*(torch.from_numpy(v) for v in feeds.values()))
 
 
 def test_lstm_refuses_mismatched_weights() -> None:

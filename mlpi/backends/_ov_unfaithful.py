@@ -210,6 +210,10 @@ def _dynamic_quantize(node: Any, facts: Facts) -> str | None:
     return "a scale computed from the data at run time"
 
 
+def _quantized_lstm(node: Any, facts: Facts) -> str | None:
+    return "int8 weights"
+
+
 def _quantize_runtime_scale(node: Any, facts: Facts) -> str | None:
     scale = node.input[1]
     return None if facts.constant(scale) is not None else f"y_scale computed at run time (input '{scale}')"
@@ -338,6 +342,11 @@ RULES: tuple[Rule, ...] = (
     # whole int8 path (and every --precision int8 model) rests on it, within the int8 tolerance.
     Rule("DynamicQuantizeLinear", _dynamic_quantize, _QUANTIZE_REASON),
     Rule("QuantizeLinear", _quantize_runtime_scale, _QUANTIZE_REASON),
+    # com.microsoft's DynamicQuantizeLSTM (onnxruntime's int8 LSTM; no node-test case): a
+    # bidirectional one of hidden size 6 came out up to 3% of its largest value apart.
+    Rule("DynamicQuantizeLSTM", _quantized_lstm,
+         "OpenVINO runs it as a float LSTM on the dequantised weights, leaving out the quantisation of X and H "
+         "to uint8 at every product that onnxruntime's definition makes"),
     # test_lstm_with_peepholes
     Rule("LSTM", _lstm_peepholes, "OpenVINO's LSTM with peepholes answers unlike ONNX's equations"),
     # test_maxpool_2d_ceil_output_size_reduce_by_one

@@ -65,7 +65,7 @@ def unknown_operators(graph: onnx.GraphProto) -> set[str]:
     """Every operator of ``graph`` and its subgraphs this converter does not implement."""
     unknown: set[str] = set()
     for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
+        if _op_name(node) not in SUPPORTED_OPS:
             unknown.add(_op_name(node))
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
@@ -129,7 +129,7 @@ class _Builder:
                 continue
             n = Node(node, self.consts, self.opset, self.float_dtype, subgraph=self.subgraph)
             try:
-                fn = BUILDERS[node.op_type](n)
+                fn = BUILDERS[_op_name(node)](n)
             except ModelError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a malformed node, reported with its name

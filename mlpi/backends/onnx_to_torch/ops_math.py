@@ -102,8 +102,18 @@ def _matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _int_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """An integer matmul, exact in int64, with MatMul's broadcasting."""
+    """An integer matmul, exact, in int64, with MatMul's broadcasting. Where no sum can reach
+    2**53 (every 8- and 16-bit quantised product) it runs as a float matmul, exact there (float32
+    below 2**24); else in int64: torch's CPU kernel, or elementwise products summed elsewhere."""
     x64, y64 = x.to(torch.int64), y.to(torch.int64)
+    if x64.numel() and y64.numel():
+        depth = int(x64.shape[-1])
+        bound = float(x64.to(torch.float64).abs().max()) * float(y64.to(torch.float64).abs().max()) * depth
+        if bound < 2**53:
+            exact = torch.float32 if bound < 2**24 else torch.float64
+            return torch.matmul(x64.to(exact), y64.to(exact)).to(torch.int64)
+    if x64.device.type == "cpu":
+        return torch.matmul(x64, y64)
     squeeze_x, squeeze_y = x64.dim() == 1, y64.dim() == 1
     if squeeze_x:
         x64 = x64.unsqueeze(0)

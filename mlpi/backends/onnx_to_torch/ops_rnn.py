@@ -3,8 +3,8 @@
 Follows the ONNX operator specs (``onnx/defs/rnn/defs.py``). LSTM (RNN-T's encoder and
 prediction network) runs on torch's fused LSTM kernel, with the weights reordered for it
 once, at conversion, wherever the kernel computes what ONNX asks; otherwise (peepholes,
-clip, input_forget, other activations), and for GRU and RNN, the cell runs one step at a
-time in torch ops, with ``sequence_lens`` as onnxruntime applies it: a sequence's steps past
+clip, input_forget, other activations) it runs stepwise (``ops_lstm_steps``). GRU and RNN
+run one step at a time in torch ops, with ``sequence_lens`` as onnxruntime applies it: a sequence's steps past
 its length leave its state as it was and give zeros in Y.
 """
 
@@ -15,11 +15,16 @@ from collections.abc import Callable
 import torch
 
 from mlpi.backends.onnx_to_torch.node import Args, Node, Step
+from mlpi.backends.onnx_to_torch.ops_lstm_steps import float_lstm
+from mlpi.backends.onnx_to_torch.rnn_common import (
+    DIRECTIONS,
+    activations,
+    reverse_within,
+)
 from mlpi.core.contract.errors import ModelError
 
 # ONNX stacks an LSTM's gate blocks as i, o, f, c; torch as i, f, g (the cell's c), o.
 _ONNX_TO_TORCH_GATES = (0, 2, 3, 1)
-_LSTM_DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 
 def _lstm_params(w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None, hidden: int) -> torch.Tensor:
@@ -49,14 +54,19 @@ def _lstm_unflatten(flat: torch.Tensor, dirs: int, inputs: int, hidden: int) -> 
     return views
 
 
-def _reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``x`` [seq, batch, ...] with each batch entry's first ``lengths[b]`` steps in reverse order
-    (the steps after them stay where they are)."""
-    seq = x.shape[0]
-    t = torch.arange(seq, device=x.device).unsqueeze(1)
-    lens = lengths.to(x.device).unsqueeze(0)
-    index = torch.where(t < lens, lens - 1 - t, t)
-    return x.gather(0, index.reshape(seq, -1, *([1] * (x.dim() - 2))).expand_as(x))
+def _needs_steps(n: Node) -> bool:
+    """Whether an LSTM asks what the fused kernel does not compute: activations other than the
+    default Sigmoid, Tanh, Tanh, clip, input_forget=1, or peepholes P not constant zeros."""
+    names = n.attr("activations")
+    if names is not None and [(v.decode() if isinstance(v, bytes) else str(v)).lower() for v in names] \
+            != ["sigmoid", "tanh", "tanh"] * (2 if n.attr("direction") == "bidirectional" else 1):
+        return True
+    # activation_alpha/beta parametrise activations such as Affine or LeakyRelu; Sigmoid and
+    # Tanh take none, so with the default activations they change nothing.
+    if n.attr("clip") is not None or int(n.attr("input_forget", 0)) != 0:
+        return True
+    p = n.const(7) if n.has_input(7) else None
+    return n.has_input(7) and (p is None or bool((p != 0).any()))
 
 
 def _lstm(n: Node) -> Step:
@@ -68,40 +78,20 @@ def _lstm(n: Node) -> Step:
     semantics exactly: each direction runs over each sequence's own steps (reverse from its
     last valid one), Y is zero after a sequence's end, Y_h and Y_c are the states at its last
     step, and a sequence of length 0 gives zeros throughout, initial states or not.
-    Refused (ModelError): activations other than the default Sigmoid, Tanh, Tanh, clip,
-    input_forget=1 and non-zero peepholes P, which the fused kernel does not compute.
+    What the fused kernel does not compute (activations other than the default Sigmoid, Tanh,
+    Tanh, clip, input_forget=1, peepholes) runs stepwise instead (:func:`float_lstm`).
     """
     direction = n.attr("direction", "forward")
-    if direction not in _LSTM_DIRECTIONS:
+    if direction not in DIRECTIONS:
         raise n.unsupported(f"has direction={direction}")
     dirs = 2 if direction == "bidirectional" else 1
     layout = int(n.attr("layout", 0))
     if layout not in (0, 1):
         raise n.unsupported(f"has layout={layout}")
-    activations = n.attr("activations")
-    if activations is not None:
-        names = [v.decode() if isinstance(v, bytes) else str(v) for v in activations]
-        if [v.lower() for v in names] != ["sigmoid", "tanh", "tanh"] * dirs:
-            raise n.unsupported(f"has activations={names} (only the default Sigmoid, Tanh, Tanh)")
-    # activation_alpha/beta parametrise activations such as Affine or LeakyRelu; Sigmoid and
-    # Tanh take none, so with the default activations they change nothing.
-    if n.attr("clip") is not None:
-        raise n.unsupported(f"has clip={n.attr('clip')}")
-    if int(n.attr("input_forget", 0)) != 0:
-        raise n.unsupported(f"has input_forget={n.attr('input_forget')}")
-    peephole_check: Callable[[Args], None] = lambda a: None
-    if n.has_input(7):
-        p = n.const(7)
-        if p is not None:
-            if bool((p != 0).any()):
-                raise n.unsupported("has non-zero peephole weights P")
-            n.drop_input(7)
-        else:
-
-            def peephole_check(a: Args) -> None:
-                if a[7] is not None and bool((a[7] != 0).any()):
-                    raise n.unsupported("has non-zero peephole weights P")
-
+    if _needs_steps(n):
+        return float_lstm(n)
+    if n.has_input(7):  # all-zero peepholes (what exporters write for none): nothing to add
+        n.drop_input(7)
     hidden_attr = n.attr("hidden_size")
 
     def hidden_of(r: torch.Tensor) -> int:
@@ -146,7 +136,6 @@ def _lstm(n: Node) -> Step:
         return value.to(like.dtype).contiguous()
 
     def run(a: Args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        peephole_check(a)
         params, size, hidden = params_of(a)
         x = a[0]
         if x.dim() != 3 or x.shape[2] != size:
@@ -199,7 +188,7 @@ def _packed_lstm(x: torch.Tensor, lengths: torch.Tensor, hx: list[torch.Tensor],
     seq = x.shape[0]
     steps = lengths.clamp(min=1)
     if direction == "reverse":
-        x = _reverse_within(x, steps)
+        x = reverse_within(x, steps)
     packed = pack_padded_sequence(x, steps, enforce_sorted=False)
     order, unorder = packed.sorted_indices, packed.unsorted_indices
     hx = [s.index_select(1, order.to(s.device)) for s in hx]
@@ -207,7 +196,7 @@ def _packed_lstm(x: torch.Tensor, lengths: torch.Tensor, hx: list[torch.Tensor],
     y, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, unorder), total_length=seq)
     h, c = (s.index_select(1, unorder.to(s.device)) for s in (h, c))
     if direction == "reverse":
-        y = _reverse_within(y, steps)
+        y = reverse_within(y, steps)
     empty = lengths == 0
     if bool(empty.any()):
         keep = (~empty).to(y.device).reshape(1, -1, 1)
@@ -215,58 +204,6 @@ def _packed_lstm(x: torch.Tensor, lengths: torch.Tensor, hx: list[torch.Tensor],
     return y, h, c
 
 
-
-
-def _activation(name: str, alpha: float | None, beta: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One of the activations ONNX's recurrent operators name, with its alpha and beta."""
-    key = name.lower()
-    if key == "sigmoid":
-        return torch.sigmoid
-    if key == "tanh":
-        return torch.tanh
-    if key == "relu":
-        return torch.relu
-    if key == "leakyrelu":
-        a = 0.01 if alpha is None else alpha
-        return lambda x: torch.where(x >= 0, x, a * x)
-    if key == "thresholdedrelu":
-        a = 1.0 if alpha is None else alpha
-        return lambda x: torch.where(x > a, x, torch.zeros_like(x))
-    if key == "scaledtanh":
-        a, b = (1.0 if alpha is None else alpha), (1.0 if beta is None else beta)
-        return lambda x: a * torch.tanh(b * x)
-    if key == "hardsigmoid":
-        a, b = (0.2 if alpha is None else alpha), (0.5 if beta is None else beta)
-        return lambda x: torch.clamp(a * x + b, 0, 1)
-    if key == "elu":
-        a = 1.0 if alpha is None else alpha
-        return lambda x: torch.where(x > 0, x, a * torch.expm1(x))
-    if key == "softsign":
-        return lambda x: x / (1 + x.abs())
-    if key == "softplus":
-        return torch.nn.functional.softplus
-    if key == "affine":
-        a, b = (1.0 if alpha is None else alpha), (0.0 if beta is None else beta)
-        return lambda x: a * x + b
-    raise KeyError(name)
-
-
-def _activations(n: Node, defaults: list[str], dirs: int) -> list[list[Callable[[torch.Tensor], torch.Tensor]]]:
-    """Per direction, the node's activation functions (its attribute, else the defaults)."""
-    names = n.attr("activations")
-    names = [v.decode() if isinstance(v, bytes) else str(v) for v in names] if names else defaults * dirs
-    alphas = list(n.attr("activation_alpha") or [])
-    betas = list(n.attr("activation_beta") or [])
-    per = len(defaults)
-    if len(names) != per * dirs:
-        raise n.error(f"has {len(names)} activations for {dirs} direction(s) of {per}")
-    fns = []
-    for k, name in enumerate(names):
-        try:
-            fns.append(_activation(name, alphas[k] if k < len(alphas) else None, betas[k] if k < len(betas) else None))
-        except KeyError:
-            raise n.unsupported(f"has activation {name!r}") from None
-    return [fns[d * per : (d + 1) * per] for d in range(dirs)]
 
 
 def _recurrence(x: torch.Tensor, lengths: torch.Tensor | None, h: torch.Tensor, reverse: bool,
@@ -294,13 +231,13 @@ def _stepwise(kind: str) -> Callable[[Node], Step]:
 
     def build(n: Node) -> Step:
         direction = n.attr("direction", "forward")
-        if direction not in _LSTM_DIRECTIONS:
+        if direction not in DIRECTIONS:
             raise n.unsupported(f"has direction={direction}")
         dirs = 2 if direction == "bidirectional" else 1
         layout = int(n.attr("layout", 0))
         clip = n.attr("clip")
         before_reset = bool(n.attr("linear_before_reset", 0))
-        acts = _activations(n, defaults, dirs)
+        acts = activations(n, defaults, dirs)
 
         def clipped(v: torch.Tensor) -> torch.Tensor:
             return v if clip is None else torch.clamp(v, -float(clip), float(clip))

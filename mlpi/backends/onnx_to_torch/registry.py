@@ -1,4 +1,5 @@
-"""Every operator the converter implements: op type -> builder, from the ``ops_*`` modules."""
+"""Every operator the converter implements: op type (``domain::type`` outside the ONNX domain)
+-> builder, from the ``ops_*`` modules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from mlpi.backends.onnx_to_torch import (
     ops_control,
     ops_detection,
     ops_loss,
+    ops_lstm_steps,
     ops_math,
     ops_nn,
     ops_quant,
@@ -16,11 +18,12 @@ from mlpi.backends.onnx_to_torch import (
     ops_resize,
     ops_rnn,
     ops_shape,
+    ops_signal,
 )
 from mlpi.backends.onnx_to_torch.node import Node, Step
 
 BUILDERS: dict[str, Callable[[Node], Step]] = {}
-for _module in (ops_attention, ops_control, ops_loss, ops_math, ops_shape, ops_reduce, ops_nn, ops_quant, ops_rnn, ops_resize, ops_detection):
+for _module in (ops_attention, ops_control, ops_loss, ops_math, ops_shape, ops_reduce, ops_nn, ops_quant, ops_rnn, ops_lstm_steps, ops_resize, ops_detection, ops_signal):
     _overlap = set(BUILDERS) & set(_module.BUILDERS)
     assert not _overlap, f"{_module.__name__} redefines {sorted(_overlap)}"
     BUILDERS.update(_module.BUILDERS)
