@@ -86,6 +86,12 @@ def seq_lstm_model(path: Path) -> Path:
 CPU_BACKENDS = ("onnxruntime", "openvino", "pytorch", "null")
 
 
+def f32_flags(backend: str) -> list[str]:
+    """``--precision fp32`` for OpenVINO, whose CPU plugin otherwise picks bf16 on CPUs with
+    AVX-512 BF16 or AMX (and says so): these tests check f32's answers."""
+    return ["--precision", "fp32"] if backend == "openvino" else []
+
+
 def needs(backend: str) -> None:
     """Skip, saying why, where ``backend``'s runtime is not installed (the README's environment
     has onnxruntime only; CI runs the skipped files again with every extra)."""
@@ -189,7 +195,8 @@ def test_each_sample_gets_its_own_answer_on_every_backend(models: dict, backend:
     needs(backend)
     model, data, known = models[case]
     proc = run_cli(["run", "--backend", backend, "--model-path", str(model), "--dataset", "numpy", "--dataset-path",
-                    str(data), "--mode", "accuracy", "--batch-size", "4", "--output", str(tmp_path / "r")], tmp_path)
+                    str(data), "--mode", "accuracy", "--batch-size", "4", *f32_flags(backend), "--output",
+                    str(tmp_path / "r")], tmp_path)
     if backend == "pytorch" and proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr:
         pytest.skip(f"pytorch refuses it: {proc.stderr.strip().splitlines()[-2]}")
     assert proc.returncode == 0, proc.stderr

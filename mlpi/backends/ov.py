@@ -3,8 +3,10 @@
 ``--device cpu|gpu|gpu:N|npu`` picks the plugin (``CPU``, ``GPU.N``, ``NPU``).
 ``--precision fp16|bf16|int8``: mlpi derives the model for that precision
 (:mod:`mlpi.core.engine.precision`: fp16/bf16 types, int8 Q/DQ nodes) and OpenVINO compiles
-the derived file with no precision hint of its own; the session reports the graph's precision,
-and ``precision_detail`` says what OpenVINO computes the remaining float layers in.
+the derived file with its float layers hinted to the file's own precision where the device
+has it, else f32 (f32 around int8's Q/DQ pairs): never below what the file holds. The session
+reports the graph's precision, and ``precision_detail`` says what OpenVINO computes the
+remaining float layers in when that differs.
 ``-o native_precision=true`` is OpenVINO's own fp16/bf16 instead: the fp32 model compiled with
 ``INFERENCE_PRECISION_HINT`` (recorded as the backend's method). Without ``--precision`` OpenVINO
 chooses (bf16 on CPUs with AVX-512 BF16 or AMX, f32 on other CPUs, f16 on GPUs), and the
@@ -144,6 +146,16 @@ class OvOptions:
 def _hinted(model: ModelArtifact, precision: str | None) -> str | None:
     """The precision to hint: none for a graph that carries its own (a derived fp16/int8 file)."""
     return None if model.precision is not None else precision
+
+
+def _derived_compute(graph_precision: str, capabilities: Any) -> str:
+    """What OpenVINO computes a derived file's float layers in: the file's own fp16 or bf16
+    where the device has it, else f32 (never bf16 for an fp16 file, fewer mantissa bits than it
+    holds, as OpenVINO's CPU plugin otherwise picks on CPUs with AVX-512 BF16 or AMX); f32
+    around an int8 file's Q/DQ pairs, as onnxruntime computes them."""
+    if graph_precision in ("fp16", "bf16") and (capabilities is None or _HINTS[graph_precision][1] in capabilities):
+        return graph_precision
+    return "fp32"
 
 
 class OpenVinoSession(Session):
@@ -393,7 +405,11 @@ class OpenVinoBackend(Backend):
             config["NUM_STREAMS"] = options.num_streams
         if options.num_threads > 0:
             config["INFERENCE_NUM_THREADS"] = options.num_threads
-        expected = _expected_settings(precision, options, _device_property(core, plugin, "SUPPORTED_PROPERTIES") or {})
+        supported = _device_property(core, plugin, "SUPPORTED_PROPERTIES") or {}
+        expected = _expected_settings(precision, options, supported)
+        if model.precision is not None and (not supported or "INFERENCE_PRECISION_HINT" in supported):
+            compute = _derived_compute(model.precision, _device_property(core, plugin, "OPTIMIZATION_CAPABILITIES"))
+            expected["INFERENCE_PRECISION_HINT"] = _HINTS[compute][0]
         config.update(expected)
         if options.cache:
             config["CACHE_DIR"] = str(_cache_dir())
