@@ -25,7 +25,7 @@ from mlpi.core.contract.errors import ModelError
 from mlpi.core.engine.onnx_file import inspect_onnx
 from mlpi.testing.onnx_node_tier import compare
 
-pytest.importorskip("openvino")
+ov = pytest.importorskip("openvino")
 ort = pytest.importorskip("onnxruntime")
 
 F32, F16, F64, I64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT64
@@ -447,3 +447,44 @@ def test_a_64_bit_input_past_int32_is_refused_at_run(backend: OpenVinoBackend, b
     message = caught.value.message
     assert "input 'x' holds 3,000,000,000, past int32" in message and "\n" not in message
     assert caught.value.hint.startswith("use --backend onnxruntime")
+
+
+# --------------------------------------------------------------------------- com.microsoft int8 operators
+
+QOPERATOR_CASES = {  # op -> (inputs after x and its scale and zero point, attributes)
+    "QLinearAdd": (["y", "s2", "z2", "s3", "z3"], {}),
+    "QLinearMul": (["y", "s2", "z2", "s3", "z3"], {}),
+    "QLinearSigmoid": (["s3", "z3"], {}),
+    "QLinearLeakyRelu": (["s3", "z3"], {"alpha": 0.1}),
+    "QLinearAveragePool": (["s3", "z3"], {"kernel_shape": [2, 2]}),
+}
+
+
+def qoperator(tmp_path: Path, op: str) -> tuple[ModelArtifact, dict[str, np.ndarray]]:
+    """One com.microsoft QOperator node on uint8 data, scales that saturate nothing."""
+    rest, attrs = QOPERATOR_CASES[op]
+    consts = {"s1": np.array(0.03, np.float32), "z1": np.array(120, np.uint8), "s2": np.array(0.05, np.float32),
+              "z2": np.array(10, np.uint8), "s3": np.array(0.2, np.float32), "z3": np.array(128, np.uint8)}
+    feeds = {"x": RNG.integers(0, 256, (2, 8, 6, 6)).astype(np.uint8), "y": RNG.integers(0, 256, (2, 8, 6, 6)).astype(np.uint8)}
+    names = ["x", "s1", "z1", *rest]
+    feeds = {k: v for k, v in feeds.items() if k in names}
+    graph = helper.make_graph(
+        [helper.make_node(op, names, ["out"], domain="com.microsoft", **attrs)], "g",
+        [helper.make_tensor_value_info(k, TensorProto.UINT8, list(v.shape)) for k, v in feeds.items()],
+        [helper.make_tensor_value_info("out", TensorProto.UINT8, None)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items() if k in names])
+    path = tmp_path / f"{op}.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return inspect_onnx(path), feeds
+
+
+@pytest.mark.parametrize("op", sorted(QOPERATOR_CASES))
+def test_onnxruntimes_int8_operators_are_refused_where_openvino_answers_otherwise(backend, tmp_path, op):
+    model, feeds = qoperator(tmp_path, op)
+    assert f"{op} node #0 with 8-bit operands: OpenVINO" in refusal(backend, model)
+    core = ov.Core()  # and OpenVINO does answer otherwise (none of these values saturates)
+    got = core.compile_model(core.read_model(str(model.path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feeds)[0]
+    (want,) = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert (got != want).mean() > 0.2, (got, want)

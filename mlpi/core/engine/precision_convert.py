@@ -159,7 +159,8 @@ def graph_precision(path: Path) -> str:
 #: Operators that quantize activations. DequantizeLinear alone (int8-stored weights dequantized
 #: before an fp32 MatMul) and MatMulNBits are weight compression: the model computes in float.
 _INT8_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
-             "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QGemm", "QAttention"}
+             "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QGemm",
+             "QAttention", "QLinearAdd", "QLinearMul"}
 
 
 def _float16_model(source: Path, block_ops: Sequence[str]) -> Any:
