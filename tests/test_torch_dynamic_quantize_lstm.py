@@ -110,6 +110,7 @@ CASES = {
     "peepholes": {"peepholes": True, "direction": "reverse"},
     "sequence_lens": {"batch": 3, "lengths": [5, 2, 0], "direction": "bidirectional", "states": True},
     "sequence_lens_reverse": {"batch": 3, "lengths": [5, 2, 3], "direction": "reverse"},
+    "sequence_lens_all_zero": {"batch": 2, "lengths": [0, 0], "direction": "bidirectional", "states": True},
     "sequence_lens_without_Y": {"batch": 3, "lengths": [4, 2, 3], "outputs": ("", "Y_h", "Y_c")},
     "only_Y_h": {"outputs": ("", "Y_h")},
     "clip_and_input_forget": {"clip": 0.5, "input_forget": 1},
@@ -183,3 +184,11 @@ def test_x_of_the_wrong_size_is_a_model_error() -> None:
     module = convert(model)
     with pytest.raises(ModelError, match="got X of shape \\(5, 1, 7\\) for input size 8"):
         module(torch.zeros(5, 1, 7))
+
+
+def test_a_bias_of_the_wrong_shape_is_a_model_error() -> None:
+    model, feeds = _case(hidden=6)
+    bias = next(t for t in model.graph.initializer if t.name == "B")
+    bias.CopyFrom(numpy_helper.from_array(np.zeros((1, 40), np.float32), "B"))
+    with pytest.raises(ModelError, match="has B of shape \\[1, 40\\]; it must be \\[1, 48\\]"):
+        convert(model)(*(torch.from_numpy(v) for v in feeds.values()))

@@ -71,7 +71,7 @@ def run_direction(x: torch.Tensor, lengths: torch.Tensor | None, h: torch.Tensor
     lens = None if lengths is None else lengths.to(x.device)
     if reverse:
         x = x.flip(0) if lens is None else reverse_within(x, lens)
-    xw = weights.input_product(x[:steps].reshape(steps * batch, -1)).reshape(steps, batch, 4 * hidden)
+    xw = weights.input_product(x[:steps].reshape(steps * batch, int(x.shape[2]))).reshape(steps, batch, 4 * hidden)
     ys = [torch.zeros_like(h)] * seq
     bounded: Activation = (lambda v: v) if clip is None else (lambda v: v.clamp(-clip, clip))
     p = weights.peepholes
@@ -169,6 +169,13 @@ def run_lstm(n: Node, spec: Attributes, x: torch.Tensor, hidden_size: int, a: Ar
     return torch.stack(ys, 1), torch.stack(hs), torch.stack(cs)
 
 
+def _checked_extras(n: Node, dirs: int, hidden: int, bias: torch.Tensor | None, p: torch.Tensor | None) -> None:
+    """B [dirs, 8H] and P [dirs, 3H] as ONNX's LSTM has them, or a ModelError naming the shape."""
+    for name, value, width in (("B", bias, 8 * hidden), ("P", p, 3 * hidden)):
+        if value is not None and tuple(value.shape) != (dirs, width):
+            raise n.error(f"has {name} of shape {list(value.shape)}; it must be [{dirs}, {width}]")
+
+
 def _hidden(n: Node, r: torch.Tensor | None = None) -> int:
     """The hidden size: the attribute, else R's last dimension (ONNX's LSTM may omit it)."""
     hidden = n.attr("hidden_size")
@@ -195,6 +202,7 @@ def float_lstm(n: Node) -> Step:
                 or tuple(w.shape) != (spec.dirs, 4 * hidden, x.shape[2]):
             raise ModelError(f"LSTM node '{n.name}' ({spec.direction}, hidden_size {hidden}) has W {tuple(w.shape)}, "
                              f"R {tuple(r.shape)} for X {tuple(x.shape)}, which do not fit together")
+        _checked_extras(n, spec.dirs, hidden, bias, p)
         x = x.transpose(0, 1) if layout == 1 else x
         args = list(a)
         if layout == 1:
@@ -276,6 +284,7 @@ def _dynamic_quantize_lstm(n: Node) -> Step:
                              f"for input size {w.shape[1]}")
         bias = a[3] if len(a) > 3 else None
         p = a[7] if len(a) > 7 else None
+        _checked_extras(n, spec.dirs, hidden, bias, p)
         directions = [
             Direction(*products[d],
                       None if bias is None else bias[d, : 4 * hidden].float() + bias[d, 4 * hidden :].float(),
