@@ -192,3 +192,13 @@ def test_a_bias_of_the_wrong_shape_is_a_model_error() -> None:
     bias.CopyFrom(numpy_helper.from_array(np.zeros((1, 40), np.float32), "B"))
     with pytest.raises(ModelError, match="has B of shape \\[1, 40\\]; it must be \\[1, 48\\]"):
         convert(model)(*(torch.from_numpy(v) for v in feeds.values()))
+
+
+def test_the_weights_are_buffers_that_move_with_the_module() -> None:
+    """W and R less their zero points, and the scales, are the module's buffers (float64, which
+    no precision setting rounds), so that .to(device) takes them along."""
+    model, feeds = _case(direction="bidirectional", size=8, hidden=6)
+    module = convert(model)
+    shapes = sorted(tuple(b.shape) for b in module.buffers() if b.dtype == torch.float64)
+    assert shapes == [(2,), (2,), (2, 6, 24), (2, 8, 24)]
+    _compare(model, feeds)

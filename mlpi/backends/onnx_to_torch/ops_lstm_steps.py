@@ -17,7 +17,7 @@ Follows the ONNX LSTM spec (``onnx/defs/rnn/defs.py``) and onnxruntime's kernels
   step, in onnxruntime's row blocks, see :func:`recurrent_rows`) with min/max including 0,
   scale (max - min) / 255 and the zero point rounded half to even; the integer product is
   exact (float64, or float32 where no sum can pass 2**24) and scaled by the two scales in
-  float32.
+  float32. The weights less their zero points and the scales are module buffers (float64).
 """
 
 from __future__ import annotations
@@ -226,14 +226,19 @@ def float_lstm(n: Node) -> Step:
 # --------------------------------------------------------------------------- DynamicQuantizeLSTM
 
 
-def _quantized_product(weight: torch.Tensor, zero: torch.Tensor, scale: torch.Tensor) -> Product:
-    """``a @ weight`` as onnxruntime's quantised GEMM computes it: ``a`` quantised to uint8 over
-    all its elements, the int8/uint8 ``weight`` [K, N] less its zero point (per tensor or per
-    column), the integer product exact, scaled by a's scale times weight's in float32."""
-    k = int(weight.shape[0])
+def _centred(weight: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+    """An int8/uint8 weight [K, N] less its zero point (per tensor or per column), in float64
+    (so that it moves with the module as a buffer and no precision setting rounds it), and the
+    type its products are exact in: float32 where no sum of 255 * |w| over K reaches 2**24."""
     centred = weight.to(torch.int64) - zero.to(torch.int64).reshape(-1)
-    # 255 * |w| * K under 2**24: every partial sum is an integer float32 holds exactly.
-    exact = torch.float32 if 255 * int(centred.abs().max()) * k < 2**24 else torch.float64
+    bound = 255 * int(centred.abs().max()) * int(weight.shape[0]) if centred.numel() else 0
+    return centred.to(torch.float64), torch.float32 if bound < 2**24 else torch.float64
+
+
+def _quantized_product(centred: torch.Tensor, scale: torch.Tensor, exact: torch.dtype) -> Product:
+    """``a @ weight`` as onnxruntime's quantised GEMM computes it: ``a`` quantised to uint8 over
+    all its elements, times the centred weight [K, N] (:func:`_centred`), the integer product
+    exact, scaled by a's scale times the weight's (per tensor or per column) in float32."""
     w = centred.to(exact)
     w_scale = scale.to(torch.float32).reshape(-1)
 
@@ -245,8 +250,7 @@ def _quantized_product(weight: torch.Tensor, zero: torch.Tensor, scale: torch.Te
         a_scale = torch.where(high == low, torch.ones_like(high), (high - low) / 255.0)
         a_zero = torch.round((0.0 - low / a_scale).clamp(0, 255))
         q = (torch.round(a / a_scale) + a_zero).clamp(0, 255) - a_zero
-        acc = q.to(exact) @ w.to(q.device)
-        return acc.to(torch.float32) * (a_scale * w_scale.to(a.device))
+        return (q.to(exact) @ w).to(torch.float32) * (a_scale * w_scale)
 
     return product
 
@@ -272,21 +276,29 @@ def _dynamic_quantize_lstm(n: Node) -> Step:
         value = consts[name]
         if tuple(value.shape) not in ((spec.dirs,), (spec.dirs, 4 * hidden)):
             raise n.error(f"has {name} of shape {tuple(value.shape)}; it must be [{spec.dirs}] or [{spec.dirs}, {4 * hidden}]")
-    products = [(_quantized_product(w[d], consts["W_zero_point"][d], consts["W_scale"][d]),
-                 _quantized_product(r[d], consts["R_zero_point"][d], consts["R_scale"][d])) for d in range(spec.dirs)]
-    for i in (1, 2, 8, 9, 10, 11):
-        n.drop_input(i)
+    # The centred weights and the scales become the step's inputs 1, 2, 8 and 10: buffers of
+    # the module, which move with it to a device.
+    centred_w = [_centred(w[d], consts["W_zero_point"][d]) for d in range(spec.dirs)]
+    centred_r = [_centred(r[d], consts["R_zero_point"][d]) for d in range(spec.dirs)]
+    exact = [(centred_w[d][1], centred_r[d][1]) for d in range(spec.dirs)]
+    n.derive_input(1, torch.stack([c for c, _ in centred_w]))
+    n.derive_input(2, torch.stack([c for c, _ in centred_r]))
+    n.derive_input(8, consts["W_scale"].to(torch.float64))
+    n.derive_input(10, consts["R_scale"].to(torch.float64))
+    n.drop_input(9)
+    n.drop_input(11)
+    size = int(w.shape[1])
 
     def run(a: Args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = a[0]
-        if x.dim() != 3 or x.shape[2] != w.shape[1]:
+        if x.dim() != 3 or x.shape[2] != size:
             raise ModelError(f"DynamicQuantizeLSTM node '{n.name}' got X of shape {tuple(x.shape)} "
-                             f"for input size {w.shape[1]}")
+                             f"for input size {size}")
         bias = a[3] if len(a) > 3 else None
         p = a[7] if len(a) > 7 else None
         _checked_extras(n, spec.dirs, hidden, bias, p)
         directions = [
-            Direction(*products[d],
+            Direction(_quantized_product(a[1][d], a[8][d], exact[d][0]), _quantized_product(a[2][d], a[10][d], exact[d][1]),
                       None if bias is None else bias[d, : 4 * hidden].float() + bias[d, 4 * hidden :].float(),
                       None if p is None else p[d].float(), *spec.acts[d])
             for d in range(spec.dirs)
