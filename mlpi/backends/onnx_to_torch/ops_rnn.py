@@ -4,8 +4,8 @@ Follows the ONNX operator specs (``onnx/defs/rnn/defs.py``). LSTM (RNN-T's encod
 prediction network) runs on torch's fused LSTM kernel, with the weights reordered for it
 once, at conversion, wherever the kernel computes what ONNX asks; otherwise (peepholes,
 clip, input_forget, other activations) it runs stepwise (``ops_lstm_steps``). GRU and RNN
-run one step at a time in torch ops, with ``sequence_lens`` as onnxruntime applies it: a sequence's steps past
-its length leave its state as it was and give zeros in Y.
+run one step at a time in torch ops, with ``sequence_lens`` as onnxruntime applies it: a
+sequence's steps past its length leave its state as it was and give zeros in Y.
 """
 
 from __future__ import annotations
@@ -202,8 +202,6 @@ def _packed_lstm(x: torch.Tensor, lengths: torch.Tensor, hx: list[torch.Tensor],
         keep = (~empty).to(y.device).reshape(1, -1, 1)
         y, h, c = (torch.where(keep, s, torch.zeros((), dtype=s.dtype, device=s.device)) for s in (y, h, c))
     return y, h, c
-
-
 
 
 def _recurrence(x: torch.Tensor, lengths: torch.Tensor | None, h: torch.Tensor, reverse: bool,
