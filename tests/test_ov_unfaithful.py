@@ -488,3 +488,22 @@ def test_onnxruntimes_int8_operators_are_refused_where_openvino_answers_otherwis
     got = core.compile_model(core.read_model(str(model.path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feeds)[0]
     (want,) = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"]).run(None, feeds)
     assert (got != want).mean() > 0.2, (got, want)
+
+
+def test_dynamic_quantize_matmul_is_refused_and_openvino_does_answer_otherwise(backend, tmp_path):
+    feeds = {"x": RNG.standard_normal((2, 8, 16)).astype(np.float32)}
+    consts = {"w": RNG.integers(-127, 128, (16, 6)).astype(np.int8), "ws": np.array(0.01, np.float32),
+              "wz": np.array(0, np.int8)}
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeMatMul", ["x", "w", "ws", "wz"], ["y"], domain="com.microsoft")], "g",
+        [helper.make_tensor_value_info("x", F32, [2, 8, 16])], [helper.make_tensor_value_info("y", F32, None)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "dqmm.onnx"))
+    artifact = inspect_onnx(tmp_path / "dqmm.onnx")
+    assert "DynamicQuantizeMatMul node #0 with int8 weights: OpenVINO multiplies" in refusal(backend, artifact)
+    core = ov.Core()
+    got = core.compile_model(core.read_model(str(artifact.path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feeds)[0]
+    (want,) = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert np.abs(got - want).max() > 1e-3 * np.abs(want).max()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from mlpi.backends.onnx_to_torch import (
     ops_attention,
     ops_contrib_quant,
+    ops_contrib_transformer,
     ops_control,
     ops_detection,
     ops_loss,
@@ -24,7 +25,9 @@ from mlpi.backends.onnx_to_torch import (
 from mlpi.backends.onnx_to_torch.node import Node, Step
 
 BUILDERS: dict[str, Callable[[Node], Step]] = {}
-for _module in (ops_attention, ops_control, ops_loss, ops_math, ops_shape, ops_reduce, ops_nn, ops_quant, ops_rnn, ops_lstm_steps, ops_resize, ops_detection, ops_signal, ops_contrib_quant):
+_MODULES = (ops_attention, ops_control, ops_loss, ops_math, ops_shape, ops_reduce, ops_nn, ops_quant, ops_rnn,
+            ops_lstm_steps, ops_resize, ops_detection, ops_signal, ops_contrib_quant, ops_contrib_transformer)
+for _module in _MODULES:
     _overlap = set(BUILDERS) & set(_module.BUILDERS)
     assert not _overlap, f"{_module.__name__} redefines {sorted(_overlap)}"
     BUILDERS.update(_module.BUILDERS)
