@@ -21,7 +21,12 @@ import torch
 from mlpi.backends.onnx_to_torch import ops_nn
 from mlpi.backends.onnx_to_torch.node import Args, Node, Step
 from mlpi.backends.onnx_to_torch.ops_math import _int_matmul
-from mlpi.backends.onnx_to_torch.ops_quant import _QUANTISED, _dynamic_quantize, _limits
+from mlpi.backends.onnx_to_torch.ops_quant import (
+    _QUANTISED,
+    _dynamic_quantize,
+    _limits,
+    _zero_pointed,
+)
 
 _SCALAR_ERROR = "has a scale or zero point of shape {shape}; this operator takes one per tensor"
 
@@ -35,21 +40,30 @@ def _per_tensor(n: Node, value: torch.Tensor | None) -> torch.Tensor | None:
 def _dequantize(n: Node, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
     if q.dtype not in _QUANTISED:
         raise n.unsupported(f"takes {str(q.dtype).removeprefix('torch.')} input (only 8- and 16-bit integers)")
-    centred = q.to(torch.float32) - (0.0 if zero is None else _per_tensor(n, zero).to(torch.float32))
-    return centred * _per_tensor(n, scale).to(torch.float32)
+    return _less_zero(n, q, zero) * _per_tensor(n, scale).to(torch.float32)
+
+
+def _less_zero(n: Node, q: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
+    """Quantised values less their (per-tensor) zero point, in float32."""
+    return q.to(torch.float32) - (0.0 if zero is None else _per_tensor(n, zero).to(torch.float32))
+
+
+def _saturated(n: Node, scaled: torch.Tensor, zero: torch.Tensor | None, default: torch.dtype,
+               zero_before_rounding: bool = False) -> torch.Tensor:
+    """round(scaled) + zero point, saturated to the zero point's type (else ``default``);
+    ``zero_before_rounding``: round(scaled + zero point), as onnxruntime's pooling does (a value
+    halfway between two steps may go to the other one: halves round to even)."""
+    dtype = zero.dtype if zero is not None else default
+    low, high = _limits(dtype)
+    shift = 0.0 if zero is None else _per_tensor(n, zero).to(torch.float32)
+    q = torch.round(scaled + shift) if zero_before_rounding else torch.round(scaled) + shift
+    return q.clamp(low, high).to(dtype)
 
 
 def _quantize(n: Node, value: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
               default: torch.dtype, zero_before_rounding: bool = False) -> torch.Tensor:
-    """round(value / scale) + zero point, saturated; ``zero_before_rounding``: round(value / scale
-    + zero point), as onnxruntime's pooling does (a value halfway between two steps may go to
-    the other one: halves round to even)."""
-    dtype = zero.dtype if zero is not None else default
-    low, high = _limits(dtype)
-    shift = 0.0 if zero is None else _per_tensor(n, zero).to(torch.float32)
-    scaled = value / _per_tensor(n, scale).to(torch.float32)
-    q = torch.round(scaled + shift) if zero_before_rounding else torch.round(scaled) + shift
-    return q.clamp(low, high).to(dtype)
+    """value / scale, rounded, plus the zero point, saturated (see :func:`_saturated`)."""
+    return _saturated(n, value / _per_tensor(n, scale).to(torch.float32), zero, default, zero_before_rounding)
 
 
 def _binary(combine: str) -> Callable[[Node], Step]:
@@ -60,20 +74,12 @@ def _binary(combine: str) -> Callable[[Node], Step]:
         def run(a: Args) -> torch.Tensor:
             x, y = a[0], a[3]
             xs, ys, out_scale = (_per_tensor(n, a[i]).to(torch.float32) for i in (1, 4, 6))
-            xz, yz = (a[i] if len(a) > i else None for i in (2, 5))
-            out_zero = a[7] if len(a) > 7 else None
-            xc = x.to(torch.float32) - (0.0 if xz is None else _per_tensor(n, xz).to(torch.float32))
-            yc = y.to(torch.float32) - (0.0 if yz is None else _per_tensor(n, yz).to(torch.float32))
+            xc, yc = (_less_zero(n, q, a[i] if len(a) > i else None) for q, i in ((x, 2), (y, 5)))
             if combine == "add":  # MLAS: each operand times its scale over the output's
                 value = xc * (xs / out_scale) + yc * (ys / out_scale)
             else:
                 value = (xc * yc) * (xs * ys / out_scale)
-            q = torch.round(value)
-            dtype = out_zero.dtype if out_zero is not None else x.dtype
-            if out_zero is not None:
-                q = q + _per_tensor(n, out_zero).to(torch.float32)
-            low, high = _limits(dtype)
-            return q.clamp(low, high).to(dtype)
+            return _saturated(n, value, a[7] if len(a) > 7 else None, x.dtype)
 
         return run
 
@@ -137,19 +143,6 @@ def _pooled(pool: Callable[[Node], Step], zero_before_rounding: bool) -> Callabl
     return build
 
 
-def _centred(q: torch.Tensor, zero: torch.Tensor | None, axis: int) -> torch.Tensor:
-    """Integers less their zero point (per tensor, or per index along ``axis``)."""
-    wide = q.to(torch.int64)
-    if zero is None:
-        return wide
-    z = zero.to(torch.int64)
-    if z.numel() == 1:
-        return wide - z.reshape(())
-    shape = [1] * q.dim()
-    shape[axis] = -1
-    return wide - z.reshape(shape)
-
-
 def _column_scale(scale: torch.Tensor) -> torch.Tensor:
     """A scale per tensor, or per output column (the last dimension)."""
     return scale.to(torch.float32).reshape(()) if scale.numel() == 1 else scale.to(torch.float32).reshape(-1)
@@ -162,8 +155,8 @@ def _qgemm(n: Node) -> Step:
     trans_a, trans_b = bool(int(n.attr("transA", 0))), bool(int(n.attr("transB", 0)))
 
     def run(a: Args) -> torch.Tensor:
-        x = _centred(a[0], a[2], 0)
-        w = _centred(a[3], a[5], 0 if trans_b else 1)  # a zero point per output column
+        x = _zero_pointed(a[0], a[2], 0)
+        w = _zero_pointed(a[3], a[5], 0 if trans_b else 1)  # a zero point per output column
         x = x.t() if trans_a else x
         w = w.t() if trans_b else w
         acc = _int_matmul(x, w)
@@ -173,13 +166,8 @@ def _qgemm(n: Node) -> Step:
         y_scale = a[7] if len(a) > 7 else None
         if y_scale is None:
             return acc.to(torch.float32) * multiplier
-        y_zero = a[8] if len(a) > 8 else None
-        dtype = y_zero.dtype if y_zero is not None else a[0].dtype
-        low, high = _limits(dtype)
-        q = torch.round(acc.to(torch.float32) * (multiplier / _per_tensor(n, y_scale).to(torch.float32)))
-        if y_zero is not None:
-            q = q + _per_tensor(n, y_zero).to(torch.float32)
-        return q.clamp(low, high).to(dtype)
+        scaled = acc.to(torch.float32) * (multiplier / _per_tensor(n, y_scale).to(torch.float32))
+        return _saturated(n, scaled, a[8] if len(a) > 8 else None, a[0].dtype)
 
     return run
 
@@ -188,7 +176,7 @@ def _float_product(n: Node, q: torch.Tensor, a_scale: torch.Tensor, a_zero: torc
                    b: torch.Tensor, b_scale: torch.Tensor, b_zero: torch.Tensor | None,
                    bias: torch.Tensor | None) -> torch.Tensor:
     """(A - a_zero) (B - b_zero) exactly, times a_scale * b_scale (per column), plus bias."""
-    acc = _int_matmul(_centred(q, a_zero, -2), _centred(b, b_zero, -1))
+    acc = _int_matmul(_zero_pointed(q, a_zero, -2), _zero_pointed(b, b_zero, -1))
     out = acc.to(torch.float32) * (_per_tensor(n, a_scale).to(torch.float32) * _column_scale(b_scale))
     return out if bias is None else out + bias.to(torch.float32)
 

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 import torch
 
 from mlpi.backends.onnx_to_torch.node import Args, Node, Step
+from mlpi.backends.onnx_to_torch.ops_quant import dynamic_uint8
 from mlpi.backends.onnx_to_torch.rnn_common import (
     DIRECTIONS,
     activations,
     reverse_within,
+    sequence_lengths,
 )
 from mlpi.core.contract.errors import ModelError
 
@@ -138,14 +140,7 @@ def run_lstm(n: Node, spec: Attributes, x: torch.Tensor, hidden_size: int, a: Ar
     Y_h, Y_c [dirs, batch, H])."""
     seq, batch = int(x.shape[0]), int(x.shape[1])
     hidden = hidden_size
-    lengths = a[4] if len(a) > 4 else None
-    if lengths is not None:
-        lengths = lengths.detach().reshape(-1).to(device="cpu", dtype=torch.int64)
-        if lengths.shape[0] != batch or bool(((lengths < 0) | (lengths > seq)).any()):
-            raise ModelError(f"{n.proto.op_type} node '{n.name}' got sequence_lens {lengths.tolist()} for batch "
-                             f"{batch}, sequence length {seq}: each must be in [0, {seq}]")
-        if bool((lengths == seq).all()):
-            lengths = None
+    lengths = sequence_lengths(n, a, batch, seq)
 
     def state(i: int) -> torch.Tensor:
         value = a[i] if len(a) > i else None
@@ -243,14 +238,8 @@ def _quantized_product(centred: torch.Tensor, scale: torch.Tensor, exact: torch.
     w_scale = scale.to(torch.float32).reshape(-1)
 
     def product(a: torch.Tensor) -> torch.Tensor:
-        a = a.to(torch.float32)
-        zero_t = a.new_zeros(())
-        low = torch.minimum(a.min(), zero_t) if a.numel() else zero_t
-        high = torch.maximum(a.max(), zero_t) if a.numel() else zero_t
-        a_scale = torch.where(high == low, torch.ones_like(high), (high - low) / 255.0)
-        a_zero = torch.round((0.0 - low / a_scale).clamp(0, 255))
-        q = (torch.round(a / a_scale) + a_zero).clamp(0, 255) - a_zero
-        return (q.to(exact) @ w).to(torch.float32) * (a_scale * w_scale)
+        q, a_scale, a_zero = dynamic_uint8(a)  # an all-zero a: q - a_zero is 0, whatever the scale
+        return ((q - a_zero).to(exact) @ w).to(torch.float32) * (a_scale * w_scale)
 
     return product
 

@@ -79,16 +79,24 @@ def _dequantize(n: Node) -> Step:
     return run
 
 
+def dynamic_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x`` quantised to uint8 over all its elements, as DynamicQuantizeLinear and onnxruntime's
+    dynamically quantised kernels do: (q, scale, zero point), q and the zero point as float32
+    integers in [0, 255]; the range always includes 0, and an empty one quantises with scale 1
+    (the scale returned is then 0)."""
+    x = x.to(torch.float32)
+    zero_t = torch.zeros((), dtype=torch.float32, device=x.device)
+    low = torch.minimum(x.min(), zero_t) if x.numel() else zero_t
+    high = torch.maximum(x.max(), zero_t) if x.numel() else zero_t
+    scale = (high - low) / 255.0
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero_point = torch.round((0.0 - low) / safe).clamp(0, 255)
+    return (torch.round(x / safe) + zero_point).clamp(0, 255), scale, zero_point
+
+
 def _dynamic_quantize(n: Node) -> Step:
     def run(a: Args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = a[0].to(torch.float32)
-        zero_t = torch.zeros((), dtype=torch.float32, device=x.device)
-        low = torch.minimum(x.min(), zero_t) if x.numel() else zero_t
-        high = torch.maximum(x.max(), zero_t) if x.numel() else zero_t
-        scale = (high - low) / 255.0
-        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-        zero_point = torch.round((0.0 - low) / safe).clamp(0, 255)
-        q = (torch.round(x / safe) + zero_point).clamp(0, 255)
+        q, scale, zero_point = dynamic_uint8(a[0])
         return q.to(torch.uint8), scale, zero_point.to(torch.uint8)
 
     return run

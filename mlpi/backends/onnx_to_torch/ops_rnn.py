@@ -20,6 +20,7 @@ from mlpi.backends.onnx_to_torch.rnn_common import (
     DIRECTIONS,
     activations,
     reverse_within,
+    sequence_lengths,
 )
 from mlpi.core.contract.errors import ModelError
 
@@ -143,14 +144,7 @@ def _lstm(n: Node) -> Step:
         x = x.transpose(0, 1) if layout == 1 else x  # -> [seq, batch, I]
         seq, batch = int(x.shape[0]), int(x.shape[1])
         hx = [state(a, 5, batch, hidden, x), state(a, 6, batch, hidden, x)]
-        lengths = a[4] if len(a) > 4 else None
-        if lengths is not None:
-            lengths = lengths.detach().reshape(-1).to(device="cpu", dtype=torch.int64)
-            if lengths.shape[0] != batch or bool(((lengths < 0) | (lengths > seq)).any()):
-                raise ModelError(f"LSTM node '{n.name}' got sequence_lens {lengths.tolist()} for batch {batch}, "
-                                 f"sequence length {seq}: each must be in [0, {seq}]")
-            if bool((lengths == seq).all()):
-                lengths = None
+        lengths = sequence_lengths(n, a, batch, seq)
         bidirectional = dirs == 2
         if lengths is None and seq == 1:
             # One step (a decoder's prediction network, called per symbol): the fused cell, one

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from mlpi.backends.onnx_to_torch.node import Node
+from mlpi.backends.onnx_to_torch.node import Args, Node
+from mlpi.core.contract.errors import ModelError
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 
@@ -20,6 +21,19 @@ def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     lens = lengths.to(x.device).unsqueeze(0)
     index = torch.where(t < lens, lens - 1 - t, t)
     return x.gather(0, index.reshape(seq, -1, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def sequence_lengths(n: Node, a: Args, batch: int, seq: int) -> torch.Tensor | None:
+    """The node's sequence_lens (input 4) on the CPU as int64, checked to give one length in
+    [0, seq] per batch entry; None where it is absent or every sequence is full."""
+    lengths = a[4] if len(a) > 4 else None
+    if lengths is None:
+        return None
+    lengths = lengths.detach().reshape(-1).to(device="cpu", dtype=torch.int64)
+    if lengths.shape[0] != batch or bool(((lengths < 0) | (lengths > seq)).any()):
+        raise ModelError(f"{n.proto.op_type} node '{n.name}' got sequence_lens {lengths.tolist()} for batch {batch}, "
+                         f"sequence length {seq}: each must be in [0, {seq}]")
+    return None if bool((lengths == seq).all()) else lengths
 
 
 def activation(name: str, alpha: float | None, beta: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
